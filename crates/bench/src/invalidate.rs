@@ -1,0 +1,8 @@
+//! `fleet-bench invalidate` (being built).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("fleet-bench invalidate is not built yet")
+}

@@ -1,0 +1,57 @@
+//! `fleet-bench`: measures each worker against its raw limit in the same run and prints both
+//! and the ratio. Each benchmark runs on private servers (its own `nats-server`, a fresh
+//! database, its own `redis-server`) so it never touches a developer's data, and runs the worker
+//! as its real binary (built alongside this one) so its RSS can be read.
+
+mod backfill;
+mod common;
+mod fanout;
+mod invalidate;
+mod provision;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fleet-bench",
+    version,
+    about = "Benchmark the fleet against its raw limits"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// tenant.created → tenant.provisioned throughput vs a bare DDL loop
+    Provision(provision::Args),
+    /// Cache invalidation events/s vs the naive SCAN+DEL per event
+    Invalidate(invalidate::Args),
+    /// tenant_codes backfill rows/s vs an in-database DO loop
+    Backfill(backfill::Args),
+    /// Scheduler fan-out jobs/s vs a bare pipelined JetStream publisher
+    Fanout(fanout::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    fleet_shared::telemetry::init(fleet_shared::config::LogFormat::Pretty);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    println!("machine: {}", common::machine_description());
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Provision(a) => provision::run(a).await,
+            Cmd::Invalidate(a) => invalidate::run(a).await,
+            Cmd::Backfill(a) => backfill::run(a).await,
+            Cmd::Fanout(a) => fanout::run(a).await,
+        }
+    });
+    if let Err(e) = res {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

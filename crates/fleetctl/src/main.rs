@@ -1,0 +1,79 @@
+//! `fleetctl`: the operator CLI of the tenant fleet.
+//!
+//! Every command reads the same environment as the workers (`NATS_URL`, `DATABASE_URL`,
+//! `REDIS_URL`, `FLEET_CONFIG`). Read commands take `--json` for scripts. Errors go to stderr as
+//! one line, with a non-zero exit.
+
+mod backfill;
+mod cache;
+mod dlq;
+mod output;
+mod publish;
+mod schedule;
+mod tenants;
+mod up;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fleetctl", version, about = "Operate the tenant fleet", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every worker of the fleet in one process (health and metrics on FLEET_HTTP_ADDR)
+    Up(up::Args),
+    /// Publish an event (JSON body) with a Nats-Msg-Id
+    Publish(publish::Args),
+    /// The tenant registry
+    #[command(subcommand)]
+    Tenants(tenants::Cmd),
+    /// Dead letters: list, show and replay
+    #[command(subcommand)]
+    Dlq(dlq::Cmd),
+    /// Backfill jobs: submit, watch, pause, resume, cancel, retry
+    #[command(subcommand)]
+    Backfill(backfill::Cmd),
+    /// Tenant cache: invalidate and preview
+    #[command(subcommand)]
+    Cache(cache::Cmd),
+    /// Scheduled per-tenant jobs
+    #[command(subcommand)]
+    Schedule(schedule::Cmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Up(a) => up::run(a).await,
+            Cmd::Publish(a) => publish::run(a).await,
+            Cmd::Tenants(c) => tenants::run(c).await,
+            Cmd::Dlq(c) => dlq::run(c).await,
+            Cmd::Backfill(c) => backfill::run(c).await,
+            Cmd::Cache(c) => cache::run(c).await,
+            Cmd::Schedule(c) => schedule::run(c).await,
+        }
+    });
+    if let Err(e) = res {
+        let line: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!(
+            "error: {}",
+            fleet_shared::config::one_line(&line.join(": "))
+        );
+        std::process::exit(1);
+    }
+}

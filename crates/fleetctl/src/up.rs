@@ -1,0 +1,83 @@
+//! `fleetctl up`: every worker of the fleet in one process, sharing one set of connections and
+//! one health/metrics port. For production, run each worker's own binary instead: replicas share
+//! the same durable consumers either way.
+
+use fleet_shared::config::DEFAULT_BIN_HTTP_ADDR;
+use fleet_shared::fleet::{shutdown_on_signals, Fleet};
+use fleet_shared::topology::Topology;
+use tokio::task::JoinSet;
+
+const WORKERS: &[&str] = &[
+    provisioner::NAME,
+    cache_invalidator::NAME,
+    backfill_worker::NAME,
+    scheduler::NAME,
+];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run only these workers (comma-separated); default: all of them
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    for w in &args.only {
+        if !WORKERS.contains(&w.as_str()) {
+            anyhow::bail!(
+                "--only: unknown worker {w:?} (workers: {})",
+                WORKERS.join(", ")
+            );
+        }
+    }
+    let enabled = |name: &str| args.only.is_empty() || args.only.iter().any(|w| w == name);
+    let settings = fleet_shared::Settings::from_env(DEFAULT_BIN_HTTP_ADDR)?;
+    fleet_shared::telemetry::init(settings.log_format);
+    let shutdown = shutdown_on_signals();
+    let fleet = Fleet::connect(settings, Topology::default()).await?;
+    let (addr, http) = fleet_shared::http::serve(
+        fleet.settings.http_addr,
+        fleet.http_state(enabled(cache_invalidator::NAME)),
+        shutdown.clone(),
+    )
+    .await?;
+
+    let mut set: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    macro_rules! start {
+        ($krate:ident) => {
+            if enabled($krate::NAME) {
+                let (f, s) = (fleet.clone(), shutdown.clone());
+                set.spawn(async move { ($krate::NAME, $krate::run(f, s).await) });
+            }
+        };
+    }
+    start!(provisioner);
+    start!(cache_invalidator);
+    start!(backfill_worker);
+    start!(scheduler);
+    tracing::info!(http = %addr, workers = set.len(), "fleet is up; Ctrl-C to stop");
+
+    let mut failed = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((name, Ok(()))) => tracing::info!(worker = name, "worker finished"),
+            Ok((name, Err(e))) => {
+                tracing::error!(worker = name, error = %format!("{e:#}"), "worker failed; stopping the fleet");
+                failed.get_or_insert_with(|| e.context(format!("worker {name} failed")));
+                shutdown.cancel();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "worker task panicked; stopping the fleet");
+                failed.get_or_insert_with(|| anyhow::anyhow!("a worker panicked: {e}"));
+                shutdown.cancel();
+            }
+        }
+    }
+    shutdown.cancel();
+    let _ = http.await;
+    let _ = fleet.nats.drain().await;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

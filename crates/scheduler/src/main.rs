@@ -1,0 +1,12 @@
+//! The `scheduler` binary: configuration, telemetry and connections come from the shared runtime;
+//! the work is in the library.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    fleet_shared::fleet::worker_main(
+        fleet_shared::topology::Topology::default(),
+        scheduler::USES_REDIS,
+        scheduler::run,
+    )
+    .await
+}

@@ -1,0 +1,134 @@
+//! Postgres: the pool, the control-plane migrations and the transient-error test.
+//!
+//! Control-plane migrations (the `fleet` schema) are numbered SQL files under
+//! `crates/shared/migrations`, embedded in every binary and applied at start by
+//! [`migrate_control_plane`] under an advisory lock, so several processes starting at once apply
+//! each migration once. Version ranges: 0001-0099 core, 0100s backfill, 0200s scheduler,
+//! 0300s cache invalidator.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+use crate::config::redact_url;
+use crate::migrate::{self, Migration, MigrationError};
+
+/// The control-plane migrations, in the order written. Add a line per new file.
+pub const CONTROL_PLANE: &[(&str, &str)] =
+    &[("0001_core.sql", include_str!("../migrations/0001_core.sql"))];
+
+/// Advisory-lock key serializing control-plane migrations across processes.
+const CONTROL_PLANE_LOCK: i64 = 0x666c_6565_7401;
+
+pub fn control_plane_migrations() -> Result<Vec<Migration>, MigrationError> {
+    migrate::from_files(
+        CONTROL_PLANE
+            .iter()
+            .map(|(f, s)| (f.to_string(), s.to_string())),
+    )
+}
+
+/// Builds a pool without connecting: connections are made on demand and remade after Postgres
+/// restarts, so a worker rides out an outage instead of dying.
+pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL {}: {e}", redact_url(url)))?
+        .application_name("tenant-fleet")
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy_with(opts))
+}
+
+/// Creates the database named in `url` if it does not exist (first run of `make run`).
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let opts = PgConnectOptions::from_str(url)?;
+    let Some(db) = opts.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    // Try the database itself first: the common case needs no admin connection.
+    if opts.clone().connect().await.is_ok() {
+        return Ok(());
+    }
+    let admin = opts.database("postgres");
+    let mut con = admin.connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&mut con)
+            .await?;
+    if !exists {
+        let quoted = format!("\"{}\"", db.replace('"', "\"\""));
+        match sqlx::raw_sql(&format!("CREATE DATABASE {quoted}"))
+            .execute(&mut con)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %db, "created database"),
+            // Another process won the race.
+            Err(e) if sqlstate(&e).as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Applies pending control-plane migrations, once across concurrent starters.
+pub async fn migrate_control_plane(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
+    let migrations = control_plane_migrations()?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CONTROL_PLANE_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    let report = migrate::apply(&mut tx, "fleet", &migrations).await?;
+    tx.commit().await?;
+    if !report.applied.is_empty() {
+        tracing::info!(versions = ?report.applied, "applied control-plane migrations");
+    }
+    Ok(report.applied)
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether retrying later can succeed: the connection, the pool or the server's state failed,
+/// not the statement. Serialization failures and deadlocks are transient too.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(_) => {
+            let code = sqlstate(e).unwrap_or_default();
+            code.starts_with("08") // connection exception
+                || code.starts_with("53") // insufficient resources
+                || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
+                || code == "40001" // serialization failure
+                || code == "40P01" // deadlock
+                || code == "55P03" // lock not available (lock_timeout)
+        }
+        _ => false,
+    }
+}
+
+/// [`is_transient`] anywhere in an `anyhow` chain.
+pub fn chain_is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>().is_some_and(is_transient)
+            || c.downcast_ref::<std::io::Error>().is_some()
+    })
+}

@@ -1,0 +1,126 @@
+//! `/healthz` (the process is up), `/readyz` (NATS, Postgres and Redis answer) and `/metrics`
+//! (Prometheus text format) on one port per process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::redis_target::RedisTarget;
+
+/// A dependency `/readyz` checks.
+#[derive(Clone)]
+pub enum Probe {
+    Nats(async_nats::Client),
+    Postgres(sqlx::PgPool),
+    Redis(RedisTarget),
+}
+
+impl Probe {
+    fn name(&self) -> &'static str {
+        match self {
+            Probe::Nats(_) => "nats",
+            Probe::Postgres(_) => "postgres",
+            Probe::Redis(_) => "redis",
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        const LIMIT: Duration = Duration::from_secs(2);
+        match self {
+            Probe::Nats(c) => match c.connection_state() {
+                async_nats::connection::State::Connected => Ok(()),
+                other => Err(format!("{other}")),
+            },
+            Probe::Postgres(pool) => {
+                let q = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+                match tokio::time::timeout(LIMIT, q).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(crate::config::one_line(&e.to_string())),
+                    Err(_) => Err("timed out".into()),
+                }
+            }
+            Probe::Redis(t) => t
+                .ping(LIMIT)
+                .await
+                .map_err(|e| crate::config::one_line(&e.to_string())),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub probes: Vec<Probe>,
+}
+
+/// Binds `addr` and serves until `shutdown`. Returns the bound address (useful with port 0).
+pub async fn serve(
+    addr: SocketAddr,
+    state: HttpState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("FLEET_HTTP_ADDR: cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let handle = tokio::spawn(async move {
+        let res = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = res {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tracing::info!(addr = %bound, "serving /healthz, /readyz, /metrics");
+    Ok((bound, handle))
+}
+
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let checks = futures::future::join_all(
+        state
+            .probes
+            .iter()
+            .map(|p| async move { (p.name(), p.check().await) }),
+    )
+    .await;
+    let mut body = String::new();
+    let mut ready = true;
+    for (name, res) in checks {
+        match res {
+            Ok(()) => body.push_str(&format!("{name} ok\n")),
+            Err(e) => {
+                ready = false;
+                body.push_str(&format!("{name} unavailable: {e}\n"));
+            }
+        }
+    }
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

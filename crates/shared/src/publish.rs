@@ -1,0 +1,109 @@
+//! Publishing with the headers the fleet promises: every message gets a `Nats-Msg-Id` (so
+//! JetStream drops a re-publish within the duplicate window) and a W3C `traceparent` (a child of
+//! the incoming one when there is one). Transient publish failures retry with backoff.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, publish::PublishAck};
+use async_nats::HeaderMap;
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use rand::Rng;
+use serde::Serialize;
+
+pub const MSG_ID: &str = "Nats-Msg-Id";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A fresh `traceparent` (version 00, sampled).
+pub fn new_traceparent() -> String {
+    let mut rng = rand::rng();
+    format!(
+        "00-{:032x}-{:016x}-01",
+        rng.random::<u128>().max(1),
+        rng.random::<u64>().max(1)
+    )
+}
+
+/// A child of `parent` (same trace id, new span id), or a fresh one when `parent` is missing or
+/// malformed.
+pub fn child_traceparent(parent: Option<&str>) -> String {
+    if let Some(p) = parent {
+        let parts: Vec<&str> = p.split('-').collect();
+        if parts.len() == 4
+            && parts[1].len() == 32
+            && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            let span: u64 = rand::rng().random::<u64>().max(1);
+            return format!("00-{}-{span:016x}-{}", parts[1], parts[3]);
+        }
+    }
+    new_traceparent()
+}
+
+/// Publishes `payload` to `subject` with `msg_id`, waiting for the stream's ack. Missing
+/// `traceparent` is added. Retries timeouts and lost connections for about 15 s.
+pub async fn publish(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+) -> anyhow::Result<PublishAck> {
+    let mut headers = headers.unwrap_or_default();
+    headers.insert(MSG_ID, msg_id);
+    if headers.get(TRACEPARENT).is_none() {
+        headers.insert(TRACEPARENT, new_traceparent().as_str());
+    }
+    let attempt = || {
+        let headers = headers.clone();
+        let payload = payload.clone();
+        async move {
+            js.publish_with_headers(subject.to_owned(), headers, payload)
+                .await?
+                .await
+        }
+    };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(3))
+                .with_max_times(8)
+                .with_jitter(),
+        )
+        .notify(
+            |e, d| tracing::warn!(error = %e, retry_in = ?d, subject, "publish failed; retrying"),
+        )
+        .await
+        .with_context(|| format!("Failed to publish to {subject}"))
+}
+
+/// [`publish`] for a JSON body, with a `traceparent` derived from `parent`.
+pub async fn publish_json<T: Serialize>(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    body: &T,
+    parent: Option<&str>,
+) -> anyhow::Result<PublishAck> {
+    let mut headers = HeaderMap::new();
+    headers.insert(TRACEPARENT, child_traceparent(parent).as_str());
+    let payload = serde_json::to_vec(body).context("Failed to encode JSON")?;
+    publish(js, subject, msg_id, Some(headers), payload.into()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_w3c_shaped_and_children_keep_the_trace() {
+        let p = new_traceparent();
+        assert_eq!(p.len(), 55, "{p}");
+        let c = child_traceparent(Some(&p));
+        assert_eq!(&c[3..35], &p[3..35]);
+        assert_ne!(&c[36..52], &p[36..52]);
+        assert_eq!(child_traceparent(Some("garbage")).len(), 55);
+    }
+}

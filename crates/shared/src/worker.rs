@@ -1,0 +1,479 @@
+//! The worker loop every worker reuses.
+//!
+//! A worker is a [`Handler`] plus a [`WorkerSpec`]. [`run`] pulls from the worker's durable
+//! consumers and decides each message's fate from the handler's result:
+//!
+//! | handler result | action |
+//! |---|---|
+//! | `Ok(())` | ack (the handler has committed its effect) |
+//! | [`HandleError::Invalid`] (bad input) | dead letter with the reason, then TERM |
+//! | [`HandleError::Transient`] | NAK with exponential backoff and jitter; after `max_attempts`, dead letter + TERM |
+//! | panic | treated as transient |
+//!
+//! Guarantees: at most `concurrency` messages are handled at once (a permit is taken before the
+//! next message is pulled); a handler that runs long keeps its message with in-progress acks; a
+//! message whose deliveries keep dying without a verdict (the process crashed or hung) is
+//! dead-lettered once its delivery count passes `max_attempts`; if the dead-letter stream cannot
+//! take a letter, the message is NAKed, never dropped. On shutdown the loop stops pulling, NAKs
+//! what it had prefetched so other replicas get it at once, and lets in-flight handlers finish for
+//! `shutdown_timeout`; whatever is still running then is redelivered after its ack wait.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{field::Empty, Instrument};
+
+use crate::dlq;
+use crate::events::BadInput;
+use crate::metrics::{event_label, EventLabels, Metrics, WorkerLabels};
+use crate::publish::{MSG_ID, TRACEPARENT};
+use crate::topology::{ensure_consumer, ConsumerSpec};
+
+/// A delivered message, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<HeaderMap>,
+    pub stream_seq: u64,
+    /// 1 on the first delivery.
+    pub delivered: i64,
+}
+
+impl Incoming {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref()?.get(name).map(|v| v.as_str())
+    }
+
+    pub fn msg_id(&self) -> Option<&str> {
+        self.header(MSG_ID)
+    }
+
+    pub fn traceparent(&self) -> Option<&str> {
+        self.header(TRACEPARENT)
+    }
+}
+
+/// Why a handler did not finish. The variant decides retry or dead letter.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never succeed (bad input, a conflict): dead-lettered at once.
+    #[error("{0}")]
+    Invalid(String),
+    /// A dependency failed; retried with backoff.
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+}
+
+impl HandleError {
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        HandleError::Invalid(crate::config::one_line(&reason.into()))
+    }
+}
+
+impl From<BadInput> for HandleError {
+    fn from(b: BadInput) -> Self {
+        HandleError::Invalid(b.0)
+    }
+}
+
+/// What a worker does with one message. Must be idempotent: a message can be delivered again
+/// after its effect committed (the ack was lost).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, msg: &Incoming) -> impl Future<Output = Result<(), HandleError>> + Send;
+}
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub name: String,
+    pub consumers: Vec<ConsumerSpec>,
+    pub concurrency: usize,
+    /// Deliveries after which a transient failure is dead-lettered.
+    pub max_attempts: i64,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl WorkerSpec {
+    pub fn new(name: &str, consumers: Vec<ConsumerSpec>) -> Self {
+        WorkerSpec {
+            name: name.into(),
+            consumers,
+            concurrency: 8,
+            max_attempts: 20,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The NAK delay after the `delivered`-th failure: exponential, capped, with full jitter in
+    /// the upper half so a burst of failures does not come back in lockstep.
+    pub fn retry_delay(&self, delivered: i64) -> Duration {
+        let exp = delivered.clamp(1, 30) as u32 - 1;
+        let base = self.retry_base.saturating_mul(2u32.saturating_pow(exp));
+        let capped = base.min(self.retry_max);
+        let half = capped / 2;
+        half + capped.mul_f64(rand::rng().random::<f64>() * 0.5)
+    }
+}
+
+struct Ctx<H> {
+    js: jetstream::Context,
+    metrics: Arc<Metrics>,
+    spec: WorkerSpec,
+    handler: Arc<H>,
+}
+
+/// Runs the worker until `shutdown` is cancelled and in-flight work has drained.
+pub async fn run<H: Handler>(
+    js: jetstream::Context,
+    metrics: Arc<Metrics>,
+    spec: WorkerSpec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !spec.consumers.is_empty(),
+        "worker {} has no consumer",
+        spec.name
+    );
+    let sem = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(Ctx {
+        js,
+        metrics,
+        spec: spec.clone(),
+        handler,
+    });
+    tracing::info!(worker = %spec.name, concurrency = spec.concurrency, "worker started");
+
+    let fetchers: Vec<_> = spec
+        .consumers
+        .iter()
+        .cloned()
+        .map(|c| {
+            tokio::spawn(fetch_loop(
+                ctx.clone(),
+                c,
+                sem.clone(),
+                tracker.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    for f in fetchers {
+        if let Err(e) = f.await {
+            tracing::error!(worker = %spec.name, error = %e, "fetch loop panicked");
+        }
+    }
+
+    tracker.close();
+    let in_flight = tracker.len();
+    if in_flight > 0 {
+        tracing::info!(worker = %spec.name, in_flight, "waiting for in-flight messages");
+    }
+    if tokio::time::timeout(spec.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            worker = %spec.name,
+            left = tracker.len(),
+            "shutdown timeout passed; unfinished messages will be redelivered"
+        );
+    }
+    tracing::info!(worker = %spec.name, "worker stopped");
+    Ok(())
+}
+
+async fn fetch_loop<H: Handler>(
+    ctx: Arc<Ctx<H>>,
+    consumer: ConsumerSpec,
+    sem: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    'outer: while !shutdown.is_cancelled() {
+        let pull = match ensure_consumer(&ctx.js, &consumer).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(durable = %consumer.durable, error = %format!("{e:#}"), "consumer unavailable; retrying");
+                if sleep_or_cancel(reconnect_delay(failures), &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let batch = ctx.spec.concurrency.clamp(1, 256);
+        let mut messages = match pull
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(durable = %consumer.durable, error = %e, "cannot pull; retrying");
+                if sleep_or_cancel(reconnect_delay(failures), &shutdown).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'outer,
+                p = sem.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break 'outer,
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    release_prefetched(&mut messages).await;
+                    break 'outer;
+                }
+                n = messages.next() => n,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    failures = 0;
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move {
+                        process(&ctx, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    failures += 1;
+                    tracing::warn!(durable = %consumer.durable, error = %e, "pull stream error; re-subscribing");
+                    if sleep_or_cancel(reconnect_delay(failures), &shutdown).await {
+                        break 'outer;
+                    }
+                    continue 'outer;
+                }
+                None => continue 'outer,
+            }
+        }
+    }
+}
+
+/// NAKs messages that were pulled but not started, so another replica takes them now rather
+/// than after the ack wait.
+async fn release_prefetched(messages: &mut jetstream::consumer::pull::Stream) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
+            Ok(Some(Ok(m))) => {
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+            _ => break,
+        }
+    }
+}
+
+fn reconnect_delay(failures: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(10))
+}
+
+/// Sleeps; returns true if cancelled first.
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) {
+    let (stream_seq, delivered) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered),
+        Err(_) => (0, 1),
+    };
+    let incoming = Incoming {
+        subject: msg.subject.to_string(),
+        payload: msg.payload.clone(),
+        headers: msg.headers.clone(),
+        stream_seq,
+        delivered,
+    };
+    let span = tracing::info_span!(
+        "message",
+        worker = %ctx.spec.name,
+        subject = %incoming.subject,
+        stream.seq = stream_seq,
+        delivery = delivered,
+        msg.id = incoming.msg_id().unwrap_or(""),
+        tenant.code = Empty,
+    );
+    async {
+        let labels = EventLabels {
+            worker: ctx.spec.name.clone(),
+            event: event_label(&incoming.subject),
+        };
+        let m = &ctx.metrics.worker;
+        m.received.get_or_create(&labels).inc();
+        let wl = WorkerLabels {
+            worker: ctx.spec.name.clone(),
+        };
+        m.in_flight.get_or_create(&wl).inc();
+
+        let verdict = if delivered > ctx.spec.max_attempts {
+            Err(HandleError::Invalid(format!(
+                "gave up: delivered {delivered} times without completing (the worker crashed or exceeded the ack wait each time)"
+            )))
+        } else {
+            let started = Instant::now();
+            let res = handle_with_progress(ctx, &msg, &incoming).await;
+            m.handler_seconds
+                .get_or_create(&wl)
+                .observe(started.elapsed().as_secs_f64());
+            res
+        };
+        decide(ctx, &msg, &incoming, &labels, verdict).await;
+        m.in_flight.get_or_create(&wl).dec();
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Runs the handler, sending an in-progress ack every third of the ack wait so a long handler
+/// keeps its message, and turning a panic into a transient error.
+async fn handle_with_progress<H: Handler>(
+    ctx: &Ctx<H>,
+    msg: &jetstream::Message,
+    incoming: &Incoming,
+) -> Result<(), HandleError> {
+    let ack_wait = ctx
+        .spec
+        .consumers
+        .iter()
+        .map(|c| c.ack_wait)
+        .min()
+        .unwrap_or(Duration::from_secs(30));
+    let fut = AssertUnwindSafe(ctx.handler.handle(incoming)).catch_unwind();
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(ack_wait / 3);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            res = &mut fut => {
+                return res.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    Err(HandleError::Transient(anyhow::anyhow!("handler panicked: {what}")))
+                });
+            }
+            _ = tick.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "in-progress ack failed");
+                }
+            }
+        }
+    }
+}
+
+/// Acts on the verdict. Each branch logs and counts in one place (see module docs of metrics).
+async fn decide<H: Handler>(
+    ctx: &Ctx<H>,
+    msg: &jetstream::Message,
+    incoming: &Incoming,
+    labels: &EventLabels,
+    verdict: Result<(), HandleError>,
+) {
+    let m = &ctx.metrics.worker;
+    let reason = match verdict {
+        Ok(()) => {
+            // The effect is committed; if this ack is lost the message comes back and the
+            // handler finds its record and acks again.
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+            }
+            m.acked.get_or_create(labels).inc();
+            tracing::debug!("acked");
+            return;
+        }
+        Err(HandleError::Transient(e)) if incoming.delivered < ctx.spec.max_attempts => {
+            let delay = ctx.spec.retry_delay(incoming.delivered);
+            if let Err(err) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %err, "NAK failed; the message will be redelivered after its ack wait");
+            }
+            m.retried.get_or_create(labels).inc();
+            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "transient failure; will retry");
+            return;
+        }
+        Err(HandleError::Transient(e)) => crate::config::one_line(&format!(
+            "gave up after {} attempts: {e:#}",
+            incoming.delivered
+        )),
+        Err(HandleError::Invalid(reason)) => reason,
+    };
+
+    let stored = dlq::dead_letter(
+        &ctx.js,
+        dlq::Failure {
+            worker: &ctx.spec.name,
+            subject: &incoming.subject,
+            headers: incoming.headers.as_ref(),
+            payload: incoming.payload.clone(),
+            stream_seq: incoming.stream_seq,
+            delivered: incoming.delivered,
+            reason: &reason,
+        },
+    )
+    .await;
+    match stored {
+        Ok(()) => {
+            if let Err(e) = msg.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "TERM failed; the message will come back and be dead-lettered again (deduplicated)");
+            }
+            m.dead_lettered.get_or_create(labels).inc();
+            tracing::warn!(reason = %reason, "dead-lettered");
+        }
+        Err(e) => {
+            // Never drop a message we could not park: try again later.
+            let delay = ctx.spec.retry_delay(incoming.delivered);
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            m.retried.get_or_create(labels).inc();
+            tracing::error!(error = %format!("{e:#}"), reason = %reason, "could not dead-letter; will retry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_grows_and_is_capped() {
+        let spec = WorkerSpec::new("t", vec![]);
+        for d in 1..40 {
+            let delay = spec.retry_delay(d);
+            assert!(delay <= spec.retry_max, "{d}: {delay:?}");
+            assert!(delay >= spec.retry_base.min(spec.retry_max) / 2);
+        }
+        assert!(spec.retry_delay(8) > spec.retry_delay(1));
+    }
+}

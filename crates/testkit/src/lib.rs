@@ -1,0 +1,106 @@
+//! Test support for the fleet's integration tests: real services, isolated per test.
+//!
+//! - [`NatsServer`]: a private `nats-server -js` on a free loopback port with its own store,
+//!   stoppable and restartable (same port, same data) for fault tests.
+//! - [`RedisServer`]: a private `redis-server` likewise.
+//! - [`TestDb`]: a fresh database on the machine's Postgres, dropped when the test ends.
+//! - [`TcpProxy`]: a loopback proxy that can cut and restore every connection through it, to
+//!   make Postgres, Redis or NATS "unreachable for a while" without killing the server.
+//! - [`TestEnv`]: the three together, with [`Settings`] pointing at them.
+
+mod db;
+mod proxy;
+mod servers;
+
+pub use db::TestDb;
+pub use proxy::TcpProxy;
+pub use servers::{find_binary, free_port, wait_for_port, NatsServer, RedisServer};
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fleet_shared::{config::Settings, topology::Topology, Fleet};
+
+/// Settings for a test: the given URLs, HTTP on an ephemeral loopback port, plus `extra`
+/// variables (e.g. `FLEET_CONFIG`).
+pub fn settings(
+    nats_url: &str,
+    database_url: &str,
+    redis_url: &str,
+    extra: &[(&str, &str)],
+) -> Settings {
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("NATS_URL".into(), nats_url.into()),
+        ("DATABASE_URL".into(), database_url.into()),
+        ("REDIS_URL".into(), redis_url.into()),
+        ("LOG_FORMAT".into(), "pretty".into()),
+        ("FLEET_SHUTDOWN_TIMEOUT".into(), "10".into()),
+    ]);
+    for (k, v) in extra {
+        vars.insert((*k).into(), (*v).into());
+    }
+    Settings::from_lookup("127.0.0.1:0", |k| vars.get(k).cloned()).expect("test settings")
+}
+
+/// A private NATS, a fresh database and the shared (or a private) Redis.
+pub struct TestEnv {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub redis: Option<RedisServer>,
+    pub redis_url: String,
+}
+
+impl TestEnv {
+    /// Private NATS, fresh database, the machine's Redis (`TEST_REDIS_URL` or 127.0.0.1:6379).
+    pub async fn new() -> TestEnv {
+        fleet_shared::telemetry::init_for_tests();
+        let nats = NatsServer::start().expect("start nats-server");
+        let db = TestDb::create().await.expect("create test database");
+        let redis_url = std::env::var("TEST_REDIS_URL")
+            .unwrap_or_else(|_| fleet_shared::config::DEFAULT_REDIS_URL.to_owned());
+        TestEnv {
+            nats,
+            db,
+            redis: None,
+            redis_url,
+        }
+    }
+
+    /// As [`TestEnv::new`] with a private `redis-server`.
+    pub async fn with_private_redis() -> TestEnv {
+        let mut env = TestEnv::new().await;
+        let redis = RedisServer::start().expect("start redis-server");
+        env.redis_url = redis.url();
+        env.redis = Some(redis);
+        env
+    }
+
+    pub fn settings(&self, extra: &[(&str, &str)]) -> Settings {
+        settings(&self.nats.url(), &self.db.url, &self.redis_url, extra)
+    }
+
+    /// A connected [`Fleet`] on this environment.
+    pub async fn fleet(&self, extra: &[(&str, &str)]) -> Fleet {
+        Fleet::connect(self.settings(extra), Topology::default())
+            .await
+            .expect("connect fleet")
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests of the whole fleet live in `tests/*.rs`; this library is empty.
