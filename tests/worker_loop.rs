@@ -28,6 +28,10 @@ impl Toy {
 impl Handler for Toy {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandleError> {
         let body = String::from_utf8_lossy(&msg.payload).into_owned();
+        assert!(
+            msg.msg_id().is_some_and(|id| !id.is_empty()),
+            "handlers see Nats-Msg-Id"
+        );
         let n = {
             let mut seen = self.seen.lock().unwrap();
             let n = seen.entry(body.clone()).or_default();
@@ -126,9 +130,12 @@ async fn verdicts_lead_to_ack_retry_or_dead_letter() {
     );
     assert_eq!(bad.subject, "org.toy");
     assert_eq!(bad.delivery_count, Some(1));
-    assert_eq!(bad.headers.get("X-Custom").unwrap().as_str(), "kept");
-    assert!(bad.headers.get(dlq::H_ORIGINAL_MSG_ID).is_some());
-    assert!(bad.headers.get(dlq::H_FAILED_AT).is_some());
+    assert_eq!(
+        fleet_shared::publish::header_value(&bad.headers, "X-Custom"),
+        Some("kept")
+    );
+    assert!(fleet_shared::publish::header_value(&bad.headers, dlq::H_ORIGINAL_MSG_ID).is_some());
+    assert!(fleet_shared::publish::header_value(&bad.headers, dlq::H_FAILED_AT).is_some());
     assert!(by_payload["down"]
         .error
         .starts_with("gave up after 4 attempts: dependency down"));

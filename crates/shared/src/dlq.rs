@@ -95,7 +95,7 @@ pub struct DeadLetter {
 }
 
 fn header(h: &HeaderMap, k: &str) -> String {
-    h.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default()
+    publish::header_value(h, k).unwrap_or_default().to_owned()
 }
 
 fn to_letter(m: jetstream::message::StreamMessage) -> DeadLetter {

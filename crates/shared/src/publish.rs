@@ -15,6 +15,21 @@ use serde::Serialize;
 pub const MSG_ID: &str = "Nats-Msg-Id";
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The first value of header `name`, matched case-insensitively.
+///
+/// async-nats parses well-known names (`Nats-Msg-Id`, ...) into standard variants that do not
+/// compare equal to a name built from a `&str`, so `HeaderMap::get("Nats-Msg-Id")` misses them.
+pub fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.iter().find_map(|(k, v)| {
+        let k: &str = k.as_ref();
+        if k.eq_ignore_ascii_case(name) {
+            v.first().map(|v| v.as_str())
+        } else {
+            None
+        }
+    })
+}
+
 /// A fresh `traceparent` (version 00, sampled).
 pub fn new_traceparent() -> String {
     let mut rng = rand::rng();
@@ -52,7 +67,7 @@ pub async fn publish(
 ) -> anyhow::Result<PublishAck> {
     let mut headers = headers.unwrap_or_default();
     headers.insert(MSG_ID, msg_id);
-    if headers.get(TRACEPARENT).is_none() {
+    if header_value(&headers, TRACEPARENT).is_none() {
         headers.insert(TRACEPARENT, new_traceparent().as_str());
     }
     let attempt = || {

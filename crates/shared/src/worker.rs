@@ -52,7 +52,7 @@ pub struct Incoming {
 
 impl Incoming {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.as_ref()?.get(name).map(|v| v.as_str())
+        crate::publish::header_value(self.headers.as_ref()?, name)
     }
 
     pub fn msg_id(&self) -> Option<&str> {

@@ -1,0 +1,136 @@
+//! `fleetctl` as an operator runs it: real binary, real services, exit codes and one-line errors.
+
+use std::process::{Command, Output};
+
+use fleet_testkit::TestEnv;
+
+fn fleetctl(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    cmd.args(args)
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("REDIS_URL", &env.redis_url)
+        .env_remove("FLEET_CONFIG");
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run fleetctl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with exit code 1 and exactly one line on stderr that contains `needle`.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    assert_eq!(o.status.code(), Some(1), "stdout: {}", stdout(o));
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
+}
+
+#[tokio::test]
+async fn bad_settings_and_bad_input_fail_with_one_line() {
+    let env = TestEnv::new().await;
+    let o = fleetctl(&env, &["tenants", "list"], &[("NATS_URL", "http://x")]);
+    assert_one_line_error(&o, "NATS_URL");
+    let o = fleetctl(
+        &env,
+        &["tenants", "list"],
+        &[("DATABASE_URL", "postgres://u:hunter2@127.0.0.1:1/x")],
+    );
+    assert_one_line_error(&o, "cannot use the database");
+    assert!(
+        !stderr(&o).contains("hunter2"),
+        "password leaked: {}",
+        stderr(&o)
+    );
+
+    let o = fleetctl(&env, &["publish", "tenant.created", "{nope"], &[]);
+    assert_one_line_error(&o, "not valid JSON");
+    let o = fleetctl(&env, &["publish", "tenant.*", "{}"], &[]);
+    assert_one_line_error(&o, "is not a subject");
+    let o = fleetctl(&env, &["tenants", "show", "Acme; DROP SCHEMA public"], &[]);
+    assert_one_line_error(&o, "is not a valid code");
+    let o = fleetctl(&env, &["tenants", "show", "ghost"], &[]);
+    assert_one_line_error(&o, "no tenant with code ghost");
+    let o = fleetctl(&env, &["dlq", "show", "999"], &[]);
+    assert_one_line_error(&o, "No dead letter with sequence 999");
+}
+
+#[tokio::test]
+async fn publish_sets_a_message_id_and_deduplicates() {
+    let env = TestEnv::new().await;
+    let body = r#"{"org_code":"acme_org"}"#;
+    let o = fleetctl(
+        &env,
+        &["publish", "org.updated", body, "--msg-id", "m-1"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("published org.updated to FLEET_EVENTS seq 1 msg-id m-1"));
+    let o = fleetctl(
+        &env,
+        &["publish", "org.updated", body, "--msg-id", "m-1", "--json"],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["duplicate"], true);
+    assert_eq!(v["sequence"], 1);
+
+    let fleet = env.fleet(&[]).await;
+    let stream = fleet.js.get_stream("FLEET_EVENTS").await.unwrap();
+    let m = stream.get_raw_message(1).await.unwrap();
+    let h = |k| fleet_shared::publish::header_value(&m.headers, k);
+    assert_eq!(h("Nats-Msg-Id"), Some("m-1"));
+    assert!(h("traceparent").is_some());
+    assert_eq!(&m.payload[..], body.as_bytes());
+}
+
+#[tokio::test]
+async fn read_commands_work_on_an_empty_fleet_with_json() {
+    let env = TestEnv::new().await;
+    let o = fleetctl(&env, &["tenants", "list"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "no tenants\n");
+    let o = fleetctl(&env, &["tenants", "list", "--json"], &[]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let o = fleetctl(&env, &["dlq", "list"], &[]);
+    assert_eq!(stdout(&o), "no dead letters\n");
+    let o = fleetctl(&env, &["dlq", "list", "--json"], &[]);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn help_is_everywhere() {
+    for args in [
+        vec!["--help"],
+        vec!["up", "--help"],
+        vec!["publish", "--help"],
+        vec!["tenants", "--help"],
+        vec!["dlq", "replay", "--help"],
+        vec!["backfill", "--help"],
+        vec!["cache", "--help"],
+        vec!["schedule", "--help"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Usage:"),
+            "{args:?}"
+        );
+    }
+}
