@@ -16,8 +16,10 @@ use crate::config::redact_url;
 use crate::migrate::{self, Migration, MigrationError};
 
 /// The control-plane migrations, in the order written. Add a line per new file.
-pub const CONTROL_PLANE: &[(&str, &str)] =
-    &[("0001_core.sql", include_str!("../migrations/0001_core.sql"))];
+pub const CONTROL_PLANE: &[(&str, &str)] = &[
+    ("0001_core.sql", include_str!("../migrations/0001_core.sql")),
+    ("0200_scheduler.sql", include_str!("../migrations/0200_scheduler.sql")),
+];
 
 /// Advisory-lock key serializing control-plane migrations across processes.
 const CONTROL_PLANE_LOCK: i64 = 0x666c_6565_7401;
