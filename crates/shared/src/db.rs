@@ -18,7 +18,14 @@ use crate::migrate::{self, Migration, MigrationError};
 /// The control-plane migrations, in the order written. Add a line per new file.
 pub const CONTROL_PLANE: &[(&str, &str)] = &[
     ("0001_core.sql", include_str!("../migrations/0001_core.sql")),
-    ("0200_scheduler.sql", include_str!("../migrations/0200_scheduler.sql")),
+    (
+        "0100_backfill.sql",
+        include_str!("../migrations/0100_backfill.sql"),
+    ),
+    (
+        "0200_scheduler.sql",
+        include_str!("../migrations/0200_scheduler.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.
@@ -67,13 +74,11 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
             .await?;
     if !exists {
         let quoted = format!("\"{}\"", db.replace('"', "\"\""));
-        match sqlx::raw_sql(&format!("CREATE DATABASE {quoted}"))
-            .execute(&mut con)
-            .await
-        {
+        let create = format!("CREATE DATABASE {quoted}");
+        match crate::migrate::exec_simple(&mut con, &create).await {
             Ok(_) => tracing::info!(database = %db, "created database"),
-            // Another process won the race.
-            Err(e) if sqlstate(&e).as_deref() == Some("42P04") => {}
+            // Another process won the race (duplicate_database, or the catalog's unique index).
+            Err(e) if matches!(sqlstate(&e).as_deref(), Some("42P04") | Some("23505")) => {}
             Err(e) => return Err(e.into()),
         }
     }

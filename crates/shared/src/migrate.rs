@@ -148,6 +148,15 @@ pub struct ApplyReport {
     pub version: i64,
 }
 
+/// Runs SQL (possibly several statements) with the simple-query protocol.
+///
+/// `sqlx::raw_sql(..).execute(..)` does the same, but its future fails the `Send` check inside
+/// `tokio::spawn` (sqlx issue #3150); `Executor::execute` with a plain `&str` (no arguments) takes
+/// the same protocol path and is `Send`.
+pub async fn exec_simple(con: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::Executor::execute(con, sql).await.map(|_| ())
+}
+
 fn safe_schema(schema: &str) -> bool {
     !schema.is_empty()
         && schema.len() <= 63
@@ -167,8 +176,11 @@ pub async fn apply(
     if !safe_schema(schema) {
         return Err(MigrationError::BadSchema(schema.into()));
     }
-    let ledger_err = |source| MigrationError::Ledger {
-        schema: schema.to_owned(),
+    let schema_owned = schema.to_owned();
+    // Plain fn pointers and owned strings only: closures or iterator adapters borrowing across
+    // `.await` make the future fail `Send` for callers that spawn it.
+    let ledger_err = |source: sqlx::Error| MigrationError::Ledger {
+        schema: schema_owned.clone(),
         source,
     };
     // `schema` is checked above to be [a-z0-9_]+, so quoting it is enough.
@@ -182,17 +194,16 @@ pub async fn apply(
          );
          SET LOCAL search_path TO \"{schema}\", public;"
     );
-    sqlx::raw_sql(&setup)
-        .execute(&mut *con)
-        .await
-        .map_err(ledger_err)?;
+    if let Err(e) = exec_simple(&mut *con, &setup).await {
+        return Err(ledger_err(e));
+    }
 
-    let applied: Vec<(i64, String)> = sqlx::query_as(&format!(
-        "SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version"
-    ))
-    .fetch_all(&mut *con)
-    .await
-    .map_err(ledger_err)?;
+    let select =
+        format!("SELECT version, checksum FROM \"{schema}\".schema_migrations ORDER BY version");
+    let applied: Vec<(i64, String)> = match sqlx::query_as(&select).fetch_all(&mut *con).await {
+        Ok(rows) => rows,
+        Err(e) => return Err(ledger_err(e)),
+    };
     let applied: BTreeMap<i64, String> = applied.into_iter().collect();
 
     for m in migrations {
@@ -208,35 +219,38 @@ pub async fn apply(
         }
     }
 
-    let mut report = ApplyReport::default();
-    for m in migrations
+    let pending: Vec<Migration> = migrations
         .iter()
         .filter(|m| !applied.contains_key(&m.version))
-    {
-        sqlx::raw_sql(&m.sql)
-            .execute(&mut *con)
-            .await
-            .map_err(|source| MigrationError::Failed {
+        .cloned()
+        .collect();
+    let insert = format!(
+        "INSERT INTO \"{schema}\".schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+    );
+    let mut report = ApplyReport::default();
+    for m in pending {
+        if let Err(source) = exec_simple(&mut *con, &m.sql).await {
+            return Err(MigrationError::Failed {
                 schema: schema.to_owned(),
                 file: m.file.clone(),
                 message: crate::config::one_line(&source.to_string()),
                 source,
-            })?;
-        sqlx::query(&format!(
-            "INSERT INTO \"{schema}\".schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
-        ))
-        .bind(m.version)
-        .bind(&m.name)
-        .bind(&m.checksum)
-        .execute(&mut *con)
-        .await
-        .map_err(ledger_err)?;
+            });
+        }
+        let res = sqlx::query(&insert)
+            .bind(m.version)
+            .bind(m.name.clone())
+            .bind(m.checksum.clone())
+            .execute(&mut *con)
+            .await;
+        if let Err(e) = res {
+            return Err(ledger_err(e));
+        }
         report.applied.push(m.version);
     }
-    sqlx::raw_sql("SET LOCAL search_path TO DEFAULT")
-        .execute(&mut *con)
-        .await
-        .map_err(ledger_err)?;
+    if let Err(e) = exec_simple(&mut *con, "SET LOCAL search_path TO DEFAULT").await {
+        return Err(ledger_err(e));
+    }
     report.version = applied
         .keys()
         .copied()
