@@ -1,15 +1,151 @@
-//! The cache-invalidator worker. (Skeleton: being built.)
+//! The cache-invalidator worker: clears tenant cache keys when org, session (and configured)
+//! events arrive, safely and in bulk.
+//!
+//! - [`rules`]: subject → key pattern templates; checked at start, values validated as codes
+//!   and glob-escaped at run time.
+//! - [`handler`]: one message: rules → patterns → wait for a pass → ack (or DLQ / NAK).
+//! - [`pass`]: the coalescing pass loop and the ack guarantee (a message is acked only after a
+//!   pass that started after its arrival finished).
+//! - [`matcher`]: one compiled set of every queued pattern, checked per key with hash lookups.
+//! - [`keyspace`]: `SCAN` + pipelined `UNLINK` on every master (single server or Redis Cluster).
+//! - [`metrics`]: keys deleted per rule, pass duration, patterns per pass, queue depth.
+//!
+//! Never `KEYS`, never `FLUSHDB`. See docs/cache-invalidator.md.
 
-use fleet_shared::Fleet;
+pub mod config;
+pub mod glob;
+pub mod handler;
+pub mod keyspace;
+pub mod matcher;
+pub mod metrics;
+pub mod pass;
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_shared::config::Settings;
+use fleet_shared::redis_target::RedisTarget;
+use fleet_shared::topology::{ensure_streams, ConsumerSpec, Topology, EVENTS_STREAM};
+use fleet_shared::{Code, Fleet, WorkerSpec};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::{InvalidationConfig, SECTION};
+use crate::handler::InvalidateHandler;
+use crate::keyspace::Keyspace;
+use crate::matcher::MatchSet;
+use crate::metrics::CacheMetrics;
+use crate::pass::Passes;
+use crate::rules::RuleSet;
 
 pub const NAME: &str = "cache-invalidator";
 /// Whether `/readyz` of this worker's binary checks Redis.
 pub const USES_REDIS: bool = true;
 
+/// Reads and checks the `[invalidation]` section; the error is one line naming the problem.
+pub fn load(settings: &Settings) -> anyhow::Result<(InvalidationConfig, RuleSet)> {
+    let cfg: InvalidationConfig = settings.file.section(SECTION)?.unwrap_or_default();
+    let rules = RuleSet::build(&cfg)?;
+    Ok((cfg, rules))
+}
+
+/// The durable consumer of one subject (nats-server 2.9: one filter per consumer).
+pub fn durable_name(subject: &str) -> String {
+    format!("{NAME}-{}", subject.replace('.', "_"))
+}
+
+fn consumers(rules: &RuleSet) -> anyhow::Result<Vec<ConsumerSpec>> {
+    let mut out: Vec<ConsumerSpec> = Vec::new();
+    for s in &rules.subjects {
+        let durable = durable_name(&s.subject);
+        if let Some(other) = out.iter().find(|c| c.durable == durable) {
+            anyhow::bail!(
+                "FLEET_CONFIG [invalidation]: subjects {} and {} map to the same consumer name {durable}; rename one",
+                other.filter_subject,
+                s.subject
+            );
+        }
+        out.push(ConsumerSpec::new(EVENTS_STREAM, &durable, &s.subject));
+    }
+    Ok(out)
+}
+
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = fleet;
-    shutdown.cancelled().await;
-    Ok(())
+    let (cfg, rules) = load(&fleet.settings)?;
+    let consumers = consumers(&rules)?;
+    let extra = rules.extra_subjects();
+    if !extra.is_empty() {
+        // Configured subjects outside tenant.>/org.>/session.> must be captured by the stream.
+        ensure_streams(
+            &fleet.js,
+            &Topology {
+                replicas: fleet.settings.stream_replicas,
+                extra_event_subjects: extra,
+                ..Topology::default()
+            },
+        )
+        .await?;
+    }
+    let metrics = CacheMetrics::register(&fleet.metrics);
+    let keyspace = Keyspace::new(fleet.redis.clone(), cfg.scan_count(), cfg.unlink_batch());
+    let names = rules.rules.iter().map(|r| r.name.clone()).collect();
+    let (passes, pass_loop) = Passes::start(keyspace, names, metrics);
+    tracing::info!(
+        rules = rules.rules.len(),
+        subjects = ?rules.subjects.iter().map(|s| s.subject.as_str()).collect::<Vec<_>>(),
+        "cache invalidation rules loaded"
+    );
+
+    let mut spec = WorkerSpec::new(NAME, consumers);
+    spec.concurrency = cfg.concurrency();
+    spec.shutdown_timeout = fleet.settings.shutdown_timeout;
+    let handler = InvalidateHandler {
+        rules: Arc::new(rules),
+        passes,
+    };
+    let res = fleet_shared::worker::run(
+        fleet.js.clone(),
+        fleet.metrics.clone(),
+        spec,
+        Arc::new(handler),
+        shutdown,
+    )
+    .await;
+    // The loop ends once the last handler (and with it the last `Passes`) is gone.
+    let _ = tokio::time::timeout(Duration::from_secs(5), pass_loop).await;
+    res
+}
+
+/// What `fleetctl cache preview` shows: per rule, its patterns for one org and how many keys
+/// they match now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PreviewRow {
+    pub rule: String,
+    pub subject: String,
+    pub patterns: Vec<String>,
+    pub keys: u64,
+}
+
+/// Counts, per rule, the keys an invalidation of `org` would delete; deletes nothing.
+pub async fn preview(settings: &Settings, org: &Code) -> anyhow::Result<Vec<PreviewRow>> {
+    let (cfg, rules) = load(settings)?;
+    let target = RedisTarget::parse(&settings.redis_url)?;
+    let patterns = rules.patterns_for_org(org);
+    let set = MatchSet::new(&patterns);
+    let mut keyspace = Keyspace::new(target, cfg.scan_count(), cfg.unlink_batch());
+    let report = keyspace.count(&set).await?;
+    let mut rows: BTreeMap<usize, PreviewRow> = BTreeMap::new();
+    for p in &patterns {
+        let r = &rules.rules[p.rule];
+        let row = rows.entry(p.rule).or_insert_with(|| PreviewRow {
+            rule: r.name.clone(),
+            subject: r.subject.clone(),
+            patterns: Vec::new(),
+            keys: report.per_rule.get(&p.rule).copied().unwrap_or(0),
+        });
+        row.patterns.push(p.glob.clone());
+    }
+    Ok(rows.into_values().collect())
 }
