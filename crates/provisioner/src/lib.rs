@@ -1,15 +1,79 @@
-//! The provisioner worker. (Skeleton: being built.)
+//! The provisioner worker: turns `tenant.created` into a ready tenant and `tenant.migrate` into
+//! an up-to-date one.
+//!
+//! For each `tenant.created` it registers the tenant in `fleet.tenants`, creates the schema
+//! `tenant_<code>`, applies the versioned tenant migrations ([`migrations`]) with a per-schema
+//! ledger, writes the plan's configurations ([`plans`]) and marks the tenant `active`, all in one
+//! transaction serialized per tenant ([`provision`]); after the commit it publishes
+//! `tenant.provisioned`. The effect happens once under at-least-once delivery because the
+//! registry row is the record: a repeat finds the tenant active and only re-announces it.
+//!
+//! It reads one durable consumer, `provisioner`, filtered to `tenant.>` (nats-server 2.9 allows
+//! one filter per consumer, and a second durable would hold one of the shared concurrency permits
+//! idle): subjects other than `tenant.created` / `tenant.migrate` are acked and ignored.
 
-use fleet_shared::Fleet;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod metrics;
+pub mod migrate_tenant;
+pub mod migrations;
+pub mod plans;
+pub mod provision;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fleet_shared::topology::{ConsumerSpec, EVENTS_STREAM};
+use fleet_shared::{Fleet, WorkerSpec};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::ProvisionerConfig;
+use crate::handler::Provisioner;
+use crate::metrics::ProvisionerMetrics;
+use crate::plans::Plans;
 
 pub const NAME: &str = "provisioner";
 /// Whether `/readyz` of this worker's binary checks Redis.
 pub const USES_REDIS: bool = false;
+/// The durable consumer every replica shares.
+pub const DURABLE: &str = "provisioner";
+/// Its filter: every tenant event (see the module docs for why not two durables).
+pub const FILTER: &str = "tenant.>";
 
-/// Runs the worker until `shutdown` is cancelled.
+/// Runs the worker until `shutdown` is cancelled. Fails at once, with one line naming the
+/// setting, when `[provisioner]`, `[plans]` or `FLEET_TENANT_MIGRATIONS` is bad.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = fleet;
-    shutdown.cancelled().await;
-    Ok(())
+    let config = ProvisionerConfig::from_settings(&fleet.settings)?;
+    let plans = Plans::from_settings(&fleet.settings)?;
+    let migrations = migrations::load(&fleet.settings)?;
+    tracing::info!(
+        migrations = migrations.len(),
+        schema.version = fleet_shared::migrate::latest_version(&migrations),
+        plans = %plans.names().collect::<Vec<_>>().join(","),
+        concurrency = config.concurrency,
+        "provisioner starting"
+    );
+    let handler = Provisioner {
+        pg: fleet.pg.clone(),
+        js: fleet.js.clone(),
+        plans,
+        migrations: Arc::new(migrations),
+        metrics: ProvisionerMetrics::register(&fleet.metrics),
+    };
+    let mut consumer = ConsumerSpec::new(EVENTS_STREAM, DURABLE, FILTER);
+    consumer.ack_wait = config.ack_wait();
+    let mut spec = WorkerSpec::new(NAME, vec![consumer]);
+    spec.concurrency = config.concurrency;
+    spec.max_attempts = config.max_attempts;
+    spec.shutdown_timeout = fleet.settings.shutdown_timeout;
+    fleet_shared::worker::run(
+        fleet.js.clone(),
+        fleet.metrics.clone(),
+        spec,
+        Arc::new(handler),
+        shutdown,
+    )
+    .await
+    .context("Failed to run the provisioner")
 }

@@ -1,0 +1,59 @@
+//! The `[provisioner]` section of `FLEET_CONFIG`: how many tenants are provisioned at once and
+//! how long a delivery may stay unacknowledged. Unknown keys are refused so a typo fails at start
+//! instead of being ignored.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisionerConfig {
+    /// Messages handled at once (each holds one Postgres connection for its transaction).
+    pub concurrency: usize,
+    /// Seconds JetStream waits for an ack before redelivering (in-progress acks extend it while
+    /// a long migration runs). Only used when the durable consumer is first created.
+    pub ack_wait_secs: u64,
+    /// Deliveries after which a transient failure is dead-lettered.
+    pub max_attempts: i64,
+}
+
+impl Default for ProvisionerConfig {
+    fn default() -> Self {
+        ProvisionerConfig {
+            concurrency: 4,
+            ack_wait_secs: 30,
+            max_attempts: 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Section(#[from] fleet_shared::config::ConfigError),
+    #[error("FLEET_CONFIG [provisioner]: {0}")]
+    Invalid(&'static str),
+}
+
+impl ProvisionerConfig {
+    pub fn from_settings(settings: &fleet_shared::Settings) -> Result<Self, ConfigError> {
+        let c: ProvisionerConfig = settings.file.section("provisioner")?.unwrap_or_default();
+        if !(1..=16).contains(&c.concurrency) {
+            return Err(ConfigError::Invalid(
+                "concurrency must be 1 to 16 (the Postgres pool holds 16 connections)",
+            ));
+        }
+        if !(1..=3600).contains(&c.ack_wait_secs) {
+            return Err(ConfigError::Invalid("ack_wait_secs must be 1 to 3600"));
+        }
+        if !(1..=1000).contains(&c.max_attempts) {
+            return Err(ConfigError::Invalid("max_attempts must be 1 to 1000"));
+        }
+        Ok(c)
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+}

@@ -1,0 +1,78 @@
+//! Why provisioning or migrating a tenant did not happen, and whether trying again can help.
+//!
+//! The split decides the message's fate (see [`fleet_shared::worker`]): a conflict, bad input or a
+//! migration whose SQL fails is permanent and dead-lettered at once with a one-line reason; a
+//! database that is unreachable, a deadlock or a lost race is transient and retried with backoff.
+
+use fleet_shared::db::{is_transient, sqlstate};
+use fleet_shared::events::BadInput;
+use fleet_shared::migrate::MigrationError;
+use fleet_shared::HandleError;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    BadInput(#[from] BadInput),
+    #[error("tenant.created: unknown plan {plan:?} (known plans: {known})")]
+    UnknownPlan { plan: String, known: String },
+    #[error("conflict: tenant code {code} already belongs to tenant_id {existing}, not {requested}; the existing tenant is left untouched")]
+    CodeTaken {
+        code: String,
+        existing: Uuid,
+        requested: Uuid,
+    },
+    #[error("conflict: tenant_id {tenant_id} is already registered with code {existing}, not {requested}; the existing tenant is left untouched")]
+    IdTaken {
+        tenant_id: Uuid,
+        existing: String,
+        requested: String,
+    },
+    #[error("tenant {code} is {status}; it cannot be provisioned or migrated")]
+    WrongStatus { code: String, status: String },
+    #[error("tenant.migrate: no tenant with code {0}")]
+    UnknownTenant(String),
+    #[error("schema {0} already exists but no tenant owns it; refusing to provision into it (drop or rename it first)")]
+    OrphanSchema(String),
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("Failed to {what}: {source}")]
+    Db {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("Failed to publish tenant.provisioned: {0:#}")]
+    Announce(anyhow::Error),
+}
+
+impl ProvisionError {
+    /// A closure for `map_err` on a database call.
+    pub fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> ProvisionError {
+        move |source| ProvisionError::Db { what, source }
+    }
+
+    /// Whether a later attempt can succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProvisionError::Db { source, .. } => {
+                // 23505: another delivery inserted the same tenant between our check and insert
+                // (two codes racing for one tenant_id); the retry sees its row and decides.
+                is_transient(source) || sqlstate(source).as_deref() == Some("23505")
+            }
+            ProvisionError::Migration(e) => e.is_transient(),
+            ProvisionError::Announce(_) => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<ProvisionError> for HandleError {
+    fn from(e: ProvisionError) -> Self {
+        if e.is_transient() {
+            HandleError::Transient(anyhow::Error::new(e))
+        } else {
+            HandleError::invalid(e.to_string())
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The provisioner's own metrics, next to the worker loop's (`fleet_messages_*`). Each is bumped
+//! in the same place as the matching log line (see `handler.rs`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+use fleet_shared::metrics::{latency_histogram, HistogramFamily, Metrics};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabels {
+    pub plan: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
+#[derive(Clone)]
+pub struct ProvisionerMetrics {
+    /// Tenants newly provisioned, by plan.
+    pub provisioned: Family<PlanLabels, Counter>,
+    /// `tenant.created` deliveries that found the tenant already active.
+    pub duplicates: Counter,
+    /// Tenant migrations applied (by provisioning or by `tenant.migrate`).
+    pub migrations_applied: Counter,
+    /// Duration of the provisioning / migration transaction, by event.
+    pub transaction_seconds: HistogramFamily<EventLabels>,
+}
+
+impl ProvisionerMetrics {
+    pub fn register(metrics: &Metrics) -> ProvisionerMetrics {
+        let m = ProvisionerMetrics {
+            provisioned: Family::default(),
+            duplicates: Counter::default(),
+            migrations_applied: Counter::default(),
+            transaction_seconds: Family::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+        };
+        metrics.register(|r| {
+            r.register(
+                "provisioner_tenants_provisioned",
+                "Tenants provisioned (schema, migrations, configs committed), by plan",
+                m.provisioned.clone(),
+            );
+            r.register(
+                "provisioner_duplicates",
+                "tenant.created deliveries that found the tenant already active",
+                m.duplicates.clone(),
+            );
+            r.register(
+                "provisioner_migrations_applied",
+                "Tenant migrations applied",
+                m.migrations_applied.clone(),
+            );
+            r.register(
+                "provisioner_transaction_duration_seconds",
+                "Time the provisioning or migration transaction took",
+                m.transaction_seconds.clone(),
+            );
+        });
+        m
+    }
+}

@@ -1,0 +1,205 @@
+//! `tenant.created`: one transaction per tenant, all or nothing.
+//!
+//! Under `pg_advisory_xact_lock` keyed by the code (so two deliveries of the same tenant, or two
+//! replicas, never interleave), the transaction registers the tenant (`provisioning`), creates
+//! `tenant_<code>`, applies the tenant migrations with their ledger, upserts the plan's configs
+//! and marks the tenant `active`. Postgres DDL is transactional, so a migration that fails leaves
+//! no schema, no row and no config behind.
+//!
+//! Idempotence comes from the registry itself, not from message ids: a delivery that finds an
+//! `active` tenant with the same `tenant_id` and code changes nothing and reports it, so the
+//! caller re-announces it (deduplicated by its message id). The same code with another
+//! `tenant_id`, or the same `tenant_id` with another code, is a conflict and touches nothing.
+
+use std::collections::BTreeMap;
+
+use fleet_shared::events::TenantCreated;
+use fleet_shared::migrate::{self, Migration};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::error::ProvisionError;
+
+/// Advisory-lock class for per-tenant locks (the second key is `hashtext(code)`). A hash collision
+/// only serializes two unrelated tenants, never merges them.
+const TENANT_LOCK_CLASS: i32 = 0x7072_6f76; // "prov"
+
+/// The registry row of a tenant as the provisioner reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TenantRow {
+    pub tenant_id: Uuid,
+    pub code: String,
+    pub plan: String,
+    pub status: String,
+    pub schema_name: String,
+    pub schema_version: i64,
+}
+
+/// What a `tenant.created` delivery did.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub tenant: TenantRow,
+    /// Versions this delivery applied (empty when the tenant was already active).
+    pub applied: Vec<i64>,
+    /// False when the tenant was already active (a duplicate delivery).
+    pub created: bool,
+}
+
+/// Takes the per-tenant lock for the rest of the transaction.
+pub async fn lock_tenant(con: &mut PgConnection, code: &str) -> Result<(), ProvisionError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(TENANT_LOCK_CLASS)
+        .bind(code)
+        .execute(&mut *con)
+        .await
+        .map_err(ProvisionError::db("take the tenant lock"))?;
+    Ok(())
+}
+
+/// Provisions `req` with `configs` (its plan's defaults merged with its overrides).
+pub async fn provision(
+    pg: &PgPool,
+    migrations: &[Migration],
+    req: &TenantCreated,
+    configs: &BTreeMap<String, Value>,
+) -> Result<Provisioned, ProvisionError> {
+    let code = req.code.as_str();
+    let schema = req.code.schema_name();
+    let mut tx = pg
+        .begin()
+        .await
+        .map_err(ProvisionError::db("begin a transaction"))?;
+    lock_tenant(&mut tx, code).await?;
+
+    let existing: Vec<TenantRow> = sqlx::query_as(
+        "SELECT tenant_id, code, plan, status, schema_name, schema_version
+           FROM fleet.tenants WHERE code = $1 OR tenant_id = $2 FOR UPDATE",
+    )
+    .bind(code)
+    .bind(req.tenant_id)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(ProvisionError::db("read the tenant registry"))?;
+
+    let mut resume = false;
+    for row in &existing {
+        if row.code == code && row.tenant_id != req.tenant_id {
+            return Err(ProvisionError::CodeTaken {
+                code: code.into(),
+                existing: row.tenant_id,
+                requested: req.tenant_id,
+            });
+        }
+        if row.tenant_id == req.tenant_id && row.code != code {
+            return Err(ProvisionError::IdTaken {
+                tenant_id: req.tenant_id,
+                existing: row.code.clone(),
+                requested: code.into(),
+            });
+        }
+        match row.status.as_str() {
+            "active" => {
+                // A redelivery, or a second copy under another message id: nothing to do.
+                tx.rollback()
+                    .await
+                    .map_err(ProvisionError::db("end a read-only transaction"))?;
+                return Ok(Provisioned {
+                    tenant: row.clone(),
+                    applied: Vec::new(),
+                    created: false,
+                });
+            }
+            "deleted" => {
+                return Err(ProvisionError::WrongStatus {
+                    code: code.into(),
+                    status: row.status.clone(),
+                })
+            }
+            // `provisioning` or `failed` left by an operator or an older version: finish it.
+            _ => resume = true,
+        }
+    }
+
+    if resume {
+        sqlx::query(
+            "UPDATE fleet.tenants SET name = $2, plan = $3, org_code = $4,
+                    status = 'provisioning', updated_at = now()
+              WHERE tenant_id = $1",
+        )
+        .bind(req.tenant_id)
+        .bind(req.name.trim())
+        .bind(&req.plan)
+        .bind(req.org_code.as_ref().map(|c| c.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(ProvisionError::db("update the tenant row"))?;
+    } else {
+        sqlx::query(
+            "INSERT INTO fleet.tenants (tenant_id, code, name, plan, org_code, status, schema_name)
+             VALUES ($1, $2, $3, $4, $5, 'provisioning', $6)",
+        )
+        .bind(req.tenant_id)
+        .bind(code)
+        .bind(req.name.trim())
+        .bind(&req.plan)
+        .bind(req.org_code.as_ref().map(|c| c.as_str()))
+        .bind(&schema)
+        .execute(&mut *tx)
+        .await
+        .map_err(ProvisionError::db("insert the tenant row"))?;
+        // Not IF NOT EXISTS: a schema nobody registered may hold someone's data, and running our
+        // migrations into it would mix the two.
+        // `schema` is tenant_ + a validated code ([a-z0-9_]), so it is a safe identifier.
+        match migrate::exec_simple(&mut tx, &format!("CREATE SCHEMA \"{schema}\"")).await {
+            Ok(_) => {}
+            Err(e) if fleet_shared::db::sqlstate(&e).as_deref() == Some("42P06") => {
+                return Err(ProvisionError::OrphanSchema(schema));
+            }
+            Err(e) => return Err(ProvisionError::db("create the tenant schema")(e)),
+        }
+    }
+
+    let report = migrate::apply(&mut tx, &schema, migrations).await?;
+    write_configs(&mut tx, req.tenant_id, configs).await?;
+
+    let tenant: TenantRow = sqlx::query_as(
+        "UPDATE fleet.tenants
+            SET status = 'active', schema_version = $2, provisioned_at = now(), updated_at = now()
+          WHERE tenant_id = $1
+         RETURNING tenant_id, code, plan, status, schema_name, schema_version",
+    )
+    .bind(req.tenant_id)
+    .bind(report.version)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(ProvisionError::db("mark the tenant active"))?;
+    tx.commit()
+        .await
+        .map_err(ProvisionError::db("commit the provisioning transaction"))?;
+    Ok(Provisioned {
+        tenant,
+        applied: report.applied,
+        created: true,
+    })
+}
+
+/// Upserts every config in one statement (one round trip whatever the plan's size).
+async fn write_configs(
+    con: &mut PgConnection,
+    tenant_id: Uuid,
+    configs: &BTreeMap<String, Value>,
+) -> Result<(), ProvisionError> {
+    sqlx::query(
+        "INSERT INTO fleet.tenant_configurations (tenant_id, config_key, config_value)
+         SELECT $1, key, value FROM jsonb_each($2::jsonb)
+         ON CONFLICT (tenant_id, config_key)
+         DO UPDATE SET config_value = EXCLUDED.config_value, updated_at = now()",
+    )
+    .bind(tenant_id)
+    .bind(sqlx::types::Json(configs))
+    .execute(&mut *con)
+    .await
+    .map_err(ProvisionError::db("write the tenant configurations"))?;
+    Ok(())
+}
