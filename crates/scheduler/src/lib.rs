@@ -1,15 +1,148 @@
-//! The scheduler worker. (Skeleton: being built.)
+//! The scheduler: periodic per-tenant jobs, fanned out once per tenant per tick, leader-elected.
+//!
+//! Schedules come from `[[schedules]]` in `FLEET_CONFIG` ([`config`]; an invalid one stops the
+//! process at start with one line naming it). Every replica runs [`run`]; they elect one leader on
+//! NATS KV ([`leader`]); only the leader decides ticks ([`ticks`], [`lead`]) and fans each out
+//! ([`fanout`]) as one job per matching tenant with `Nats-Msg-Id = <schedule>:<tick>:<tenant_id>`,
+//! recording the run and its progress in `fleet.schedule_runs` ([`store`]). A follower takes over
+//! within two lease periods of the leader's death and resumes any unfinished fan-out from its
+//! cursor. The jobs stream's duplicate window is widened at start to cover the longest spread
+//! plus a failover, so a re-published job is dropped by the stream.
+//!
+//! Manual triggers (`fleetctl schedule trigger`) are rows in `fleet.schedule_triggers`, picked up
+//! by the leader within a second, or at once when [`WAKE_SUBJECT`] nudges it.
 
+pub mod config;
+pub mod fanout;
+pub mod lead;
+pub mod leader;
+pub mod metrics;
+pub mod store;
+pub mod ticks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleet_shared::topology::{ensure_streams, Topology};
 use fleet_shared::Fleet;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::SchedulerConfig;
+use crate::lead::Ctx;
+use crate::leader::Elector;
+use crate::metrics::SchedulerMetrics;
 
 pub const NAME: &str = "scheduler";
 /// Whether `/readyz` of this worker's binary checks Redis.
 pub const USES_REDIS: bool = false;
+/// Core-NATS subject (not stored by any stream) that wakes the leader for a manual trigger.
+pub const WAKE_SUBJECT: &str = "fleet.scheduler.wake";
 
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let _ = fleet;
-    shutdown.cancelled().await;
-    Ok(())
+    let config = SchedulerConfig::from_file(&fleet.settings.file)?;
+    if config.schedules.is_empty() {
+        tracing::info!("scheduler: no [[schedules]] in FLEET_CONFIG; idle");
+        shutdown.cancelled().await;
+        return Ok(());
+    }
+    ensure_streams(
+        &fleet.js,
+        &Topology {
+            replicas: fleet.settings.stream_replicas,
+            jobs_duplicate_window: config.jobs_duplicate_window(),
+            ..Default::default()
+        },
+    )
+    .await
+    .context("Failed to widen the jobs stream's duplicate window")?;
+    let metrics = SchedulerMetrics::register(&fleet.metrics);
+    let id = instance_id();
+    let elector = Elector::open(
+        &fleet.js,
+        id.clone(),
+        config.lease,
+        fleet.settings.stream_replicas,
+    )
+    .await?;
+    let mut wake = fleet
+        .nats
+        .subscribe(WAKE_SUBJECT)
+        .await
+        .context("Failed to subscribe to the scheduler wake subject")?;
+    let ctx = Ctx {
+        js: fleet.js.clone(),
+        pg: fleet.pg.clone(),
+        config: Arc::new(config),
+        metrics: metrics.clone(),
+        leader_id: id.clone().into(),
+    };
+    tracing::info!(
+        scheduler.id = %id,
+        schedules = ctx.config.schedules.len(),
+        lease = ?ctx.config.lease,
+        "scheduler started; waiting for leadership"
+    );
+
+    loop {
+        let Some(revision) = elector.acquire(&shutdown).await else {
+            return Ok(());
+        };
+        metrics.leader.set(1);
+        tracing::info!(scheduler.id = %id, "became the scheduler leader");
+        let term = shutdown.child_token();
+        let stop_renewing = CancellationToken::new();
+        let (held, led) = tokio::join!(elector.hold(revision, &term, &stop_renewing), async {
+            let r = lead::lead(&ctx, &term, &mut wake).await;
+            stop_renewing.cancel();
+            r
+        });
+        metrics.leader.set(0);
+        if let Some(revision) = held {
+            elector.release(revision).await;
+        }
+        if shutdown.is_cancelled() {
+            tracing::info!(scheduler.id = %id, "scheduler stopped");
+            return Ok(());
+        }
+        match led {
+            Ok(()) => tracing::warn!(scheduler.id = %id, "no longer the leader; following"),
+            Err(e) => {
+                tracing::error!(error = %fleet_shared::config::one_line(&format!("{e:#}")), "leading failed; stepping down and retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Queues a manual tick of `schedule` (see `fleetctl schedule trigger`) and nudges the leader.
+pub async fn trigger(
+    pg: &sqlx::PgPool,
+    nats: Option<&async_nats::Client>,
+    schedule: &str,
+    requested_by: &str,
+) -> anyhow::Result<i64> {
+    let id = store::request_trigger(pg, schedule, requested_by).await?;
+    if let Some(nats) = nats {
+        // Best effort: without the nudge the leader still finds the row within a second.
+        let _ = nats.publish(WAKE_SUBJECT, id.to_string().into()).await;
+        let _ = nats.flush().await;
+    }
+    Ok(id)
+}
+
+/// `host-pid-random`: unique per process, readable in the leader key and run records.
+fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "scheduler".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &rand[..8])
 }

@@ -1,0 +1,598 @@
+//! The schedule file: `[[schedules]]` (and the optional `[scheduler]` section) of `FLEET_CONFIG`,
+//! parsed and validated once at start.
+//!
+//! Everything that could make a tick fail later is checked here, so a bad schedule stops the
+//! process at start with one line naming it: the name (it becomes part of every `Nats-Msg-Id`),
+//! the cron expression, the IANA timezone, the subject template (only `{tenant_code}` may be
+//! substituted, and the result must be a `jobs.` subject or the built-in `tenant.migrate`), the
+//! tenant selector, the payload (a table whose keys do not shadow the fields the scheduler adds)
+//! and the spread (a `tenant.migrate` schedule's spread must fit the events stream's fixed 2-minute
+//! duplicate window together with a leader failover; see [`max_events_spread`]).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use fleet_shared::config::{ConfigError, FileConfig};
+use fleet_shared::Code;
+use serde::Deserialize;
+
+use crate::ticks::CronSpec;
+
+/// The fields the scheduler adds to every job payload; a configured payload may not set them.
+pub const RESERVED_PAYLOAD_KEYS: &[&str] = &["tenant_id", "tenant_code", "schedule", "tick"];
+/// The built-in target: `{"code"}` to `tenant.migrate` on `FLEET_EVENTS`, consumed by the provisioner.
+pub const MIGRATE_SUBJECT: &str = "tenant.migrate";
+/// The duplicate window of `FLEET_EVENTS` (fixed by the shared topology).
+pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Slack added to every duplicate window beyond spread and failover.
+pub const WINDOW_MARGIN: Duration = Duration::from_secs(30);
+pub const TENANT_STATUSES: &[&str] = &["provisioning", "active", "failed", "deleted"];
+
+/// A schedule that cannot run. `Display` is one line naming the schedule.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("schedule {name:?}: {problem}")]
+    Invalid { name: String, problem: String },
+    #[error(transparent)]
+    Section(#[from] ConfigError),
+}
+
+fn invalid(name: &str, problem: impl Into<String>) -> ScheduleError {
+    ScheduleError::Invalid {
+        name: name.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a whole number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn parse(self) -> Result<Duration, String> {
+        match self {
+            RawDuration::Seconds(s) => Ok(Duration::from_secs(s)),
+            RawDuration::Text(t) => parse_duration(&t),
+        }
+    }
+}
+
+/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` (or bare seconds, `"30"`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 2h, 1d)"))?;
+    let ms = match unit.trim() {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration (e.g. 500ms, 30s, 5m, 2h, 1d)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSelector {
+    status: Option<OneOrMany>,
+    plans: Option<OneOrMany>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    name: String,
+    cron: String,
+    #[serde(default)]
+    timezone: Option<String>,
+    subject: String,
+    #[serde(default)]
+    payload: Option<toml::Table>,
+    #[serde(default)]
+    tenants: RawSelector,
+    #[serde(default)]
+    spread: Option<RawDuration>,
+    #[serde(default)]
+    missed: Option<String>,
+    #[serde(default)]
+    missed_deadline: Option<RawDuration>,
+    #[serde(default)]
+    overlap: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    lease: Option<RawDuration>,
+}
+
+/// What to do with ticks that fell into a downtime (no leader, or the leader was stuck).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// Ticks later than [`crate::ticks::ON_TIME_GRACE`] are skipped.
+    Skip,
+    /// The latest missed tick runs once if it is at most `deadline` old; older ones are skipped.
+    RunLatest { deadline: Duration },
+}
+
+/// Whether a tick may start while the previous tick's jobs are still pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    Allow,
+    /// Skip (and record) the tick while the previous run is still publishing or, for `jobs.`
+    /// subjects, messages of this schedule's subject filter are still in `FLEET_JOBS`.
+    Forbid,
+}
+
+/// Where a schedule's jobs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `jobs.…` on `FLEET_JOBS`; the template's `{tenant_code}` is replaced by the tenant's code.
+    Jobs { template: String },
+    /// The built-in target: `{"code"}` to `tenant.migrate` on `FLEET_EVENTS`.
+    TenantMigrate,
+}
+
+impl Target {
+    /// The subject of one tenant's job. The code is a validated [`Code`] (`[a-z0-9_]`), so it is
+    /// always a single valid subject token.
+    pub fn subject(&self, code: &Code) -> String {
+        match self {
+            Target::Jobs { template } => template.replace("{tenant_code}", code.as_str()),
+            Target::TenantMigrate => MIGRATE_SUBJECT.to_owned(),
+        }
+    }
+
+    /// The subject filter covering every tenant's job (`{tenant_code}` → `*`).
+    pub fn filter(&self) -> String {
+        match self {
+            Target::Jobs { template } => template.replace("{tenant_code}", "*"),
+            Target::TenantMigrate => MIGRATE_SUBJECT.to_owned(),
+        }
+    }
+
+    pub fn display(&self) -> &str {
+        match self {
+            Target::Jobs { template } => template,
+            Target::TenantMigrate => MIGRATE_SUBJECT,
+        }
+    }
+}
+
+/// Which tenants a tick fans out to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub statuses: Vec<String>,
+    /// `None`: every plan.
+    pub plans: Option<Vec<String>>,
+}
+
+/// One validated schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: CronSpec,
+    pub target: Target,
+    /// The configured payload (a JSON object), merged into every job.
+    pub payload: serde_json::Map<String, serde_json::Value>,
+    pub selector: Selector,
+    pub spread: Duration,
+    pub missed: Missed,
+    pub overlap: Overlap,
+}
+
+/// The whole scheduler configuration.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub schedules: Vec<Schedule>,
+    /// Leader lease: the KV bucket's `max_age`; a dead leader is replaced within two of these.
+    pub lease: Duration,
+}
+
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// The largest spread a `tenant.migrate` schedule may have: the events stream keeps Msg-Ids for
+/// 2 minutes, and a resumed fan-out may re-publish up to two leases after the original.
+pub fn max_events_spread(lease: Duration) -> Duration {
+    EVENTS_DUPLICATE_WINDOW.saturating_sub(lease * 2 + WINDOW_MARGIN)
+}
+
+impl SchedulerConfig {
+    /// Reads `[scheduler]` and `[[schedules]]` from the config file.
+    pub fn from_file(file: &FileConfig) -> Result<SchedulerConfig, ScheduleError> {
+        let raw_sched: RawScheduler = file.section("scheduler")?.unwrap_or_default();
+        let lease = match raw_sched.lease {
+            Some(d) => d
+                .parse()
+                .map_err(|p| invalid("[scheduler]", format!("lease: {p}")))?,
+            None => DEFAULT_LEASE,
+        };
+        if lease < Duration::from_secs(1) {
+            return Err(invalid("[scheduler]", "lease must be at least 1s"));
+        }
+        let raws: Vec<RawSchedule> = file.section("schedules")?.unwrap_or_default();
+        let mut seen = HashSet::new();
+        let mut schedules = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let s = validate(raw, lease)?;
+            if !seen.insert(s.name.clone()) {
+                return Err(invalid(&s.name, "defined twice"));
+            }
+            schedules.push(s);
+        }
+        Ok(SchedulerConfig { schedules, lease })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Schedule> {
+        self.schedules.iter().find(|s| s.name == name)
+    }
+
+    /// The duplicate window `FLEET_JOBS` needs: the largest spread of a `jobs.` schedule plus a
+    /// failover (two leases) plus a margin.
+    pub fn jobs_duplicate_window(&self) -> Duration {
+        let spread = self
+            .schedules
+            .iter()
+            .filter(|s| matches!(s.target, Target::Jobs { .. }))
+            .map(|s| s.spread)
+            .max()
+            .unwrap_or_default();
+        spread + self.lease * 2 + WINDOW_MARGIN
+    }
+}
+
+/// A schedule name: it is part of `Nats-Msg-Id` (`<schedule>:<tick>:<tenant_id>`), so no colons.
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+fn parse_target(name: &str, subject: &str) -> Result<Target, ScheduleError> {
+    if subject == MIGRATE_SUBJECT {
+        return Ok(Target::TenantMigrate);
+    }
+    // Only `{tenant_code}` may be substituted; any other brace is a typo worth stopping for.
+    let rest = subject.replace("{tenant_code}", "x");
+    if rest.contains('{') || rest.contains('}') {
+        return Err(invalid(
+            name,
+            format!("subject {subject:?}: only {{tenant_code}} may be substituted"),
+        ));
+    }
+    let tokens_ok = rest.split('.').all(|t| {
+        !t.is_empty()
+            && t != "*"
+            && t != ">"
+            && t.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+    });
+    if !tokens_ok {
+        return Err(invalid(
+            name,
+            format!("subject {subject:?} is not a NATS subject without wildcards"),
+        ));
+    }
+    if !rest.starts_with("jobs.") {
+        return Err(invalid(
+            name,
+            format!(
+                "subject {subject:?} must start with jobs. (or be the built-in {MIGRATE_SUBJECT})"
+            ),
+        ));
+    }
+    // `{tenant_code}` must be a whole token, or the subject filter would not match it.
+    let whole = subject
+        .split('.')
+        .all(|t| !t.contains("{tenant_code}") || t == "{tenant_code}");
+    if !whole {
+        return Err(invalid(
+            name,
+            format!("subject {subject:?}: {{tenant_code}} must be a whole token (jobs.task.{{tenant_code}})"),
+        ));
+    }
+    Ok(Target::Jobs {
+        template: subject.to_owned(),
+    })
+}
+
+fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError> {
+    let name = raw.name.clone();
+    if !valid_name(&name) {
+        return Err(invalid(
+            &name,
+            "name must match ^[a-z0-9][a-z0-9_-]{0,63}$ (it is part of every Nats-Msg-Id)",
+        ));
+    }
+    let tz = raw.timezone.as_deref().unwrap_or("UTC");
+    let cron = CronSpec::parse(&raw.cron, tz).map_err(|e| invalid(&name, e.to_string()))?;
+    let target = parse_target(&name, raw.subject.trim())?;
+
+    let payload = match raw.payload {
+        None => serde_json::Map::new(),
+        Some(table) => {
+            if target == Target::TenantMigrate && !table.is_empty() {
+                return Err(invalid(
+                    &name,
+                    "the built-in tenant.migrate target sends {\"code\"} and takes no payload",
+                ));
+            }
+            let value = serde_json::to_value(&table)
+                .map_err(|e| invalid(&name, format!("payload: {e}")))?;
+            let serde_json::Value::Object(map) = value else {
+                return Err(invalid(&name, "payload must be a table"));
+            };
+            if let Some(k) = RESERVED_PAYLOAD_KEYS.iter().find(|k| map.contains_key(**k)) {
+                return Err(invalid(
+                    &name,
+                    format!("payload may not set {k:?}: the scheduler adds it"),
+                ));
+            }
+            map
+        }
+    };
+
+    let statuses = raw
+        .tenants
+        .status
+        .map(OneOrMany::into_vec)
+        .unwrap_or_else(|| vec!["active".to_owned()]);
+    if statuses.is_empty() {
+        return Err(invalid(&name, "tenants.status is empty"));
+    }
+    if let Some(bad) = statuses
+        .iter()
+        .find(|s| !TENANT_STATUSES.contains(&s.as_str()))
+    {
+        return Err(invalid(
+            &name,
+            format!(
+                "tenants.status {bad:?} is not one of {}",
+                TENANT_STATUSES.join(", ")
+            ),
+        ));
+    }
+    let plans = match raw.tenants.plans.map(OneOrMany::into_vec) {
+        None => None,
+        Some(p) if p.is_empty() => return Err(invalid(&name, "tenants.plans is empty")),
+        Some(p) => {
+            for plan in &p {
+                Code::parse(plan).map_err(|e| invalid(&name, format!("tenants.plans: {e}")))?;
+            }
+            Some(p)
+        }
+    };
+
+    let spread = match raw.spread {
+        Some(d) => d
+            .parse()
+            .map_err(|p| invalid(&name, format!("spread: {p}")))?,
+        None => Duration::ZERO,
+    };
+    if spread > Duration::from_secs(24 * 3600) {
+        return Err(invalid(&name, "spread may be at most 1d"));
+    }
+    if target == Target::TenantMigrate && spread > max_events_spread(lease) {
+        return Err(invalid(
+            &name,
+            format!(
+                "spread {spread:?} is too long for tenant.migrate: FLEET_EVENTS keeps Msg-Ids for 120s, so the spread may be at most {:?} with a {lease:?} lease",
+                max_events_spread(lease)
+            ),
+        ));
+    }
+
+    let missed = match raw.missed.as_deref().unwrap_or("skip") {
+        "skip" => {
+            if raw.missed_deadline.is_some() {
+                return Err(invalid(
+                    &name,
+                    "missed_deadline needs missed = \"run_latest\"",
+                ));
+            }
+            Missed::Skip
+        }
+        "run_latest" => {
+            let deadline = match raw.missed_deadline {
+                Some(d) => d
+                    .parse()
+                    .map_err(|p| invalid(&name, format!("missed_deadline: {p}")))?,
+                None => Duration::from_secs(3600),
+            };
+            Missed::RunLatest { deadline }
+        }
+        other => {
+            return Err(invalid(
+                &name,
+                format!("missed {other:?} is not skip or run_latest"),
+            ))
+        }
+    };
+    let overlap = match raw.overlap.as_deref().unwrap_or("allow") {
+        "allow" => Overlap::Allow,
+        "forbid" => Overlap::Forbid,
+        other => {
+            return Err(invalid(
+                &name,
+                format!("overlap {other:?} is not allow or forbid"),
+            ))
+        }
+    };
+
+    Ok(Schedule {
+        name,
+        cron,
+        target,
+        payload,
+        selector: Selector { statuses, plans },
+        spread,
+        missed,
+        overlap,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SchedulerConfig, ScheduleError> {
+        SchedulerConfig::from_file(&FileConfig::parse(text, None).unwrap())
+    }
+
+    const GOOD: &str = r#"
+[scheduler]
+lease = "5s"
+
+[[schedules]]
+name = "followups"
+cron = "0 */5 * * * *"
+timezone = "Europe/Berlin"
+subject = "jobs.followups.{tenant_code}"
+payload = { kind = "followup", limit = 50 }
+tenants = { status = "active", plans = ["premium", "enterprise"] }
+spread = "30s"
+missed = "run_latest"
+missed_deadline = "10m"
+overlap = "forbid"
+
+[[schedules]]
+name = "migrate-nightly"
+cron = "30 2 * * *"
+subject = "tenant.migrate"
+"#;
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.lease, Duration::from_secs(5));
+        let f = c.get("followups").unwrap();
+        assert_eq!(f.spread, Duration::from_secs(30));
+        assert_eq!(
+            f.missed,
+            Missed::RunLatest {
+                deadline: Duration::from_secs(600)
+            }
+        );
+        assert_eq!(f.overlap, Overlap::Forbid);
+        assert_eq!(f.selector.statuses, vec!["active"]);
+        assert_eq!(f.target.filter(), "jobs.followups.*");
+        let acme = Code::parse("acme").unwrap();
+        assert_eq!(f.target.subject(&acme), "jobs.followups.acme");
+        let m = c.get("migrate-nightly").unwrap();
+        assert_eq!(m.target, Target::TenantMigrate);
+        assert_eq!(m.missed, Missed::Skip);
+        assert_eq!(c.jobs_duplicate_window(), Duration::from_secs(30 + 10 + 30));
+    }
+
+    #[test]
+    fn no_schedules_is_fine() {
+        let c = parse("").unwrap();
+        assert!(c.schedules.is_empty());
+        assert_eq!(c.lease, DEFAULT_LEASE);
+    }
+
+    #[test]
+    fn invalid_schedules_fail_with_one_line_naming_them() {
+        let base = |extra: &str| {
+            format!(
+                "[[schedules]]\nname = \"bad1\"\nsubject = \"jobs.x.{{tenant_code}}\"\n{extra}\n"
+            )
+        };
+        let cases = [
+            (base("cron = \"not a cron\""), "cron"),
+            (base("cron = \"0 * * * * * * *\""), "cron"),
+            (base("cron = \"* * * * *\"\ntimezone = \"Mars/Olympus\""), "timezone"),
+            (
+                "[[schedules]]\nname = \"bad1\"\ncron = \"* * * * *\"\nsubject = \"jobs.x.{code}\"\n".to_owned(),
+                "only {tenant_code}",
+            ),
+            (
+                "[[schedules]]\nname = \"bad1\"\ncron = \"* * * * *\"\nsubject = \"other.{tenant_code}\"\n".to_owned(),
+                "must start with jobs.",
+            ),
+            (
+                "[[schedules]]\nname = \"bad1\"\ncron = \"* * * * *\"\nsubject = \"jobs.*.x\"\n".to_owned(),
+                "wildcards",
+            ),
+            (
+                "[[schedules]]\nname = \"bad1\"\ncron = \"* * * * *\"\nsubject = \"jobs.x_{tenant_code}\"\n".to_owned(),
+                "whole token",
+            ),
+            (base("cron = \"* * * * *\"\nmissed = \"sometimes\""), "missed"),
+            (base("cron = \"* * * * *\"\noverlap = \"maybe\""), "overlap"),
+            (base("cron = \"* * * * *\"\nspread = \"ten\""), "spread"),
+            (base("cron = \"* * * * *\"\npayload = { tick = 1 }"), "tick"),
+            (base("cron = \"* * * * *\"\ntenants = { status = \"gone\" }"), "status"),
+            (base("cron = \"* * * * *\"\ntenants = { plans = [\"Gold!\"] }"), "plans"),
+            (
+                "[[schedules]]\nname = \"bad1\"\ncron = \"* * * * *\"\nsubject = \"tenant.migrate\"\nspread = \"10m\"\n".to_owned(),
+                "too long for tenant.migrate",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("\"bad1\""), "{text}: {err}");
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = parse(
+            "[[schedules]]\nname = \"Bad:Name\"\ncron = \"* * * * *\"\nsubject = \"jobs.x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("Bad:Name"), "{err}");
+        let twice =
+            "[[schedules]]\nname = \"a\"\ncron = \"* * * * *\"\nsubject = \"jobs.x\"\n".repeat(2);
+        assert!(parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("defined twice"));
+        let unknown = parse(
+            "[[schedules]]\nname = \"a\"\ncron = \"* * * * *\"\nsubject = \"jobs.x\"\nbogus = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unknown.contains("[schedules]"), "{unknown}");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

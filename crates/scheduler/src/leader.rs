@@ -1,0 +1,150 @@
+//! Leader election on NATS KV, for nats-server 2.9 (no per-key TTL there).
+//!
+//! The bucket `fleet_scheduler` keeps one key, `leader`, with history 1 and `max_age` = the lease.
+//! A candidate becomes leader by **creating** the key (fails while it exists); the leader renews by
+//! a **revision-checked update** every lease/3, which also restarts the entry's age. If the leader
+//! dies, its entry ages out after at most one lease and the next create succeeds, so followers
+//! (polling every lease/4) take over within about 1.25 leases, inside the promised two.
+//!
+//! A leader that cannot renew (NATS unreachable, or the revision moved because another process
+//! took over) gives up leadership once 3/4 of a lease has passed since its last successful renewal,
+//! before anyone else can have acquired it. The `Nats-Msg-Id` of every job remains the backstop for
+//! the remaining corner (a paused process), since the stream's duplicate window covers a failover.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const BUCKET: &str = "fleet_scheduler";
+pub const KEY: &str = "leader";
+
+/// One process's candidacy.
+pub struct Elector {
+    kv: kv::Store,
+    pub id: String,
+    pub lease: Duration,
+}
+
+impl Elector {
+    /// Opens (or creates) the bucket; an existing bucket's `max_age` is set to `lease`.
+    pub async fn open(
+        js: &jetstream::Context,
+        id: String,
+        lease: Duration,
+        replicas: usize,
+    ) -> anyhow::Result<Elector> {
+        let kv = match js.get_key_value(BUCKET).await {
+            Ok(kv) => {
+                let stream_name = format!("KV_{BUCKET}");
+                let mut stream = js
+                    .get_stream(&stream_name)
+                    .await
+                    .context("Failed to read the leader bucket")?;
+                let mut cfg = stream.info().await?.config.clone();
+                if cfg.max_age != lease {
+                    cfg.max_age = lease;
+                    js.update_stream(&cfg)
+                        .await
+                        .context("Failed to set the leader bucket's lease")?;
+                }
+                kv
+            }
+            Err(_) => {
+                let cfg = kv::Config {
+                    bucket: BUCKET.into(),
+                    description: "scheduler leader lease (max_age = lease)".into(),
+                    history: 1,
+                    max_age: lease,
+                    num_replicas: replicas,
+                    ..Default::default()
+                };
+                match js.create_key_value(cfg).await {
+                    Ok(kv) => kv,
+                    // Another replica created it first.
+                    Err(_) => js
+                        .get_key_value(BUCKET)
+                        .await
+                        .context("Failed to create the leader bucket")?,
+                }
+            }
+        };
+        Ok(Elector { kv, id, lease })
+    }
+
+    /// Waits until this process holds the lease; returns its revision, or `None` on shutdown.
+    pub async fn acquire(&self, shutdown: &CancellationToken) -> Option<u64> {
+        let poll = (self.lease / 4).max(Duration::from_millis(100));
+        loop {
+            match self.kv.create(KEY, self.id.clone().into()).await {
+                Ok(rev) => return Some(rev),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => tracing::warn!(error = %e, "leader election: cannot reach the bucket"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Renews the lease until it is lost (then cancels `lost` and returns) or `stop` is
+    /// cancelled (then returns the current revision for [`Elector::release`]).
+    pub async fn hold(
+        &self,
+        mut revision: u64,
+        lost: &CancellationToken,
+        stop: &CancellationToken,
+    ) -> Option<u64> {
+        let every = self.lease / 3;
+        let give_up_after = self.lease * 3 / 4;
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Some(revision),
+                _ = tokio::time::sleep(every) => {}
+            }
+            let renew = tokio::time::timeout(
+                every.max(Duration::from_millis(200)),
+                self.kv.update(KEY, self.id.clone().into(), revision),
+            )
+            .await;
+            match renew {
+                Ok(Ok(rev)) => {
+                    revision = rev;
+                    last_ok = Instant::now();
+                }
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!(leader.id = %self.id, "leadership lost: another scheduler holds the lease");
+                    lost.cancel();
+                    return None;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader lease renewal failed; retrying"),
+                Err(_) => tracing::warn!("leader lease renewal timed out; retrying"),
+            }
+            if last_ok.elapsed() >= give_up_after {
+                tracing::warn!(leader.id = %self.id, "leadership lost: lease not renewed in time");
+                lost.cancel();
+                return None;
+            }
+        }
+    }
+
+    /// Gives the lease up at once (graceful shutdown), so a follower takes over immediately.
+    pub async fn release(&self, revision: u64) {
+        if let Err(e) = self.kv.delete_expect_revision(KEY, Some(revision)).await {
+            tracing::debug!(error = %e, "lease not released (it may have moved already)");
+        }
+    }
+}
+
+/// The id of the current leader, if any (for `fleetctl schedule list`).
+pub async fn current_leader(js: &jetstream::Context) -> anyhow::Result<Option<String>> {
+    let Ok(kv) = js.get_key_value(BUCKET).await else {
+        return Ok(None);
+    };
+    let entry = kv.get(KEY).await.context("Failed to read the leader key")?;
+    Ok(entry.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}

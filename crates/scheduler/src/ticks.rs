@@ -1,0 +1,359 @@
+//! Tick computation: when a schedule fires, in UTC instants, and which ticks are due after a
+//! pause in evaluation (normal wake-up, leader failover, downtime).
+//!
+//! Cron expressions are matched against the schedule's *wall clock* in its IANA timezone (croner
+//! finds the next matching wall-clock time; chrono-tz maps it to instants). Across DST changes:
+//!
+//! - **Spring forward (gap)**: a wall-clock time that does not exist (02:30 in Europe/Berlin on
+//!   the last Sunday of March) fires once, at the first instant after the gap (03:00 CEST). Several
+//!   matches inside the gap (every 15 minutes) collapse into that one tick.
+//! - **Fall back (overlap)**: a wall-clock time that happens twice fires **once, at its first
+//!   occurrence** (02:30 CEST, not again at 02:30 CET) when the hour field is fixed (`30 2 * * *`).
+//!   When the hour field is a wildcard or a step (`*/15 * * * *`, `0 * * * *`), the schedule is
+//!   about elapsed time rather than a time of day, so it fires in both passes of the repeated hour.
+//!
+//! Ticks are always strictly increasing instants with whole seconds, so `<schedule>:<tick unix
+//! seconds>:<tenant_id>` identifies a job uniquely.
+
+use std::time::Duration;
+
+use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+
+use crate::config::Missed;
+
+/// A tick at most this late when evaluated is on time; later ones are "missed" (see [`Missed`]).
+pub const ON_TIME_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    #[error("invalid cron {expr:?}: {reason} (5 fields: min hour dom month dow, or 6 with seconds first)")]
+    Cron { expr: String, reason: String },
+    #[error("invalid timezone {0:?}: use an IANA name such as Europe/Berlin or UTC")]
+    Timezone(String),
+}
+
+/// A cron expression in a timezone.
+#[derive(Debug, Clone)]
+pub struct CronSpec {
+    expr: String,
+    cron: Cron,
+    tz: Tz,
+    /// The hour field is `*` or `*/n`: fire in both passes of a repeated hour.
+    hour_wildcard: bool,
+}
+
+impl CronSpec {
+    pub fn parse(expr: &str, tz: &str) -> Result<CronSpec, TickError> {
+        let fail = |reason: String| TickError::Cron {
+            expr: expr.to_owned(),
+            reason,
+        };
+        let fields: Vec<&str> = expr.split_whitespace().collect();
+        if !(5..=6).contains(&fields.len()) {
+            return Err(fail(format!("{} fields", fields.len())));
+        }
+        let cron = Cron::new(expr)
+            .with_seconds_optional()
+            .parse()
+            .map_err(|e| fail(fleet_shared::config::one_line(&e.to_string())))?;
+        let tz: Tz = tz
+            .trim()
+            .parse()
+            .map_err(|_| TickError::Timezone(tz.to_owned()))?;
+        let hour = fields[if fields.len() == 6 { 2 } else { 1 }];
+        Ok(CronSpec {
+            expr: expr.to_owned(),
+            cron,
+            tz,
+            hour_wildcard: hour.starts_with('*'),
+        })
+    }
+
+    pub fn expr(&self) -> &str {
+        &self.expr
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.tz
+    }
+
+    /// The first tick strictly after `after`, or `None` if the expression never fires again.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let after = after.with_timezone(&Utc);
+        let offset_at = |t: DateTime<Utc>| self.tz.offset_from_utc_datetime(&t.naive_utc()).fix();
+        let margin = chrono::Duration::hours(3);
+        // Near a DST change, wall-clock matches just before `after`'s wall clock can still be
+        // later instants (the repeated hour), so the wall-clock search starts a little earlier.
+        let near_change = offset_at(after - margin) != offset_at(after + margin);
+        let mut naive = after.with_timezone(&self.tz).naive_local();
+        if near_change {
+            naive -= margin;
+        }
+        // Bounded: a pathological expression (Feb 30) fails inside croner instead.
+        for _ in 0..200_000 {
+            let wall = self
+                .cron
+                .find_next_occurrence(&Utc.from_utc_datetime(&naive), false)
+                .ok()?
+                .naive_utc();
+            let candidates = match self.tz.from_local_datetime(&wall) {
+                LocalResult::Single(t) => [Some(t), None],
+                LocalResult::Ambiguous(first, second) => {
+                    [Some(first), self.hour_wildcard.then_some(second)]
+                }
+                LocalResult::None => [self.gap_end(wall), None],
+            };
+            let next = candidates
+                .into_iter()
+                .flatten()
+                .map(|t| t.with_timezone(&Utc))
+                .filter(|t| *t > after)
+                .min();
+            if next.is_some() {
+                return next;
+            }
+            naive = wall;
+        }
+        None
+    }
+
+    /// The first instant whose wall clock is at or after `wall` (which falls in a DST gap).
+    fn gap_end(&self, wall: NaiveDateTime) -> Option<DateTime<Tz>> {
+        let start = self
+            .tz
+            .from_local_datetime(&(wall - chrono::Duration::hours(3)))
+            .earliest()?
+            .timestamp();
+        let (mut lo, mut hi) = (start, start + 6 * 3600);
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            let local = self.tz.timestamp_opt(mid, 0).single()?.naive_local();
+            if local >= wall {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        self.tz.timestamp_opt(hi, 0).single()
+    }
+}
+
+/// Whether a tick runs as scheduled or as the catch-up of a downtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickKind {
+    Cron,
+    Missed,
+}
+
+impl TickKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TickKind::Cron => "cron",
+            TickKind::Missed => "missed",
+        }
+    }
+}
+
+/// The decision for the ticks in `(watermark, now]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub run: Vec<(DateTime<Utc>, TickKind)>,
+    /// Ticks in the window that were not run (late, and not the one `run_latest` catches up).
+    pub skipped: u64,
+    /// The first skipped tick, for the log line.
+    pub first_skipped: Option<DateTime<Utc>>,
+}
+
+/// Decides the ticks in `(watermark, now]`: ticks at most [`ON_TIME_GRACE`] late run; later ones
+/// are missed: skipped, or with `run_latest` the latest of them runs once if it is at most
+/// `deadline` old and no on-time tick supersedes it.
+pub fn due_ticks(
+    spec: &CronSpec,
+    missed: Missed,
+    watermark: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Due {
+    let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+    let lookback = match missed {
+        Missed::Skip => grace,
+        Missed::RunLatest { deadline } => chrono::Duration::from_std(deadline)
+            .unwrap_or_default()
+            .max(grace),
+    };
+    let mut due = Due {
+        run: Vec::new(),
+        skipped: 0,
+        first_skipped: None,
+    };
+    // Ticks older than the lookback are skipped whatever the policy; only note the first.
+    let from = watermark.max(now - lookback);
+    if from > watermark {
+        if let Some(t) = spec.next_after(watermark).filter(|t| *t <= from) {
+            due.first_skipped = Some(t);
+            due.skipped += 1;
+        }
+    }
+    let mut latest_missed = None;
+    let mut cursor = from;
+    while let Some(t) = spec.next_after(cursor).filter(|t| *t <= now) {
+        if now - t <= grace {
+            due.run.push((t, TickKind::Cron));
+        } else {
+            if let Some(prev) = latest_missed.replace(t) {
+                due.skipped += 1;
+                due.first_skipped.get_or_insert(prev);
+            }
+        }
+        cursor = t;
+    }
+    if let Some(t) = latest_missed {
+        if due.run.is_empty() && matches!(missed, Missed::RunLatest { .. }) {
+            due.run.push((t, TickKind::Missed));
+        } else {
+            due.skipped += 1;
+            due.first_skipped.get_or_insert(t);
+        }
+    }
+    due
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn ticks(spec: &CronSpec, from: &str, n: usize) -> Vec<String> {
+        let mut t = utc(from);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            t = spec.next_after(t).unwrap();
+            out.push(t.with_timezone(&spec.timezone()).to_rfc3339());
+        }
+        out
+    }
+
+    #[test]
+    fn five_and_six_fields() {
+        let every_minute = CronSpec::parse("* * * * *", "UTC").unwrap();
+        assert_eq!(
+            every_minute.next_after(utc("2026-01-01T10:00:30Z")),
+            Some(utc("2026-01-01T10:01:00Z"))
+        );
+        let every_2s = CronSpec::parse("*/2 * * * * *", "UTC").unwrap();
+        assert_eq!(
+            every_2s.next_after(utc("2026-01-01T10:00:00Z")),
+            Some(utc("2026-01-01T10:00:02Z"))
+        );
+        assert!(CronSpec::parse("* * * *", "UTC").is_err());
+        assert!(CronSpec::parse("61 * * * *", "UTC").is_err());
+        assert!(CronSpec::parse("* * * * *", "Nowhere/Town").is_err());
+    }
+
+    #[test]
+    fn berlin_spring_forward_runs_the_missing_0230_at_0300_cest_once() {
+        let daily = CronSpec::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            ticks(&daily, "2026-03-27T12:00:00Z", 3),
+            [
+                "2026-03-28T02:30:00+01:00",
+                // 02:30 does not exist on 2026-03-29: the first instant after the gap.
+                "2026-03-29T03:00:00+02:00",
+                "2026-03-30T02:30:00+02:00",
+            ]
+        );
+    }
+
+    #[test]
+    fn berlin_fall_back_runs_a_fixed_0230_once_at_its_first_occurrence() {
+        let daily = CronSpec::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            ticks(&daily, "2026-10-23T12:00:00Z", 3),
+            [
+                "2026-10-24T02:30:00+02:00",
+                "2026-10-25T02:30:00+02:00",
+                "2026-10-26T02:30:00+01:00",
+            ]
+        );
+        // Evaluated from inside the repeated hour (second pass), it does not fire again.
+        assert_eq!(
+            daily.next_after(utc("2026-10-25T01:10:00Z")), // 02:10 CET, second pass
+            Some(utc("2026-10-26T01:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn berlin_fall_back_hourly_fires_in_both_passes() {
+        let hourly = CronSpec::parse("0 30 * * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            ticks(&hourly, "2026-10-24T23:00:00Z", 4),
+            [
+                "2026-10-25T01:30:00+02:00",
+                "2026-10-25T02:30:00+02:00",
+                "2026-10-25T02:30:00+01:00",
+                "2026-10-25T03:30:00+01:00",
+            ]
+        );
+    }
+
+    #[test]
+    fn berlin_spring_forward_quarter_hours_collapse_into_one_tick() {
+        let q = CronSpec::parse("*/15 * * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            ticks(&q, "2026-03-29T00:40:00Z", 3), // 01:40 CET
+            [
+                "2026-03-29T01:45:00+01:00",
+                "2026-03-29T03:00:00+02:00",
+                "2026-03-29T03:15:00+02:00",
+            ]
+        );
+    }
+
+    #[test]
+    fn on_time_ticks_run() {
+        let s = CronSpec::parse("*/5 * * * * *", "UTC").unwrap();
+        let due = due_ticks(
+            &s,
+            Missed::Skip,
+            utc("2026-01-01T10:00:00Z"),
+            utc("2026-01-01T10:00:06Z"),
+        );
+        assert_eq!(due.run, vec![(utc("2026-01-01T10:00:05Z"), TickKind::Cron)]);
+        assert_eq!(due.skipped, 0);
+    }
+
+    #[test]
+    fn missed_ticks_are_skipped_or_the_latest_runs_within_its_deadline() {
+        let hourly = CronSpec::parse("0 * * * *", "UTC").unwrap();
+        let down = utc("2026-01-01T06:59:00Z");
+        let now = utc("2026-01-01T10:20:00Z");
+        let skip = due_ticks(&hourly, Missed::Skip, down, now);
+        assert!(skip.run.is_empty());
+        assert!(skip.skipped >= 1);
+        assert_eq!(skip.first_skipped, Some(utc("2026-01-01T07:00:00Z")));
+
+        let latest = Missed::RunLatest {
+            deadline: Duration::from_secs(3600),
+        };
+        let due = due_ticks(&hourly, latest, down, now);
+        assert_eq!(
+            due.run,
+            vec![(utc("2026-01-01T10:00:00Z"), TickKind::Missed)]
+        );
+        assert_eq!(due.first_skipped, Some(utc("2026-01-01T07:00:00Z")));
+
+        // The latest missed tick is older than the deadline: nothing runs.
+        let short = Missed::RunLatest {
+            deadline: Duration::from_secs(600),
+        };
+        assert!(due_ticks(&hourly, short, down, now).run.is_empty());
+
+        // An on-time tick supersedes the catch-up.
+        let due = due_ticks(&hourly, latest, down, utc("2026-01-01T10:00:03Z"));
+        assert_eq!(due.run, vec![(utc("2026-01-01T10:00:00Z"), TickKind::Cron)]);
+    }
+}
