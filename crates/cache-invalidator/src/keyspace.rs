@@ -30,11 +30,12 @@ const CLUSTER_SLOTS: u32 = 16384;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyspaceError {
-    #[error("redis {node}: {source}")]
+    // The cause is in the message rather than `#[source]`, so a `{:#}` chain does not print
+    // it twice.
+    #[error("redis {node}: {cause}")]
     Redis {
         node: String,
-        #[source]
-        source: redis::RedisError,
+        cause: redis::RedisError,
     },
     #[error("redis cluster: {0}")]
     Cluster(String),
@@ -119,9 +120,9 @@ impl Keyspace {
         if let Some(c) = self.conns.get(url) {
             return Ok(c.clone());
         }
-        let err = |source| KeyspaceError::Redis {
+        let err = |cause| KeyspaceError::Redis {
             node: redact_url(url),
-            source,
+            cause,
         };
         let client = redis::Client::open(url).map_err(err)?;
         let cfg = AsyncConnectionConfig::new()
@@ -154,9 +155,9 @@ impl Keyspace {
                     .arg("NODES")
                     .query_async::<String>(&mut con)
                     .await
-                    .map_err(|source| KeyspaceError::Redis {
+                    .map_err(|cause| KeyspaceError::Redis {
                         node: redact_url(seed),
-                        source,
+                        cause,
                     }),
                 Err(e) => Err(e),
             };
@@ -258,9 +259,9 @@ async fn scan_node(
     scan_count: usize,
     unlink_batch: usize,
 ) -> Result<PassReport, KeyspaceError> {
-    let err = |source| KeyspaceError::Redis {
+    let err = |cause| KeyspaceError::Redis {
         node: redact_url(&node.url),
-        source,
+        cause,
     };
     let mut report = PassReport::default();
     // Keys found by the previous SCAN, per rule, waiting to go out with the next one.
