@@ -1,0 +1,131 @@
+//! The real `provisioner` binary under signals: SIGTERM while busy exits 0 after finishing or
+//! releasing its in-flight work; SIGKILL while busy loses nothing either (the unacked messages
+//! come back after the ack wait). A fresh worker afterwards provisions every tenant exactly once.
+
+mod common;
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
+
+fn spawn_binary(env: &TestEnv, config: &str) -> Child {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("FLEET_CONFIG", config)
+        .env("FLEET_SHUTDOWN_TIMEOUT", "20")
+        .env("LOG_FORMAT", "json")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").map_or("warn".into(), |_| "info".to_string()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the provisioner binary");
+    wait_for_port(port, Duration::from_secs(60)).expect("provisioner binary up");
+    child
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+async fn wait_exit(child: &mut Child) -> ExitStatus {
+    eventually(WAIT, "the binary to exit", || {
+        let status = child.try_wait().expect("try_wait");
+        async move { status }
+    })
+    .await
+}
+
+async fn burst(env: &TestEnv, n: usize) -> Vec<String> {
+    let js = js(env).await;
+    let codes: Vec<String> = (0..n).map(|i| format!("sig_{i}")).collect();
+    for code in &codes {
+        publish_json(&js, "tenant.created", &created(code, "basic").1).await;
+    }
+    codes
+}
+
+async fn wait_some_active(pool: &sqlx::PgPool) {
+    eventually(WAIT, "the binary busy provisioning", || async {
+        let active = count(
+            pool,
+            "SELECT count(*) FROM fleet.tenants WHERE status = 'active'",
+        )
+        .await;
+        (active >= 2).then_some(())
+    })
+    .await;
+}
+
+async fn assert_every_tenant_once_after_a_fresh_worker(env: &TestEnv, codes: &[String]) {
+    let pool = env.db.pool().await;
+    let js = js(env).await;
+    let worker = Worker::start(env, &[]).await;
+    for code in codes {
+        assert_provisioned_once(&pool, code).await;
+    }
+    wait_idle(&js).await;
+    assert_eq!(tenant_rows(&pool).await, codes.len() as i64);
+    assert_eq!(tenant_schemas(&pool).await, codes.len() as i64);
+    assert!(dead_letters(&js).await.is_empty());
+    assert_eq!(announcements(&js).await, codes.len());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_while_busy_exits_zero_and_loses_nothing() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    // A short ack wait: messages a pull had in flight to the stopped process come back after it.
+    std::fs::write(
+        &config,
+        "[provisioner]\nconcurrency = 4\nack_wait_secs = 3\n",
+    )
+    .unwrap();
+    let mut child = spawn_binary(&env, config.to_str().unwrap());
+    let pool = env.db.pool().await;
+
+    let codes = burst(&env, 40).await;
+    wait_some_active(&pool).await;
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child).await;
+    assert!(status.success(), "exit status {status}");
+
+    assert_every_tenant_once_after_a_fresh_worker(&env, &codes).await;
+}
+
+#[tokio::test]
+async fn sigkill_while_busy_loses_nothing() {
+    let env = TestEnv::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    // A short ack wait so what the killed process held comes back quickly.
+    std::fs::write(
+        &config,
+        "[provisioner]\nconcurrency = 4\nack_wait_secs = 2\n",
+    )
+    .unwrap();
+    let mut child = spawn_binary(&env, config.to_str().unwrap());
+    let pool = env.db.pool().await;
+
+    let codes = burst(&env, 30).await;
+    wait_some_active(&pool).await;
+    signal(&child, "KILL");
+    wait_exit(&mut child).await;
+
+    assert_every_tenant_once_after_a_fresh_worker(&env, &codes).await;
+}
