@@ -1,0 +1,768 @@
+//! Running jobs: every replica polls `fleet.backfill_jobs` for runnable jobs and works their
+//! chunks; replicas coordinate only through Postgres row locks.
+//!
+//! **One chunk, one transaction.** A lane claims a pending chunk with
+//! `SELECT ... FOR UPDATE SKIP LOCKED`, runs the part's statement on `($1, $2]` and marks the
+//! chunk `done` with its row count in the *same* transaction. If the replica dies (`kill -9`),
+//! Postgres aborts that transaction when the connection drops: the statement's effect and the
+//! checkpoint vanish together and the row lock is released, so another replica (or this one,
+//! restarted) redoes the chunk. Committed chunks are never redone because claiming requires
+//! `state = 'pending'`. Hence every row is processed exactly once, however many replicas run
+//! and however they die. Job progress is *derived* from the chunk rows rather than counted in
+//! the chunk transaction, so parallel chunks never contend on the job row.
+//!
+//! **Keyset chunks, carved on demand.** A part (one table) is a key range `(lo, hi]` with a
+//! cursor `next_lo`; a lane that finds no pending chunk carves the next `(next_lo, next_lo + size]`
+//! at the current adaptive size ([`crate::adapt`]) in one short statement. Never OFFSET: each
+//! chunk's statement is an index range scan however far the job has got. Carving on demand
+//! (rather than planning every chunk up front) is what lets the size adapt both ways.
+//!
+//! **Timeouts split.** Each chunk runs under `SET LOCAL statement_timeout / lock_timeout`. A chunk
+//! that times out is split in two (the halves are retried) and the adaptive size halves; a
+//! one-key chunk that still times out fails with the error. Other statement errors fail the
+//! chunk with its error kept on the row (`retry` re-runs only failed chunks); connection errors
+//! leave it pending and the lane backs off.
+//!
+//! **Control within one chunk.** Each chunk transaction first reads the job's state; a paused
+//! or cancelled job stops every lane at its next chunk.
+//!
+//! **Finishing.** When no pending chunk and no uncarved range is left, the replica that notices
+//! locks the job row, runs `tenant_codes` verification (no NULL left, per table) and sets
+//! `succeeded` or `failed`. Only one replica does so: the state check happens under the row lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fleet_shared::db::{is_transient, sqlstate};
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::adapt::{throttle_pause, Adapt};
+use crate::config::BackfillConfig;
+use crate::metrics::BackfillMetrics;
+use crate::plan::{self, TableReport};
+use crate::spec::{Effective, JobSpec, Kind, MappingSource};
+use crate::store;
+use crate::validate::ValidateError;
+
+/// One replica's job runner.
+pub struct Runner {
+    pub pool: PgPool,
+    pub nats: Option<async_nats::Client>,
+    pub cfg: BackfillConfig,
+    pub allow_sql: bool,
+    pub worker_id: String,
+    /// Wakes the poller at once (a job was submitted or resumed through this replica).
+    pub wake: Arc<Notify>,
+    pub metrics: BackfillMetrics,
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    statement: String,
+    then_statement: Option<String>,
+    count: bool,
+}
+
+/// What one lane step did.
+enum Step {
+    Did {
+        rows: i64,
+        keys: i64,
+        elapsed: Duration,
+    },
+    Split,
+    Failed,
+    Carved,
+    Idle,
+    Stopped,
+}
+
+/// Shared by the lanes of one job on this replica.
+struct JobCtx {
+    job_id: Uuid,
+    eff: Effective,
+    parts: HashMap<i32, Part>,
+    search_path: Option<String>,
+    adapt: Adapt,
+    last_progress: Mutex<Instant>,
+}
+
+/// Runs a chunk's statements on `(lo, hi]` in the caller's transaction; returns its row count.
+fn exec_chunk<'a>(
+    tx: &'a mut sqlx::PgConnection,
+    p: &'a Part,
+    settings: &'a [String],
+    lo: i64,
+    hi: i64,
+) -> futures::future::BoxFuture<'a, sqlx::Result<i64>> {
+    Box::pin(async move {
+        for set in settings {
+            sqlx::query(set).persistent(false).execute(&mut *tx).await?;
+        }
+        let rows = if p.count {
+            sqlx::query_scalar::<_, i64>(&p.statement)
+                .bind(lo)
+                .bind(hi)
+                .fetch_one(&mut *tx)
+                .await?
+        } else {
+            sqlx::query(&p.statement)
+                .bind(lo)
+                .bind(hi)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as i64
+        };
+        if let Some(then) = &p.then_statement {
+            sqlx::query(then)
+                .bind(lo)
+                .bind(hi)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(rows)
+    })
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    fleet_shared::config::one_line(&e.to_string())
+}
+
+fn db_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => one_line(&d.message()),
+        other => one_line(other),
+    }
+}
+
+impl Runner {
+    /// Polls for runnable jobs and runs each in its own task until `shutdown`; running chunks
+    /// finish (they are short by design) before this returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tasks: HashMap<Uuid, tokio::task::JoinHandle<()>> = HashMap::new();
+        let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        loop {
+            tasks.retain(|_, h| !h.is_finished());
+            if tasks.len() < self.cfg.max_jobs {
+                match self.runnable_jobs().await {
+                    Ok(ids) => {
+                        for id in ids {
+                            if tasks.len() >= self.cfg.max_jobs {
+                                break;
+                            }
+                            if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(id)
+                            {
+                                let me = self.clone();
+                                let token = shutdown.clone();
+                                slot.insert(tokio::spawn(
+                                    async move { me.run_job(id, token).await },
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %one_line(&e), "cannot read backfill jobs; retrying")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        for (_, h) in tasks {
+            let _ = h.await;
+        }
+    }
+
+    async fn runnable_jobs(&self) -> sqlx::Result<Vec<Uuid>> {
+        sqlx::query_scalar(
+            "SELECT job_id FROM fleet.backfill_jobs WHERE state IN ('pending', 'running') ORDER BY created_at LIMIT 64",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    async fn run_job(self: Arc<Self>, job_id: Uuid, shutdown: CancellationToken) {
+        let span = tracing::info_span!("backfill_job", job.id = %job_id, worker = %self.worker_id);
+        let _ = tracing::Instrument::instrument(
+            async {
+                if let Err(e) = self.clone().drive(job_id, &shutdown).await {
+                    tracing::warn!(error = %format!("{e:#}"), "backfill job interrupted; will resume");
+                }
+            },
+            span,
+        )
+        .await;
+    }
+
+    async fn fail_job(&self, job_id: Uuid, from: &str, reason: &str) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE fleet.backfill_jobs SET state = 'failed', error = $3, finished_at = now(), updated_at = now()
+             WHERE job_id = $1 AND state = $2",
+        )
+        .bind(job_id)
+        .bind(from)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        tracing::warn!(reason, "backfill job failed");
+        self.progress(job_id, None).await;
+        Ok(())
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        job_id: Uuid,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let row = sqlx::query(
+            "SELECT state, spec, chunk_size FROM fleet.backfill_jobs WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await
+        .context("Failed to read the job")?;
+        let Some(row) = row else { return Ok(()) };
+        let state: String = row.get(0);
+        let spec_json: serde_json::Value = row.get(1);
+        let stored_size: i64 = row.get(2);
+        let spec = match serde_json::from_value(spec_json)
+            .map_err(|e| one_line(&e))
+            .and_then(|raw| {
+                JobSpec::from_raw(raw, true, MappingSource::Stored).map_err(|e| one_line(&e))
+            }) {
+            Ok(s) => s,
+            Err(reason) => {
+                self.fail_job(
+                    job_id,
+                    &state,
+                    &format!("stored spec no longer parses: {reason}"),
+                )
+                .await?;
+                return Ok(());
+            }
+        };
+        if matches!(spec.kind, Kind::Sql(_)) && !self.allow_sql {
+            self.fail_job(
+                job_id,
+                &state,
+                "sql jobs are not enabled on this worker (FLEET_BACKFILL_ALLOW_SQL=1)",
+            )
+            .await?;
+            return Ok(());
+        }
+        let eff = spec.options.effective(&self.cfg);
+        match state.as_str() {
+            "pending" => {
+                if !self.plan_job(job_id, &spec, &eff).await? {
+                    return Ok(());
+                }
+            }
+            "running" => {}
+            _ => return Ok(()),
+        }
+
+        let parts: HashMap<i32, Part> = sqlx::query("SELECT part, statement, then_statement, mode FROM fleet.backfill_parts WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await
+            .context("Failed to read the job's parts")?
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<i32, _>(0),
+                    Part { statement: r.get(1), then_statement: r.get(2), count: r.get::<String, _>(3) == "count" },
+                )
+            })
+            .collect();
+        let initial = if stored_size > 0 {
+            stored_size
+        } else {
+            eff.chunk_size
+        };
+        let ctx = Arc::new(JobCtx {
+            job_id,
+            parts,
+            search_path: matches!(spec.kind, Kind::Sql(_))
+                .then(|| format!("{}, public", spec.schema.quoted())),
+            adapt: Adapt::new(
+                initial,
+                eff.target_chunk,
+                eff.min_chunk_size,
+                eff.max_chunk_size,
+            ),
+            eff,
+            last_progress: Mutex::new(Instant::now() - Duration::from_secs(3600)),
+        });
+        let mut lanes = JoinSet::new();
+        for _ in 0..ctx.eff.parallelism.max(1) {
+            lanes.spawn(self.clone().lane(ctx.clone(), shutdown.clone()));
+        }
+        while lanes.join_next().await.is_some() {}
+        self.progress(job_id, Some(ctx.adapt.size())).await;
+        if !shutdown.is_cancelled() {
+            self.finalize(job_id, &spec).await?;
+        }
+        Ok(())
+    }
+
+    /// Plans a pending job (see [`crate::plan`]). Returns whether the job is now running.
+    async fn plan_job(
+        &self,
+        job_id: Uuid,
+        spec: &JobSpec,
+        eff: &Effective,
+    ) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match state.as_deref() {
+            Some("pending") => {}
+            Some("running") => return Ok(true),
+            _ => return Ok(false),
+        }
+        let lock_ms = eff
+            .lock_timeout
+            .unwrap_or(Duration::from_secs(5))
+            .as_millis();
+        for set in [
+            format!("SET LOCAL lock_timeout = {lock_ms}"),
+            "SET LOCAL statement_timeout = 0".to_owned(),
+        ] {
+            sqlx::query(&set)
+                .persistent(false)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let plan = match plan::plan(&mut tx, job_id, spec, eff).await {
+            Ok(p) => p,
+            Err(ValidateError::Refused(reason)) => {
+                drop(tx);
+                self.fail_job(job_id, "pending", &reason).await?;
+                return Ok(false);
+            }
+            Err(ValidateError::Db(e)) if is_transient(&e) => {
+                return Err(e).context("Failed to plan the job")
+            }
+            Err(ValidateError::Db(e)) => {
+                drop(tx);
+                self.fail_job(
+                    job_id,
+                    "pending",
+                    &format!("planning failed: {}", db_message(&e)),
+                )
+                .await?;
+                return Ok(false);
+            }
+        };
+        for (i, p) in plan.parts.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO fleet.backfill_parts (job_id, part, name, statement, then_statement, mode, lo, hi, next_lo)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)",
+            )
+            .bind(job_id)
+            .bind(i as i32)
+            .bind(&p.name)
+            .bind(&p.statement)
+            .bind(&p.then_statement)
+            .bind(p.mode)
+            .bind(p.lo)
+            .bind(p.hi)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let report =
+            (!plan.tables.is_empty()).then(|| serde_json::json!({ "tables": plan.tables }));
+        sqlx::query(
+            "UPDATE fleet.backfill_jobs SET state = 'running', started_at = coalesce(started_at, now()), chunk_size = $2,
+                    report = $3, updated_at = now() WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .bind(eff.chunk_size)
+        .bind(report)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(parts = plan.parts.len(), "backfill job planned");
+        self.progress(job_id, Some(eff.chunk_size)).await;
+        Ok(true)
+    }
+
+    async fn lane(self: Arc<Self>, ctx: Arc<JobCtx>, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        while !shutdown.is_cancelled() {
+            match self.step(&ctx).await {
+                Ok(Step::Did {
+                    rows,
+                    keys,
+                    elapsed,
+                }) => {
+                    failures = 0;
+                    ctx.adapt.observe(keys, elapsed);
+                    let pause = throttle_pause(
+                        rows,
+                        elapsed,
+                        ctx.eff.max_rows_per_sec,
+                        ctx.eff.parallelism,
+                    );
+                    self.maybe_progress(&ctx).await;
+                    if !pause.is_zero() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(pause) => {}
+                        }
+                    }
+                }
+                Ok(Step::Split | Step::Failed | Step::Carved) => failures = 0,
+                Ok(Step::Idle | Step::Stopped) => break,
+                Err(e) if is_transient(&e) && failures < 30 => {
+                    failures += 1;
+                    self.metrics.outcome("retry");
+                    let delay = Duration::from_millis(100u64 << failures.min(6))
+                        .min(Duration::from_secs(5));
+                    tracing::warn!(error = %one_line(&e), retry_in = ?delay, "chunk hit a transient error; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %one_line(&e), "lane stopped on an error; the job will be resumed");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Claims and runs one chunk, or carves one, or reports there is nothing to do.
+    fn step<'a>(&'a self, ctx: &'a JobCtx) -> futures::future::BoxFuture<'a, sqlx::Result<Step>> {
+        Box::pin(self.step_inner(ctx))
+    }
+
+    async fn step_inner(&self, ctx: &JobCtx) -> sqlx::Result<Step> {
+        let mut tx = self.pool.begin().await?;
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM fleet.backfill_jobs WHERE job_id = $1")
+                .bind(ctx.job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if state.as_deref() != Some("running") {
+            return Ok(Step::Stopped);
+        }
+        let chunk: Option<(i64, i32, i64, i64)> = sqlx::query_as(
+            "SELECT chunk_id, part, lo, hi FROM fleet.backfill_chunks
+             WHERE job_id = $1 AND state = 'pending' ORDER BY part, lo LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(ctx.job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((chunk_id, part, lo, hi)) = chunk else {
+            tx.rollback().await?;
+            return self.carve(ctx).await;
+        };
+        let Some(p) = ctx.parts.get(&part) else {
+            return Err(sqlx::Error::Protocol(format!(
+                "chunk {chunk_id} names unknown part {part}"
+            )));
+        };
+        let mut settings = Vec::new();
+        if let Some(t) = ctx.eff.statement_timeout {
+            settings.push(format!("SET LOCAL statement_timeout = {}", t.as_millis()));
+        }
+        if let Some(t) = ctx.eff.lock_timeout {
+            settings.push(format!("SET LOCAL lock_timeout = {}", t.as_millis()));
+        }
+        if let Some(sp) = &ctx.search_path {
+            settings.push(format!("SET LOCAL search_path TO {sp}"));
+        }
+        let started = Instant::now();
+        let result = exec_chunk(&mut tx, p, &settings, lo, hi).await;
+        let rows = match result {
+            Ok(r) => r,
+            Err(e) => {
+                drop(tx);
+                return self.chunk_error(ctx, chunk_id, lo, hi, e).await;
+            }
+        };
+        let elapsed = started.elapsed();
+        sqlx::query(
+            "UPDATE fleet.backfill_chunks SET state = 'done', rows = $2, attempts = attempts + 1, error = NULL,
+                    duration_ms = $3, worker = $4, finished_at = now() WHERE chunk_id = $1",
+        )
+        .bind(chunk_id)
+        .bind(rows)
+        .bind(elapsed.as_secs_f64() * 1000.0)
+        .bind(&self.worker_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let elapsed = started.elapsed();
+        self.metrics.outcome("done");
+        self.metrics.rows.inc_by(rows.max(0) as u64);
+        self.metrics.chunk_seconds.observe(elapsed.as_secs_f64());
+        tracing::debug!(
+            chunk.id = chunk_id,
+            chunk.lo = lo,
+            chunk.hi = hi,
+            rows,
+            ms = elapsed.as_millis() as u64,
+            "chunk done"
+        );
+        Ok(Step::Did {
+            rows,
+            keys: hi - lo,
+            elapsed,
+        })
+    }
+
+    /// Handles a chunk whose transaction failed (and was rolled back): split on timeout, fail
+    /// on a statement error, hand transient errors back for a retry.
+    async fn chunk_error(
+        &self,
+        ctx: &JobCtx,
+        chunk_id: i64,
+        lo: i64,
+        hi: i64,
+        e: sqlx::Error,
+    ) -> sqlx::Result<Step> {
+        let code = sqlstate(&e).unwrap_or_default();
+        let timed_out = code == "57014" || code == "55P03";
+        if !timed_out && is_transient(&e) {
+            return Err(e);
+        }
+        let msg = db_message(&e);
+        if timed_out && hi - lo > 1 {
+            ctx.adapt.shrink();
+            let mid = lo + (hi - lo) / 2;
+            let mut tx = self.pool.begin().await?;
+            let moved = sqlx::query(
+                "UPDATE fleet.backfill_chunks SET hi = $2, attempts = attempts + 1, error = $4
+                 WHERE chunk_id = $1 AND state = 'pending' AND hi = $3",
+            )
+            .bind(chunk_id)
+            .bind(mid)
+            .bind(hi)
+            .bind(format!("split after: {msg}"))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved == 1 {
+                sqlx::query(
+                    "INSERT INTO fleet.backfill_chunks (job_id, part, lo, hi, error)
+                     SELECT job_id, part, $2, $3, $4 FROM fleet.backfill_chunks WHERE chunk_id = $1",
+                )
+                .bind(chunk_id)
+                .bind(mid)
+                .bind(hi)
+                .bind(format!("split after: {msg}"))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            self.metrics.outcome("split");
+            tracing::info!(chunk.id = chunk_id, chunk.lo = lo, chunk.hi = hi, mid, error = %msg, "chunk timed out; split in two");
+            return Ok(Step::Split);
+        }
+        sqlx::query(
+            "UPDATE fleet.backfill_chunks SET state = 'failed', attempts = attempts + 1, error = $2, worker = $3, finished_at = now()
+             WHERE chunk_id = $1 AND state = 'pending'",
+        )
+        .bind(chunk_id)
+        .bind(&msg)
+        .bind(&self.worker_id)
+        .execute(&self.pool)
+        .await?;
+        self.metrics.outcome("failed");
+        tracing::warn!(chunk.id = chunk_id, chunk.lo = lo, chunk.hi = hi, error = %msg, "chunk failed");
+        Ok(Step::Failed)
+    }
+
+    /// Carves the next chunk of the first part with uncarved keys.
+    async fn carve(&self, ctx: &JobCtx) -> sqlx::Result<Step> {
+        let size = ctx.adapt.size().max(1);
+        let carved: Option<i64> = sqlx::query_scalar(
+            "WITH p AS (
+                SELECT part, next_lo FROM fleet.backfill_parts
+                WHERE job_id = $1 AND next_lo < hi ORDER BY part LIMIT 1 FOR UPDATE SKIP LOCKED),
+             u AS (
+                UPDATE fleet.backfill_parts bp
+                SET next_lo = CASE WHEN bp.hi - bp.next_lo <= $2 THEN bp.hi ELSE bp.next_lo + $2 END
+                FROM p WHERE bp.job_id = $1 AND bp.part = p.part
+                RETURNING bp.part, p.next_lo AS lo, bp.next_lo AS hi)
+             INSERT INTO fleet.backfill_chunks (job_id, part, lo, hi)
+             SELECT $1, part, lo, hi FROM u RETURNING chunk_id",
+        )
+        .bind(ctx.job_id)
+        .bind(size)
+        .fetch_optional(&self.pool)
+        .await?;
+        if carved.is_some() {
+            return Ok(Step::Carved);
+        }
+        let more: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM fleet.backfill_parts WHERE job_id = $1 AND next_lo < hi)",
+        )
+        .bind(ctx.job_id)
+        .fetch_one(&self.pool)
+        .await?;
+        if more {
+            // Another lane holds the part for a moment.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(Step::Carved)
+        } else {
+            Ok(Step::Idle)
+        }
+    }
+
+    async fn maybe_progress(&self, ctx: &JobCtx) {
+        let due = {
+            let mut last = ctx.last_progress.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() >= Duration::from_millis(self.cfg.progress_interval_ms) {
+                *last = Instant::now();
+                true
+            } else {
+                false
+            }
+        };
+        if due {
+            self.progress(ctx.job_id, Some(ctx.adapt.size())).await;
+        }
+    }
+
+    /// Persists a progress snapshot and publishes it on `backfill.progress.<job_id>` (core NATS:
+    /// losing one is harmless, the next one or the database has the state).
+    async fn progress(&self, job_id: Uuid, chunk_size: Option<i64>) {
+        match store::refresh_progress(&self.pool, job_id, chunk_size).await {
+            Ok(Some(job)) => {
+                if let Some(nats) = &self.nats {
+                    let snap = crate::Progress::from(&job);
+                    if let Ok(body) = serde_json::to_vec(&snap) {
+                        let subject = fleet_shared::events::backfill_progress_subject(&job_id);
+                        if let Err(e) = nats.publish(subject, body.into()).await {
+                            tracing::debug!(error = %e, "cannot publish progress");
+                        }
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %one_line(&e), "cannot store progress"),
+        }
+    }
+
+    /// Ends a job whose chunks are all finished (see the module docs).
+    async fn finalize(&self, job_id: Uuid, spec: &JobSpec) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT state, report, dry_run FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(()) };
+        if row.get::<String, _>(0) != "running" {
+            return Ok(());
+        }
+        let open: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM fleet.backfill_chunks WHERE job_id = $1 AND state = 'pending')
+                 OR EXISTS (SELECT 1 FROM fleet.backfill_parts WHERE job_id = $1 AND next_lo < hi)",
+        )
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if open {
+            return Ok(());
+        }
+        let report: Option<serde_json::Value> = row.get(1);
+        let dry_run: bool = row.get(2);
+        let mut error: Option<String> = None;
+        let failed: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT lo, hi, error FROM fleet.backfill_chunks WHERE job_id = $1 AND state = 'failed' ORDER BY part, lo",
+        )
+        .bind(job_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if let Some((lo, hi, e)) = failed.first() {
+            error = Some(format!(
+                "{} chunk(s) failed (fleetctl backfill retry re-runs them); first ({lo}, {hi}]: {}",
+                failed.len(),
+                e.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        let mut new_report = report.clone();
+        if let (Kind::TenantCodes(_), Some(rep)) = (&spec.kind, &report) {
+            let mut tables: Vec<TableReport> =
+                serde_json::from_value(rep.get("tables").cloned().unwrap_or_default())
+                    .unwrap_or_default();
+            let per_part: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT p.name, coalesce(sum(c.rows) FILTER (WHERE c.state = 'done'), 0)::bigint
+                 FROM fleet.backfill_parts p LEFT JOIN fleet.backfill_chunks c ON c.job_id = p.job_id AND c.part = p.part
+                 WHERE p.job_id = $1 GROUP BY p.name",
+            )
+            .bind(job_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for t in tables.iter_mut() {
+                if let Some((_, n)) = per_part.iter().find(|(name, _)| *name == t.table) {
+                    t.rows_updated = *n;
+                }
+            }
+            if !dry_run && error.is_none() {
+                sqlx::query("SET LOCAL statement_timeout = 0")
+                    .execute(&mut *tx)
+                    .await?;
+                plan::verify(&mut tx, &spec.schema, &mut tables).await?;
+                let left: Vec<String> = tables
+                    .iter()
+                    .filter(|t| t.status == "nulls_left")
+                    .map(|t| {
+                        format!(
+                            "{} ({} tenant_code, {} organization_code)",
+                            t.table, t.null_tenant_code, t.null_organization_code
+                        )
+                    })
+                    .collect();
+                if !left.is_empty() {
+                    error = Some(format!(
+                        "verification failed: rows left without codes (their organization or user is not in the mapping or user_extensions): {}",
+                        left.join(", ")
+                    ));
+                }
+            }
+            new_report = Some(serde_json::json!({ "tables": tables }));
+        }
+        let state = if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        sqlx::query(
+            "UPDATE fleet.backfill_jobs SET state = $2, error = $3, report = $4, finished_at = now(), updated_at = now() WHERE job_id = $1",
+        )
+        .bind(job_id)
+        .bind(state)
+        .bind(&error)
+        .bind(&new_report)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            state,
+            error = error.as_deref().unwrap_or(""),
+            "backfill job finished"
+        );
+        self.progress(job_id, None).await;
+        Ok(())
+    }
+}
