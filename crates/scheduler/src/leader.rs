@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -53,22 +53,29 @@ impl Elector {
                 kv
             }
             Err(_) => {
-                let cfg = kv::Config {
-                    bucket: BUCKET.into(),
-                    description: "scheduler leader lease (max_age = lease)".into(),
-                    history: 1,
+                // `create_key_value` first queries the account, whose 2.9 answer async-nats 0.42
+                // cannot parse; the bucket is a stream with the KV conventions, created directly.
+                let cfg = stream::Config {
+                    name: format!("KV_{BUCKET}"),
+                    description: Some("scheduler leader lease (max_age = lease)".into()),
+                    subjects: vec![format!("$KV.{BUCKET}.>")],
+                    max_messages_per_subject: 1,
                     max_age: lease,
+                    storage: stream::StorageType::File,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
                     num_replicas: replicas,
                     ..Default::default()
                 };
-                match js.create_key_value(cfg).await {
-                    Ok(kv) => kv,
-                    // Another replica created it first.
-                    Err(_) => js
-                        .get_key_value(BUCKET)
-                        .await
-                        .context("Failed to create the leader bucket")?,
+                if let Err(e) = js.create_stream(cfg).await {
+                    // Another replica may have created it first.
+                    tracing::debug!(error = %e, "leader bucket not created here");
                 }
+                js.get_key_value(BUCKET)
+                    .await
+                    .context("Failed to create the leader bucket")?
             }
         };
         Ok(Elector { kv, id, lease })

@@ -1,0 +1,198 @@
+//! Missed, overlap and pause policies, and invalid schedules at start.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{Timelike, Utc};
+use common::{jobs, Setup, LIMIT};
+use fleet_testkit::eventually;
+
+#[tokio::test]
+async fn missed_ticks_are_skipped_or_the_latest_runs_within_its_deadline() {
+    // A daily tick two to three hours ago, and a scheduler that was down for 26 hours.
+    let hour = (Utc::now() - chrono::Duration::hours(2)).hour();
+    let config = format!(
+        r#"
+[[schedules]]
+name = "skipper"
+cron = "0 0 {hour} * * *"
+subject = "jobs.skipper.{{tenant_code}}"
+missed = "skip"
+
+[[schedules]]
+name = "catcher"
+cron = "0 0 {hour} * * *"
+subject = "jobs.catcher.{{tenant_code}}"
+missed = "run_latest"
+missed_deadline = "4h"
+"#
+    );
+    let s = Setup::new(&config).await;
+    s.tenants("t", 5, "basic", "active").await;
+    let down_since = Utc::now() - chrono::Duration::hours(26);
+    sqlx::query("INSERT INTO fleet.schedules (name, evaluated_until) VALUES ('skipper', $1), ('catcher', $1)")
+        .bind(down_since)
+        .execute(&s.pg)
+        .await
+        .unwrap();
+    let started = Utc::now();
+    let replica = s.replica().await;
+
+    let run = s.wait_run("catcher", "done").await;
+    assert_eq!(run.trigger, "missed");
+    assert_eq!(run.published, 5);
+    assert_eq!(run.tick.hour(), hour);
+    assert!(Utc::now() - run.tick < chrono::Duration::hours(4));
+    // Only the latest: yesterday's tick (also in the downtime) did not run.
+    assert_eq!(s.runs("catcher").await.len(), 1);
+
+    // The skipper decided its ticks (watermark moved) and ran none of them.
+    eventually(LIMIT, "skipper evaluated", || async {
+        let until: chrono::DateTime<Utc> = sqlx::query_scalar(
+            "SELECT evaluated_until FROM fleet.schedules WHERE name = 'skipper'",
+        )
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+        (until >= started).then_some(())
+    })
+    .await;
+    assert!(s.runs("skipper").await.is_empty());
+    replica.stop().await;
+    assert!(jobs(&s.js().await, "FLEET_JOBS", "jobs.skipper.")
+        .await
+        .is_empty());
+}
+
+#[tokio::test]
+async fn overlap_forbid_skips_ticks_while_the_previous_jobs_are_pending() {
+    let s = Setup::new(
+        r#"
+[[schedules]]
+name = "exclusive"
+cron = "* * * * * *"
+subject = "jobs.exclusive.{tenant_code}"
+overlap = "forbid"
+
+[[schedules]]
+name = "overlapping"
+cron = "* * * * * *"
+subject = "jobs.overlapping.{tenant_code}"
+"#,
+    )
+    .await;
+    s.tenants("t", 5, "basic", "active").await;
+    let replica = s.replica().await;
+
+    // Nobody consumes the jobs, so after the first tick they stay pending.
+    let first = s.wait_run("exclusive", "done").await;
+    let skipped = s.wait_run("exclusive", "skipped").await;
+    assert!(skipped.tick > first.tick);
+    assert!(skipped.reason.unwrap().contains("pending"));
+    // `allow` keeps publishing meanwhile.
+    eventually(LIMIT, "overlapping ticks keep running", || async {
+        let done = s
+            .runs("overlapping")
+            .await
+            .iter()
+            .filter(|r| r.status == "done")
+            .count();
+        (done >= 2).then_some(())
+    })
+    .await;
+
+    // The jobs are consumed (purged here): the next tick runs again.
+    let purged_at = Utc::now();
+    let js = s.js().await;
+    js.get_stream("FLEET_JOBS")
+        .await
+        .unwrap()
+        .purge()
+        .filter("jobs.exclusive.*")
+        .await
+        .unwrap();
+    let again = eventually(LIMIT, "a tick after the jobs left", || async {
+        s.runs("exclusive")
+            .await
+            .into_iter()
+            .find(|r| r.status == "done" && r.tick > purged_at)
+    })
+    .await;
+    assert_eq!(again.published, 5);
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_schedule_skips_its_ticks_and_triggers_until_resumed() {
+    let s = Setup::new(
+        r#"
+[[schedules]]
+name = "pausable"
+cron = "* * * * * *"
+subject = "jobs.pausable.{tenant_code}"
+"#,
+    )
+    .await;
+    s.tenants("t", 3, "basic", "active").await;
+    scheduler::store::set_paused(&s.pg, "pausable", true)
+        .await
+        .unwrap();
+    let replica = s.replica().await;
+    let trigger_id = s.trigger("pausable").await;
+    let outcome: String = eventually(LIMIT, "the trigger picked up", || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT outcome FROM fleet.schedule_triggers WHERE trigger_id = $1",
+        )
+        .bind(trigger_id)
+        .fetch_one(&s.pg)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(outcome, "schedule is paused");
+    // Ticks pass while paused (the watermark moves) without runs.
+    let paused_at = Utc::now();
+    eventually(LIMIT, "ticks evaluated while paused", || async {
+        let until: chrono::DateTime<Utc> = sqlx::query_scalar(
+            "SELECT evaluated_until FROM fleet.schedules WHERE name = 'pausable'",
+        )
+        .fetch_one(&s.pg)
+        .await
+        .unwrap();
+        (until > paused_at + chrono::Duration::seconds(2)).then_some(())
+    })
+    .await;
+    assert!(s.runs("pausable").await.is_empty());
+
+    scheduler::store::set_paused(&s.pg, "pausable", false)
+        .await
+        .unwrap();
+    let run = s.wait_run("pausable", "done").await;
+    assert_eq!(run.published, 3);
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_schedule_stops_the_scheduler_at_start_naming_it() {
+    let s = Setup::new(
+        r#"
+[[schedules]]
+name = "broken"
+cron = "0 2 * * *"
+timezone = "Europe/Atlantis"
+subject = "jobs.broken.{tenant_code}"
+"#,
+    )
+    .await;
+    let fleet = s.fleet().await;
+    let token = tokio_util::sync::CancellationToken::new();
+    let err = tokio::time::timeout(Duration::from_secs(10), scheduler::run(fleet, token))
+        .await
+        .expect("fails at once")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"broken\""), "{err}");
+    assert!(err.contains("Europe/Atlantis"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
