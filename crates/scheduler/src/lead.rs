@@ -44,7 +44,7 @@ pub struct Ctx {
     pub leader_id: Arc<str>,
 }
 
-type Joined = (i64, anyhow::Result<End>);
+type Joined = (i64, String, anyhow::Result<End>);
 
 struct Term {
     tasks: JoinSet<Joined>,
@@ -97,14 +97,14 @@ pub async fn lead(
 }
 
 fn reap(ctx: &Ctx, t: &mut Term, joined: Result<Joined, tokio::task::JoinError>) {
-    let Ok((run_id, res)) = joined else {
+    let Ok((run_id, schedule, res)) = joined else {
         // Tasks catch their own panics, so this is an abort during shutdown.
         return;
     };
     t.active.remove(&run_id);
     if let Err(e) = res {
-        tracing::error!(run.id = run_id, error = %fleet_shared::config::one_line(&format!("{e:#}")), "fan-out failed; retrying later");
-        ctx.metrics.run_finished("", "failed");
+        tracing::error!(schedule = %schedule, run.id = run_id, error = %fleet_shared::config::one_line(&format!("{e:#}")), "fan-out failed; retrying later");
+        ctx.metrics.run_finished(&schedule, "failed");
         t.retry_at.insert(run_id, Instant::now() + RETRY_AFTER);
     }
 }
@@ -118,12 +118,16 @@ fn spawn(ctx: &Ctx, t: &mut Term, run: RunRow) {
     t.tasks.spawn(async move {
         let run_id = run.run_id;
         let Some(schedule) = ctx.config.get(&run.schedule).cloned() else {
-            return (run_id, Ok(End::Interrupted));
+            return (run_id, run.schedule, Ok(End::Interrupted));
         };
         let work = fan_out(&ctx.js, &ctx.pg, &schedule, &run, &stop, &ctx.metrics);
         match AssertUnwindSafe(work).catch_unwind().await {
-            Ok(res) => (run_id, res),
-            Err(_) => (run_id, Err(anyhow::anyhow!("fan-out panicked"))),
+            Ok(res) => (run_id, run.schedule.clone(), res),
+            Err(_) => (
+                run_id,
+                run.schedule.clone(),
+                Err(anyhow::anyhow!("fan-out panicked")),
+            ),
         }
     });
 }
