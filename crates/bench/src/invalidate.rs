@@ -120,7 +120,10 @@ async fn naive(
         let org = org_code(rng.random_range(0..a.orgs));
         let fam = FAMILIES[rng.random_range(0..2)];
         let n = naive_event(con, &format!("{fam}:{org}:*"), count).await?;
-        anyhow::ensure!(n == per_family, "naive deleted {n} keys, expected {per_family}");
+        anyhow::ensure!(
+            n == per_family,
+            "naive deleted {n} keys, expected {per_family}"
+        );
         set_all(con, &family_keys(fam, &org, per_family)).await?;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -173,7 +176,10 @@ async fn checker(
         }
         let now = Instant::now();
         let mut due = Vec::new();
-        while refills.front().is_some_and(|(t, ..)| *t <= now || stop.is_cancelled()) {
+        while refills
+            .front()
+            .is_some_and(|(t, ..)| *t <= now || stop.is_cancelled())
+        {
             if let Some((_, org, fam)) = refills.pop_front() {
                 due.extend(family_keys(fam, &org, per_family));
             }
@@ -235,7 +241,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let per_family = (a.keys_per_org / FAMILIES.len()).max(1);
     let nats = fleet_testkit::NatsServer::start().context("start nats-server")?;
     let redis_server = fleet_testkit::RedisServer::start().context("start redis-server")?;
-    let db = fleet_testkit::TestDb::create().await.context("create database")?;
+    let db = fleet_testkit::TestDb::create()
+        .await
+        .context("create database")?;
     let client = redis::Client::open(redis_server.url())?;
     let mut con = client.get_multiplexed_async_connection().await?;
 
