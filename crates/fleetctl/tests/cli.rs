@@ -134,3 +134,65 @@ fn help_is_everywhere() {
         );
     }
 }
+
+#[tokio::test]
+async fn cache_preview_counts_without_deleting_and_invalidate_publishes() {
+    use redis::AsyncCommands;
+    let env = TestEnv::with_private_redis().await;
+    let client = redis::Client::open(env.redis_url.as_str()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    for k in [
+        "org:acme:details",
+        "org:acme:config",
+        "sessions:acme:upcoming",
+        "org:acme_2:details",
+    ] {
+        let _: () = con.set(k, "v").await.unwrap();
+    }
+
+    let o = fleetctl(&env, &["cache", "preview", "--org", "acme", "--json"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let keys = |rule: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == rule)
+            .map(|r| r["keys"].as_u64().unwrap())
+    };
+    assert_eq!(keys("org"), Some(2), "{rows}");
+    assert_eq!(keys("sessions"), Some(1), "{rows}");
+    let n: usize = redis::cmd("DBSIZE").query_async(&mut con).await.unwrap();
+    assert_eq!(n, 4, "preview deletes nothing");
+
+    let o = fleetctl(&env, &["cache", "preview", "--org", "*"], &[]);
+    assert_one_line_error(&o, "--org");
+
+    let o = fleetctl(
+        &env,
+        &[
+            "cache",
+            "invalidate",
+            "--org",
+            "acme",
+            "--session",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let published: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let subjects: Vec<&str> = published
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["org.updated", "session.changed"]);
+    let fleet = env.fleet(&[]).await;
+    let stream = fleet.js.get_stream("FLEET_EVENTS").await.unwrap();
+    let m = stream.get_raw_message(2).await.unwrap();
+    assert_eq!(m.subject.as_str(), "session.changed");
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["org_code"], "acme");
+}
