@@ -85,7 +85,8 @@ pub async fn lead(
         tokio::select! {
             _ = term.cancelled() => {}
             _ = tokio::time::sleep(sleep) => {}
-            _ = wake.next() => {}
+            // A closed subscription (client drained) disables this branch instead of spinning.
+            Some(_) = wake.next() => {}
             Some(joined) = t.tasks.join_next(), if !t.tasks.is_empty() => reap(ctx, &mut t, joined),
         }
     };

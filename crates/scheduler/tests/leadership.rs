@@ -10,7 +10,7 @@ use fleet_testkit::eventually;
 
 const CONFIG: &str = r#"
 [scheduler]
-lease = "2s"
+lease = "LEASE"
 
 [[schedules]]
 name = "every-second"
@@ -20,7 +20,8 @@ subject = "jobs.tick.{tenant_code}"
 
 #[tokio::test]
 async fn two_replicas_publish_every_tenant_tick_exactly_once() {
-    let s = Setup::new(CONFIG).await;
+    // A long lease, so a slow CI machine does not make the leader flap during the test.
+    let s = Setup::new(&CONFIG.replace("LEASE", "6s")).await;
     s.tenants("t", 25, "basic", "active").await;
     let a = s.replica().await;
     let b = s.replica().await;
@@ -56,7 +57,7 @@ async fn two_replicas_publish_every_tenant_tick_exactly_once() {
 
 #[tokio::test]
 async fn a_follower_takes_over_when_the_leader_dies() {
-    let s = Setup::new(CONFIG).await;
+    let s = Setup::new(&CONFIG.replace("LEASE", "2s")).await;
     s.tenants("t", 10, "basic", "active").await;
     let leader = s.replica().await;
     let first = s.wait_run("every-second", "done").await;
