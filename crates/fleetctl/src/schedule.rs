@@ -104,7 +104,14 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 return output::print_json(&rows);
             }
             if rows.is_empty() {
-                println!("no schedules in FLEET_CONFIG");
+                match std::env::var("FLEET_CONFIG") {
+                    Ok(path) if !path.trim().is_empty() => {
+                        println!("no schedules in FLEET_CONFIG ({path})")
+                    }
+                    _ => println!(
+                        "no schedules: FLEET_CONFIG is not set (point it at the file the scheduler runs with, e.g. deploy/local/fleet.toml)"
+                    ),
+                }
                 return Ok(());
             }
             let table: Vec<Vec<String>> = rows
