@@ -219,7 +219,10 @@ async fn fetch_loop<H: Handler>(
                 continue;
             }
         };
-        let batch = ctx.spec.concurrency.clamp(1, 256);
+        // At least 2: with a batch of 1, async-nats 0.42 can count a pull request's reply after
+        // the message it delivered, believe one message is still owed and send no new pull
+        // request, stalling the consumer until the missed-heartbeat error (10 s) re-subscribes.
+        let batch = ctx.spec.concurrency.clamp(2, 256);
         let mut messages = match pull
             .stream()
             .max_messages_per_batch(batch)
