@@ -9,7 +9,7 @@
 //! stream and the durable's filter) is acknowledged and ignored.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use fleet_shared::events::{
@@ -65,7 +65,7 @@ impl Provisioner {
 
         let started = Instant::now();
         let done = provision(&self.pg, &self.migrations, &req, &configs).await?;
-        self.observe(TENANT_CREATED, started);
+        let took = self.observe(TENANT_CREATED, started);
         if done.created {
             self.metrics
                 .provisioned
@@ -81,6 +81,7 @@ impl Provisioner {
                 plan = %done.tenant.plan,
                 schema.version = done.tenant.schema_version,
                 configs = configs.len(),
+                transaction_ms = took.as_millis() as u64,
                 "tenant provisioned"
             );
         } else {
@@ -96,25 +97,28 @@ impl Provisioner {
         let started = Instant::now();
         let done =
             crate::migrate_tenant::migrate_tenant(&self.pg, &self.migrations, &req.code).await?;
-        self.observe(TENANT_MIGRATE, started);
+        let took = self.observe(TENANT_MIGRATE, started);
         self.metrics
             .migrations_applied
             .inc_by(done.applied.len() as u64);
         tracing::info!(
             applied = ?done.applied,
             schema.version = done.tenant.schema_version,
+            transaction_ms = took.as_millis() as u64,
             "tenant migrated"
         );
         self.announce(&done.tenant, msg).await
     }
 
-    fn observe(&self, event: &str, started: Instant) {
+    fn observe(&self, event: &str, started: Instant) -> Duration {
+        let took = started.elapsed();
         self.metrics
             .transaction_seconds
             .get_or_create(&EventLabels {
                 event: event.into(),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
+        took
     }
 
     /// Publishes `tenant.provisioned` for the committed state. The id depends only on the tenant

@@ -12,6 +12,7 @@
 //! one filter per consumer, and a second durable would hold one of the shared concurrency permits
 //! idle): subjects other than `tenant.created` / `tenant.migrate` are acked and ignored.
 
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod handler;

@@ -57,12 +57,38 @@ pub async fn lock_tenant(con: &mut PgConnection, code: &str) -> Result<(), Provi
     Ok(())
 }
 
+/// How the migrations are applied to a fresh schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Apply {
+    /// One simple-query batch (see `batch.rs`).
+    Batch,
+    /// File by file through `fleet_shared::migrate::apply`, which names a failing file.
+    PerFile,
+}
+
 /// Provisions `req` with `configs` (its plan's defaults merged with its overrides).
 pub async fn provision(
     pg: &PgPool,
     migrations: &[Migration],
     req: &TenantCreated,
     configs: &BTreeMap<String, Value>,
+) -> Result<Provisioned, ProvisionError> {
+    match provision_with(pg, migrations, req, configs, Apply::Batch).await {
+        Err(ProvisionError::Batch(e)) => {
+            // Rolled back already; run it again file by file so the failure names its file.
+            tracing::debug!(error = %e, "migration batch failed; re-running file by file");
+            provision_with(pg, migrations, req, configs, Apply::PerFile).await
+        }
+        other => other,
+    }
+}
+
+async fn provision_with(
+    pg: &PgPool,
+    migrations: &[Migration],
+    req: &TenantCreated,
+    configs: &BTreeMap<String, Value>,
+    how: Apply,
 ) -> Result<Provisioned, ProvisionError> {
     let code = req.code.as_str();
     let schema = req.code.schema_name();
@@ -121,6 +147,8 @@ pub async fn provision(
         }
     }
 
+    let version;
+    let applied;
     if resume {
         sqlx::query(
             "UPDATE fleet.tenants SET name = $2, plan = $3, org_code = $4,
@@ -134,6 +162,9 @@ pub async fn provision(
         .execute(&mut *tx)
         .await
         .map_err(ProvisionError::db("update the tenant row"))?;
+        // The schema may exist, with part of a ledger: the general path checks and completes it.
+        let report = migrate::apply(&mut tx, &schema, migrations).await?;
+        (version, applied) = (report.version, report.applied);
     } else {
         sqlx::query(
             "INSERT INTO fleet.tenants (tenant_id, code, name, plan, org_code, status, schema_name)
@@ -148,58 +179,80 @@ pub async fn provision(
         .execute(&mut *tx)
         .await
         .map_err(ProvisionError::db("insert the tenant row"))?;
-        // Not IF NOT EXISTS: a schema nobody registered may hold someone's data, and running our
-        // migrations into it would mix the two.
-        // `schema` is tenant_ + a validated code ([a-z0-9_]), so it is a safe identifier.
-        match migrate::exec_simple(&mut tx, &format!("CREATE SCHEMA \"{schema}\"")).await {
-            Ok(_) => {}
-            Err(e) if fleet_shared::db::sqlstate(&e).as_deref() == Some("42P06") => {
-                return Err(ProvisionError::OrphanSchema(schema));
+        // CREATE SCHEMA without IF NOT EXISTS, in both paths: a schema nobody registered may hold
+        // someone's data, and running our migrations into it would mix the two. `schema` is
+        // tenant_ + a validated code ([a-z0-9_]), so it is a safe identifier.
+        let batch = match how {
+            Apply::Batch => crate::batch::fresh_schema_batch(&schema, migrations),
+            Apply::PerFile => None,
+        };
+        match batch {
+            Some(sql) => match migrate::exec_simple(&mut tx, &sql).await {
+                Ok(()) => {}
+                Err(e) if is_duplicate_schema(&e) => {
+                    return Err(ProvisionError::OrphanSchema(schema))
+                }
+                Err(e) if fleet_shared::db::is_transient(&e) => {
+                    return Err(ProvisionError::db("apply the tenant migrations")(e))
+                }
+                Err(e) => return Err(ProvisionError::Batch(e)),
+            },
+            None => {
+                match migrate::exec_simple(&mut tx, &format!("CREATE SCHEMA \"{schema}\"")).await {
+                    Ok(()) => {}
+                    Err(e) if is_duplicate_schema(&e) => {
+                        return Err(ProvisionError::OrphanSchema(schema))
+                    }
+                    Err(e) => return Err(ProvisionError::db("create the tenant schema")(e)),
+                }
+                migrate::apply(&mut tx, &schema, migrations).await?;
             }
-            Err(e) => return Err(ProvisionError::db("create the tenant schema")(e)),
         }
+        version = migrate::latest_version(migrations);
+        applied = migrations.iter().map(|m| m.version).collect();
     }
 
-    let report = migrate::apply(&mut tx, &schema, migrations).await?;
-    write_configs(&mut tx, req.tenant_id, configs).await?;
-
-    let tenant: TenantRow = sqlx::query_as(
-        "UPDATE fleet.tenants
-            SET status = 'active', schema_version = $2, provisioned_at = now(), updated_at = now()
-          WHERE tenant_id = $1
-         RETURNING tenant_id, code, plan, status, schema_name, schema_version",
-    )
-    .bind(req.tenant_id)
-    .bind(report.version)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(ProvisionError::db("mark the tenant active"))?;
+    let tenant = activate(&mut tx, req.tenant_id, version, configs).await?;
     tx.commit()
         .await
         .map_err(ProvisionError::db("commit the provisioning transaction"))?;
     Ok(Provisioned {
         tenant,
-        applied: report.applied,
+        applied,
         created: true,
     })
 }
 
-/// Upserts every config in one statement (one round trip whatever the plan's size).
-async fn write_configs(
+fn is_duplicate_schema(e: &sqlx::Error) -> bool {
+    fleet_shared::db::sqlstate(e).as_deref() == Some("42P06")
+}
+
+/// Upserts every config and marks the tenant active, in one statement (one round trip whatever
+/// the plan's size).
+async fn activate(
     con: &mut PgConnection,
     tenant_id: Uuid,
+    version: i64,
     configs: &BTreeMap<String, Value>,
-) -> Result<(), ProvisionError> {
-    sqlx::query(
-        "INSERT INTO fleet.tenant_configurations (tenant_id, config_key, config_value)
-         SELECT $1, key, value FROM jsonb_each($2::jsonb)
-         ON CONFLICT (tenant_id, config_key)
-         DO UPDATE SET config_value = EXCLUDED.config_value, updated_at = now()",
+) -> Result<TenantRow, ProvisionError> {
+    sqlx::query_as(
+        "WITH configs AS (
+             INSERT INTO fleet.tenant_configurations (tenant_id, config_key, config_value)
+             SELECT $1, key, value FROM jsonb_each($3::jsonb)
+             ON CONFLICT (tenant_id, config_key)
+             DO UPDATE SET config_value = EXCLUDED.config_value, updated_at = now()
+         )
+         UPDATE fleet.tenants
+            SET status = 'active', schema_version = $2, provisioned_at = now(), updated_at = now()
+          WHERE tenant_id = $1
+         RETURNING tenant_id, code, plan, status, schema_name, schema_version",
     )
     .bind(tenant_id)
+    .bind(version)
     .bind(sqlx::types::Json(configs))
-    .execute(&mut *con)
+    .fetch_one(&mut *con)
     .await
-    .map_err(ProvisionError::db("write the tenant configurations"))?;
-    Ok(())
+    .map_err(ProvisionError::db(
+        "write the configurations and activate the tenant",
+    ))
 }
