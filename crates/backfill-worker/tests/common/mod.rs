@@ -85,7 +85,9 @@ pub async fn chunks_done(pool: &PgPool, id: Uuid) -> i64 {
 
 /// `items(id, c, fail)`: `n` rows whose counter `c` starts at 0.
 pub async fn items(pool: &PgPool, n: i64) {
-    fleet_shared::db::migrate_control_plane(pool).await.expect("control plane");
+    fleet_shared::db::migrate_control_plane(pool)
+        .await
+        .expect("control plane");
     sqlx::raw_sql(
         "CREATE TABLE items (id bigserial PRIMARY KEY, c integer NOT NULL DEFAULT 0, fail boolean NOT NULL DEFAULT false, d integer)",
     )
