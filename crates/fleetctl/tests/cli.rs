@@ -196,3 +196,95 @@ async fn cache_preview_counts_without_deleting_and_invalidate_publishes() {
     let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(body["org_code"], "acme");
 }
+
+#[tokio::test]
+async fn backfill_submit_control_and_status_through_the_binary() {
+    let env = TestEnv::new().await;
+    let pg = env.db.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE notes (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
+         INSERT INTO notes (id) SELECT g FROM generate_series(1, 500) g;",
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("job.json");
+    std::fs::write(
+        &spec,
+        r#"{"kind":"sql","table":"notes","key":"id","chunk_size":100,
+            "statement":"UPDATE notes SET n = n + 1 WHERE id > $1 AND id <= $2"}"#,
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap();
+
+    // sql jobs are refused unless enabled; a bad spec creates no job.
+    let o = fleetctl(&env, &["backfill", "submit", spec], &[]);
+    assert_one_line_error(&o, "spec refused");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"kind":"sql","table":"notes","key":"id","statement":"UPDATE notes SET n = 1 WHERE id > $1"}"#).unwrap();
+    let o = fleetctl(
+        &env,
+        &["backfill", "submit", bad.to_str().unwrap()],
+        &[("FLEET_BACKFILL_ALLOW_SQL", "1")],
+    );
+    assert_one_line_error(&o, "$2");
+    let o = fleetctl(&env, &["backfill", "list"], &[]);
+    assert_eq!(stdout(&o), "no backfill jobs\n");
+
+    let allow = [("FLEET_BACKFILL_ALLOW_SQL", "1")];
+    let o = fleetctl(&env, &["backfill", "submit", spec], &allow);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_owned();
+    uuid::Uuid::parse_str(&id).expect("submit prints the job id");
+
+    let o = fleetctl(&env, &["backfill", "pause", &id], &[]);
+    assert_eq!(stdout(&o).trim(), format!("{id}: paused"), "{}", stderr(&o));
+    let o = fleetctl(&env, &["backfill", "resume", &id], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Run the worker (fleetctl up --only backfill-worker) until the job succeeds.
+    let port = fleet_testkit::free_port();
+    let mut up = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["up", "--only", "backfill-worker"])
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("REDIS_URL", &env.redis_url)
+        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("FLEET_BACKFILL_ALLOW_SQL", "1")
+        .env("RUST_LOG", "warn")
+        .env_remove("FLEET_CONFIG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = fleet_testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "job succeeded",
+        || async {
+            let o = fleetctl(&env, &["backfill", "status", &id, "--json"], &[]);
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+            (v["progress"]["state"] == "succeeded").then_some(v)
+        },
+    )
+    .await;
+    let _ = up.kill();
+    let _ = up.wait();
+    assert_eq!(status["progress"]["rows_done"], 500, "{status}");
+    let ones: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE n = 1")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(ones, 500, "every row updated exactly once");
+
+    let o = fleetctl(&env, &["backfill", "list", "--json"], &[]);
+    let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1);
+    let o = fleetctl(&env, &["backfill", "cancel", &id], &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a finished job cannot be cancelled"
+    );
+    let o = fleetctl(&env, &["backfill", "status", "not-a-uuid"], &[]);
+    assert_eq!(o.status.code(), Some(2), "clap rejects a malformed id");
+}
