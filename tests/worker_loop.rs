@@ -249,3 +249,59 @@ async fn survives_a_nats_restart_without_losing_messages() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_hands_prefetched_messages_to_another_replica_at_once() {
+    let env = TestEnv::new().await;
+    let fleet = env.fleet(&[]).await;
+    let mut s = spec();
+    s.concurrency = 2;
+    // A long ack wait: without the release, the prefetched messages would wait for it.
+    s.consumers[0].ack_wait = Duration::from_secs(60);
+    let first = Toy::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker::run(
+        fleet.js.clone(),
+        fleet.metrics.clone(),
+        s.clone(),
+        Arc::new(first.clone()),
+        stop.clone(),
+    ));
+    publish(&fleet, "slow").await;
+    publish(&fleet, "slow").await;
+    for i in 0..6 {
+        publish(&fleet, &format!("queued-{i}")).await;
+    }
+    eventually(Duration::from_secs(10), "both slots busy", || async {
+        (first.seen("slow") == 2).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    let second = Toy::default();
+    let stop2 = CancellationToken::new();
+    let task2 = tokio::spawn(worker::run(
+        fleet.js.clone(),
+        fleet.metrics.clone(),
+        s,
+        Arc::new(second.clone()),
+        stop2.clone(),
+    ));
+    // Well inside the 60 s ack wait: only an explicit release makes this possible.
+    eventually(
+        Duration::from_secs(20),
+        "the rest handled by the next replica",
+        || async {
+            let handled = (0..6)
+                .filter(|i| {
+                    first.seen(&format!("queued-{i}")) + second.seen(&format!("queued-{i}")) == 1
+                })
+                .count();
+            (handled == 6).then_some(())
+        },
+    )
+    .await;
+    stop2.cancel();
+    task2.await.unwrap().unwrap();
+}

@@ -234,24 +234,63 @@ impl fmt::Debug for Settings {
     }
 }
 
-/// Replaces the password (and a token-only user) of every URL in a comma-separated list with
-/// `***`. Strings that are not URLs are returned unchanged.
+/// Masks the secrets of every URL in a comma-separated list: the password (everything between
+/// `user:` and the last `@`), a token-only user of NATS URLs, and `password=`/`token=`-style query
+/// values.
+///
+/// Textual on purpose: a password holding an unescaped `/`, `?`, `#` or `@` makes the URL fail to
+/// parse (or parse wrongly), and the error path is exactly where a URL gets printed.
 pub fn redact_url(s: &str) -> String {
     s.split(',')
-        .map(|part| match url::Url::parse(part.trim()) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            Ok(mut u) if !u.username().is_empty() && u.scheme().starts_with("nats") => {
-                // nats://TOKEN@host: the user part is the secret.
-                let _ = u.set_username("***");
-                u.to_string()
-            }
-            _ => part.trim().to_owned(),
-        })
+        .map(|part| redact_query(&redact_userinfo(part.trim())))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+fn redact_userinfo(part: &str) -> String {
+    let Some(scheme_end) = part.find("://") else {
+        return part.to_owned();
+    };
+    let (head, rest) = part.split_at(scheme_end + 3);
+    // The userinfo ends at the LAST '@': the host never holds one, a password may.
+    let Some(at) = rest.rfind('@') else {
+        return part.to_owned();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    let masked = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        // nats://TOKEN@host: the user part is the secret.
+        None if head.starts_with("nats") || head.starts_with("tls") || head.starts_with("ws") => {
+            "***".to_owned()
+        }
+        None => userinfo.to_owned(),
+    };
+    format!("{head}{masked}@{host}")
+}
+
+fn redact_query(s: &str) -> String {
+    const SECRET_KEYS: &[&str] = &[
+        "password",
+        "sslpassword",
+        "pass",
+        "token",
+        "auth_token",
+        "secret",
+    ];
+    let Some(q) = s.find('?') else {
+        return s.to_owned();
+    };
+    let (base, query) = s.split_at(q + 1);
+    let params: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if SECRET_KEYS.iter().any(|sk| sk.eq_ignore_ascii_case(k)) => {
+                format!("{k}=***")
+            }
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{base}{}", params.join("&"))
 }
 
 /// The optional TOML file. Each worker reads its own top-level section with
@@ -364,6 +403,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn redaction_does_not_depend_on_the_url_parsing() {
+        for (raw, secret) in [
+            ("postgres://app:s3cr/et@db/fleet", "s3cr/et"),
+            ("postgres://app:pa#ss@db/fleet", "pa#ss"),
+            ("postgres://app:12345?x@db/fleet", "12345?x"),
+            ("postgres://app:p@ss@db/fleet", "p@ss"),
+            ("redis://:hunter2@cache:6379/0", "hunter2"),
+            ("nats://s3cr3ttoken@n1:4222", "s3cr3ttoken"),
+            ("postgres://db/fleet?user=app&password=hunter2", "hunter2"),
+        ] {
+            let shown = redact_url(raw);
+            assert!(!shown.contains(secret), "{raw} -> {shown}");
+            assert!(shown.contains("***"), "{raw} -> {shown}");
+        }
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/fleet"),
+            "postgres://postgres@127.0.0.1:5432/fleet",
+            "a user name alone is not a secret"
+        );
+        assert_eq!(
+            redact_url("nats://a:b@n1:4222, nats://n2:4222"),
+            "nats://a:***@n1:4222,nats://n2:4222"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! message whose deliveries keep dying without a verdict (the process crashed or hung) is
 //! dead-lettered once its delivery count passes `max_attempts`; if the dead-letter stream cannot
 //! take a letter, the message is NAKed, never dropped. On shutdown the loop stops pulling, NAKs
-//! what it had prefetched so other replicas get it at once, and lets in-flight handlers finish for
+//! what it had prefetched so other replicas get it within seconds, and lets in-flight handlers finish for
 //! `shutdown_timeout`; whatever is still running then is redelivered after its ack wait.
 
 use std::future::Future;
@@ -226,8 +226,8 @@ async fn fetch_loop<H: Handler>(
         let mut messages = match pull
             .stream()
             .max_messages_per_batch(batch)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
             .messages()
             .await
         {
@@ -244,7 +244,10 @@ async fn fetch_loop<H: Handler>(
         loop {
             let permit = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break 'outer,
+                _ = shutdown.cancelled() => {
+                    release_prefetched(&mut messages).await;
+                    break 'outer;
+                }
                 p = sem.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break 'outer,
@@ -281,14 +284,21 @@ async fn fetch_loop<H: Handler>(
     }
 }
 
-/// NAKs messages that were pulled but not started, so another replica takes them now rather
-/// than after the ack wait.
+/// How long a pull request lives on the server. Requests outlive the client's subscription, so
+/// this bounds how long a stopped replica's requests can still swallow messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// NAKs messages that were pulled but not started, so another replica takes them long before
+/// their ack wait. The NAK is delayed past [`PULL_EXPIRES`]: an immediate redelivery would go to
+/// this replica's own pull requests, still open on the server, and sit there unacked.
 async fn release_prefetched(messages: &mut jetstream::consumer::pull::Stream) {
     let deadline = Instant::now() + Duration::from_secs(1);
+    let delay = PULL_EXPIRES + Duration::from_secs(1);
     while Instant::now() < deadline {
         match tokio::time::timeout(Duration::from_millis(50), messages.next()).await {
             Ok(Some(Ok(m))) => {
-                let _ = m.ack_with(AckKind::Nak(None)).await;
+                let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
             }
             _ => break,
         }
