@@ -24,6 +24,8 @@ use crate::validate::{self, ident, sessions_table, users_table, ValidateError};
 pub struct PartPlan {
     pub name: String,
     pub statement: String,
+    /// Run after `statement` in the chunk transaction; returns `(key, total)` rows naming rows
+    /// the chunk could not settle (see [`settle_statement`]), which fail the chunk.
     pub then_statement: Option<String>,
     /// `exec` or `count` (dry run).
     pub mode: &'static str,
@@ -315,12 +317,14 @@ async fn plan_inner(
                         "INSERT INTO {dst} ({list}) OVERRIDING SYSTEM VALUE SELECT {sel} FROM {src} AS t \
                          WHERE t.{k} > $1 AND t.{k} <= $2{filter} ON CONFLICT DO NOTHING"
                     );
-                    let then_statement = c.delete_source.then(|| {
-                        format!(
-                            "DELETE FROM {src} AS t WHERE t.{k} > $1 AND t.{k} <= $2{filter} \
-                             AND EXISTS (SELECT 1 FROM {dst} AS d WHERE d.{k} = t.{k})"
-                        )
-                    });
+                    let then_statement = Some(settle_statement(
+                        &src,
+                        &dst,
+                        &c.key,
+                        &cols,
+                        &filter,
+                        c.delete_source,
+                    ));
                     plan.parts.push(PartPlan {
                         name: c.table.to_string(),
                         statement,
@@ -334,6 +338,54 @@ async fn plan_inner(
         }
     }
     Ok(plan)
+}
+
+/// The `copy_to_tenant` statement run after the chunk's `INSERT ... ON CONFLICT DO NOTHING`, in
+/// the same transaction. A source row counts as *settled* only when the target holds a row with
+/// the same key **and the same data** in every copied column (compared as text, so types
+/// without an equality operator such as `json` work; a type change between the tables can only
+/// make rows look different, never equal, which errs on the safe side). `ON CONFLICT DO
+/// NOTHING` skips a row whose key (or any other unique value) the target already holds, so
+/// "the key exists in the target" says nothing about whether *this* row's data got there:
+/// deleting on the key alone lost the source row whenever the application had written a
+/// different row under that key.
+///
+/// With `delete_source` the statement deletes the settled source rows of the chunk (a re-run
+/// after an earlier copy, with or without delete, deletes them too: equality is checked, not
+/// who copied). Either way it returns up to 10 keys of the chunk's *unsettled* rows with their
+/// total count (`key, total`); the runner fails the chunk on any, rolling it back, so a
+/// colliding row is never deleted and the error names the keys.
+pub fn settle_statement(
+    src: &str,
+    dst: &str,
+    key: &Ident,
+    cols: &[Ident],
+    filter: &str,
+    delete_source: bool,
+) -> String {
+    let k = key.quoted();
+    let same = cols
+        .iter()
+        .map(|c| {
+            let c = c.quoted();
+            format!("d.{c}::text IS NOT DISTINCT FROM t.{c}::text")
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let settled = format!("EXISTS (SELECT 1 FROM {dst} AS d WHERE d.{k} = t.{k} AND {same})");
+    let in_chunk = format!("t.{k} > $1 AND t.{k} <= $2{filter}");
+    // A data-modifying CTE runs exactly once whether or not it is referenced; the SELECT sees
+    // the snapshot from before the DELETE, which does not matter: it only reads unsettled rows,
+    // and the DELETE only touches settled ones.
+    let delete = if delete_source {
+        format!("WITH settled AS (DELETE FROM {src} AS t WHERE {in_chunk} AND {settled}) ")
+    } else {
+        String::new()
+    };
+    format!(
+        "{delete}SELECT t.{k}::bigint, count(*) OVER ()::bigint FROM {src} AS t \
+         WHERE {in_chunk} AND NOT {settled} ORDER BY t.{k} LIMIT 10"
+    )
 }
 
 /// Seed 000's pre-migration check: every `organization_id` in the org-direct tables and in

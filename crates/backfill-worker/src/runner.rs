@@ -93,14 +93,23 @@ struct JobCtx {
     last_progress: Mutex<Instant>,
 }
 
-/// Runs a chunk's statements on `(lo, hi]` in the caller's transaction; returns its row count.
+/// What a chunk's statements did, before its commit.
+struct ChunkRun {
+    rows: i64,
+    /// Up to 10 keys of rows the chunk could not settle, and how many there are in all
+    /// (`copy_to_tenant`: the target holds a different row under the key).
+    unsettled: Vec<i64>,
+    unsettled_total: i64,
+}
+
+/// Runs a chunk's statements on `(lo, hi]` in the caller's transaction.
 fn exec_chunk<'a>(
     tx: &'a mut sqlx::PgConnection,
     p: &'a Part,
     settings: &'a [String],
     lo: i64,
     hi: i64,
-) -> futures::future::BoxFuture<'a, sqlx::Result<i64>> {
+) -> futures::future::BoxFuture<'a, sqlx::Result<ChunkRun>> {
     Box::pin(async move {
         for set in settings {
             sqlx::query(set).persistent(false).execute(&mut *tx).await?;
@@ -119,14 +128,22 @@ fn exec_chunk<'a>(
                 .await?
                 .rows_affected() as i64
         };
+        let mut run = ChunkRun {
+            rows,
+            unsettled: Vec::new(),
+            unsettled_total: 0,
+        };
         if let Some(then) = &p.then_statement {
-            sqlx::query(then)
+            // Parts planned before the statement returned rows hold a bare DELETE: no rows.
+            let keys: Vec<(i64, i64)> = sqlx::query_as(then)
                 .bind(lo)
                 .bind(hi)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
+            run.unsettled_total = keys.first().map_or(0, |(_, total)| *total);
+            run.unsettled = keys.into_iter().map(|(key, _)| key).collect();
         }
-        Ok(rows)
+        Ok(run)
     })
 }
 
@@ -489,13 +506,37 @@ impl Runner {
         }
         let started = Instant::now();
         let result = exec_chunk(&mut tx, p, &settings, lo, hi).await;
-        let rows = match result {
+        let run = match result {
             Ok(r) => r,
             Err(e) => {
                 drop(tx);
                 return self.chunk_error(ctx, chunk_id, lo, hi, e).await;
             }
         };
+        if run.unsettled_total > 0 {
+            // Roll the whole chunk back: nothing of it is copied or deleted, so a retry after
+            // the operator resolved the collisions starts from a clean range.
+            tx.rollback().await?;
+            let keys = run
+                .unsettled
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = if run.unsettled_total > run.unsettled.len() as i64 {
+                ", ..."
+            } else {
+                ""
+            };
+            let msg = format!(
+                "{} source row(s) not copied: the target already holds a different row under the same key or unique value (keys {keys}{more}); \
+                 the chunk was rolled back and no source row of it was deleted; resolve them and retry",
+                run.unsettled_total
+            );
+            self.fail_chunk(chunk_id, lo, hi, &msg).await?;
+            return Ok(Step::Failed);
+        }
+        let rows = run.rows;
         let elapsed = started.elapsed();
         sqlx::query(
             "UPDATE fleet.backfill_chunks SET state = 'done', rows = $2, attempts = attempts + 1, error = NULL,
@@ -575,18 +616,24 @@ impl Runner {
             tracing::info!(chunk.id = chunk_id, chunk.lo = lo, chunk.hi = hi, mid, error = %msg, "chunk timed out; split in two");
             return Ok(Step::Split);
         }
+        self.fail_chunk(chunk_id, lo, hi, &msg).await?;
+        Ok(Step::Failed)
+    }
+
+    /// Marks a pending chunk failed, keeping `msg` as its error (`retry` re-runs it).
+    async fn fail_chunk(&self, chunk_id: i64, lo: i64, hi: i64, msg: &str) -> sqlx::Result<()> {
         sqlx::query(
             "UPDATE fleet.backfill_chunks SET state = 'failed', attempts = attempts + 1, error = $2, worker = $3, finished_at = now()
              WHERE chunk_id = $1 AND state = 'pending'",
         )
         .bind(chunk_id)
-        .bind(&msg)
+        .bind(msg)
         .bind(&self.worker_id)
         .execute(&self.pool)
         .await?;
         self.metrics.outcome("failed");
         tracing::warn!(chunk.id = chunk_id, chunk.lo = lo, chunk.hi = hi, error = %msg, "chunk failed");
-        Ok(Step::Failed)
+        Ok(())
     }
 
     /// Carves the next chunk of the first part with uncarved keys.

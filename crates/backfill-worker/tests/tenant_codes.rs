@@ -244,3 +244,96 @@ async fn copy_to_tenant_copies_once_and_optionally_deletes_the_source() {
     );
     replica.stop().await;
 }
+
+/// H2: the application already wrote `tenant_acme.notes` id 6 with other data. The shared
+/// table's id 6 is skipped by `ON CONFLICT DO NOTHING`; with `delete_source` it must not be
+/// deleted (it was never copied). The chunk holding it fails naming the key and is rolled back;
+/// every other chunk moves its rows; once the operator resolves the collision, `retry` finishes.
+#[tokio::test]
+async fn copy_to_tenant_never_deletes_a_source_row_whose_key_holds_different_data() {
+    let env = TestEnv::new().await;
+    let pool = env.db.pool().await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA tenant_acme;
+         CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_code text NOT NULL, body text, meta json);
+         INSERT INTO notes (tenant_code, body, meta) SELECT CASE WHEN g % 3 = 0 THEN 'acme' ELSE 'other' END, 'note ' || g, json_build_object('g', g)
+           FROM generate_series(1, 900) g;
+         CREATE TABLE tenant_acme.notes (LIKE notes INCLUDING ALL);
+         INSERT INTO tenant_acme.notes (id, tenant_code, body, meta) VALUES (6, 'acme', 'written by the app', '{}');
+         INSERT INTO tenant_acme.notes SELECT * FROM notes WHERE id = 9;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let config = config_file(FAST_CONFIG);
+    let replica = Replica::start(&env, &config).await;
+
+    let id = submit(&pool, json!({"kind": "copy_to_tenant", "table": "notes", "tenant_code": "acme", "delete_source": true, "chunk_size": 100, "target_chunk_ms": 100000})).await;
+    let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(30)).await;
+    assert_eq!(job.state, "failed", "a collision must not pass silently");
+    let error = job.error.unwrap();
+    assert!(
+        error.contains("1 source row(s) not copied") && error.contains("keys 6)"),
+        "{error}"
+    );
+    let failed = backfill_worker::store::failed_chunks(&pool, id, 10)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "only the chunk holding id 6 failed");
+    let chunk = &failed[0];
+    assert!(chunk.lo < 6 && 6 <= chunk.hi, "{chunk:?}");
+
+    // The colliding source row is still there, unchanged; so is the app's row.
+    let source_6: String = sqlx::query_scalar("SELECT body FROM notes WHERE id = 6")
+        .fetch_one(&pool)
+        .await
+        .expect("source row 6 kept");
+    assert_eq!(source_6, "note 6");
+    let target_6: String = sqlx::query_scalar("SELECT body FROM tenant_acme.notes WHERE id = 6")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(target_6, "written by the app");
+    // The failed chunk was rolled back whole; every other chunk moved its acme rows.
+    let (kept_in_chunk, kept_elsewhere, copied): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE id > $1 AND id <= $2), count(*) FILTER (WHERE NOT (id > $1 AND id <= $2)),
+                (SELECT count(*) FROM tenant_acme.notes)
+         FROM notes WHERE tenant_code = 'acme'",
+    )
+    .bind(chunk.lo)
+    .bind(chunk.hi)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let acme_in_chunk = (chunk.lo + 1..=chunk.hi.min(900))
+        .filter(|g| g % 3 == 0)
+        .count() as i64;
+    assert_eq!(kept_in_chunk, acme_in_chunk);
+    assert_eq!(kept_elsewhere, 0);
+    // 300 acme rows: those outside the chunk, plus the two pre-existing rows 6 and 9.
+    assert_eq!(copied, 300 - acme_in_chunk + 2);
+
+    // The operator decides the shared table's row wins, and retries the failed chunk.
+    sqlx::query("DELETE FROM tenant_acme.notes WHERE id = 6")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        backfill_worker::control(&pool, id, backfill_worker::Action::Retry)
+            .await
+            .unwrap(),
+        "running"
+    );
+    let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(30)).await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let (left_acme, left_other, copied, body_6): (i64, i64, i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM notes WHERE tenant_code = 'acme'), (SELECT count(*) FROM notes WHERE tenant_code = 'other'),
+                (SELECT count(*) FROM tenant_acme.notes), (SELECT body FROM tenant_acme.notes WHERE id = 6)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((left_acme, left_other, copied), (0, 600, 300));
+    assert_eq!(body_6, "note 6");
+    replica.stop().await;
+}
