@@ -138,7 +138,7 @@ struct RawScheduler {
 /// What to do with ticks that fell into a downtime (no leader, or the leader was stuck).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Missed {
-    /// Ticks later than [`crate::ticks::ON_TIME_GRACE`] are skipped.
+    /// Ticks later than [`crate::ticks::on_time_grace`] (a failover's length) are skipped.
     Skip,
     /// The latest missed tick runs once if it is at most `deadline` old; older ones are skipped.
     RunLatest { deadline: Duration },

@@ -27,7 +27,7 @@ use crate::config::{Overlap, Schedule, SchedulerConfig, Target};
 use crate::fanout::{fan_out, End};
 use crate::metrics::SchedulerMetrics;
 use crate::store::{self, NewRun, RunRow};
-use crate::ticks::due_ticks;
+use crate::ticks::{due_ticks, on_time_grace};
 
 /// How often the leader looks at triggers, pause flags and interrupted runs without a nudge.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -200,7 +200,8 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
             tracing::info!(schedule = %schedule.name, "schedule is paused: tick skipped");
             continue;
         }
-        let due = due_ticks(&schedule.cron, schedule.missed, watermark, now);
+        let grace = on_time_grace(ctx.config.lease);
+        let due = due_ticks(&schedule.cron, schedule.missed, grace, watermark, now);
         if due.skipped > 0 {
             ctx.metrics.run_finished(&schedule.name, "skipped_missed");
             tracing::warn!(

@@ -4,12 +4,17 @@
 //! A candidate becomes leader by **creating** the key (fails while it exists); the leader renews by
 //! a **revision-checked update** every lease/3, which also restarts the entry's age. If the leader
 //! dies, its entry ages out after at most one lease and the next create succeeds, so followers
-//! (polling every lease/4) take over within about 1.25 leases, inside the promised two.
+//! (polling every lease/4) take over within about 1.25 leases, inside the promised two
+//! ([`worst_takeover`]).
 //!
-//! A leader that cannot renew (NATS unreachable, or the revision moved because another process
-//! took over) gives up leadership once 3/4 of a lease has passed since its last successful renewal,
-//! before anyone else can have acquired it. The `Nats-Msg-Id` of every job remains the backstop for
-//! the remaining corner (a paused process), since the stream's duplicate window covers a failover.
+//! A leader steps down (cancels its term) no later than 3/4 of a lease after it *sent* its last
+//! successful renewal (or creation), i.e. before its entry can have aged out and anyone else can
+//! have acquired it: the deadline is checked before every renewal, and a renewal's timeout is
+//! bounded by the time left before it, so a hanging renewal cannot carry the leader past it. A
+//! renewal that reports another revision (someone else holds the key) steps down at once. What was
+//! already handed to NATS when the term ends (a publish in flight) still lands; the `Nats-Msg-Id`
+//! of every job is the backstop for that and for a process paused longer than its lease, since the
+//! stream's duplicate window covers a failover.
 
 use std::time::Duration;
 
@@ -20,6 +25,21 @@ use tokio_util::sync::CancellationToken;
 
 pub const BUCKET: &str = "fleet_scheduler";
 pub const KEY: &str = "leader";
+
+/// The longest a follower takes to become leader after the leader died without releasing its
+/// lease: the promised two leases (the entry ages out after one, then the next poll at lease/4,
+/// plus the server's expiry timer and a slow poll).
+pub fn worst_takeover(lease: Duration) -> Duration {
+    lease * 2
+}
+
+/// What [`Elector::acquire`] returns: the key's revision and when the creating request was sent
+/// (the entry's age starts no earlier than that).
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    pub revision: u64,
+    pub sent_at: Instant,
+}
 
 /// One process's candidacy.
 pub struct Elector {
@@ -81,12 +101,13 @@ impl Elector {
         Ok(Elector { kv, id, lease })
     }
 
-    /// Waits until this process holds the lease; returns its revision, or `None` on shutdown.
-    pub async fn acquire(&self, shutdown: &CancellationToken) -> Option<u64> {
+    /// Waits until this process holds the lease, or `None` on shutdown.
+    pub async fn acquire(&self, shutdown: &CancellationToken) -> Option<Lease> {
         let poll = (self.lease / 4).max(Duration::from_millis(100));
         loop {
+            let sent_at = Instant::now();
             match self.kv.create(KEY, self.id.clone().into()).await {
-                Ok(rev) => return Some(rev),
+                Ok(revision) => return Some(Lease { revision, sent_at }),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => tracing::warn!(error = %e, "leader election: cannot reach the bucket"),
             }
@@ -99,29 +120,42 @@ impl Elector {
 
     /// Renews the lease until it is lost (then cancels `lost` and returns) or `stop` is
     /// cancelled (then returns the current revision for [`Elector::release`]).
+    ///
+    /// `lost` is cancelled no later than [`Elector::step_down_after`] past the sending of the last
+    /// successful renewal (or of the creation): the deadline is checked before each renewal and
+    /// bounds its timeout.
     pub async fn hold(
         &self,
-        mut revision: u64,
+        lease: Lease,
         lost: &CancellationToken,
         stop: &CancellationToken,
     ) -> Option<u64> {
         let every = self.lease / 3;
-        let give_up_after = self.lease * 3 / 4;
-        let mut last_ok = Instant::now();
+        let mut revision = lease.revision;
+        // The entry's age restarts when the server stores a renewal, which is after it was sent;
+        // counting from the send keeps the deadline ahead of the entry's expiry.
+        let mut deadline = lease.sent_at + self.step_down_after();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Some(revision),
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep_until((Instant::now() + every).min(deadline)) => {}
+            }
+            let sent_at = Instant::now();
+            let left = deadline.saturating_duration_since(sent_at);
+            if left.is_zero() {
+                tracing::warn!(leader.id = %self.id, "leadership lost: lease not renewed in time");
+                lost.cancel();
+                return None;
             }
             let renew = tokio::time::timeout(
-                every.max(Duration::from_millis(200)),
+                left.min(every.max(Duration::from_millis(200))),
                 self.kv.update(KEY, self.id.clone().into(), revision),
             )
             .await;
             match renew {
                 Ok(Ok(rev)) => {
                     revision = rev;
-                    last_ok = Instant::now();
+                    deadline = sent_at + self.step_down_after();
                 }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(leader.id = %self.id, "leadership lost: another scheduler holds the lease");
@@ -131,12 +165,13 @@ impl Elector {
                 Ok(Err(e)) => tracing::warn!(error = %e, "leader lease renewal failed; retrying"),
                 Err(_) => tracing::warn!("leader lease renewal timed out; retrying"),
             }
-            if last_ok.elapsed() >= give_up_after {
-                tracing::warn!(leader.id = %self.id, "leadership lost: lease not renewed in time");
-                lost.cancel();
-                return None;
-            }
         }
+    }
+
+    /// How long after sending its last successful renewal a leader steps down: 3/4 of a lease,
+    /// a quarter before its entry can age out.
+    pub fn step_down_after(&self) -> Duration {
+        self.lease * 3 / 4
     }
 
     /// Gives the lease up at once (graceful shutdown), so a follower takes over immediately.

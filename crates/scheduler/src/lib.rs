@@ -86,14 +86,14 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     );
 
     loop {
-        let Some(revision) = elector.acquire(&shutdown).await else {
+        let Some(lease) = elector.acquire(&shutdown).await else {
             return Ok(());
         };
         metrics.leader.set(1);
         tracing::info!(scheduler.id = %id, "became the scheduler leader");
         let term = shutdown.child_token();
         let stop_renewing = CancellationToken::new();
-        let (held, led) = tokio::join!(elector.hold(revision, &term, &stop_renewing), async {
+        let (held, led) = tokio::join!(elector.hold(lease, &term, &stop_renewing), async {
             let r = lead::lead(&ctx, &term, &mut wake).await;
             stop_renewing.cancel();
             r

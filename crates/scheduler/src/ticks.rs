@@ -23,8 +23,22 @@ use croner::Cron;
 
 use crate::config::Missed;
 
-/// A tick at most this late when evaluated is on time; later ones are "missed" (see [`Missed`]).
-pub const ON_TIME_GRACE: Duration = Duration::from_secs(10);
+/// The least on-time grace, whatever the lease: a tick evaluated at most this late is on time.
+pub const MIN_ON_TIME_GRACE: Duration = Duration::from_secs(10);
+
+/// How late a tick may be evaluated and still count as on time; later ones are "missed" (see
+/// [`Missed`]).
+///
+/// A leader change must not make ticks "missed": when a leader dies right after deciding its
+/// ticks, the next tick can only be decided once a follower holds the lease, which takes up to
+/// [`crate::leader::worst_takeover`] (two leases: the dead leader's entry ages out, then the
+/// follower's next poll), plus one pass of the lead loop ([`crate::lead::POLL`]) on each side
+/// (the dead leader's last pass, the new leader's first). So the grace is that, and never less
+/// than [`MIN_ON_TIME_GRACE`]; only an outage longer than a failover is handled by the missed
+/// policy.
+pub fn on_time_grace(lease: Duration) -> Duration {
+    (crate::leader::worst_takeover(lease) + crate::lead::POLL * 2).max(MIN_ON_TIME_GRACE)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
@@ -166,16 +180,17 @@ pub struct Due {
     pub first_skipped: Option<DateTime<Utc>>,
 }
 
-/// Decides the ticks in `(watermark, now]`: ticks at most [`ON_TIME_GRACE`] late run; later ones
-/// are missed: skipped, or with `run_latest` the latest of them runs once if it is at most
-/// `deadline` old and no on-time tick supersedes it.
+/// Decides the ticks in `(watermark, now]`: ticks at most `grace` late (see [`on_time_grace`])
+/// run; later ones are missed: skipped, or with `run_latest` the latest of them runs once if it is
+/// at most `deadline` old and no on-time tick supersedes it.
 pub fn due_ticks(
     spec: &CronSpec,
     missed: Missed,
+    grace: Duration,
     watermark: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Due {
-    let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+    let grace = chrono::Duration::from_std(grace).unwrap_or_default();
     let lookback = match missed {
         Missed::Skip => grace,
         Missed::RunLatest { deadline } => chrono::Duration::from_std(deadline)
@@ -319,6 +334,7 @@ mod tests {
         let due = due_ticks(
             &s,
             Missed::Skip,
+            MIN_ON_TIME_GRACE,
             utc("2026-01-01T10:00:00Z"),
             utc("2026-01-01T10:00:06Z"),
         );
@@ -331,7 +347,7 @@ mod tests {
         let hourly = CronSpec::parse("0 * * * *", "UTC").unwrap();
         let down = utc("2026-01-01T06:59:00Z");
         let now = utc("2026-01-01T10:20:00Z");
-        let skip = due_ticks(&hourly, Missed::Skip, down, now);
+        let skip = due_ticks(&hourly, Missed::Skip, MIN_ON_TIME_GRACE, down, now);
         assert!(skip.run.is_empty());
         assert!(skip.skipped >= 1);
         assert_eq!(skip.first_skipped, Some(utc("2026-01-01T07:00:00Z")));
@@ -339,7 +355,7 @@ mod tests {
         let latest = Missed::RunLatest {
             deadline: Duration::from_secs(3600),
         };
-        let due = due_ticks(&hourly, latest, down, now);
+        let due = due_ticks(&hourly, latest, MIN_ON_TIME_GRACE, down, now);
         assert_eq!(
             due.run,
             vec![(utc("2026-01-01T10:00:00Z"), TickKind::Missed)]
@@ -350,10 +366,60 @@ mod tests {
         let short = Missed::RunLatest {
             deadline: Duration::from_secs(600),
         };
-        assert!(due_ticks(&hourly, short, down, now).run.is_empty());
+        assert!(due_ticks(&hourly, short, MIN_ON_TIME_GRACE, down, now)
+            .run
+            .is_empty());
 
         // An on-time tick supersedes the catch-up.
-        let due = due_ticks(&hourly, latest, down, utc("2026-01-01T10:00:03Z"));
+        let due = due_ticks(
+            &hourly,
+            latest,
+            MIN_ON_TIME_GRACE,
+            down,
+            utc("2026-01-01T10:00:03Z"),
+        );
         assert_eq!(due.run, vec![(utc("2026-01-01T10:00:00Z"), TickKind::Cron)]);
+    }
+
+    /// The review's failover scenario: `* * * * *`, default 10 s lease, the leader killed at
+    /// 12:00:59.5 right after deciding its ticks (watermark 12:00:59); the follower acquires two
+    /// leases later and decides at ~12:01:21. The 12:01:00 tick fell into the failover, not into
+    /// a downtime: it must run, not be skipped as missed.
+    #[test]
+    fn a_tick_that_fell_into_a_failover_runs_on_time() {
+        let lease = Duration::from_secs(10);
+        let grace = on_time_grace(lease);
+        let every_minute = CronSpec::parse("* * * * *", "UTC").unwrap();
+        let watermark = utc("2026-01-01T12:00:59Z");
+        // The worst takeover: two leases after the crash, plus the new leader's first pass.
+        let crash = utc("2026-01-01T12:00:59.5Z");
+        let decided = crash
+            + chrono::Duration::from_std(crate::leader::worst_takeover(lease) + crate::lead::POLL)
+                .unwrap();
+        let due = due_ticks(&every_minute, Missed::Skip, grace, watermark, decided);
+        assert_eq!(due.run, vec![(utc("2026-01-01T12:01:00Z"), TickKind::Cron)]);
+        assert_eq!(due.skipped, 0);
+
+        // A real downtime (longer than a failover) still follows the missed policy.
+        let later = utc("2026-01-01T12:01:00Z") + chrono::Duration::from_std(grace).unwrap();
+        let due = due_ticks(
+            &every_minute,
+            Missed::Skip,
+            grace,
+            watermark,
+            later + chrono::Duration::seconds(1),
+        );
+        assert!(due.run.is_empty());
+        assert_eq!(due.first_skipped, Some(utc("2026-01-01T12:01:00Z")));
+    }
+
+    #[test]
+    fn the_on_time_grace_covers_a_failover_for_any_lease() {
+        for secs in [1, 2, 10, 30, 120] {
+            let lease = Duration::from_secs(secs);
+            let grace = on_time_grace(lease);
+            assert!(grace >= crate::leader::worst_takeover(lease) + crate::lead::POLL * 2);
+            assert!(grace >= MIN_ON_TIME_GRACE);
+        }
     }
 }
