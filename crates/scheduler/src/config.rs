@@ -133,6 +133,7 @@ struct RawSchedule {
 #[serde(deny_unknown_fields)]
 struct RawScheduler {
     lease: Option<RawDuration>,
+    dedupe_window: Option<RawDuration>,
 }
 
 /// What to do with ticks that fell into a downtime (no leader, or the leader was stuck).
@@ -216,9 +217,19 @@ pub struct SchedulerConfig {
     pub schedules: Vec<Schedule>,
     /// Leader lease: the KV bucket's `max_age`; a dead leader is replaced within two of these.
     pub lease: Duration,
+    /// `[scheduler] dedupe_window`: how long `FLEET_JOBS` remembers a job's `Nats-Msg-Id`, i.e.
+    /// the longest outage after which a resumed fan-out still cannot store a job twice (see
+    /// [`SchedulerConfig::jobs_duplicate_window`], which never goes below what spread and a
+    /// failover need).
+    pub dedupe_window: Duration,
 }
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// Default `[scheduler] dedupe_window`: a crashed single replica restarted within ten minutes
+/// resumes its fan-outs without sending a job twice.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(600);
+/// The largest `dedupe_window` accepted: the stream keeps every Msg-Id of the window in memory.
+pub const MAX_DEDUPE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The largest spread a `tenant.migrate` schedule may have: the events stream keeps Msg-Ids for
 /// 2 minutes, and a resumed fan-out may re-publish up to two leases after the original.
@@ -239,6 +250,15 @@ impl SchedulerConfig {
         if lease < Duration::from_secs(1) {
             return Err(invalid("[scheduler]", "lease must be at least 1s"));
         }
+        let dedupe_window = match raw_sched.dedupe_window {
+            Some(d) => d
+                .parse()
+                .map_err(|p| invalid("[scheduler]", format!("dedupe_window: {p}")))?,
+            None => DEFAULT_DEDUPE_WINDOW,
+        };
+        if dedupe_window > MAX_DEDUPE_WINDOW {
+            return Err(invalid("[scheduler]", "dedupe_window may be at most 1d"));
+        }
         let raws: Vec<RawSchedule> = file.section("schedules")?.unwrap_or_default();
         let mut seen = HashSet::new();
         let mut schedules = Vec::with_capacity(raws.len());
@@ -249,15 +269,19 @@ impl SchedulerConfig {
             }
             schedules.push(s);
         }
-        Ok(SchedulerConfig { schedules, lease })
+        Ok(SchedulerConfig {
+            schedules,
+            lease,
+            dedupe_window,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Schedule> {
         self.schedules.iter().find(|s| s.name == name)
     }
 
-    /// The duplicate window `FLEET_JOBS` needs: the largest spread of a `jobs.` schedule plus a
-    /// failover (two leases) plus a margin.
+    /// The duplicate window `FLEET_JOBS` needs: `dedupe_window`, and at least the largest spread
+    /// of a `jobs.` schedule plus a failover (two leases) plus a margin.
     pub fn jobs_duplicate_window(&self) -> Duration {
         let spread = self
             .schedules
@@ -266,7 +290,21 @@ impl SchedulerConfig {
             .map(|s| s.spread)
             .max()
             .unwrap_or_default();
-        spread + self.lease * 2 + WINDOW_MARGIN
+        self.dedupe_window
+            .max(spread + self.lease * 2 + WINDOW_MARGIN)
+    }
+
+    /// How long a fan-out may have made no progress and still be resumed without any job being
+    /// stored twice: the duplicate window of its target's stream, less [`WINDOW_MARGIN`] (for the
+    /// acks that were in flight at the last commit, and clock skew). A job not yet committed was
+    /// stored at most that margin before the run's last progress (`updated_at`), so re-publishing
+    /// it within this long of that progress meets its Msg-Id.
+    pub fn safe_resume_within(&self, target: &Target) -> Duration {
+        let window = match target {
+            Target::Jobs { .. } => self.jobs_duplicate_window(),
+            Target::TenantMigrate => EVENTS_DUPLICATE_WINDOW,
+        };
+        window.saturating_sub(WINDOW_MARGIN)
     }
 }
 
@@ -513,7 +551,37 @@ subject = "tenant.migrate"
         let m = c.get("migrate-nightly").unwrap();
         assert_eq!(m.target, Target::TenantMigrate);
         assert_eq!(m.missed, Missed::Skip);
-        assert_eq!(c.jobs_duplicate_window(), Duration::from_secs(30 + 10 + 30));
+        // The default dedupe_window (10 min) is longer than spread + two leases + margin.
+        assert_eq!(c.dedupe_window, DEFAULT_DEDUPE_WINDOW);
+        assert_eq!(c.jobs_duplicate_window(), Duration::from_secs(600));
+        assert_eq!(c.safe_resume_within(&f.target), Duration::from_secs(570));
+        assert_eq!(c.safe_resume_within(&m.target), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn the_dedupe_window_is_configurable_and_never_shorter_than_a_spread_plus_a_failover() {
+        let long = GOOD.replace("lease = \"5s\"", "lease = \"5s\"\ndedupe_window = \"2h\"");
+        assert_eq!(
+            parse(&long).unwrap().jobs_duplicate_window(),
+            Duration::from_secs(7200)
+        );
+        // Shorter than spread (30s) + two leases + 30s: the window is what they need.
+        let short = GOOD.replace("lease = \"5s\"", "lease = \"5s\"\ndedupe_window = \"10s\"");
+        assert_eq!(
+            parse(&short).unwrap().jobs_duplicate_window(),
+            Duration::from_secs(30 + 10 + 30)
+        );
+        for bad in ["\"2d\"", "\"soon\""] {
+            let text = GOOD.replace(
+                "lease = \"5s\"",
+                &format!("lease = \"5s\"\ndedupe_window = {bad}"),
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("[scheduler]") && e.contains("dedupe_window"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -7,8 +7,16 @@
 //! always names the last tenant whose job *and every earlier one* the stream has stored. The
 //! cursor and the count are committed every [`COMMIT_EVERY`] jobs or [`COMMIT_INTERVAL`]. A fan-out
 //! that stops (shutdown, lost leadership, pause, crash) resumes after the committed cursor: the
-//! at most `WINDOW + COMMIT_EVERY` jobs published but not yet committed are published again and
-//! dropped by the stream's duplicate window, so no tenant is skipped or doubled.
+//! at most [`UNCERTAIN`] (`WINDOW + COMMIT_EVERY`) jobs published but not yet committed are
+//! published again and dropped by the stream's duplicate window, so no tenant is skipped or
+//! doubled — **provided** the run resumes within the window
+//! ([`crate::config::SchedulerConfig::safe_resume_within`], from `[scheduler] dedupe_window`) of
+//! its last progress. A run resumed later than that (a single replica down for longer) still
+//! resumes after its cursor, so no tenant is skipped, but up to [`UNCERTAIN`] tenants right after
+//! the cursor may receive their job twice; the resume says so in a warning and in the run's
+//! `reason`, so the operator knows. A fan-out that stopped *cleanly* (shutdown, lost leadership
+//! or pause, after draining its acks and committing) has nothing in doubt and resumes safely
+//! however late.
 //!
 //! Spread: job `i` of `n` is not published before `tick + spread * i / n`, so a tick's jobs are
 //! delivered evenly over the window; jobs whose slot has passed (a resumed run) go at once.
@@ -43,6 +51,9 @@ pub const WINDOW: usize = 1024;
 pub const PAGE: i64 = 1000;
 pub const COMMIT_EVERY: u64 = 1000;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(250);
+/// The most jobs a stopped fan-out can have published after its last committed cursor: a full
+/// ack window plus the acks consumed since the last commit.
+pub const UNCERTAIN: u64 = WINDOW as u64 + COMMIT_EVERY;
 
 /// How a fan-out ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +106,15 @@ pub async fn fan_out(
     pg: &PgPool,
     schedule: &Schedule,
     run: &RunRow,
+    safe_resume_within: Duration,
     stop: &CancellationToken,
     metrics: &SchedulerMetrics,
 ) -> anyhow::Result<End> {
+    let note = stale_resume(run, safe_resume_within, Utc::now());
+    if let Some(note) = &note {
+        tracing::warn!(stopped_since = %run.updated_at, "{note}");
+    }
+    store::start_publishing(pg, run.run_id, note.as_deref()).await?;
     let tick_text = run.tick.to_rfc3339_opts(SecondsFormat::Secs, true);
     let trace = new_traceparent();
     let total = run.tenants_matched.max(1) as u64;
@@ -197,6 +214,8 @@ pub async fn fan_out(
                     commit(pg, run, acked, c, &mut committed, metrics, &mut ignore).await?;
                 }
             }
+            // Every job handed to NATS is acknowledged and committed: nothing is in doubt.
+            store::stopped_cleanly(pg, run.run_id).await?;
             tracing::info!(published = acked, end = ?end, "fan-out stopped; it resumes from its cursor");
             return Ok(end);
         }
@@ -244,6 +263,27 @@ pub async fn fan_out(
             last_commit = Instant::now();
         }
     }
+}
+
+/// Why resuming `run` now may store some jobs twice, if it may: it did not stop cleanly (a
+/// crash), and its last progress is older than the duplicate window allows (see [`UNCERTAIN`]).
+/// A fresh run's last progress is its creation.
+pub fn stale_resume(
+    run: &RunRow,
+    safe_resume_within: Duration,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if run.clean_stop {
+        return None;
+    }
+    let stopped = (now - run.updated_at).to_std().unwrap_or_default();
+    (stopped > safe_resume_within).then(|| {
+        format!(
+            "resumed {}s after its last progress, beyond the {}s the duplicate window covers: up to {UNCERTAIN} jobs of the tenants right after the cursor may have been sent twice",
+            stopped.as_secs(),
+            safe_resume_within.as_secs()
+        )
+    })
 }
 
 /// Publishes one job without waiting for its ack (the send itself is awaited, so the client's

@@ -121,7 +121,16 @@ fn spawn(ctx: &Ctx, t: &mut Term, run: RunRow) {
         let Some(schedule) = ctx.config.get(&run.schedule).cloned() else {
             return (run_id, run.schedule, Ok(End::Interrupted));
         };
-        let work = fan_out(&ctx.js, &ctx.pg, &schedule, &run, &stop, &ctx.metrics);
+        let within = ctx.config.safe_resume_within(&schedule.target);
+        let work = fan_out(
+            &ctx.js,
+            &ctx.pg,
+            &schedule,
+            &run,
+            within,
+            &stop,
+            &ctx.metrics,
+        );
         match AssertUnwindSafe(work).catch_unwind().await {
             Ok(res) => (run_id, run.schedule.clone(), res),
             Err(_) => (

@@ -6,8 +6,10 @@
 //! ([`fanout`]) as one job per matching tenant with `Nats-Msg-Id = <schedule>:<tick>:<tenant_id>`,
 //! recording the run and its progress in `fleet.schedule_runs` ([`store`]). A follower takes over
 //! within two lease periods of the leader's death and resumes any unfinished fan-out from its
-//! cursor. The jobs stream's duplicate window is widened at start to cover the longest spread
-//! plus a failover, so a re-published job is dropped by the stream.
+//! cursor. The jobs stream's duplicate window is widened at start to `[scheduler] dedupe_window`
+//! (default 10 minutes), and never below the longest spread plus a failover, so a job re-published
+//! by a resumed fan-out is dropped by the stream; a fan-out resumed after a crash longer than that
+//! records that some jobs may have been sent twice (see [`fanout`]).
 //!
 //! Manual triggers (`fleetctl schedule trigger`) are rows in `fleet.schedule_triggers`, picked up
 //! by the leader within a second, or at once when [`WAKE_SUBJECT`] nudges it.

@@ -32,9 +32,15 @@ pub struct RunRow {
     pub leader: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The run's last progress (creation or committed cursor): how long a resumed fan-out was
+    /// stopped, compared with the duplicate window.
+    pub updated_at: DateTime<Utc>,
+    /// The fan-out last stopped with every published job acknowledged and committed (nothing in
+    /// doubt); false while it runs and after a crash.
+    pub clean_stop: bool,
 }
 
-const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at";
+const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at, updated_at, clean_stop";
 
 /// One row of `fleet.schedules`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -208,7 +214,7 @@ pub async fn commit_progress(
     cursor: Uuid,
 ) -> anyhow::Result<bool> {
     let paused: Option<bool> = sqlx::query_scalar(
-        "UPDATE fleet.schedule_runs r SET published = $2, cursor = $3, updated_at = now()
+        "UPDATE fleet.schedule_runs r SET published = $2, cursor = $3, clean_stop = false, updated_at = now()
          WHERE run_id = $1 AND published <= $2
          RETURNING (SELECT paused FROM fleet.schedules s WHERE s.name = r.schedule)",
     )
@@ -222,6 +228,7 @@ pub async fn commit_progress(
     Ok(paused.unwrap_or(false))
 }
 
+/// Finishes a running run. A `None` reason keeps one noted earlier (see [`note_run`]).
 pub async fn finish_run(
     pg: &PgPool,
     run_id: i64,
@@ -229,7 +236,7 @@ pub async fn finish_run(
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
     sqlx::query(
-        "UPDATE fleet.schedule_runs SET status = $2, reason = $3, finished_at = now(), updated_at = now() WHERE run_id = $1 AND status = 'running'",
+        "UPDATE fleet.schedule_runs SET status = $2, reason = COALESCE($3, reason), finished_at = now(), updated_at = now() WHERE run_id = $1 AND status = 'running'",
     )
     .bind(run_id)
     .bind(status)
@@ -237,6 +244,32 @@ pub async fn finish_run(
     .execute(pg)
     .await
     .context("Failed to finish the run")?;
+    Ok(())
+}
+
+/// A fan-out (re)starts publishing: from now on a crash can leave jobs in doubt. `note`, if any,
+/// is recorded as the run's reason (shown by `fleetctl schedule history`); it stays through
+/// [`finish_run`] with `done`.
+pub async fn start_publishing(pg: &PgPool, run_id: i64, note: Option<&str>) -> anyhow::Result<()> {
+    sqlx::query("UPDATE fleet.schedule_runs SET clean_stop = false, reason = COALESCE($2, reason) WHERE run_id = $1 AND status = 'running'")
+        .bind(run_id)
+        .bind(note)
+        .execute(pg)
+        .await
+        .context("Failed to record that the fan-out starts")?;
+    Ok(())
+}
+
+/// A fan-out stopped with every published job acknowledged and committed: nothing is in doubt,
+/// however late it resumes. Leaves `updated_at` (the last progress) alone.
+pub async fn stopped_cleanly(pg: &PgPool, run_id: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE fleet.schedule_runs SET clean_stop = true WHERE run_id = $1 AND status = 'running'",
+    )
+    .bind(run_id)
+    .execute(pg)
+    .await
+    .context("Failed to record a clean stop of the fan-out")?;
     Ok(())
 }
 

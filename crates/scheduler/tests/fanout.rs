@@ -150,10 +150,87 @@ async fn a_restart_mid_fan_out_resumes_without_skipping_or_doubling_a_tenant() {
     let run = s.wait_run("slow", "done").await;
     assert_eq!(run.run_id, stopped.run_id);
     assert_eq!(run.published, 300);
+    assert!(
+        stopped.clean_stop,
+        "a graceful stop leaves nothing in doubt"
+    );
+    assert_eq!(run.reason, None);
     let got = jobs(&s.js().await, "FLEET_JOBS", "jobs.slow.").await;
     assert_eq!(got.len(), 300);
     let counts = per_tenant_tick(&got);
     assert_eq!(counts.len(), 300);
     assert!(counts.values().all(|n| *n == 1));
     second.stop().await;
+}
+
+/// Inserts a `running` run of `schedule` as a stopped fan-out left it: `published` jobs up to the
+/// `published`-th tenant (in tenant_id order) committed, last progress an hour ago.
+async fn interrupted_run(s: &Setup, schedule: &str, plan: &str, published: i64, clean: bool) {
+    sqlx::query(
+        "INSERT INTO fleet.schedule_runs (schedule, tick, trigger, status, statuses, plans, tenants_matched, published, cursor, leader, started_at, updated_at, clean_stop)
+         SELECT $1, '2026-01-01T00:00:00Z', 'manual', 'running', '{active}', ARRAY[$2],
+                (SELECT count(*) FROM fleet.tenants WHERE plan = $2), $3,
+                (SELECT tenant_id FROM fleet.tenants WHERE plan = $2 ORDER BY tenant_id OFFSET $3 - 1 LIMIT 1),
+                'a-dead-replica', now() - interval '61 minutes', now() - interval '1 hour', $4",
+    )
+    .bind(schedule)
+    .bind(plan)
+    .bind(published)
+    .bind(clean)
+    .execute(&s.pg)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_fan_out_resumed_after_the_duplicate_window_says_which_jobs_may_be_doubled() {
+    let s = Setup::new(CONFIG).await;
+    s.tenants("p", 20, "premium", "active").await;
+    s.tenants("b", 10, "basic", "active").await;
+    // A crash an hour ago, longer than the default 10-minute dedupe window: the jobs published
+    // after its cursor are in doubt. And a clean stop an hour ago: nothing is in doubt.
+    interrupted_run(&s, "followups", "premium", 8, false).await;
+    interrupted_run(&s, "spread", "basic", 4, true).await;
+    let after_cursor = |plan: &'static str, skip: i64| {
+        let pg = s.pg.clone();
+        async move {
+            let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+                "SELECT tenant_id FROM fleet.tenants WHERE plan = $1 ORDER BY tenant_id OFFSET $2",
+            )
+            .bind(plan)
+            .bind(skip)
+            .fetch_all(&pg)
+            .await
+            .unwrap();
+            ids.into_iter()
+                .map(|i| i.to_string())
+                .collect::<HashSet<_>>()
+        }
+    };
+    let replica = s.replica().await;
+    let crashed = s.wait_run("followups", "done").await;
+    let clean = s.wait_run("spread", "done").await;
+    replica.stop().await;
+
+    // Both resumed after their cursor: no tenant skipped, none before the cursor re-sent.
+    assert_eq!((crashed.published, clean.published), (20, 10));
+    let js = s.js().await;
+    let tenants = |jobs: &[common::Job]| -> HashSet<String> {
+        jobs.iter()
+            .map(|j| j.body["tenant_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let followups = jobs(&js, "FLEET_JOBS", "jobs.followups.").await;
+    assert_eq!(followups.len(), 12);
+    assert_eq!(tenants(&followups), after_cursor("premium", 8).await);
+    let spread = jobs(&js, "FLEET_JOBS", "jobs.spread.").await;
+    assert_eq!(spread.len(), 6);
+    assert_eq!(tenants(&spread), after_cursor("basic", 4).await);
+
+    // The crashed run's record says that the tenants right after its cursor may have had their
+    // job twice; the cleanly stopped one has nothing to say.
+    let reason = crashed.reason.expect("a note on the late resume");
+    assert!(reason.contains("may have been sent twice"), "{reason}");
+    assert!(reason.contains("beyond the 570s"), "{reason}");
+    assert_eq!(clean.reason, None);
 }

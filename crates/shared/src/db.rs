@@ -26,6 +26,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         "0200_scheduler.sql",
         include_str!("../migrations/0200_scheduler.sql"),
     ),
+    (
+        "0201_scheduler_clean_stop.sql",
+        include_str!("../migrations/0201_scheduler_clean_stop.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.
