@@ -4,7 +4,9 @@
 //! replicas, never interleave), the transaction registers the tenant (`provisioning`), creates
 //! `tenant_<code>`, applies the tenant migrations with their ledger, upserts the plan's configs
 //! and marks the tenant `active`. Postgres DDL is transactional, so a migration that fails leaves
-//! no schema, no row and no config behind.
+//! no schema, no row and no config behind. A fresh schema gets its migrations in one batch
+//! (`batch.rs`); if that fails, the transaction is rolled back and provisioning is re-run file
+//! by file through `fleet_shared::migrate::apply`, so the dead letter names the failing file.
 //!
 //! Idempotence comes from the registry itself, not from message ids: a delivery that finds an
 //! `active` tenant with the same `tenant_id` and code changes nothing and reports it, so the
