@@ -7,7 +7,9 @@ async fn concurrent_starts_create_the_database_and_migrate_once() {
     fleet_shared::telemetry::init_for_tests();
     // A database that does not exist yet: the first start creates it.
     let holder = TestDb::create().await.unwrap();
-    let fresh_url = holder.url.replace(&holder.name, &format!("{}_new", holder.name));
+    let fresh_url = holder
+        .url
+        .replace(&holder.name, &format!("{}_new", holder.name));
     let starts = (0..6).map(|_| {
         let url = fresh_url.clone();
         tokio::spawn(async move {
@@ -26,7 +28,11 @@ async fn concurrent_starts_create_the_database_and_migrate_once() {
 
     let expected = fleet_shared::db::control_plane_migrations().unwrap();
     let applied_total: usize = results.iter().map(Vec::len).sum();
-    assert_eq!(applied_total, expected.len(), "each migration applied by exactly one start");
+    assert_eq!(
+        applied_total,
+        expected.len(),
+        "each migration applied by exactly one start"
+    );
 
     let pool = sqlx::PgPool::connect(&fresh_url).await.unwrap();
     let versions: Vec<i64> =
@@ -34,7 +40,10 @@ async fn concurrent_starts_create_the_database_and_migrate_once() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(versions, expected.iter().map(|m| m.version).collect::<Vec<_>>());
+    assert_eq!(
+        versions,
+        expected.iter().map(|m| m.version).collect::<Vec<_>>()
+    );
     pool.close().await;
 
     // Clean up the extra database.
@@ -56,7 +65,9 @@ async fn a_changed_applied_migration_is_reported_not_rerun() {
     )])
     .unwrap();
     let mut tx = pool.begin().await.unwrap();
-    fleet_shared::migrate::apply(&mut tx, "tenant_x", &v1).await.unwrap();
+    fleet_shared::migrate::apply(&mut tx, "tenant_x", &v1)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     let changed = fleet_shared::migrate::from_files([(
@@ -69,13 +80,22 @@ async fn a_changed_applied_migration_is_reported_not_rerun() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains("0001_t.sql was changed after it was applied to tenant_x"), "{err}");
+    assert!(
+        err.contains("0001_t.sql was changed after it was applied to tenant_x"),
+        "{err}"
+    );
 
     // A failing migration leaves nothing: not its table, not its ledger row.
     let mut tx = pool.begin().await.unwrap();
     let bad = fleet_shared::migrate::from_files([
-        ("0001_t.sql".to_string(), "CREATE TABLE t (id int)".to_string()),
-        ("0002_u.sql".to_string(), "CREATE TABLE u (id int);".to_string()),
+        (
+            "0001_t.sql".to_string(),
+            "CREATE TABLE t (id int)".to_string(),
+        ),
+        (
+            "0002_u.sql".to_string(),
+            "CREATE TABLE u (id int);".to_string(),
+        ),
         ("0003_v.sql".to_string(), "CREAT TABLE v".to_string()),
     ])
     .unwrap();
@@ -83,7 +103,10 @@ async fn a_changed_applied_migration_is_reported_not_rerun() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.starts_with("migration 0003_v.sql failed in tenant_x"), "{err}");
+    assert!(
+        err.starts_with("migration 0003_v.sql failed in tenant_x"),
+        "{err}"
+    );
     drop(tx);
     let u: Option<String> = sqlx::query_scalar("SELECT to_regclass('tenant_x.u')::text")
         .fetch_one(&pool)
