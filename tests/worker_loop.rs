@@ -63,6 +63,26 @@ fn spec() -> WorkerSpec {
     s
 }
 
+/// Runs the toy worker in the background; cancel the token to stop it.
+fn start(
+    fleet: &fleet_shared::Fleet,
+    spec: WorkerSpec,
+    toy: &Toy,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker::run(
+        fleet.js.clone(),
+        fleet.metrics.clone(),
+        spec,
+        Arc::new(toy.clone()),
+        stop.clone(),
+    ));
+    (stop, task)
+}
+
 async fn publish(env: &fleet_shared::Fleet, body: &str) {
     let mut h = HeaderMap::new();
     h.insert("X-Custom", "kept");
@@ -90,14 +110,7 @@ async fn verdicts_lead_to_ack_retry_or_dead_letter() {
     let env = TestEnv::new().await;
     let fleet = env.fleet(&[]).await;
     let toy = Toy::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(
-        fleet.js.clone(),
-        fleet.metrics.clone(),
-        spec(),
-        Arc::new(toy.clone()),
-        stop.clone(),
-    ));
+    let (stop, task) = start(&fleet, spec(), &toy);
 
     for body in ["ok", "bad", "flaky", "down", "panic"] {
         publish(&fleet, body).await;
@@ -174,14 +187,7 @@ async fn shutdown_lets_in_flight_work_finish_and_acks_it() {
     let env = TestEnv::new().await;
     let fleet = env.fleet(&[]).await;
     let toy = Toy::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(
-        fleet.js.clone(),
-        fleet.metrics.clone(),
-        spec(),
-        Arc::new(toy.clone()),
-        stop.clone(),
-    ));
+    let (stop, task) = start(&fleet, spec(), &toy);
     publish(&fleet, "slow").await;
     eventually(Duration::from_secs(10), "slow handler started", || async {
         (toy.seen("slow") == 1).then_some(())
@@ -195,14 +201,7 @@ async fn shutdown_lets_in_flight_work_finish_and_acks_it() {
     );
 
     // A new worker gets nothing again.
-    let stop2 = CancellationToken::new();
-    let task2 = tokio::spawn(worker::run(
-        fleet.js.clone(),
-        fleet.metrics.clone(),
-        spec(),
-        Arc::new(toy.clone()),
-        stop2.clone(),
-    ));
+    let (stop2, task2) = start(&fleet, spec(), &toy);
     publish(&fleet, "ok").await;
     eventually(
         Duration::from_secs(10),
@@ -220,14 +219,7 @@ async fn survives_a_nats_restart_without_losing_messages() {
     let mut env = TestEnv::new().await;
     let fleet = env.fleet(&[]).await;
     let toy = Toy::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(
-        fleet.js.clone(),
-        fleet.metrics.clone(),
-        spec(),
-        Arc::new(toy.clone()),
-        stop.clone(),
-    ));
+    let (stop, task) = start(&fleet, spec(), &toy);
     for i in 0..20 {
         publish(&fleet, &format!("before-{i}")).await;
     }
@@ -259,14 +251,7 @@ async fn shutdown_hands_prefetched_messages_to_another_replica_at_once() {
     // A long ack wait: without the release, the prefetched messages would wait for it.
     s.consumers[0].ack_wait = Duration::from_secs(60);
     let first = Toy::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(
-        fleet.js.clone(),
-        fleet.metrics.clone(),
-        s.clone(),
-        Arc::new(first.clone()),
-        stop.clone(),
-    ));
+    let (stop, task) = start(&fleet, s.clone(), &first);
     publish(&fleet, "slow").await;
     publish(&fleet, "slow").await;
     for i in 0..6 {
@@ -280,14 +265,7 @@ async fn shutdown_hands_prefetched_messages_to_another_replica_at_once() {
     task.await.unwrap().unwrap();
 
     let second = Toy::default();
-    let stop2 = CancellationToken::new();
-    let task2 = tokio::spawn(worker::run(
-        fleet.js.clone(),
-        fleet.metrics.clone(),
-        s,
-        Arc::new(second.clone()),
-        stop2.clone(),
-    ));
+    let (stop2, task2) = start(&fleet, s, &second);
     // Well inside the 60 s ack wait: only an explicit release makes this possible.
     eventually(
         Duration::from_secs(20),
