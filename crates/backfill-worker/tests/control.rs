@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use fleet_testkit::TestEnv;
+use futures::StreamExt;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -13,25 +14,25 @@ use uuid::Uuid;
 const SLOW_INCREMENT: &str =
     "UPDATE items SET c = c + 1 FROM (SELECT pg_sleep(0.02)) AS s WHERE id > $1 AND id <= $2";
 
-fn slow_job() -> serde_json::Value {
-    json!({"kind": "sql", "table": "items", "statement": SLOW_INCREMENT, "chunk_size": 10, "target_chunk_ms": 20, "parallelism": 1})
+/// Chunks pinned at 10 keys: every chunk sleeps 20 ms whatever its size, so an adaptive size
+/// would shrink toward one key on a loaded machine and stretch the job to tens of seconds.
+const PINNED_CONFIG: &str = "[backfill]\npoll_interval_ms = 50\nprogress_interval_ms = 100\nparallelism = 2\nmin_chunk_size = 10\nmax_chunk_size = 10\n";
+
+/// One lane, so "within one chunk" means at most one chunk commits after the action; a long
+/// lock_timeout so the gated last chunk waits for the test instead of timing out.
+fn slow_job(job_id: Uuid) -> serde_json::Value {
+    json!({"job_id": job_id, "kind": "sql", "table": "items", "statement": SLOW_INCREMENT, "chunk_size": 10, "parallelism": 1, "lock_timeout": "30s"})
 }
 
-/// Chunks of `id` that committed after the database clock read `since`.
-async fn chunks_after(pool: &PgPool, id: Uuid, since: chrono::DateTime<chrono::Utc>) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM fleet.backfill_chunks WHERE job_id = $1 AND state = 'done' AND finished_at > $2")
-        .bind(id)
-        .bind(since)
-        .fetch_one(pool)
+/// Holds a row lock on the last item, so the job cannot finish before the test lets it: the
+/// pause or cancel is sure to land mid-job however slow or fast the machine is.
+async fn gate(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM items WHERE id = (SELECT max(id) FROM items) FOR UPDATE")
+        .execute(&mut *tx)
         .await
-        .unwrap()
-}
-
-async fn db_now(pool: &PgPool) -> chrono::DateTime<chrono::Utc> {
-    sqlx::query_scalar("SELECT clock_timestamp()")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+        .unwrap();
+    tx
 }
 
 async fn progress_made(pool: &PgPool, id: Uuid, n: i64) {
@@ -41,18 +42,63 @@ async fn progress_made(pool: &PgPool, id: Uuid, n: i64) {
     .await;
 }
 
+/// Waits for a progress snapshot in `state`. The runner publishes one after every lane of the
+/// job has stopped (and a lane's own snapshot in that state means its next step stops), so
+/// from then on no chunk of this job can start: a positive signal rather than a sleep.
+async fn snapshot_in(sub: &mut async_nats::Subscriber, state: &str) {
+    let wait = async {
+        while let Some(msg) = sub.next().await {
+            let p: backfill_worker::Progress = serde_json::from_slice(&msg.payload).unwrap();
+            if p.state == state {
+                return;
+            }
+        }
+        panic!("progress subscription ended");
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .unwrap_or_else(|_| panic!("no {state} progress snapshot within 30 s"));
+}
+
+/// Absence has no event to wait for: this is the window in which a lane that ignored the
+/// action would commit chunks (about 15 at 20 ms each). It is not a synchronization: a correct
+/// worker commits none in it at any speed, so the assertion after it cannot fail for timing.
+async fn quiet_window() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Rows incremented must be exactly the keys of the committed chunks (each once).
+async fn rows_match_done_chunks(pool: &PgPool, id: Uuid) {
+    let keys: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(hi - lo), 0)::bigint FROM fleet.backfill_chunks WHERE job_id = $1 AND state = 'done'",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    let (zero, one, other) = counters(pool).await;
+    assert_eq!((one, other), (keys, 0), "{zero} rows untouched");
+}
+
 #[tokio::test]
 async fn pause_resume_and_cancel_act_within_one_chunk() {
     let env = TestEnv::new().await;
     let pool = env.db.pool().await;
     items(&pool, 1000).await;
-    let config = config_file(FAST_CONFIG);
+    let config = config_file(PINNED_CONFIG);
     let replica = Replica::start(&env, &config).await;
 
-    let id = submit(&pool, slow_job()).await;
+    let id = Uuid::new_v4();
+    let mut progress = replica
+        .fleet
+        .nats
+        .subscribe(fleet_shared::events::backfill_progress_subject(&id))
+        .await
+        .unwrap();
+    let gated = gate(&pool).await;
+    submit(&pool, slow_job(id)).await;
     progress_made(&pool, id, 3).await;
     // Pause over NATS, as `backfill.control` from an operator tool.
-    let paused_at = db_now(&pool).await;
     fleet_shared::publish::publish_json(
         &replica.fleet.js,
         "backfill.control",
@@ -62,15 +108,16 @@ async fn pause_resume_and_cancel_act_within_one_chunk() {
     )
     .await
     .unwrap();
-    wait_state(&pool, id, &["paused"], Duration::from_secs(10)).await;
-    // Give a running lane the chance to (wrongly) go on, then check it did at most one chunk.
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        chunks_after(&pool, id, paused_at).await <= 1,
-        "paused within one chunk"
-    );
-    let (_, done_while_paused, _) = counters(&pool).await;
-    assert!(done_while_paused < 1000);
+    wait_state(&pool, id, &["paused"], Duration::from_secs(30)).await;
+    // The pause is committed: the lane may finish the chunk it was in, but start no other.
+    let at_pause = chunks_done(&pool, id).await;
+    gated.commit().await.unwrap();
+    snapshot_in(&mut progress, "paused").await;
+    quiet_window().await;
+    let after = chunks_done(&pool, id).await - at_pause;
+    assert!(after <= 1, "{after} chunks committed after the pause");
+    rows_match_done_chunks(&pool, id).await;
+    assert_eq!(job(&pool, id).await.state, "paused", "stays paused");
 
     assert_eq!(
         backfill_worker::control(&pool, id, backfill_worker::Action::Resume)
@@ -78,8 +125,8 @@ async fn pause_resume_and_cancel_act_within_one_chunk() {
             .unwrap(),
         "running"
     );
-    let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await;
-    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let job_row = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await;
+    assert_eq!(job_row.state, "succeeded", "{:?}", job_row.error);
     assert_eq!(counters(&pool).await, (0, 1000, 0));
 
     // Cancel a second job half-way: it stops within one chunk and stays cancelled.
@@ -87,30 +134,30 @@ async fn pause_resume_and_cancel_act_within_one_chunk() {
         .execute(&pool)
         .await
         .unwrap();
-    let id = submit(&pool, slow_job()).await;
+    let id = Uuid::new_v4();
+    let mut progress = replica
+        .fleet
+        .nats
+        .subscribe(fleet_shared::events::backfill_progress_subject(&id))
+        .await
+        .unwrap();
+    let gated = gate(&pool).await;
+    submit(&pool, slow_job(id)).await;
     progress_made(&pool, id, 3).await;
-    let cancelled_at = db_now(&pool).await;
     assert_eq!(
         backfill_worker::control(&pool, id, backfill_worker::Action::Cancel)
             .await
             .unwrap(),
         "cancelled"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        chunks_after(&pool, id, cancelled_at).await <= 1,
-        "cancelled within one chunk"
-    );
-    let (zero, one, other) = counters(&pool).await;
-    assert!(zero > 0 && one > 0 && other == 0, "{zero} {one} {other}");
-    assert_eq!(
-        backfill_worker::get_job(&pool, id)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
-        "cancelled"
-    );
+    let at_cancel = chunks_done(&pool, id).await;
+    gated.commit().await.unwrap();
+    snapshot_in(&mut progress, "cancelled").await;
+    quiet_window().await;
+    let after = chunks_done(&pool, id).await - at_cancel;
+    assert!(after <= 1, "{after} chunks committed after the cancel");
+    rows_match_done_chunks(&pool, id).await;
+    assert_eq!(job(&pool, id).await.state, "cancelled");
     let err = backfill_worker::control(&pool, id, backfill_worker::Action::Pause)
         .await
         .unwrap_err();
