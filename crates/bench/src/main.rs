@@ -36,7 +36,12 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    fleet_shared::telemetry::init(fleet_shared::config::LogFormat::Pretty);
+    // The report is what this prints; library logs only when something is wrong (sqlx's
+    // slow-statement warnings about the benchmark's own bulk loads are expected, so hidden).
+    fleet_shared::telemetry::init_with_default(
+        fleet_shared::config::LogFormat::Pretty,
+        "warn,sqlx=error",
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

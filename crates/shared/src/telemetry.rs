@@ -9,7 +9,14 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber (`RUST_LOG`, default `info`). Calling it twice is harmless.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default(format, "info");
+}
+
+/// As [`init`], with another default filter when `RUST_LOG` is unset (tools that print their
+/// own report, like `fleet-bench`, want only warnings from the libraries underneath).
+pub fn init_with_default(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Pretty => builder.with_target(false).try_init(),
