@@ -2,11 +2,12 @@
 //! the work is in the library.
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    fleet_shared::fleet::worker_main(
+async fn main() -> std::process::ExitCode {
+    let res = fleet_shared::fleet::worker_main(
         fleet_shared::topology::Topology::default(),
         provisioner::USES_REDIS,
         provisioner::run,
     )
-    .await
+    .await;
+    fleet_shared::fleet::exit_code(res)
 }

@@ -129,3 +129,53 @@ async fn sigkill_while_busy_loses_nothing() {
 
     assert_every_tenant_once_after_a_fresh_worker(&env, &codes).await;
 }
+
+/// What an operator sees when a worker binary cannot start: one line, non-zero exit.
+#[test]
+fn bad_settings_and_unreachable_servers_stop_the_binary_with_one_line() {
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"));
+        cmd.env("FLEET_HTTP_ADDR", "127.0.0.1:0")
+            .env("FLEET_CONNECT_TIMEOUT", "1")
+            .env_remove("FLEET_CONFIG");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run provisioner");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let last_line = |stderr: &str| stderr.lines().last().unwrap_or_default().to_owned();
+
+    let (code, stderr) = run(&[("FLEET_STREAM_REPLICAS", "zero")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: FLEET_STREAM_REPLICAS"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run(&[("FLEET_CONFIG", "/nonexistent/fleet.toml")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: FLEET_CONFIG: /nonexistent/fleet.toml"),
+        "{stderr}"
+    );
+
+    // Nothing listens there: the process gives up after FLEET_CONNECT_TIMEOUT, in one line that
+    // names the setting and hides the password.
+    let port = fleet_testkit::free_port();
+    let (code, stderr) = run(&[(
+        "NATS_URL",
+        &format!("nats://fleet:hunter2@127.0.0.1:{port}"),
+    )]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let line = last_line(&stderr);
+    assert!(
+        line.starts_with("error: NATS_URL nats://fleet:***@127.0.0.1"),
+        "{line}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

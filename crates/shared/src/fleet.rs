@@ -170,6 +170,21 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// Turns a worker's result into the process exit code, printing a failure as one line on
+/// stderr (`error: a: b: c`) rather than `anyhow`'s multi-line debug form.
+pub fn exit_code(res: anyhow::Result<()>) -> std::process::ExitCode {
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            let line = crate::config::one_line(&chain.join(": "));
+            tracing::error!(error = %line, "stopped");
+            eprintln!("error: {line}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The whole `main` of a worker binary: settings, telemetry, connections, HTTP, signals, run.
 /// Exits non-zero with one line on stderr when the configuration is bad.
 pub async fn worker_main<F, Fut>(topology: Topology, uses_redis: bool, run: F) -> anyhow::Result<()>
