@@ -9,8 +9,7 @@ use async_nats::HeaderMap;
 use fleet_shared::dlq;
 use fleet_shared::topology::{ConsumerSpec, EVENTS_STREAM};
 use fleet_shared::worker::{self, HandleError, Handler, Incoming, WorkerSpec};
-use fleet_testkit::{eventually, TestEnv};
-use tokio_util::sync::CancellationToken;
+use fleet_testkit::{eventually, Running, TestEnv};
 
 /// Behaves according to the payload: `ok`, `bad` (invalid), `flaky` (fails twice), `down`
 /// (always transient), `panic`, `slow` (takes 1.5 s).
@@ -63,24 +62,14 @@ fn spec() -> WorkerSpec {
     s
 }
 
-/// Runs the toy worker in the background; cancel the token to stop it.
-fn start(
-    fleet: &fleet_shared::Fleet,
-    spec: WorkerSpec,
-    toy: &Toy,
-) -> (
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(
+/// Runs the toy worker in the background.
+fn start(fleet: &fleet_shared::Fleet, spec: WorkerSpec, toy: &Toy) -> Running {
+    let (js, metrics, toy) = (
         fleet.js.clone(),
         fleet.metrics.clone(),
-        spec,
         Arc::new(toy.clone()),
-        stop.clone(),
-    ));
-    (stop, task)
+    );
+    Running::spawn(|t| worker::run(js, metrics, spec, toy, t))
 }
 
 async fn publish(env: &fleet_shared::Fleet, body: &str) {
@@ -110,7 +99,7 @@ async fn verdicts_lead_to_ack_retry_or_dead_letter() {
     let env = TestEnv::new().await;
     let fleet = env.fleet(&[]).await;
     let toy = Toy::default();
-    let (stop, task) = start(&fleet, spec(), &toy);
+    let worker = start(&fleet, spec(), &toy);
 
     for body in ["ok", "bad", "flaky", "down", "panic"] {
         publish(&fleet, body).await;
@@ -178,8 +167,7 @@ async fn verdicts_lead_to_ack_retry_or_dead_letter() {
     .await;
     assert!(after.iter().any(|l| l.payload == "bad"));
 
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -187,21 +175,20 @@ async fn shutdown_lets_in_flight_work_finish_and_acks_it() {
     let env = TestEnv::new().await;
     let fleet = env.fleet(&[]).await;
     let toy = Toy::default();
-    let (stop, task) = start(&fleet, spec(), &toy);
+    let worker = start(&fleet, spec(), &toy);
     publish(&fleet, "slow").await;
     eventually(Duration::from_secs(10), "slow handler started", || async {
         (toy.seen("slow") == 1).then_some(())
     })
     .await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    worker.stop().await;
     assert!(
         drained(&fleet).await,
         "the in-flight message was acked before run returned"
     );
 
     // A new worker gets nothing again.
-    let (stop2, task2) = start(&fleet, spec(), &toy);
+    let worker2 = start(&fleet, spec(), &toy);
     publish(&fleet, "ok").await;
     eventually(
         Duration::from_secs(10),
@@ -210,8 +197,7 @@ async fn shutdown_lets_in_flight_work_finish_and_acks_it() {
     )
     .await;
     assert_eq!(toy.seen("slow"), 1);
-    stop2.cancel();
-    task2.await.unwrap().unwrap();
+    worker2.stop().await;
 }
 
 #[tokio::test]
@@ -219,7 +205,7 @@ async fn survives_a_nats_restart_without_losing_messages() {
     let mut env = TestEnv::new().await;
     let fleet = env.fleet(&[]).await;
     let toy = Toy::default();
-    let (stop, task) = start(&fleet, spec(), &toy);
+    let worker = start(&fleet, spec(), &toy);
     for i in 0..20 {
         publish(&fleet, &format!("before-{i}")).await;
     }
@@ -238,8 +224,7 @@ async fn survives_a_nats_restart_without_losing_messages() {
         drained(&fleet).await.then_some(())
     })
     .await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -251,7 +236,7 @@ async fn shutdown_hands_prefetched_messages_to_another_replica_at_once() {
     // A long ack wait: without the release, the prefetched messages would wait for it.
     s.consumers[0].ack_wait = Duration::from_secs(60);
     let first = Toy::default();
-    let (stop, task) = start(&fleet, s.clone(), &first);
+    let worker = start(&fleet, s.clone(), &first);
     publish(&fleet, "slow").await;
     publish(&fleet, "slow").await;
     for i in 0..6 {
@@ -261,11 +246,10 @@ async fn shutdown_hands_prefetched_messages_to_another_replica_at_once() {
         (first.seen("slow") == 2).then_some(())
     })
     .await;
-    stop.cancel();
-    task.await.unwrap().unwrap();
+    worker.stop().await;
 
     let second = Toy::default();
-    let (stop2, task2) = start(&fleet, s, &second);
+    let worker2 = start(&fleet, s, &second);
     // Well inside the 60 s ack wait: only an explicit release makes this possible.
     eventually(
         Duration::from_secs(20),
@@ -280,6 +264,5 @@ async fn shutdown_hands_prefetched_messages_to_another_replica_at_once() {
         },
     )
     .await;
-    stop2.cancel();
-    task2.await.unwrap().unwrap();
+    worker2.stop().await;
 }

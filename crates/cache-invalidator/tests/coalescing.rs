@@ -16,7 +16,6 @@ use fleet_shared::redis_target::RedisTarget;
 use fleet_testkit::TestEnv;
 use rand::Rng;
 use redis::AsyncCommands;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn each_request_returns_only_after_the_keys_present_at_its_arrival_are_gone() {
@@ -89,8 +88,7 @@ async fn a_burst_of_events_is_acked_after_its_keys_are_gone_with_fewer_passes_th
     let before = snapshot(&mut con).await;
 
     let fleet = env.fleet(&[]).await;
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(cache_invalidator::run(fleet.clone(), stop.clone()));
+    let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
 
     let events = 200;
     let (mut last_org, mut last_ses) = (0, 0);
@@ -133,6 +131,5 @@ async fn a_burst_of_events_is_acked_after_its_keys_are_gone_with_fewer_passes_th
         "{passes} passes for {events} events"
     );
 
-    stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
 }

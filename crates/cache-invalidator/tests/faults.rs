@@ -12,7 +12,6 @@ use common::*;
 use fleet_shared::topology::Topology;
 use fleet_shared::Fleet;
 use fleet_testkit::{eventually, find_binary, RedisServer, TcpProxy, TestEnv};
-use tokio_util::sync::CancellationToken;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -39,8 +38,7 @@ async fn redis_restarted_mid_pass_is_retried_and_nothing_is_dead_lettered() {
         &[("FLEET_CONFIG", cfg.path().to_str().unwrap())],
     );
     let fleet = Fleet::connect(settings, Topology::default()).await.unwrap();
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(cache_invalidator::run(fleet.clone(), stop.clone()));
+    let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
 
     let seq = publish(&fleet.js, "org.updated", r#"{"org_code":"acme"}"#).await;
     eventually(LIMIT, "the event is being handled", || async {
@@ -81,8 +79,7 @@ async fn redis_restarted_mid_pass_is_retried_and_nothing_is_dead_lettered() {
         "the interrupted pass failed: {text}"
     );
 
-    stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 /// Three cluster-enabled servers joined into a 3-master cluster.
@@ -174,8 +171,7 @@ async fn a_three_master_cluster_is_cleared_on_every_node() {
         &[],
     );
     let fleet = Fleet::connect(settings, Topology::default()).await.unwrap();
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(cache_invalidator::run(fleet.clone(), stop.clone()));
+    let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
 
     let o = publish(&fleet.js, "org.updated", r#"{"org_code":"acme"}"#).await;
     let s = publish(&fleet.js, "session.changed", r#"{"org_code":"acme_2"}"#).await;
@@ -192,6 +188,5 @@ async fn a_three_master_cluster_is_cleared_on_every_node() {
     );
     assert_eq!(dead_letters(&fleet.js).await, 0);
 
-    stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
 }

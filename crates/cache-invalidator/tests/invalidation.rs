@@ -20,8 +20,7 @@ async fn exactly_the_matching_keys_are_deleted() {
     let before = snapshot(&mut con).await;
 
     let fleet = env.fleet(&[]).await;
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(cache_invalidator::run(fleet.clone(), stop.clone()));
+    let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
 
     let org_seq = publish(&fleet.js, "org.updated", r#"{"org_code":"acme"}"#).await;
     let ses_seq = publish(
@@ -53,8 +52,7 @@ async fn exactly_the_matching_keys_are_deleted() {
         2.0
     );
 
-    stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -65,8 +63,7 @@ async fn injection_attempts_are_dead_lettered_and_delete_nothing() {
     let before = snapshot(&mut con).await;
 
     let fleet = env.fleet(&[]).await;
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(cache_invalidator::run(fleet.clone(), stop.clone()));
+    let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
 
     let attempts = [
         r#"{"org_code":"*"}"#,
@@ -105,8 +102,7 @@ async fn injection_attempts_are_dead_lettered_and_delete_nothing() {
     assert_eq!(code_reasons, 9, "{reasons:#?}");
     assert!(letters.iter().all(|l| !l.error.contains('\n')));
 
-    stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]
@@ -132,8 +128,7 @@ patterns = ["forms:{org_code}:*"]
     );
     let path = cfg.path().to_str().unwrap().to_owned();
     let fleet = env.fleet(&[("FLEET_CONFIG", &path)]).await;
-    let stop = CancellationToken::new();
-    let worker = tokio::spawn(cache_invalidator::run(fleet.clone(), stop.clone()));
+    let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
 
     // The subject is outside FLEET_EVENTS' defaults: the worker must have added it.
     fleet_testkit::eventually(LIMIT, "profile.updated captured", || async {
@@ -162,8 +157,7 @@ patterns = ["forms:{org_code}:*"]
     assert_eq!(snapshot(&mut con).await, expected);
     assert_eq!(dead_letters(&fleet.js).await, 0);
 
-    stop.cancel();
-    worker.await.unwrap().unwrap();
+    worker.stop().await;
 }
 
 #[tokio::test]

@@ -71,8 +71,7 @@ async fn a_follower_takes_over_when_the_leader_dies_with_contiguous_ticks() {
     let follower = s.replica().await;
 
     // A crash: the task is aborted, nothing is released; the lease must age out.
-    leader.handle.abort();
-    let _ = leader.handle.await;
+    leader.running.kill().await;
     let died_at = chrono::Utc::now();
 
     // The follower has run a few ticks of its own after the takeover.

@@ -6,14 +6,17 @@
 //! - [`TestDb`]: a fresh database on the machine's Postgres, dropped when the test ends.
 //! - [`TcpProxy`]: a loopback proxy that can cut and restore every connection through it, to
 //!   make Postgres, Redis or NATS "unreachable for a while" without killing the server.
+//! - [`Running`]: a worker's `run` spawned in-process, stopped gracefully or killed.
 //! - [`TestEnv`]: the three together, with [`Settings`] pointing at them.
 
 mod db;
 mod proxy;
+mod running;
 mod servers;
 
 pub use db::TestDb;
 pub use proxy::TcpProxy;
+pub use running::Running;
 pub use servers::{find_binary, free_port, wait_for_port, NatsServer, RedisServer};
 
 use std::collections::HashMap;

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use backfill_worker::JobRow;
 use fleet_shared::Fleet;
-use fleet_testkit::{eventually, TestEnv};
+use fleet_testkit::{eventually, Running, TestEnv};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// A `[backfill]` section that makes tests snappy: fast polling and progress.
@@ -24,8 +23,7 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
 /// A running in-process worker replica.
 pub struct Replica {
     pub fleet: Fleet,
-    pub token: CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub running: Running,
 }
 
 impl Replica {
@@ -34,17 +32,13 @@ impl Replica {
         let fleet = env
             .fleet(&[("FLEET_CONFIG", &path), ("FLEET_BACKFILL_ALLOW_SQL", "1")])
             .await;
-        let token = CancellationToken::new();
-        let task = tokio::spawn(backfill_worker::run(fleet.clone(), token.clone()));
-        Replica { fleet, token, task }
+        let f = fleet.clone();
+        let running = Running::spawn(|t| backfill_worker::run(f, t));
+        Replica { fleet, running }
     }
 
     pub async fn stop(self) {
-        self.token.cancel();
-        self.task
-            .await
-            .expect("worker task")
-            .expect("worker result");
+        self.running.stop().await;
     }
 }
 

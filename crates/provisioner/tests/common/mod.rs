@@ -10,12 +10,10 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use fleet_shared::dlq::{self, DeadLetter};
 use fleet_shared::topology::EVENTS_STREAM;
-use fleet_testkit::{eventually, TestEnv};
+use fleet_testkit::{eventually, Running, TestEnv};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -25,26 +23,21 @@ pub const BUILT_IN_VERSION: i64 = 5;
 
 /// A worker running in-process until [`Worker::stop`].
 pub struct Worker {
-    pub token: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
+    pub running: Running,
     pub fleet: fleet_shared::Fleet,
 }
 
 impl Worker {
     pub async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Worker {
         let fleet = env.fleet(extra).await;
-        let token = CancellationToken::new();
-        let task = tokio::spawn(provisioner::run(fleet.clone(), token.clone()));
-        Worker { token, task, fleet }
+        let f = fleet.clone();
+        let running = Running::spawn(|t| provisioner::run(f, t));
+        Worker { running, fleet }
     }
 
     /// Cancels the worker and waits for its graceful shutdown.
     pub async fn stop(self) {
-        self.token.cancel();
-        self.task
-            .await
-            .expect("worker task panicked")
-            .expect("worker failed");
+        self.running.stop().await;
     }
 
     /// Messages NAKed for a retry so far.

@@ -10,8 +10,6 @@ use async_nats::jetstream;
 use fleet_shared::Fleet;
 use fleet_testkit::{eventually, TestEnv};
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub const LIMIT: Duration = Duration::from_secs(30);
 
@@ -48,9 +46,9 @@ impl Setup {
     /// A scheduler replica running in-process.
     pub async fn replica(&self) -> Replica {
         let fleet = self.fleet().await;
-        let token = CancellationToken::new();
-        let handle = tokio::spawn(scheduler::run(fleet, token.clone()));
-        Replica { token, handle }
+        Replica {
+            running: fleet_testkit::Running::spawn(|t| scheduler::run(fleet, t)),
+        }
     }
 
     /// Inserts `n` tenants `<prefix>1..<prefix>n` with `plan` and `status`.
@@ -101,15 +99,13 @@ impl Setup {
 }
 
 pub struct Replica {
-    pub token: CancellationToken,
-    pub handle: JoinHandle<anyhow::Result<()>>,
+    pub running: fleet_testkit::Running,
 }
 
 impl Replica {
     /// Graceful stop (releases the lease).
     pub async fn stop(self) {
-        self.token.cancel();
-        self.handle.await.unwrap().unwrap();
+        self.running.stop().await;
     }
 }
 
