@@ -1,1 +1,1 @@
-//! End-to-end tests of the whole fleet live in `tests/*.rs`; this library is empty.
+//! End-to-end tests of the whole fleet live in `tests/it/` (one binary); this library is empty.

@@ -3,9 +3,7 @@
 //! set of configs and one announcement; a conflicting event is dead-lettered and the existing
 //! tenant is untouched.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_testkit::TestEnv;
 use serde_json::json;
 

@@ -1,11 +1,9 @@
 //! Chunk sizing: a chunk that times out is split and retried; the size adapts toward
 //! target_chunk_ms; progress is persisted and published.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::TestEnv;
 use futures::StreamExt;
 use serde_json::json;

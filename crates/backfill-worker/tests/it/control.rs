@@ -1,10 +1,8 @@
 //! pause, resume, cancel and retry act within one chunk; retry re-runs only failed chunks.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::TestEnv;
 use futures::StreamExt;
 use serde_json::json;

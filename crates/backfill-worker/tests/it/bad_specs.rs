@@ -1,11 +1,9 @@
 //! Bad specs are refused with a reason and create no job: from the library (what `fleetctl
 //! backfill submit` calls) and over NATS (dead-lettered with the reason).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::{eventually, TestEnv};
 use serde_json::json;
 

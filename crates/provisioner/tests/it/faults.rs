@@ -2,12 +2,10 @@
 //! unreachable for a while. Either way every tenant ends up provisioned exactly once (one row,
 //! one schema, one set of configs, one announcement) and nothing is dead-lettered.
 
-mod common;
-
 use std::io::Write as _;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::{eventually, TcpProxy, TestEnv};
 
 async fn assert_all_provisioned_once(

@@ -2,11 +2,9 @@
 //! orgs whose codes prefix each other; injection attempts are dead-lettered and delete nothing;
 //! bad rules fail the start with one line naming the rule.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::TestEnv;
 use tokio_util::sync::CancellationToken;
 

@@ -2,12 +2,10 @@
 //! its ledger, the plan's configs (seed 004, FLEET_CONFIG overrides, per-tenant overrides), and
 //! the `tenant.provisioned` announcement with its deterministic id and child traceparent.
 
-mod common;
-
 use std::io::Write as _;
 
+use crate::common::*;
 use async_nats::HeaderMap;
-use common::*;
 use fleet_testkit::TestEnv;
 use futures::StreamExt;
 use serde_json::json;

@@ -1,11 +1,9 @@
 //! Seed 000's flow end to end on a generated dataset shaped like its test data, submitted over
 //! NATS; the integrity check failing before any row is touched; and copy_to_tenant.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::TestEnv;
 use serde_json::json;
 use sqlx::PgPool;

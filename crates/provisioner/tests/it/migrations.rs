@@ -2,11 +2,9 @@
 //! back, `tenant.migrate` brings existing tenants to a new version, a changed file is reported by
 //! name and never re-run, and a schema nobody registered is never provisioned into.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::{eventually, TestEnv};
 use serde_json::json;
 

@@ -1,16 +1,14 @@
 //! Coalescing: a burst is served by far fewer passes than events, and every request returns
 //! (so every message is acked) only after the keys that existed when it arrived are gone.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use cache_invalidator::keyspace::Keyspace;
 use cache_invalidator::metrics::{CacheMetrics, OutcomeLabels};
 use cache_invalidator::pass::Passes;
 use cache_invalidator::rules::Pattern;
-use common::*;
 use fleet_shared::metrics::Metrics;
 use fleet_shared::redis_target::RedisTarget;
 use fleet_testkit::TestEnv;

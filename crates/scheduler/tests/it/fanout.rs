@@ -1,11 +1,9 @@
 //! Fan-out: plan/status filters, the payload and Msg-Id contract, the built-in tenant.migrate
 //! target, spread, and a restart in the middle of a fan-out.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{jobs, per_tenant_tick, Setup, LIMIT};
+use crate::common::{jobs, per_tenant_tick, Setup, LIMIT};
 use fleet_testkit::eventually;
 
 const CONFIG: &str = r#"
@@ -215,7 +213,7 @@ async fn a_fan_out_resumed_after_the_duplicate_window_says_which_jobs_may_be_dou
     // Both resumed after their cursor: no tenant skipped, none before the cursor re-sent.
     assert_eq!((crashed.published, clean.published), (20, 10));
     let js = s.js().await;
-    let tenants = |jobs: &[common::Job]| -> HashSet<String> {
+    let tenants = |jobs: &[crate::common::Job]| -> HashSet<String> {
         jobs.iter()
             .map(|j| j.body["tenant_id"].as_str().unwrap().to_owned())
             .collect()

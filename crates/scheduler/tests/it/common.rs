@@ -1,7 +1,6 @@
 //! Helpers shared by the scheduler's integration tests: a schedule file, tenants inserted
 //! directly into `fleet.tenants`, a scheduler replica running in-process, and the jobs read back
 //! from the stream.
-#![allow(dead_code)] // each test binary uses a part
 
 use std::collections::HashMap;
 use std::time::Duration;

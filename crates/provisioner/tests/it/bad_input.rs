@@ -2,9 +2,7 @@
 //! registry row, no schema, no configs; the worker keeps going (a good event after the bad ones
 //! is provisioned).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use fleet_testkit::TestEnv;
 use serde_json::json;
 

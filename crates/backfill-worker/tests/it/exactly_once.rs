@@ -2,12 +2,10 @@
 //! with two replicas sharing the job and one of them (the real binary) killed with SIGKILL in
 //! the middle; and a redelivered submit creates no second job.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::{eventually, TestEnv};
 use serde_json::json;
 use sqlx::PgPool;

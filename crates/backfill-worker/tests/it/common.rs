@@ -1,6 +1,5 @@
 //! Helpers shared by the backfill-worker tests: a worker on a TestEnv, job submission and
 //! polling on lasting state.
-#![allow(dead_code)]
 
 use std::time::Duration;
 

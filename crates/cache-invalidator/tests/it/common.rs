@@ -1,6 +1,5 @@
 //! Helpers shared by the cache-invalidator's integration tests: seed 000's key families across
 //! many orgs, keyspace snapshots, publishing, and waiting for the consumer to drain.
-#![allow(dead_code)] // each test binary uses a part
 
 use std::collections::BTreeSet;
 use std::time::Duration;

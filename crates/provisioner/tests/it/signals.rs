@@ -2,12 +2,10 @@
 //! releasing its in-flight work; SIGKILL while busy loses nothing either (the unacked messages
 //! come back after the ack wait). A fresh worker afterwards provisions every tenant exactly once.
 
-mod common;
-
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
 
 fn spawn_binary(env: &TestEnv, config: &str) -> Child {

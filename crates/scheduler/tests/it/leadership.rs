@@ -3,13 +3,11 @@
 //! takeover (none skipped as "missed", none doubled); a leader cut off from NATS steps down before
 //! its lease entry ages out.
 
-mod common;
-
 use std::collections::HashSet;
 
 use std::time::Duration;
 
-use common::{jobs, per_tenant_tick, Setup, LIMIT};
+use crate::common::{jobs, per_tenant_tick, Setup, LIMIT};
 use fleet_testkit::{eventually, TcpProxy};
 use scheduler::leader::{Elector, BUCKET, KEY};
 use tokio_util::sync::CancellationToken;

@@ -1,7 +1,6 @@
 //! Helpers shared by the provisioner's integration tests: start the worker in-process on a
 //! [`TestEnv`], publish events, and read the lasting state (registry rows, schemas, ledgers,
 //! configs, dead letters, announcements) the assertions are made on.
-#![allow(dead_code)] // each test file uses a part
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -237,6 +236,7 @@ pub async fn wait_idle(js: &jetstream::Context) {
 /// Asserts that `code`'s tenant exists once, fully provisioned with the built-in set.
 pub async fn assert_provisioned_once(pool: &PgPool, code: &str) -> Tenant {
     let t = wait_active(pool, code).await;
+    assert_eq!(t.code, code);
     let schema = format!("tenant_{code}");
     assert_eq!(t.schema_name, schema);
     assert_eq!(t.schema_version, BUILT_IN_VERSION);

@@ -2,13 +2,11 @@
 //! came back are still cleared) and a 3-master Redis Cluster (every master scanned, keys on
 //! every node cleared, nothing else touched).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use fleet_shared::topology::Topology;
 use fleet_shared::Fleet;
 use fleet_testkit::{eventually, find_binary, RedisServer, TcpProxy, TestEnv};

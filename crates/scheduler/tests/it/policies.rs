@@ -1,11 +1,9 @@
 //! Missed, overlap and pause policies, and invalid schedules at start.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{jobs, Setup, LIMIT};
 use chrono::{Timelike, Utc};
-use common::{jobs, Setup, LIMIT};
 use fleet_testkit::eventually;
 
 #[tokio::test]

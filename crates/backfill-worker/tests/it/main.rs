@@ -1,0 +1,8 @@
+//! The integration tests of `backfill-worker`, one module per area, linked into one binary.
+
+mod bad_specs;
+mod chunks;
+mod common;
+mod control;
+mod exactly_once;
+mod tenant_codes;

@@ -1,0 +1,4 @@
+//! The integration tests of `fleetctl`, one module per area, linked into one binary.
+
+mod cli;
+mod up;

@@ -1,0 +1,10 @@
+//! The integration tests of `provisioner`, one module per area, linked into one binary.
+
+mod bad_input;
+mod common;
+mod example_config;
+mod faults;
+mod happy_path;
+mod idempotency;
+mod migrations;
+mod signals;

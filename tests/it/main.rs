@@ -1,0 +1,5 @@
+//! End-to-end tests of the whole fleet, one module per area, linked into one binary.
+
+mod control_plane;
+mod health;
+mod worker_loop;
