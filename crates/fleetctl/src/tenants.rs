@@ -9,6 +9,16 @@ use sqlx::Row;
 
 use crate::output;
 
+mod bundle;
+mod catalog;
+mod commands;
+mod ddl;
+mod export;
+mod health;
+mod import;
+mod usage;
+mod verify;
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// List tenants
@@ -28,6 +38,8 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Portable(commands::Cmd),
 }
 
 #[derive(Serialize, sqlx::FromRow)]
@@ -65,6 +77,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let settings = output::settings()?;
     let pg = output::pg(&settings).await?;
     match cmd {
+        Cmd::Portable(c) => commands::run(c, &settings, &pg).await,
         Cmd::List { status, plan, json } => {
             let rows: Vec<TenantRow> = sqlx::query_as(&format!(
                 "{SELECT} WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR plan = $2) ORDER BY code"

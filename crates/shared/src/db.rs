@@ -30,6 +30,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         "0201_scheduler_clean_stop.sql",
         include_str!("../migrations/0201_scheduler_clean_stop.sql"),
     ),
+    (
+        "0450_warm_pool.sql",
+        include_str!("../migrations/0450_warm_pool.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.

@@ -1,0 +1,356 @@
+//! `fleetctl tenants import DIR [--code NEW] [--org-code NEW_ORG]`: a bundle restored as a new
+//! tenant, all or nothing.
+//!
+//! Before anything is written, the manifest is checked and every file's size and SHA-256
+//! compared with it; a mismatch refuses the bundle with one line. Then one transaction, under the
+//! tenant's advisory lock (the provisioner's, so a concurrent `tenant.created` for the same code
+//! waits and then finds it taken): the pre-data DDL (schema, tables, sequences) renamed for the
+//! target schema, every table's rows by `COPY ... FROM STDIN` streamed from its file (and hashed
+//! again on the way: a file changed after the check rolls everything back), the code columns
+//! rewritten, sequence positions, the post-data DDL (indexes, constraints, triggers: built after
+//! the load, as `pg_restore` does), the registry row and the configs. Any failure rolls back all
+//! of it: no schema, no row, no config.
+//!
+//! What a clone (`--code NEW`) does with code columns in the data:
+//! - `tenant_code`: every row whose `tenant_code` is the exported code gets the new code, in
+//!   every table that has the column. Rows that already named another tenant are left as they
+//!   were (the isolation check reports them, as it did for the source).
+//! - `organization_code`: kept, because a clone belongs to the same organisation unless told
+//!   otherwise; with `--org-code NEW_ORG` the registry row and every `organization_code` equal
+//!   to the exported org code get the new one.
+//!
+//! Without `--code` the tenant keeps its code and its `tenant_id` (the second half of a move to
+//! another server); with it, the clone gets a fresh `tenant_id`. Encrypted configs are copied as
+//! stored: they decrypt wherever the same `FLEET_CONFIG_KEYS` are set.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use fleet_shared::migrate::exec_simple;
+use fleet_shared::Code;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::{Connection as _, PgConnection};
+use tokio::io::AsyncReadExt as _;
+
+use super::bundle::{self, LedgerRow, Manifest, SequenceRow};
+use super::catalog::{self, qualified, quote_ident};
+use super::ddl;
+
+pub struct Imported {
+    pub code: Code,
+    pub tenant_id: uuid::Uuid,
+    pub tables: usize,
+    pub rows: u64,
+    pub configs: usize,
+    pub schema_version: i64,
+}
+
+pub async fn import(
+    database_url: &str,
+    dir: &Path,
+    new_code: Option<Code>,
+    new_org: Option<Code>,
+) -> anyhow::Result<Imported> {
+    let manifest = Manifest::read(dir).await?;
+    manifest.check(dir).await?;
+    let source = Code::parse(&manifest.code)?;
+    let clone = new_code.as_ref().is_some_and(|c| *c != source);
+    let code = new_code.unwrap_or_else(|| source.clone());
+    let schema = code.schema_name();
+
+    let mut tenant: serde_json::Map<String, Value> =
+        match bundle::read_json(dir, bundle::TENANT).await? {
+            Value::Object(m) => m,
+            _ => anyhow::bail!(
+                "bundle {} refused: tenant.json is not an object",
+                dir.display()
+            ),
+        };
+    let configs: Vec<Value> = bundle::read_json(dir, bundle::CONFIGS).await?;
+    let ledger: Vec<LedgerRow> = bundle::read_json(dir, bundle::LEDGER).await?;
+    let sequences: Vec<SequenceRow> = bundle::read_json(dir, bundle::SEQUENCES).await?;
+    let pre = tokio::fs::read_to_string(dir.join(bundle::SCHEMA_PRE)).await?;
+    let post = tokio::fs::read_to_string(dir.join(bundle::SCHEMA_POST)).await?;
+
+    let tenant_id = if clone {
+        uuid::Uuid::new_v4()
+    } else {
+        tenant
+            .get("tenant_id")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .context("tenant.json has no tenant_id")?
+    };
+
+    let mut con = PgConnection::connect(database_url)
+        .await
+        .context("Failed to connect to the database")?;
+    let mut tx = con.begin().await?;
+    provisioner::provision::lock_tenant(&mut tx, code.as_str()).await?;
+    let taken: Option<String> = sqlx::query_scalar(
+        "SELECT code FROM fleet.tenants WHERE (code = $1 AND status <> 'deleted') OR tenant_id = $2 LIMIT 1",
+    )
+    .bind(code.as_str())
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(existing) = taken {
+        if existing == code.as_str() {
+            anyhow::bail!("tenant code {code} already exists; import with --code NEW to clone it");
+        }
+        anyhow::bail!(
+            "tenant_id {tenant_id} already exists as tenant {existing}; import with --code NEW to clone it"
+        );
+    }
+    anyhow::ensure!(
+        !catalog::schema_exists(&mut tx, &schema).await?,
+        "schema {schema} already exists but no live tenant owns it; drop or rename it first"
+    );
+
+    exec_simple(
+        &mut tx,
+        &ddl::rename_schema(&pre, &manifest.schema, &schema),
+    )
+    .await
+    .context("the bundle's schema DDL failed")?;
+    // pg_dump's preamble empties search_path for the session; nothing below relies on it.
+    let mut rows = 0u64;
+    for t in &manifest.tables {
+        let have = catalog::columns(&mut tx, &schema, &t.name).await?;
+        anyhow::ensure!(
+            t.columns.iter().all(|c| have.contains(c)),
+            "bundle {} refused: table {} in the manifest does not match its DDL",
+            dir.display(),
+            t.name
+        );
+        let entry = manifest
+            .file(&t.file)
+            .context("table data file missing from the manifest")?;
+        let n = copy_in(
+            &mut tx,
+            dir,
+            &entry.path,
+            &entry.sha256,
+            &schema,
+            &t.name,
+            &t.columns,
+        )
+        .await?;
+        anyhow::ensure!(
+            n == t.rows,
+            "bundle {} refused: {} holds {n} rows, the manifest says {}",
+            dir.display(),
+            t.name,
+            t.rows
+        );
+        rows += n;
+    }
+
+    if clone {
+        for table in catalog::tables_with_column(&mut tx, &schema, "tenant_code").await? {
+            sqlx::query(&format!(
+                "UPDATE {} SET tenant_code = $1 WHERE tenant_code = $2",
+                qualified(&schema, &table)
+            ))
+            .bind(code.as_str())
+            .bind(source.as_str())
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("Failed to rewrite tenant_code in {table}"))?;
+        }
+    }
+    let old_org = manifest.org_code.clone();
+    if let (Some(new), Some(old)) = (&new_org, &old_org) {
+        if new.as_str() != old {
+            for table in catalog::tables_with_column(&mut tx, &schema, "organization_code").await? {
+                sqlx::query(&format!(
+                    "UPDATE {} SET organization_code = $1 WHERE organization_code = $2",
+                    qualified(&schema, &table)
+                ))
+                .bind(new.as_str())
+                .bind(old)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("Failed to rewrite organization_code in {table}"))?;
+            }
+        }
+    }
+
+    for s in &sequences {
+        sqlx::query("SELECT setval($1::regclass, $2, $3)")
+            .bind(qualified(&schema, &s.name))
+            .bind(s.last_value)
+            .bind(s.is_called)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("Failed to set sequence {}", s.name))?;
+    }
+    exec_simple(
+        &mut tx,
+        &ddl::rename_schema(&post, &manifest.schema, &schema),
+    )
+    .await
+    .context("the bundle's index and constraint DDL failed")?;
+
+    let restored: Vec<(i64, String, String)> = sqlx::query_as(&format!(
+        "SELECT version, name, checksum FROM {} ORDER BY version",
+        qualified(&schema, "schema_migrations")
+    ))
+    .fetch_all(&mut *tx)
+    .await
+    .context("the bundle restored no migration ledger")?;
+    let restored: Vec<LedgerRow> = restored
+        .into_iter()
+        .map(|(version, name, checksum)| LedgerRow {
+            version,
+            name,
+            checksum,
+        })
+        .collect();
+    anyhow::ensure!(
+        restored == ledger,
+        "bundle {} refused: the restored ledger differs from ledger.json",
+        dir.display()
+    );
+
+    tenant.insert("tenant_id".into(), Value::String(tenant_id.to_string()));
+    tenant.insert("code".into(), Value::String(code.as_str().into()));
+    tenant.insert("schema_name".into(), Value::String(schema.clone()));
+    tenant.insert(
+        "updated_at".into(),
+        Value::String(chrono::Utc::now().to_rfc3339()),
+    );
+    if let Some(org) = &new_org {
+        tenant.insert("org_code".into(), Value::String(org.as_str().into()));
+    }
+    if clone {
+        let now = Value::String(chrono::Utc::now().to_rfc3339());
+        tenant.insert("created_at".into(), now.clone());
+        tenant.insert("provisioned_at".into(), now);
+    }
+    insert_json(&mut tx, "tenants", &[Value::Object(tenant)]).await?;
+    let configs: Vec<Value> = configs
+        .into_iter()
+        .map(|mut c| {
+            if let Value::Object(m) = &mut c {
+                m.remove("id");
+                m.insert("tenant_id".into(), Value::String(tenant_id.to_string()));
+            }
+            c
+        })
+        .collect();
+    insert_json(&mut tx, "tenant_configurations", &configs).await?;
+    record_event(&mut tx, tenant_id, &code, &source, dir).await?;
+    tx.commit().await.context("Failed to commit the import")?;
+    Ok(Imported {
+        code,
+        tenant_id,
+        tables: manifest.tables.len(),
+        rows,
+        configs: configs.len(),
+        schema_version: manifest.schema_version,
+    })
+}
+
+/// Streams a data file into its table, hashing it again; a file that changed since the
+/// manifest check fails the import.
+async fn copy_in(
+    con: &mut PgConnection,
+    dir: &Path,
+    file: &str,
+    sha256: &str,
+    schema: &str,
+    table: &str,
+    columns: &[String],
+) -> anyhow::Result<u64> {
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let sql = format!(
+        "COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true)",
+        qualified(schema, table),
+        cols.join(", ")
+    );
+    let mut f = tokio::fs::File::open(dir.join(file)).await?;
+    let mut copy = con
+        .copy_in_raw(&sql)
+        .await
+        .with_context(|| format!("Failed to start COPY into {table}"))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        if let Err(e) = copy.send(&buf[..n]).await {
+            let _ = copy.abort("send failed").await;
+            return Err(e).with_context(|| format!("COPY into {table} failed"));
+        }
+    }
+    if bundle::hex(&h.finalize()) != sha256 {
+        let _ = copy.abort("checksum mismatch").await;
+        anyhow::bail!("bundle refused: {file} changed while it was being imported");
+    }
+    copy.finish()
+        .await
+        .with_context(|| format!("COPY into {table} failed"))
+}
+
+/// Inserts JSON rows into `fleet.<table>` by column name: only keys that are columns here are
+/// written, and columns the bundle lacks take their defaults.
+async fn insert_json(con: &mut PgConnection, table: &str, rows: &[Value]) -> anyhow::Result<()> {
+    let columns = catalog::fleet_columns(con, table).await?;
+    for row in rows {
+        let Value::Object(m) = row else {
+            anyhow::bail!("bundle refused: a {table} row is not a JSON object");
+        };
+        let cols: Vec<String> = columns
+            .iter()
+            .filter(|c| m.contains_key(c.as_str()))
+            .map(|c| quote_ident(c))
+            .collect();
+        let target = qualified("fleet", table);
+        sqlx::query(&format!(
+            "INSERT INTO {target} ({cols}) SELECT {cols} FROM jsonb_populate_record(NULL::{target}, $1)",
+            cols = cols.join(", ")
+        ))
+        .bind(row)
+        .execute(&mut *con)
+        .await
+        .with_context(|| format!("Failed to write fleet.{table}"))?;
+    }
+    Ok(())
+}
+
+/// Adds the import to the lifecycle audit trail, where the control plane has one.
+async fn record_event(
+    con: &mut PgConnection,
+    tenant_id: uuid::Uuid,
+    code: &Code,
+    source: &Code,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let has_trail: bool =
+        sqlx::query_scalar("SELECT to_regclass('fleet.tenant_events') IS NOT NULL")
+            .fetch_one(&mut *con)
+            .await?;
+    if !has_trail {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO fleet.tenant_events (tenant_id, code, org_code, event, event_id, actor, status, old, new)
+         SELECT tenant_id, code, org_code, 'tenant.imported', $2, 'fleetctl', status, '{}'::jsonb,
+                jsonb_build_object('from_code', $3::text, 'bundle', $4::text)
+           FROM fleet.tenants WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .bind(format!("import:{}", uuid::Uuid::new_v4()))
+    .bind(source.as_str())
+    .bind(dir.display().to_string())
+    .execute(&mut *con)
+    .await
+    .context("Failed to record the import in fleet.tenant_events")?;
+    let _ = code;
+    Ok(())
+}

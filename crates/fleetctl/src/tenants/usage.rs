@@ -1,0 +1,121 @@
+//! `fleetctl tenants usage [CODE] [--json]`: what each tenant takes up.
+//!
+//! Schema size is `pg_total_relation_size` over the schema's tables (heap, indexes, TOAST). Row
+//! counts are the statistics collector's live-tuple estimates (`pg_stat_user_tables`), so the
+//! command stays cheap on large tenants; they lag behind recent writes until autovacuum or
+//! `ANALYZE` runs. The last lifecycle event comes from the audit trail (`fleet.tenant_events`)
+//! where the control plane has one.
+
+use anyhow::Context as _;
+use fleet_shared::Code;
+use serde::Serialize;
+use sqlx::PgPool;
+
+#[derive(Debug, Serialize)]
+pub struct TableRows {
+    pub table: String,
+    pub rows: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastEvent {
+    pub event: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Usage {
+    pub code: String,
+    pub status: String,
+    pub schema: String,
+    pub schema_bytes: i64,
+    pub rows: i64,
+    pub tables: Vec<TableRows>,
+    pub configs: i64,
+    pub last_event: Option<LastEvent>,
+}
+
+pub async fn usage(pg: &PgPool, code: Option<&Code>) -> anyhow::Result<Vec<Usage>> {
+    let tenants: Vec<(uuid::Uuid, String, String, String)> = sqlx::query_as(
+        "SELECT tenant_id, code, status, schema_name FROM fleet.tenants
+          WHERE status <> 'deleted' AND ($1::text IS NULL OR code = $1) ORDER BY code",
+    )
+    .bind(code.map(Code::as_str))
+    .fetch_all(pg)
+    .await
+    .context("Failed to read fleet.tenants")?;
+    if let Some(c) = code {
+        anyhow::ensure!(!tenants.is_empty(), "no tenant with code {c}");
+    }
+    let has_trail: bool =
+        sqlx::query_scalar("SELECT to_regclass('fleet.tenant_events') IS NOT NULL")
+            .fetch_one(pg)
+            .await?;
+    let mut out = Vec::new();
+    for (tenant_id, code, status, schema) in tenants {
+        let schema_bytes: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
+        )
+        .bind(&schema)
+        .fetch_one(pg)
+        .await?;
+        let tables: Vec<TableRows> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT relname::text, n_live_tup FROM pg_stat_user_tables
+              WHERE schemaname = $1 ORDER BY relname",
+        )
+        .bind(&schema)
+        .fetch_all(pg)
+        .await?
+        .into_iter()
+        .map(|(table, rows)| TableRows { table, rows })
+        .collect();
+        let configs: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM fleet.tenant_configurations WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_one(pg)
+        .await?;
+        let last_event = if has_trail {
+            sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>)>(
+                "SELECT event, at FROM fleet.tenant_events WHERE tenant_id = $1
+                  ORDER BY id DESC LIMIT 1",
+            )
+            .bind(tenant_id)
+            .fetch_optional(pg)
+            .await
+            .context("Failed to read fleet.tenant_events")?
+            .map(|(event, at)| LastEvent { event, at })
+        } else {
+            None
+        };
+        out.push(Usage {
+            code,
+            status,
+            schema,
+            schema_bytes,
+            rows: tables.iter().map(|t| t.rows).sum(),
+            tables,
+            configs,
+            last_event,
+        });
+    }
+    Ok(out)
+}
+
+/// `1.5 MiB`-style sizes.
+pub fn human_bytes(b: i64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
