@@ -16,6 +16,8 @@ pub struct ProvisionerConfig {
     pub ack_wait_secs: u64,
     /// Deliveries after which a transient failure is dead-lettered.
     pub max_attempts: i64,
+    /// Pre-migrated, unowned schemas kept ready for `tenant.created` (0: none; see `pool.rs`).
+    pub warm_pool: usize,
 }
 
 impl Default for ProvisionerConfig {
@@ -24,6 +26,7 @@ impl Default for ProvisionerConfig {
             concurrency: 4,
             ack_wait_secs: 30,
             max_attempts: 20,
+            warm_pool: 0,
         }
     }
 }
@@ -49,6 +52,9 @@ impl ProvisionerConfig {
         }
         if !(1..=1000).contains(&c.max_attempts) {
             return Err(ConfigError::Invalid("max_attempts must be 1 to 1000"));
+        }
+        if c.warm_pool > 1000 {
+            return Err(ConfigError::Invalid("warm_pool must be 0 to 1000"));
         }
         Ok(c)
     }

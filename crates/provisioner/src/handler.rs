@@ -76,8 +76,12 @@ impl Provisioner {
             self.metrics
                 .migrations_applied
                 .inc_by(done.applied.len() as u64);
+            if done.from_pool {
+                self.metrics.warm_pool_claims.inc();
+            }
             tracing::info!(
                 tenant.id = %done.tenant.tenant_id,
+                from_pool = done.from_pool,
                 plan = %done.tenant.plan,
                 schema.version = done.tenant.schema_version,
                 configs = configs.len(),

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrate_tenant;
 pub mod migrations;
 pub mod plans;
+pub mod pool;
 pub mod provision;
 
 use std::sync::Arc;
@@ -55,12 +56,21 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         concurrency = config.concurrency,
         "provisioner starting"
     );
+    let metrics = ProvisionerMetrics::register(&fleet.metrics);
+    let refiller = pool::Refiller {
+        pg: fleet.pg.clone(),
+        migrations: Arc::new(migrations.clone()),
+        target: config.warm_pool,
+        size: metrics.warm_pool_size.clone(),
+    };
+    let refill_stop = shutdown.child_token();
+    let refill = tokio::spawn(pool::run(refiller, refill_stop.clone()));
     let handler = Provisioner {
         pg: fleet.pg.clone(),
         js: fleet.js.clone(),
         plans,
         migrations: Arc::new(migrations),
-        metrics: ProvisionerMetrics::register(&fleet.metrics),
+        metrics,
     };
     let mut consumer = ConsumerSpec::new(EVENTS_STREAM, DURABLE, FILTER);
     consumer.ack_wait = config.ack_wait();
@@ -68,7 +78,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     spec.concurrency = config.concurrency;
     spec.max_attempts = config.max_attempts;
     spec.shutdown_timeout = fleet.settings.shutdown_timeout;
-    fleet_shared::worker::run(
+    let res = fleet_shared::worker::run(
         fleet.js.clone(),
         fleet.metrics.clone(),
         spec,
@@ -76,5 +86,10 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         shutdown,
     )
     .await
-    .context("Failed to run the provisioner")
+    .context("Failed to run the provisioner");
+    // The refill loop stops with the worker; a step in flight is one transaction, so stopping
+    // it mid-way leaves nothing behind.
+    refill_stop.cancel();
+    let _ = refill.await;
+    res
 }

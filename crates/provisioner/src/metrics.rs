@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use fleet_shared::metrics::{latency_histogram, HistogramFamily, Metrics};
@@ -28,6 +29,10 @@ pub struct ProvisionerMetrics {
     pub migrations_applied: Counter,
     /// Duration of the provisioning / migration transaction, by event.
     pub transaction_seconds: HistogramFamily<EventLabels>,
+    /// Current, unowned warm-pool schemas ready to be claimed (as this replica last counted).
+    pub warm_pool_size: Gauge,
+    /// Tenants provisioned by claiming a warm-pool schema.
+    pub warm_pool_claims: Counter,
 }
 
 impl ProvisionerMetrics {
@@ -39,6 +44,8 @@ impl ProvisionerMetrics {
             transaction_seconds: Family::new_with_constructor(
                 latency_histogram as fn() -> Histogram,
             ),
+            warm_pool_size: Gauge::default(),
+            warm_pool_claims: Counter::default(),
         };
         metrics.register(|r| {
             r.register(
@@ -60,6 +67,16 @@ impl ProvisionerMetrics {
                 "provisioner_transaction_duration_seconds",
                 "Time the provisioning or migration transaction took",
                 m.transaction_seconds.clone(),
+            );
+            r.register(
+                "provisioner_warm_pool_schemas",
+                "Warm-pool schemas at the current migration set, ready to be claimed",
+                m.warm_pool_size.clone(),
+            );
+            r.register(
+                "provisioner_warm_pool_claims",
+                "Tenants provisioned by claiming a warm-pool schema",
+                m.warm_pool_claims.clone(),
             );
         });
         m

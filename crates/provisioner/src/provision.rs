@@ -46,6 +46,8 @@ pub struct Provisioned {
     pub applied: Vec<i64>,
     /// False when the tenant was already active (a duplicate delivery).
     pub created: bool,
+    /// True when the schema was a claimed warm-pool schema (see `pool.rs`).
+    pub from_pool: bool,
 }
 
 /// Takes the per-tenant lock for the rest of the transaction.
@@ -136,6 +138,7 @@ async fn provision_with(
                     tenant: row.clone(),
                     applied: Vec::new(),
                     created: false,
+                    from_pool: false,
                 });
             }
             "deleted" => {
@@ -181,6 +184,19 @@ async fn provision_with(
         .execute(&mut *tx)
         .await
         .map_err(ProvisionError::db("insert the tenant row"))?;
+        // Warm pool: a pre-migrated schema renamed to ours, in this transaction; else cold.
+        if let Some(version) = crate::pool::claim(&mut tx, &schema, migrations).await? {
+            let tenant = activate(&mut tx, req.tenant_id, version, configs).await?;
+            tx.commit()
+                .await
+                .map_err(ProvisionError::db("commit the provisioning transaction"))?;
+            return Ok(Provisioned {
+                tenant,
+                applied: Vec::new(),
+                created: true,
+                from_pool: true,
+            });
+        }
         // CREATE SCHEMA without IF NOT EXISTS, in both paths: a schema nobody registered may hold
         // someone's data, and running our migrations into it would mix the two. `schema` is
         // tenant_ + a validated code ([a-z0-9_]), so it is a safe identifier.
@@ -222,6 +238,7 @@ async fn provision_with(
         tenant,
         applied,
         created: true,
+        from_pool: false,
     })
 }
 
