@@ -8,6 +8,7 @@ mod common;
 mod fanout;
 mod invalidate;
 mod provision;
+mod provision_warm;
 
 use clap::{Parser, Subcommand};
 

@@ -38,6 +38,9 @@ pub struct Args {
     /// Tenants per interleaved chunk
     #[arg(long, default_value_t = 20)]
     chunk: usize,
+    /// Measure a warm pool of this size against cold provisioning instead (see provision_warm.rs)
+    #[arg(long)]
+    warm_pool: Option<usize>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -45,6 +48,9 @@ fn ms(d: Duration) -> f64 {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(n) = args.warm_pool {
+        return crate::provision_warm::run(n, args.tenants).await;
+    }
     anyhow::ensure!(args.tenants > 0, "--tenants must be at least 1");
     anyhow::ensure!(args.chunk > 0, "--chunk must be at least 1");
     let migrations = provisioner::migrations::built_in();
