@@ -1,4 +1,5 @@
 //! The integration tests of `fleetctl`, one module per area, linked into one binary.
 
 mod cli;
+mod tenant_portability;
 mod up;

@@ -8,3 +8,4 @@ mod happy_path;
 mod idempotency;
 mod migrations;
 mod signals;
+mod warm_pool;

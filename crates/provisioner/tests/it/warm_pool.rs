@@ -3,12 +3,10 @@
 //! drains it, and `kill -9` of the real binary in the middle of a claim leaves no orphan and no
 //! double owner.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
 use sqlx::{Connection, PgPool};
 
