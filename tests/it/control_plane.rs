@@ -11,7 +11,7 @@ async fn concurrent_starts_create_the_database_and_migrate_once() {
         .url
         .replace(&holder.name, &format!("{}_new", holder.name));
     let starts = (0..6).map(|_| {
-        let url = fresh_url.clone();
+        let url = fleet_shared::secret::SecretUrl::new(fresh_url.clone());
         tokio::spawn(async move {
             fleet_shared::db::ensure_database(&url).await?;
             let pool = fleet_shared::db::lazy_pool(&url, 2)?;

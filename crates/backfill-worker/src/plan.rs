@@ -60,7 +60,7 @@ pub struct Plan {
 }
 
 fn refused(s: String) -> ValidateError {
-    ValidateError::Refused(fleet_shared::config::one_line(&s))
+    ValidateError::Refused(fleet_shared::errors::one_line(&s))
 }
 
 /// `(min(key) - 1, max(key)]`, or `None` for an empty table.

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fleet_shared::db::{is_transient, sqlstate};
+use fleet_shared::errors::{is_transient, sqlstate};
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -148,7 +148,7 @@ fn exec_chunk<'a>(
 }
 
 fn one_line(e: &dyn std::fmt::Display) -> String {
-    fleet_shared::config::one_line(&e.to_string())
+    fleet_shared::errors::one_line(&e.to_string())
 }
 
 fn db_message(e: &sqlx::Error) -> String {

@@ -388,7 +388,7 @@ impl JobSpec {
                     }
                 }
             }
-            SpecError::Json(fleet_shared::config::one_line(&e.to_string()))
+            SpecError::Json(fleet_shared::errors::one_line(&e.to_string()))
         })?;
         Self::from_raw(raw, allow_sql, source)
     }

@@ -34,7 +34,7 @@ pub enum SubmitError {
 
 impl From<SpecError> for SubmitError {
     fn from(e: SpecError) -> Self {
-        SubmitError::Refused(fleet_shared::config::one_line(&e.to_string()))
+        SubmitError::Refused(fleet_shared::errors::one_line(&e.to_string()))
     }
 }
 

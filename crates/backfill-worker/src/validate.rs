@@ -24,7 +24,7 @@ pub enum ValidateError {
 }
 
 fn refused(s: impl Into<String>) -> ValidateError {
-    ValidateError::Refused(fleet_shared::config::one_line(&s.into()))
+    ValidateError::Refused(fleet_shared::errors::one_line(&s.into()))
 }
 
 /// The integer key column must exist.

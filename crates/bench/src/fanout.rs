@@ -40,7 +40,7 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let n = args.tenants.max(1);
     let db = TestDb::create().await?;
-    let pg = fleet_shared::db::lazy_pool(&db.url, 4)?;
+    let pg = fleet_shared::db::lazy_pool(&fleet_shared::secret::SecretUrl::new(db.url.clone()), 4)?;
     fleet_shared::db::migrate_control_plane(&pg).await?;
     sqlx::query(
         "INSERT INTO fleet.tenants (tenant_id, code, name, plan, status, schema_name)

@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use fleet_shared::config::redact_url;
 use fleet_shared::redis_target::RedisTarget;
+use fleet_shared::secret::{ExposeSecret, SecretUrl};
 use futures::future::try_join_all;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
@@ -59,7 +59,7 @@ impl PassReport {
 
 /// One master to scan.
 struct Node {
-    url: String,
+    url: SecretUrl,
     con: MultiplexedConnection,
     clustered: bool,
 }
@@ -116,15 +116,15 @@ impl Keyspace {
         res
     }
 
-    async fn conn(&mut self, url: &str) -> Result<MultiplexedConnection, KeyspaceError> {
-        if let Some(c) = self.conns.get(url) {
+    async fn conn(&mut self, url: &SecretUrl) -> Result<MultiplexedConnection, KeyspaceError> {
+        if let Some(c) = self.conns.get(url.expose_secret()) {
             return Ok(c.clone());
         }
         let err = |cause| KeyspaceError::Redis {
-            node: redact_url(url),
+            node: url.to_string(),
             cause,
         };
-        let client = redis::Client::open(url).map_err(err)?;
+        let client = redis::Client::open(url.expose_secret()).map_err(err)?;
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Duration::from_secs(3))
             .set_response_timeout(Duration::from_secs(30));
@@ -132,7 +132,8 @@ impl Keyspace {
             .get_multiplexed_async_connection_with_config(&cfg)
             .await
             .map_err(err)?;
-        self.conns.insert(url.to_owned(), con.clone());
+        self.conns
+            .insert(url.expose_secret().to_owned(), con.clone());
         Ok(con)
     }
 
@@ -156,7 +157,7 @@ impl Keyspace {
                     .query_async::<String>(&mut con)
                     .await
                     .map_err(|cause| KeyspaceError::Redis {
-                        node: redact_url(seed),
+                        node: seed.to_string(),
                         cause,
                     }),
                 Err(e) => Err(e),
@@ -177,7 +178,7 @@ impl Keyspace {
                     return Ok(nodes);
                 }
                 Err(e) => {
-                    self.conns.remove(seed);
+                    self.conns.remove(seed.expose_secret());
                     last_err = Some(e);
                 }
             }
@@ -235,10 +236,11 @@ fn parse_cluster_nodes(text: &str) -> Result<Vec<(String, u16)>, KeyspaceError> 
 }
 
 /// A node's URL: the seed's scheme, credentials and db with the node's host and port.
-fn node_url(seed: &str, host: &str, port: u16) -> Result<String, KeyspaceError> {
+fn node_url(seed: &SecretUrl, host: &str, port: u16) -> Result<SecretUrl, KeyspaceError> {
     let bad =
         |why: &str| KeyspaceError::Cluster(format!("cannot address node {host}:{port}: {why}"));
-    let mut u = url::Url::parse(seed).map_err(|_| bad("the seed URL does not parse"))?;
+    let mut u =
+        url::Url::parse(seed.expose_secret()).map_err(|_| bad("the seed URL does not parse"))?;
     if !host.is_empty() {
         let host = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]")
@@ -248,7 +250,7 @@ fn node_url(seed: &str, host: &str, port: u16) -> Result<String, KeyspaceError> 
         u.set_host(Some(&host)).map_err(|_| bad("bad host"))?;
     }
     u.set_port(Some(port)).map_err(|_| bad("bad port"))?;
-    Ok(u.to_string())
+    Ok(SecretUrl::new(u.to_string()))
 }
 
 /// One master: `SCAN` it once, unlinking what matches with the next `SCAN`.
@@ -260,7 +262,7 @@ async fn scan_node(
     unlink_batch: usize,
 ) -> Result<PassReport, KeyspaceError> {
     let err = |cause| KeyspaceError::Redis {
-        node: redact_url(&node.url),
+        node: node.url.to_string(),
         cause,
     };
     let mut report = PassReport::default();
@@ -350,9 +352,9 @@ r1 127.0.0.1:7004@17004 slave a1 0 0 1 connected
 
     #[test]
     fn node_urls_keep_credentials() {
-        assert_eq!(
-            node_url("redis://:pw@10.0.0.1:7000/", "10.0.0.2", 7001).unwrap(),
-            "redis://:pw@10.0.0.2:7001/"
-        );
+        let seed = SecretUrl::new("redis://:pw@10.0.0.1:7000/");
+        let node = node_url(&seed, "10.0.0.2", 7001).unwrap();
+        assert_eq!(node.expose_secret(), "redis://:pw@10.0.0.2:7001/");
+        assert_eq!(node.to_string(), "redis://:***@10.0.0.2:7001/");
     }
 }

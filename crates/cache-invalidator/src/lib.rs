@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_shared::config::Settings;
-use fleet_shared::redis_target::RedisTarget;
 use fleet_shared::topology::{ensure_streams, ConsumerSpec, Topology, EVENTS_STREAM};
 use fleet_shared::{Code, Fleet, WorkerSpec};
 use tokio_util::sync::CancellationToken;
@@ -131,7 +130,7 @@ pub struct PreviewRow {
 /// Counts, per rule, the keys an invalidation of `org` would delete; deletes nothing.
 pub async fn preview(settings: &Settings, org: &Code) -> anyhow::Result<Vec<PreviewRow>> {
     let (cfg, rules) = load(settings)?;
-    let target = RedisTarget::parse(&settings.redis_url)?;
+    let target = settings.redis.clone();
     let patterns = rules.patterns_for_org(org);
     let set = MatchSet::new(&patterns);
     let mut keyspace = Keyspace::new(target, cfg.scan_count(), cfg.unlink_batch());

@@ -72,7 +72,7 @@ fn main() {
         let line: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!(
             "error: {}",
-            fleet_shared::config::one_line(&line.join(": "))
+            fleet_shared::errors::one_line(&line.join(": "))
         );
         std::process::exit(1);
     }

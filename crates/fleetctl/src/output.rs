@@ -35,12 +35,7 @@ pub async fn pg(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     let pool = fleet_shared::db::lazy_pool(&settings.database_url, 2)?;
     fleet_shared::db::migrate_control_plane(&pool)
         .await
-        .with_context(|| {
-            format!(
-                "cannot use the database at {}",
-                fleet_shared::config::redact_url(&settings.database_url)
-            )
-        })?;
+        .with_context(|| format!("cannot use the database at {}", settings.database_url))?;
     Ok(pool)
 }
 

@@ -4,7 +4,7 @@
 //! migration whose SQL fails is permanent and dead-lettered at once with a one-line reason; a
 //! database that is unreachable, a deadlock or a lost race is transient and retried with backoff.
 
-use fleet_shared::db::{is_transient, sqlstate};
+use fleet_shared::errors::{is_transient, sqlstate};
 use fleet_shared::events::BadInput;
 use fleet_shared::migrate::MigrationError;
 use fleet_shared::HandleError;

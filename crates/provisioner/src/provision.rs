@@ -210,7 +210,7 @@ async fn provision_with(
                 Err(e) if is_duplicate_schema(&e) => {
                     return Err(ProvisionError::OrphanSchema(schema))
                 }
-                Err(e) if fleet_shared::db::is_transient(&e) => {
+                Err(e) if fleet_shared::errors::is_transient(&e) => {
                     return Err(ProvisionError::db("apply the tenant migrations")(e))
                 }
                 Err(e) => return Err(ProvisionError::Batch(e)),
@@ -243,7 +243,7 @@ async fn provision_with(
 }
 
 fn is_duplicate_schema(e: &sqlx::Error) -> bool {
-    fleet_shared::db::sqlstate(e).as_deref() == Some("42P06")
+    fleet_shared::errors::sqlstate(e).as_deref() == Some("42P06")
 }
 
 /// Upserts every config and marks the tenant active, in one statement (one round trip whatever

@@ -104,7 +104,7 @@ fn reap(ctx: &Ctx, t: &mut Term, joined: Result<Joined, tokio::task::JoinError>)
     };
     t.active.remove(&run_id);
     if let Err(e) = res {
-        tracing::error!(schedule = %schedule, run.id = run_id, error = %fleet_shared::config::one_line(&format!("{e:#}")), "fan-out failed; retrying later");
+        tracing::error!(schedule = %schedule, run.id = run_id, error = %fleet_shared::errors::one_line(&format!("{e:#}")), "fan-out failed; retrying later");
         ctx.metrics.run_finished(&schedule, "failed");
         t.retry_at.insert(run_id, Instant::now() + RETRY_AFTER);
     }

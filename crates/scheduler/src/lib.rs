@@ -111,7 +111,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         match led {
             Ok(()) => tracing::warn!(scheduler.id = %id, "no longer the leader; following"),
             Err(e) => {
-                tracing::error!(error = %fleet_shared::config::one_line(&format!("{e:#}")), "leading failed; stepping down and retrying");
+                tracing::error!(error = %fleet_shared::errors::one_line(&format!("{e:#}")), "leading failed; stepping down and retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}

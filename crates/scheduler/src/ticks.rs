@@ -71,7 +71,7 @@ impl CronSpec {
         let cron = Cron::new(expr)
             .with_seconds_optional()
             .parse()
-            .map_err(|e| fail(fleet_shared::config::one_line(&e.to_string())))?;
+            .map_err(|e| fail(fleet_shared::errors::one_line(&e.to_string())))?;
         let tz: Tz = tz
             .trim()
             .parse()

@@ -1,8 +1,13 @@
 //! Settings from the environment (and the optional `FLEET_CONFIG` TOML file).
 //!
-//! Everything is read and validated once at start: a missing or malformed value fails with one
-//! line naming the variable and what it accepts. URLs that may carry passwords are kept whole for
-//! connecting but only ever shown through [`redact_url`], so `Debug` and logs never print a secret.
+//! Everything is read and validated once at start, here and nowhere else: a missing or malformed
+//! value fails with one line naming the variable and what it accepts. URLs that may carry
+//! passwords are [`SecretUrl`]s, so `Debug`, logs and errors print them masked without anyone
+//! having to remember to. Durations use the one syntax of [`crate::duration`] (`30s`, `5m`).
+//!
+//! The environment is a flat set of variables with their own checks and messages, and each
+//! worker reads its own `FLEET_CONFIG` section with serde, so a layered configuration crate
+//! (figment, config) would replace little hand-written code while making errors less specific.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,33 +16,15 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::errors::one_line;
+pub use crate::errors::ConfigError;
+use crate::redis_target::RedisTarget;
+use crate::secret::{ExposeSecret, SecretUrl};
+
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fleet";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_BIN_HTTP_ADDR: &str = "0.0.0.0:9090";
-
-/// A setting that is missing or malformed. `Display` is one line naming the variable.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{var}: {problem} (accepted: {accepts})")]
-    Invalid {
-        var: &'static str,
-        problem: String,
-        accepts: &'static str,
-    },
-    #[error("FLEET_CONFIG: {path}: {problem}")]
-    File { path: String, problem: String },
-}
-
-impl ConfigError {
-    pub fn invalid(var: &'static str, problem: impl Into<String>, accepts: &'static str) -> Self {
-        ConfigError::Invalid {
-            var,
-            problem: problem.into(),
-            accepts,
-        }
-    }
-}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +34,14 @@ pub enum LogFormat {
 }
 
 /// The fleet's settings. Cheap to clone; share it behind an `Arc`.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Settings {
-    /// One or more NATS URLs, comma-separated.
-    pub nats_url: String,
-    pub database_url: String,
-    pub redis_url: String,
+    /// `NATS_URL`: one or more NATS URLs, comma-separated.
+    pub nats_url: SecretUrl,
+    /// `DATABASE_URL`.
+    pub database_url: SecretUrl,
+    /// `REDIS_URL`: one server or a cluster's seed nodes.
+    pub redis: RedisTarget,
     pub http_addr: SocketAddr,
     pub stream_replicas: usize,
     pub log_format: LogFormat,
@@ -60,8 +49,10 @@ pub struct Settings {
     pub tenant_migrations_dir: Option<PathBuf>,
     /// `FLEET_BACKFILL_ALLOW_SQL=1` lets `sql` backfill jobs run.
     pub backfill_allow_sql: bool,
-    /// `FLEET_SHUTDOWN_TIMEOUT` (seconds): how long in-flight work may run after SIGTERM.
+    /// `FLEET_SHUTDOWN_TIMEOUT` (default 30s): how long in-flight work may run after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `FLEET_CONNECT_TIMEOUT` (default 60s): how long to wait for NATS and Postgres at start.
+    pub connect_timeout: Duration,
     /// The parsed `FLEET_CONFIG` file (empty when unset).
     pub file: FileConfig,
 }
@@ -96,26 +87,27 @@ impl Settings {
             if !ok {
                 return Err(ConfigError::invalid(
                     "NATS_URL",
-                    format!("{} is not a NATS URL", redact_url(part)),
+                    format!("{} is not a NATS URL", SecretUrl::new(part)),
                     "nats://host:port, comma-separated for several servers",
                 ));
             }
         }
 
-        let database_url = var("DATABASE_URL", DEFAULT_DATABASE_URL);
-        match url::Url::parse(&database_url) {
+        let nats_url = SecretUrl::new(nats_url);
+
+        let database_url = SecretUrl::new(var("DATABASE_URL", DEFAULT_DATABASE_URL));
+        match url::Url::parse(database_url.expose_secret()) {
             Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") => {}
             _ => {
                 return Err(ConfigError::invalid(
                     "DATABASE_URL",
-                    format!("{} is not a Postgres URL", redact_url(&database_url)),
+                    format!("{database_url} is not a Postgres URL"),
                     "postgres://user[:password]@host:port/database",
                 ))
             }
         }
 
-        let redis_url = var("REDIS_URL", DEFAULT_REDIS_URL);
-        crate::redis_target::RedisTarget::parse(&redis_url)?;
+        let redis = RedisTarget::parse(&var("REDIS_URL", DEFAULT_REDIS_URL))?;
 
         let http_raw = var("FLEET_HTTP_ADDR", default_http_addr);
         let http_addr = http_raw.parse().map_err(|_| {
@@ -173,17 +165,14 @@ impl Settings {
         let backfill_allow_sql =
             parse_bool("FLEET_BACKFILL_ALLOW_SQL", get("FLEET_BACKFILL_ALLOW_SQL"))?;
 
-        let timeout_raw = var("FLEET_SHUTDOWN_TIMEOUT", "30");
-        let shutdown_timeout = timeout_raw
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|_| {
-                ConfigError::invalid(
-                    "FLEET_SHUTDOWN_TIMEOUT",
-                    format!("{timeout_raw:?} is not a number of seconds"),
-                    "whole seconds, e.g. 30",
-                )
-            })?;
+        let duration = |k: &'static str, d: &str| {
+            crate::duration::parse(&var(k, d)).map_err(|e| ConfigError::Value {
+                var: k,
+                problem: e.to_string(),
+            })
+        };
+        let shutdown_timeout = duration("FLEET_SHUTDOWN_TIMEOUT", "30s")?;
+        let connect_timeout = duration("FLEET_CONNECT_TIMEOUT", "60s")?;
 
         let file = match get("FLEET_CONFIG").filter(|v| !v.trim().is_empty()) {
             Some(path) => FileConfig::load(Path::new(&path))?,
@@ -193,13 +182,14 @@ impl Settings {
         Ok(Settings {
             nats_url,
             database_url,
-            redis_url,
+            redis,
             http_addr,
             stream_replicas,
             log_format,
             tenant_migrations_dir,
             backfill_allow_sql,
             shutdown_timeout,
+            connect_timeout,
             file,
         })
     }
@@ -217,88 +207,20 @@ fn parse_bool(var: &'static str, v: Option<String>) -> Result<bool, ConfigError>
     }
 }
 
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("nats_url", &redact_url(&self.nats_url))
-            .field("database_url", &redact_url(&self.database_url))
-            .field("redis_url", &redact_url(&self.redis_url))
-            .field("http_addr", &self.http_addr)
-            .field("stream_replicas", &self.stream_replicas)
-            .field("log_format", &self.log_format)
-            .field("tenant_migrations_dir", &self.tenant_migrations_dir)
-            .field("backfill_allow_sql", &self.backfill_allow_sql)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .field("file", &self.file.path)
-            .finish()
-    }
-}
-
-/// Masks the secrets of every URL in a comma-separated list: the password (everything between
-/// `user:` and the last `@`), a token-only user of NATS URLs, and `password=`/`token=`-style query
-/// values.
-///
-/// Textual on purpose: a password holding an unescaped `/`, `?`, `#` or `@` makes the URL fail to
-/// parse (or parse wrongly), and the error path is exactly where a URL gets printed.
-pub fn redact_url(s: &str) -> String {
-    s.split(',')
-        .map(|part| redact_query(&redact_userinfo(part.trim())))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn redact_userinfo(part: &str) -> String {
-    let Some(scheme_end) = part.find("://") else {
-        return part.to_owned();
-    };
-    let (head, rest) = part.split_at(scheme_end + 3);
-    // The userinfo ends at the LAST '@': the host never holds one, a password may.
-    let Some(at) = rest.rfind('@') else {
-        return part.to_owned();
-    };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
-    let masked = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        // nats://TOKEN@host: the user part is the secret.
-        None if head.starts_with("nats") || head.starts_with("tls") || head.starts_with("ws") => {
-            "***".to_owned()
-        }
-        None => userinfo.to_owned(),
-    };
-    format!("{head}{masked}@{host}")
-}
-
-fn redact_query(s: &str) -> String {
-    const SECRET_KEYS: &[&str] = &[
-        "password",
-        "sslpassword",
-        "pass",
-        "token",
-        "auth_token",
-        "secret",
-    ];
-    let Some(q) = s.find('?') else {
-        return s.to_owned();
-    };
-    let (base, query) = s.split_at(q + 1);
-    let params: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if SECRET_KEYS.iter().any(|sk| sk.eq_ignore_ascii_case(k)) => {
-                format!("{k}=***")
-            }
-            _ => kv.to_owned(),
-        })
-        .collect();
-    format!("{base}{}", params.join("&"))
-}
-
 /// The optional TOML file. Each worker reads its own top-level section with
 /// [`FileConfig::section`], so adding a worker never touches this type.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct FileConfig {
     pub path: Option<PathBuf>,
     pub table: toml::Table,
+}
+
+impl fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 impl FileConfig {
@@ -344,11 +266,6 @@ impl FileConfig {
     }
 }
 
-/// Folds a multi-line error message into one line.
-pub fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,9 +282,11 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let s = settings(&[]).unwrap();
-        assert_eq!(s.nats_url, DEFAULT_NATS_URL);
-        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(s.nats_url.expose_secret(), DEFAULT_NATS_URL);
+        assert_eq!(s.database_url.expose_secret(), DEFAULT_DATABASE_URL);
         assert_eq!(s.stream_replicas, 1);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(s.connect_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -380,6 +299,8 @@ mod tests {
             ("FLEET_STREAM_REPLICAS", "0"),
             ("LOG_FORMAT", "xml"),
             ("FLEET_BACKFILL_ALLOW_SQL", "maybe"),
+            ("FLEET_SHUTDOWN_TIMEOUT", "30"),
+            ("FLEET_CONNECT_TIMEOUT", "soon"),
         ] {
             let err = settings(&[(k, v)]).unwrap_err().to_string();
             assert!(err.starts_with(k), "{err}");
@@ -406,29 +327,19 @@ mod tests {
     }
 
     #[test]
-    fn redaction_does_not_depend_on_the_url_parsing() {
-        for (raw, secret) in [
-            ("postgres://app:s3cr/et@db/fleet", "s3cr/et"),
-            ("postgres://app:pa#ss@db/fleet", "pa#ss"),
-            ("postgres://app:12345?x@db/fleet", "12345?x"),
-            ("postgres://app:p@ss@db/fleet", "p@ss"),
-            ("redis://:hunter2@cache:6379/0", "hunter2"),
-            ("nats://s3cr3ttoken@n1:4222", "s3cr3ttoken"),
-            ("postgres://db/fleet?user=app&password=hunter2", "hunter2"),
-        ] {
-            let shown = redact_url(raw);
-            assert!(!shown.contains(secret), "{raw} -> {shown}");
-            assert!(shown.contains("***"), "{raw} -> {shown}");
-        }
-        assert_eq!(
-            redact_url("postgres://postgres@127.0.0.1:5432/fleet"),
-            "postgres://postgres@127.0.0.1:5432/fleet",
-            "a user name alone is not a secret"
-        );
-        assert_eq!(
-            redact_url("nats://a:b@n1:4222, nats://n2:4222"),
-            "nats://a:***@n1:4222,nats://n2:4222"
-        );
+    fn durations_use_the_one_syntax() {
+        let s = settings(&[
+            ("FLEET_SHUTDOWN_TIMEOUT", "2m"),
+            ("FLEET_CONNECT_TIMEOUT", "500ms"),
+        ])
+        .unwrap();
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(120));
+        assert_eq!(s.connect_timeout, Duration::from_millis(500));
+        let err = settings(&[("FLEET_CONNECT_TIMEOUT", "60")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("FLEET_CONNECT_TIMEOUT: "), "{err}");
+        assert!(err.contains("write e.g. 60s"), "{err}");
     }
 
     #[test]

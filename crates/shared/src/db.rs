@@ -1,4 +1,4 @@
-//! Postgres: the pool, the control-plane migrations and the transient-error test.
+//! Postgres: the pool and the control-plane migrations.
 //!
 //! Control-plane migrations (the `fleet` schema) are numbered SQL files under
 //! `crates/shared/migrations`, embedded in every binary and applied at start by
@@ -12,8 +12,9 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
-use crate::config::redact_url;
+use crate::errors::sqlstate;
 use crate::migrate::{self, Migration, MigrationError};
+use crate::secret::{ExposeSecret, SecretUrl};
 
 /// The control-plane migrations, in the order written. Add a line per new file.
 pub const CONTROL_PLANE: &[(&str, &str)] = &[
@@ -49,9 +50,9 @@ pub fn control_plane_migrations() -> Result<Vec<Migration>, MigrationError> {
 
 /// Builds a pool without connecting: connections are made on demand and remade after Postgres
 /// restarts, so a worker rides out an outage instead of dying.
-pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let opts = PgConnectOptions::from_str(url)
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL {}: {e}", redact_url(url)))?
+pub fn lazy_pool(url: &SecretUrl, max_connections: u32) -> anyhow::Result<PgPool> {
+    let opts = PgConnectOptions::from_str(url.expose_secret())
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL {url}: {e}"))?
         .application_name("tenant-fleet")
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
@@ -64,8 +65,8 @@ pub fn lazy_pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
 }
 
 /// Creates the database named in `url` if it does not exist (first run of `make run`).
-pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let opts = PgConnectOptions::from_str(url)?;
+pub async fn ensure_database(url: &SecretUrl) -> anyhow::Result<()> {
+    let opts = PgConnectOptions::from_str(url.expose_secret())?;
     let Some(db) = opts.get_database().map(str::to_owned) else {
         return Ok(());
     };
@@ -107,43 +108,4 @@ pub async fn migrate_control_plane(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
         tracing::info!(versions = ?report.applied, "applied control-plane migrations");
     }
     Ok(report.applied)
-}
-
-/// The SQLSTATE of a database error, if it is one.
-pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
-    match e {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    }
-}
-
-/// Whether retrying later can succeed: the connection, the pool or the server's state failed,
-/// not the statement. Serialization failures and deadlocks are transient too.
-pub fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(_) => {
-            let code = sqlstate(e).unwrap_or_default();
-            code.starts_with("08") // connection exception
-                || code.starts_with("53") // insufficient resources
-                || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
-                || code == "40001" // serialization failure
-                || code == "40P01" // deadlock
-                || code == "55P03" // lock not available (lock_timeout)
-        }
-        _ => false,
-    }
-}
-
-/// [`is_transient`] anywhere in an `anyhow` chain.
-pub fn chain_is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<sqlx::Error>().is_some_and(is_transient)
-            || c.downcast_ref::<std::io::Error>().is_some()
-    })
 }

@@ -66,7 +66,7 @@ pub async fn dead_letter(js: &jetstream::Context, f: Failure<'_>) -> anyhow::Res
             }
         }
     }
-    let reason = crate::config::one_line(f.reason);
+    let reason = crate::errors::one_line(f.reason);
     headers.insert(H_SUBJECT, f.subject);
     headers.insert(H_ERROR, reason.as_str());
     headers.insert(H_DELIVERY_COUNT, f.delivered.to_string().as_str());

@@ -38,7 +38,7 @@ pub struct BadInput(pub String);
 
 impl BadInput {
     pub fn new(reason: impl Into<String>) -> Self {
-        BadInput(crate::config::one_line(&reason.into()))
+        BadInput(crate::errors::one_line(&reason.into()))
     }
 }
 

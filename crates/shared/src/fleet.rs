@@ -9,10 +9,11 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Settings, DEFAULT_BIN_HTTP_ADDR};
+use crate::config::{Settings, DEFAULT_BIN_HTTP_ADDR};
 use crate::http::{HttpState, Probe};
 use crate::metrics::Metrics;
 use crate::redis_target::RedisTarget;
+use crate::secret::{ExposeSecret, SecretUrl};
 use crate::topology::{ensure_streams, Topology};
 
 /// Everything a worker runs on. Cheap to clone.
@@ -27,15 +28,11 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Connects to NATS and Postgres (waiting up to `FLEET_CONNECT_TIMEOUT`, 60 s by default,
+    /// Connects to NATS and Postgres (waiting up to `FLEET_CONNECT_TIMEOUT`, 60s by default,
     /// for them to come up), creates the database if missing, applies control-plane migrations
     /// and ensures the JetStream topology.
     pub async fn connect(settings: Settings, topology: Topology) -> anyhow::Result<Fleet> {
-        let wait = std::env::var("FLEET_CONNECT_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(60));
+        let wait = settings.connect_timeout;
         let nats = connect_nats(&settings.nats_url, "tenant-fleet", wait).await?;
         let js = jetstream::new(nats.clone());
         let topology = Topology {
@@ -51,7 +48,7 @@ impl Fleet {
         .with_context(|| {
             format!(
                 "DATABASE_URL {}: cannot reach Postgres",
-                redact_url(&settings.database_url)
+                settings.database_url
             )
         })?;
         let pg = crate::db::lazy_pool(&settings.database_url, 16)?;
@@ -59,7 +56,7 @@ impl Fleet {
             .await
             .context("Failed to apply control-plane migrations")?;
 
-        let redis = RedisTarget::parse(&settings.redis_url)?;
+        let redis = settings.redis.clone();
         Ok(Fleet {
             settings: Arc::new(settings),
             nats,
@@ -89,11 +86,10 @@ impl Fleet {
 /// Connects to NATS, retrying for up to `wait`; afterwards the client reconnects on its own
 /// forever, and logs each disconnect and reconnect.
 pub async fn connect_nats(
-    url: &str,
+    url: &SecretUrl,
     name: &str,
     wait: Duration,
 ) -> anyhow::Result<async_nats::Client> {
-    let shown = redact_url(url);
     let attempt = || async {
         async_nats::ConnectOptions::new()
             .name(name)
@@ -108,12 +104,12 @@ pub async fn connect_nats(
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             })
-            .connect(url)
+            .connect(url.expose_secret())
             .await
     };
     retry_until(wait, "NATS", attempt)
         .await
-        .with_context(|| format!("NATS_URL {shown}: cannot connect"))
+        .with_context(|| format!("NATS_URL {url}: cannot connect"))
 }
 
 /// Retries `f` with capped exponential backoff until it succeeds or `wait` has passed.
@@ -129,7 +125,7 @@ where
         match f().await {
             Ok(v) => return Ok(v),
             Err(e) if tokio::time::Instant::now() + delay < deadline => {
-                tracing::warn!(error = %crate::config::one_line(&e.to_string()), retry_in = ?delay, "{what} not ready");
+                tracing::warn!(error = %crate::errors::one_line(&e.to_string()), retry_in = ?delay, "{what} not ready");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
@@ -177,7 +173,7 @@ pub fn exit_code(res: anyhow::Result<()>) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            let line = crate::config::one_line(&chain.join(": "));
+            let line = crate::errors::one_line(&chain.join(": "));
             tracing::error!(error = %line, "stopped");
             eprintln!("error: {line}");
             std::process::ExitCode::FAILURE

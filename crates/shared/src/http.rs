@@ -43,14 +43,14 @@ impl Probe {
                 let q = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
                 match tokio::time::timeout(LIMIT, q).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(crate::config::one_line(&e.to_string())),
+                    Ok(Err(e)) => Err(crate::errors::one_line(&e.to_string())),
                     Err(_) => Err("timed out".into()),
                 }
             }
             Probe::Redis(t) => t
                 .ping(LIMIT)
                 .await
-                .map_err(|e| crate::config::one_line(&e.to_string())),
+                .map_err(|e| crate::errors::one_line(&e.to_string())),
         }
     }
 }

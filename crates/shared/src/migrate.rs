@@ -59,7 +59,7 @@ impl MigrationError {
     pub fn is_transient(&self) -> bool {
         match self {
             MigrationError::Failed { source, .. } | MigrationError::Ledger { source, .. } => {
-                crate::db::is_transient(source)
+                crate::errors::is_transient(source)
             }
             _ => false,
         }
@@ -233,7 +233,7 @@ pub async fn apply(
             return Err(MigrationError::Failed {
                 schema: schema.to_owned(),
                 file: m.file.clone(),
-                message: crate::config::one_line(&source.to_string()),
+                message: crate::errors::one_line(&source.to_string()),
                 source,
             });
         }

@@ -5,33 +5,27 @@
 
 use std::time::Duration;
 
-use crate::config::{redact_url, ConfigError};
+use crate::errors::ConfigError;
+use crate::secret::{ExposeSecret, SecretUrl};
 
 const ACCEPTS: &str =
     "redis://host:port[/db], redis+cluster://h1:p1,h2:p2, or several redis:// URLs comma-separated";
 
-#[derive(Clone, PartialEq, Eq)]
+/// The URLs are [`SecretUrl`]s: printing a target never shows a password.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RedisTarget {
-    Single(String),
-    Cluster(Vec<String>),
-}
-
-impl std::fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RedisTarget::Single(u) => write!(f, "Single({})", redact_url(u)),
-            RedisTarget::Cluster(us) => {
-                let shown: Vec<_> = us.iter().map(|u| redact_url(u)).collect();
-                write!(f, "Cluster({shown:?})")
-            }
-        }
-    }
+    Single(SecretUrl),
+    Cluster(Vec<SecretUrl>),
 }
 
 impl RedisTarget {
     pub fn parse(raw: &str) -> Result<Self, ConfigError> {
         let bad = |what: &str| {
-            ConfigError::invalid("REDIS_URL", format!("{} {what}", redact_url(raw)), ACCEPTS)
+            ConfigError::invalid(
+                "REDIS_URL",
+                format!("{} {what}", SecretUrl::new(raw)),
+                ACCEPTS,
+            )
         };
         let raw = raw.trim();
         if let Some(rest) = raw.strip_prefix("redis+cluster://") {
@@ -51,7 +45,9 @@ impl RedisTarget {
             for n in &nodes {
                 url::Url::parse(n).map_err(|_| bad("has a malformed node"))?;
             }
-            return Ok(RedisTarget::Cluster(nodes));
+            return Ok(RedisTarget::Cluster(
+                nodes.into_iter().map(SecretUrl::new).collect(),
+            ));
         }
         let parts: Vec<String> = raw
             .split(',')
@@ -67,28 +63,30 @@ impl RedisTarget {
         }
         match parts.len() {
             0 => Err(bad("is empty")),
-            1 => Ok(RedisTarget::Single(
+            1 => Ok(RedisTarget::Single(SecretUrl::new(
                 parts.into_iter().next().unwrap_or_default(),
+            ))),
+            _ => Ok(RedisTarget::Cluster(
+                parts.into_iter().map(SecretUrl::new).collect(),
             )),
-            _ => Ok(RedisTarget::Cluster(parts)),
         }
     }
 
     /// One `PING` (to every seed node of a cluster), bounded by `timeout`. Used by `/readyz`.
     pub async fn ping(&self, timeout: Duration) -> anyhow::Result<()> {
-        let urls: Vec<&String> = match self {
+        let urls: Vec<&SecretUrl> = match self {
             RedisTarget::Single(u) => vec![u],
             RedisTarget::Cluster(us) => us.iter().collect(),
         };
         for u in urls {
-            let client = redis::Client::open(u.as_str())?;
+            let client = redis::Client::open(u.expose_secret())?;
             let fut = async {
                 let mut con = client.get_multiplexed_async_connection().await?;
                 redis::cmd("PING").query_async::<String>(&mut con).await
             };
             tokio::time::timeout(timeout, fut)
                 .await
-                .map_err(|_| anyhow::anyhow!("redis {} did not answer in time", redact_url(u)))??;
+                .map_err(|_| anyhow::anyhow!("redis {u} did not answer in time"))??;
         }
         Ok(())
     }
@@ -102,11 +100,14 @@ mod tests {
     fn parses_forms() {
         assert_eq!(
             RedisTarget::parse("redis://127.0.0.1:6379").unwrap(),
-            RedisTarget::Single("redis://127.0.0.1:6379".into())
+            RedisTarget::Single(SecretUrl::new("redis://127.0.0.1:6379"))
         );
         assert_eq!(
             RedisTarget::parse("redis+cluster://:pw@h1:1,h2:2").unwrap(),
-            RedisTarget::Cluster(vec!["redis://:pw@h1:1".into(), "redis://:pw@h2:2".into()])
+            RedisTarget::Cluster(vec![
+                SecretUrl::new("redis://:pw@h1:1"),
+                SecretUrl::new("redis://:pw@h2:2")
+            ])
         );
         assert!(matches!(
             RedisTarget::parse("redis://a:1,redis://b:2").unwrap(),

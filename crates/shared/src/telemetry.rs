@@ -49,5 +49,5 @@ pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
         }
         src = e.source();
     }
-    crate::config::one_line(&out)
+    crate::errors::one_line(&out)
 }

@@ -77,7 +77,7 @@ pub enum HandleError {
 
 impl HandleError {
     pub fn invalid(reason: impl Into<String>) -> Self {
-        HandleError::Invalid(crate::config::one_line(&reason.into()))
+        HandleError::Invalid(crate::errors::one_line(&reason.into()))
     }
 }
 
@@ -437,7 +437,7 @@ async fn decide<H: Handler>(
             tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "transient failure; will retry");
             return;
         }
-        Err(HandleError::Transient(e)) => crate::config::one_line(&format!(
+        Err(HandleError::Transient(e)) => crate::errors::one_line(&format!(
             "gave up after {} attempts: {e:#}",
             incoming.delivered
         )),

@@ -37,7 +37,7 @@ pub fn settings(
         ("DATABASE_URL".into(), database_url.into()),
         ("REDIS_URL".into(), redis_url.into()),
         ("LOG_FORMAT".into(), "pretty".into()),
-        ("FLEET_SHUTDOWN_TIMEOUT".into(), "10".into()),
+        ("FLEET_SHUTDOWN_TIMEOUT".into(), "10s".into()),
     ]);
     for (k, v) in extra {
         vars.insert((*k).into(), (*v).into());

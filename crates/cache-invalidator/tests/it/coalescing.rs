@@ -11,6 +11,7 @@ use cache_invalidator::pass::Passes;
 use cache_invalidator::rules::Pattern;
 use fleet_shared::metrics::Metrics;
 use fleet_shared::redis_target::RedisTarget;
+use fleet_shared::secret::SecretUrl;
 use fleet_testkit::TestEnv;
 use rand::Rng;
 use redis::AsyncCommands;
@@ -22,7 +23,11 @@ async fn each_request_returns_only_after_the_keys_present_at_its_arrival_are_gon
     set_filler(&mut con, 20_000).await;
 
     // A small SCAN COUNT makes each pass long, so requests keep arriving mid-pass.
-    let keyspace = Keyspace::new(RedisTarget::Single(env.redis_url.clone()), 200, 1000);
+    let keyspace = Keyspace::new(
+        RedisTarget::Single(SecretUrl::new(env.redis_url.clone())),
+        200,
+        1000,
+    );
     let metrics = CacheMetrics::register(&Metrics::new());
     let (passes, pass_loop) = Passes::start(keyspace, vec!["org".into()], metrics.clone());
 

@@ -15,7 +15,7 @@ fn spawn_binary(env: &TestEnv, config: &str) -> Child {
         .env("DATABASE_URL", &env.db.url)
         .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("FLEET_CONFIG", config)
-        .env("FLEET_SHUTDOWN_TIMEOUT", "20")
+        .env("FLEET_SHUTDOWN_TIMEOUT", "20s")
         .env("LOG_FORMAT", "json")
         .env(
             "RUST_LOG",
@@ -134,7 +134,7 @@ fn bad_settings_and_unreachable_servers_stop_the_binary_with_one_line() {
     let run = |vars: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"));
         cmd.env("FLEET_HTTP_ADDR", "127.0.0.1:0")
-            .env("FLEET_CONNECT_TIMEOUT", "1")
+            .env("FLEET_CONNECT_TIMEOUT", "1s")
             .env_remove("FLEET_CONFIG");
         for (k, v) in vars {
             cmd.env(k, v);

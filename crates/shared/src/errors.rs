@@ -1,0 +1,65 @@
+//! Error helpers every module uses, kept at the bottom of the crate so nothing here depends on
+//! the rest: the settings error, folding messages into one line, and whether a Postgres error is
+//! worth retrying.
+
+/// A setting that is missing or malformed. `Display` is one line naming the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {problem} (accepted: {accepts})")]
+    Invalid {
+        var: &'static str,
+        problem: String,
+        accepts: &'static str,
+    },
+    /// `problem` already says what is accepted (e.g. an invalid duration).
+    #[error("{var}: {problem}")]
+    Value { var: &'static str, problem: String },
+    #[error("FLEET_CONFIG: {path}: {problem}")]
+    File { path: String, problem: String },
+}
+
+impl ConfigError {
+    pub fn invalid(var: &'static str, problem: impl Into<String>, accepts: &'static str) -> Self {
+        ConfigError::Invalid {
+            var,
+            problem: problem.into(),
+            accepts,
+        }
+    }
+}
+
+/// Folds a multi-line error message into one line.
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether retrying later can succeed: the connection, the pool or the server's state failed,
+/// not the statement. Serialization failures and deadlocks are transient too.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(_) => {
+            let code = sqlstate(e).unwrap_or_default();
+            code.starts_with("08") // connection exception
+                || code.starts_with("53") // insufficient resources
+                || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
+                || code == "40001" // serialization failure
+                || code == "40P01" // deadlock
+                || code == "55P03" // lock not available (lock_timeout)
+        }
+        _ => false,
+    }
+}
