@@ -92,7 +92,7 @@ pub async fn claim(
             tracing::debug!(pool.schema = %pooled, schema, "claimed a warm-pool schema");
             Ok(Some(version))
         }
-        Err(e) if fleet_shared::db::sqlstate(&e).as_deref() == Some("42P06") => {
+        Err(e) if fleet_shared::errors::sqlstate(&e).as_deref() == Some("42P06") => {
             Err(ProvisionError::OrphanSchema(schema.to_owned()))
         }
         Err(e) => Err(ProvisionError::db("rename the warm-pool schema")(e)),

@@ -195,7 +195,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
             let code = Code::parse(&code)?;
             let migrations =
                 provisioner::migrations::load(settings).context("Failed to load the migrations")?;
-            let h = super::health::health(pg, &settings.redis_url, &migrations, &code).await?;
+            let h = super::health::health(pg, &settings.redis, &migrations, &code).await?;
             output::print_json(&h)?;
             if h.status == "healthy" {
                 return Ok(());

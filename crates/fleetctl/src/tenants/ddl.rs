@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::Context as _;
-use fleet_shared::config::redact_url;
+use fleet_shared::secret::{ExposeSecret, SecretUrl};
 
 /// Finds an executable named `name` on `PATH`.
 pub fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -34,16 +34,12 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// The `PG*` variables that make libpq tools connect where `database_url` points.
-fn pg_env(database_url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
-    let url = url::Url::parse(database_url)
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL {}: {e}", redact_url(database_url)))?;
+fn pg_env(database_url: &SecretUrl) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let url = url::Url::parse(database_url.expose_secret())
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL {database_url}: {e}"))?;
     let decode = |s: &str| {
-        percent_decode(s).with_context(|| {
-            format!(
-                "DATABASE_URL {}: bad percent-encoding",
-                redact_url(database_url)
-            )
-        })
+        percent_decode(s)
+            .with_context(|| format!("DATABASE_URL {database_url}: bad percent-encoding"))
     };
     let mut env = Vec::new();
     if let Some(host) = url.host_str() {
@@ -101,7 +97,7 @@ fn percent_decode(s: &str) -> anyhow::Result<String> {
 /// Runs `pg_dump --schema-only` for one section (`pre-data` or `post-data`) of `schema`, reading
 /// `snapshot`; returns the SQL.
 pub async fn pg_dump(
-    database_url: &str,
+    database_url: &SecretUrl,
     schema: &str,
     section: &str,
     snapshot: &str,
@@ -136,7 +132,7 @@ pub async fn pg_dump(
         anyhow::bail!(
             "pg_dump failed ({}): {}",
             out.status,
-            fleet_shared::config::one_line(err.trim())
+            fleet_shared::errors::one_line(err.trim())
         );
     }
     String::from_utf8(out.stdout).context("pg_dump wrote output that is not UTF-8")
@@ -314,7 +310,10 @@ mod tests {
 
     #[test]
     fn pg_env_carries_the_password_in_the_environment() {
-        let env = pg_env("postgres://u%40x:p%3Ass@db.local:5433/fleet?sslmode=require").unwrap();
+        let env = pg_env(&SecretUrl::new(
+            "postgres://u%40x:p%3Ass@db.local:5433/fleet?sslmode=require",
+        ))
+        .unwrap();
         let get = |k| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("PGHOST"), Some("db.local"));
         assert_eq!(get("PGPORT"), Some("5433"));

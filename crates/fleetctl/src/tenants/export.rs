@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use fleet_shared::secret::{ExposeSecret, SecretUrl};
 use fleet_shared::Code;
 use futures::StreamExt as _;
 use sha2::{Digest, Sha256};
@@ -22,7 +23,7 @@ use super::catalog::{self, qualified, quote_ident};
 use super::ddl;
 
 /// Exports `code` to `out`; returns the manifest written.
-pub async fn export(database_url: &str, code: &Code, out: &Path) -> anyhow::Result<Manifest> {
+pub async fn export(database_url: &SecretUrl, code: &Code, out: &Path) -> anyhow::Result<Manifest> {
     if out.exists() {
         let empty = out.is_dir() && std::fs::read_dir(out)?.next().is_none();
         anyhow::ensure!(
@@ -61,8 +62,12 @@ fn partial_dir(out: &Path) -> anyhow::Result<PathBuf> {
     Ok(out.with_file_name(partial))
 }
 
-async fn write_bundle(database_url: &str, code: &Code, dir: &Path) -> anyhow::Result<Manifest> {
-    let mut con = PgConnection::connect(database_url)
+async fn write_bundle(
+    database_url: &SecretUrl,
+    code: &Code,
+    dir: &Path,
+) -> anyhow::Result<Manifest> {
+    let mut con = PgConnection::connect(database_url.expose_secret())
         .await
         .context("Failed to connect to the database")?;
     let mut tx = con.begin().await?;

@@ -31,7 +31,7 @@ pub struct Health {
 
 pub async fn health(
     pg: &PgPool,
-    redis_url: &str,
+    redis: &RedisTarget,
     migrations: &[Migration],
     code: &Code,
 ) -> anyhow::Result<Health> {
@@ -93,13 +93,10 @@ pub async fn health(
         details.insert("drift", drift.join("; "));
     }
 
-    let redis = match RedisTarget::parse(redis_url) {
-        Ok(t) => t.ping(Duration::from_secs(2)).await,
-        Err(e) => Err(e.into()),
-    };
+    let redis = redis.ping(Duration::from_secs(2)).await;
     checks.insert("redis", redis.is_ok());
     if let Err(e) = redis {
-        details.insert("redis", fleet_shared::config::one_line(&format!("{e:#}")));
+        details.insert("redis", fleet_shared::errors::one_line(&format!("{e:#}")));
     }
 
     let status = if checks.values().all(|ok| *ok) {

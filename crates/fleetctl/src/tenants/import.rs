@@ -27,6 +27,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use fleet_shared::migrate::exec_simple;
+use fleet_shared::secret::{ExposeSecret, SecretUrl};
 use fleet_shared::Code;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -47,7 +48,7 @@ pub struct Imported {
 }
 
 pub async fn import(
-    database_url: &str,
+    database_url: &SecretUrl,
     dir: &Path,
     new_code: Option<Code>,
     new_org: Option<Code>,
@@ -83,7 +84,7 @@ pub async fn import(
             .context("tenant.json has no tenant_id")?
     };
 
-    let mut con = PgConnection::connect(database_url)
+    let mut con = PgConnection::connect(database_url.expose_secret())
         .await
         .context("Failed to connect to the database")?;
     let mut tx = con.begin().await?;
