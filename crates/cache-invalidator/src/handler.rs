@@ -6,10 +6,14 @@
 //! 3. `Ok` only when that pass has finished (the worker loop then acks); a failed pass is a
 //!    transient error, so the message is NAKed with backoff and retried.
 //!
+//! `tenant.lifecycle.deleted` (a tenant archived or purged) clears the patterns of every rule
+//! keyed by `org_code` alone for the tenant's org; a tenant without an org code has none.
+//!
 //! Idempotent by nature: deleting keys that are already gone deletes nothing.
 
 use std::sync::Arc;
 
+use fleet_shared::events::{parse_json, TenantLifecycle, TENANT_LIFECYCLE_DELETED};
 use fleet_shared::{HandleError, Handler, Incoming};
 
 use crate::pass::Passes;
@@ -22,7 +26,16 @@ pub struct InvalidateHandler {
 
 impl Handler for InvalidateHandler {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandleError> {
-        let patterns = self.rules.patterns_for(&msg.subject, &msg.payload)?;
+        let patterns = if msg.subject == TENANT_LIFECYCLE_DELETED {
+            let t: TenantLifecycle = parse_json(&msg.subject, &msg.payload)?;
+            let Some(org) = t.org_code else {
+                tracing::debug!(tenant.code = %t.code, "deleted tenant has no org_code; no cache to clear");
+                return Ok(());
+            };
+            self.rules.patterns_for_org(&org)
+        } else {
+            self.rules.patterns_for(&msg.subject, &msg.payload)?
+        };
         tracing::debug!(patterns = patterns.len(), "queued for the next pass");
         self.passes
             .invalidate(patterns)

@@ -67,6 +67,15 @@ fn consumers(rules: &RuleSet) -> anyhow::Result<Vec<ConsumerSpec>> {
         }
         out.push(ConsumerSpec::new(EVENTS_STREAM, &durable, &s.subject));
     }
+    // A deleted tenant's cache: every rule keyed by `org_code` alone, for the tenant's org.
+    let deleted = fleet_shared::events::TENANT_LIFECYCLE_DELETED;
+    if !out.iter().any(|c| c.filter_subject == deleted) {
+        out.push(ConsumerSpec::new(
+            EVENTS_STREAM,
+            &durable_name(deleted),
+            deleted,
+        ));
+    }
     Ok(out)
 }
 

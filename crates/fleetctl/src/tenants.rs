@@ -1,5 +1,12 @@
-//! `fleetctl tenants list | show <code>`: the registry, each tenant's configs and its schema's
-//! migration ledger.
+//! `fleetctl tenants list | show <code>`: the registry, each tenant's configs (with their source,
+//! encrypted values masked unless `--reveal`) and its schema's migration ledger; and the
+//! lifecycle commands (`tenants/lifecycle.rs` publish events, `tenants/admin.rs` acts directly,
+//! `tenants/history.rs` reads the audit trail).
+
+mod admin;
+mod history;
+mod lifecycle;
+mod wait;
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -23,7 +30,7 @@ mod verify;
 pub enum Cmd {
     /// List tenants
     List {
-        /// Only tenants with this status (provisioning, active, failed, deleted)
+        /// Only tenants with this status (provisioning, active, suspended, failed, deleted)
         #[arg(long)]
         status: Option<String>,
         /// Only tenants on this plan
@@ -32,9 +39,74 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show a tenant: registry row, configs, applied migrations
+    /// Show a tenant: registry row, configs (with their source), applied migrations
     Show {
         code: String,
+        #[arg(long)]
+        json: bool,
+        /// Decrypt encrypted configs (needs FLEET_CONFIG_KEYS)
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Change name, org code and/or plan (publishes tenant.updated; a plan re-merges defaults)
+    Update {
+        code: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        org_code: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[command(flatten)]
+        wait: wait::Wait,
+    },
+    /// Config overrides: set (optionally encrypted) and unset
+    #[command(subcommand)]
+    Config(lifecycle::ConfigCmd),
+    /// Suspend an active tenant (publishes tenant.suspended)
+    Suspend {
+        code: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        wait: wait::Wait,
+    },
+    /// Resume a suspended tenant (publishes tenant.resumed)
+    Resume {
+        code: String,
+        #[command(flatten)]
+        wait: wait::Wait,
+    },
+    /// Delete a tenant: archive (default; frees the code) or purge (publishes tenant.deleted)
+    Delete {
+        code: String,
+        #[arg(long, value_enum, default_value = "archive")]
+        mode: lifecycle::Mode,
+        /// Name one tenant exactly (to purge an archived tenant whose code was reused)
+        #[arg(long)]
+        tenant_id: Option<uuid::Uuid>,
+        #[command(flatten)]
+        wait: wait::Wait,
+    },
+    /// Purge archived tenants older than a duration, directly (no provisioner needed)
+    Purge {
+        /// e.g. 30d; default: [provisioner] purge_after
+        #[arg(long, value_parser = fleet_shared::duration::parse)]
+        older_than: Option<std::time::Duration>,
+        /// List what would be purged, purge nothing
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit trail of a code: every lifecycle change, who and when, old -> new
+    History {
+        code: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-encrypt every encrypted config under the newest key of FLEET_CONFIG_KEYS, directly
+    RotateKeys {
         #[arg(long)]
         json: bool,
     },
@@ -54,6 +126,8 @@ struct TenantRow {
     schema_version: i64,
     created_at: chrono::DateTime<chrono::Utc>,
     provisioned_at: Option<chrono::DateTime<chrono::Utc>>,
+    suspend_reason: Option<String>,
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Serialize)]
@@ -61,6 +135,7 @@ struct ConfigRow {
     key: String,
     value: serde_json::Value,
     is_encrypted: bool,
+    source: String,
 }
 
 #[derive(Serialize)]
@@ -71,9 +146,35 @@ struct MigrationRow {
     applied_at: chrono::DateTime<chrono::Utc>,
 }
 
-const SELECT: &str = "SELECT tenant_id, code, name, plan, org_code, status, schema_name, schema_version, created_at, provisioned_at FROM fleet.tenants";
+const SELECT: &str = "SELECT tenant_id, code, name, plan, org_code, status, schema_name, schema_version, created_at, provisioned_at, suspend_reason, deleted_at FROM fleet.tenants";
 
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Update {
+            code,
+            name,
+            org_code,
+            plan,
+            wait,
+        } => return lifecycle::update(code, name, org_code, plan, wait).await,
+        Cmd::Config(c) => return lifecycle::config(c).await,
+        Cmd::Suspend { code, reason, wait } => return lifecycle::suspend(code, reason, wait).await,
+        Cmd::Resume { code, wait } => return lifecycle::resume(code, wait).await,
+        Cmd::Delete {
+            code,
+            mode,
+            tenant_id,
+            wait,
+        } => return lifecycle::delete(code, mode, tenant_id, wait).await,
+        Cmd::Purge {
+            older_than,
+            dry_run,
+            json,
+        } => return admin::purge(older_than, dry_run, json).await,
+        Cmd::History { code, json } => return history::run(code, json).await,
+        Cmd::RotateKeys { json } => return admin::rotate_keys(json).await,
+        _ => {}
+    }
     let settings = output::settings()?;
     let pg = output::pg(&settings).await?;
     match cmd {
@@ -114,15 +215,23 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Show { code, json } => {
+        Cmd::Show { code, json, reveal } => {
             let code = Code::parse(&code)?;
-            let tenant: TenantRow = sqlx::query_as(&format!("{SELECT} WHERE code = $1"))
-                .bind(code.as_str())
-                .fetch_optional(&pg)
-                .await?
-                .with_context(|| format!("no tenant with code {code}"))?;
+            if reveal && settings.config_keys.is_none() {
+                anyhow::bail!(
+                    "--reveal needs FLEET_CONFIG_KEYS (the keys the values were encrypted with)"
+                );
+            }
+            // The live tenant of the code, else the latest archived one.
+            let tenant: TenantRow = sqlx::query_as(&format!(
+                "{SELECT} WHERE code = $1 ORDER BY status = 'deleted', created_at DESC LIMIT 1"
+            ))
+            .bind(code.as_str())
+            .fetch_optional(&pg)
+            .await?
+            .with_context(|| format!("no tenant with code {code}"))?;
             let configs: Vec<ConfigRow> = sqlx::query(
-                "SELECT config_key, config_value, is_encrypted FROM fleet.tenant_configurations WHERE tenant_id = $1 ORDER BY config_key",
+                "SELECT config_key, config_value, is_encrypted, source FROM fleet.tenant_configurations WHERE tenant_id = $1 ORDER BY config_key",
             )
             .bind(tenant.tenant_id)
             .fetch_all(&pg)
@@ -132,12 +241,38 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 key: r.get(0),
                 value: r.get(1),
                 is_encrypted: r.get(2),
+                source: r.get(3),
             })
-            .collect();
-            // The schema name comes from a validated code, so it is safe to splice.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|mut c| {
+                if c.is_encrypted {
+                    c.value = if reveal {
+                        fleet_shared::config_keys::open_with(
+                            settings.config_keys.as_ref(),
+                            &c.key,
+                            &c.value,
+                        )
+                        .map_err(|e| anyhow::anyhow!("config {}: {e}", c.key))?
+                    } else {
+                        serde_json::Value::String(provisioner::lifecycle::audit::MASK.into())
+                    };
+                }
+                Ok(c)
+            })
+            .collect::<anyhow::Result<_>>()?;
+            // Only a plain identifier (what the provisioner writes) is spliced into the query.
+            let plain = tenant
+                .schema_name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            let schema = if plain {
+                tenant.schema_name.as_str()
+            } else {
+                ""
+            };
             let migrations: Vec<MigrationRow> = sqlx::query(&format!(
-                "SELECT version, name, checksum, applied_at FROM \"{}\".schema_migrations ORDER BY version",
-                code.schema_name()
+                "SELECT version, name, checksum, applied_at FROM \"{schema}\".schema_migrations ORDER BY version"
             ))
             .fetch_all(&pg)
             .await
@@ -161,6 +296,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("plan:           {}", tenant.plan);
             println!("org_code:       {}", tenant.org_code.unwrap_or_default());
             println!("status:         {}", tenant.status);
+            if let Some(r) = &tenant.suspend_reason {
+                println!("suspended for:  {r}");
+            }
+            if let Some(d) = &tenant.deleted_at {
+                println!("deleted_at:     {d}");
+            }
             println!("schema:         {}", tenant.schema_name);
             println!("schema_version: {}", tenant.schema_version);
             println!("created_at:     {}", tenant.created_at);
@@ -172,10 +313,18 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     .unwrap_or_default()
             );
             println!("\nconfigs:");
-            for c in &configs {
-                let enc = if c.is_encrypted { " (encrypted)" } else { "" };
-                println!("  {} = {}{enc}", c.key, c.value);
-            }
+            let rows: Vec<Vec<String>> = configs
+                .iter()
+                .map(|c| {
+                    let value = match (&c.value, c.is_encrypted) {
+                        (serde_json::Value::String(s), true) => s.clone(),
+                        (v, _) => v.to_string(),
+                    };
+                    let enc = if c.is_encrypted { "encrypted" } else { "" };
+                    vec![format!("  {}", c.key), value, c.source.clone(), enc.into()]
+                })
+                .collect();
+            output::print_table(&["  KEY", "VALUE", "SOURCE", ""], &rows);
             println!("\nmigrations:");
             for m in &migrations {
                 println!(
@@ -188,5 +337,6 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        _ => unreachable!("lifecycle commands return above"),
     }
 }

@@ -18,6 +18,9 @@ pub struct ProvisionerConfig {
     pub max_attempts: i64,
     /// Pre-migrated, unowned schemas kept ready for `tenant.created` (0: none; see `pool.rs`).
     pub warm_pool: usize,
+    /// How long an archived tenant is kept before the scheduler's purge task drops it
+    /// (e.g. `"30d"`); unset: archived tenants are kept until purged by hand.
+    pub purge_after: Option<String>,
 }
 
 impl Default for ProvisionerConfig {
@@ -27,6 +30,7 @@ impl Default for ProvisionerConfig {
             ack_wait_secs: 30,
             max_attempts: 20,
             warm_pool: 0,
+            purge_after: None,
         }
     }
 }
@@ -37,6 +41,13 @@ pub enum ConfigError {
     Section(#[from] fleet_shared::config::ConfigError),
     #[error("FLEET_CONFIG [provisioner]: {0}")]
     Invalid(&'static str),
+}
+
+/// A duration (`"30d"`, `"12h"`) of at least a minute.
+pub fn parse_purge_after(raw: &str) -> Option<Duration> {
+    fleet_shared::duration::parse(raw)
+        .ok()
+        .filter(|d| *d >= Duration::from_secs(60))
 }
 
 impl ProvisionerConfig {
@@ -56,7 +67,22 @@ impl ProvisionerConfig {
         if c.warm_pool > 1000 {
             return Err(ConfigError::Invalid("warm_pool must be 0 to 1000"));
         }
+        if let Some(raw) = &c.purge_after {
+            match parse_purge_after(raw) {
+                Some(_) => {}
+                None => {
+                    return Err(ConfigError::Invalid(
+                        "purge_after must be a duration of at least 1m, e.g. \"30d\" or \"12h\"",
+                    ))
+                }
+            }
+        }
         Ok(c)
+    }
+
+    /// `purge_after` as a duration (checked at start).
+    pub fn purge_after(&self) -> Option<Duration> {
+        self.purge_after.as_deref().and_then(parse_purge_after)
     }
 
     pub fn ack_wait(&self) -> Duration {

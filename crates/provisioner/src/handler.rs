@@ -5,6 +5,8 @@
 //! that does the handler return `Ok` (and the worker loop ack). A crash in between redelivers the
 //! message, which finds the tenant active and publishes again under the same `Nats-Msg-Id`
 //! (`tenant.provisioned:<tenant_id>:<schema_version>`), so JetStream keeps one announcement.
+//! The lifecycle events (`tenant.updated`, `tenant.config.*`, `tenant.suspended`, `.resumed`,
+//! `.deleted`) are decided in `lifecycle/receive.rs` with the same guarantee.
 //! Every other `tenant.*` subject (including our own `tenant.provisioned`, which shares the
 //! stream and the durable's filter) is acknowledged and ignored.
 
@@ -31,6 +33,8 @@ pub struct Provisioner {
     pub plans: Plans,
     pub migrations: Arc<Vec<Migration>>,
     pub metrics: ProvisionerMetrics,
+    /// `FLEET_CONFIG_KEYS`, for `tenant.config.set` with `encrypted: true`.
+    pub config_keys: Option<fleet_shared::config_keys::ConfigKeys>,
 }
 
 impl Handler for Provisioner {
@@ -38,6 +42,7 @@ impl Handler for Provisioner {
         match msg.subject.as_str() {
             TENANT_CREATED => self.on_created(msg).await,
             TENANT_MIGRATE => self.on_migrate(msg).await,
+            s if crate::lifecycle::receive::SUBJECTS.contains(&s) => self.on_lifecycle(msg).await,
             other => {
                 tracing::debug!(subject = other, "not a provisioner subject; ignored");
                 Ok(())
@@ -114,7 +119,7 @@ impl Provisioner {
         self.announce(&done.tenant, msg).await
     }
 
-    fn observe(&self, event: &str, started: Instant) -> Duration {
+    pub(crate) fn observe(&self, event: &str, started: Instant) -> Duration {
         let took = started.elapsed();
         self.metrics
             .transaction_seconds

@@ -16,6 +16,7 @@ pub mod batch;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod lifecycle;
 pub mod metrics;
 pub mod migrate_tenant;
 pub mod migrations;
@@ -71,6 +72,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         plans,
         migrations: Arc::new(migrations),
         metrics,
+        config_keys: fleet.settings.config_keys.clone(),
     };
     let mut consumer = ConsumerSpec::new(EVENTS_STREAM, DURABLE, FILTER);
     consumer.ack_wait = config.ack_wait();

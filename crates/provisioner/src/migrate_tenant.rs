@@ -31,7 +31,7 @@ pub async fn migrate_tenant(
     lock_tenant(&mut tx, code.as_str()).await?;
     let row: Option<TenantRow> = sqlx::query_as(
         "SELECT tenant_id, code, plan, status, schema_name, schema_version
-           FROM fleet.tenants WHERE code = $1 FOR UPDATE",
+           FROM fleet.tenants WHERE code = $1 AND status <> 'deleted' FOR UPDATE",
     )
     .bind(code.as_str())
     .fetch_optional(&mut *tx)

@@ -135,6 +135,11 @@ impl Plans {
         self.plans.keys().map(String::as_str)
     }
 
+    /// `plan`'s defaults, or `None` for an unknown plan.
+    pub fn get(&self, plan: &str) -> Option<&PlanConfig> {
+        self.plans.get(plan)
+    }
+
     /// `plan`'s defaults merged with a tenant's overrides, or `None` for an unknown plan.
     pub fn resolve(
         &self,

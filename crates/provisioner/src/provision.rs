@@ -104,7 +104,8 @@ async fn provision_with(
 
     let existing: Vec<TenantRow> = sqlx::query_as(
         "SELECT tenant_id, code, plan, status, schema_name, schema_version
-           FROM fleet.tenants WHERE code = $1 OR tenant_id = $2 FOR UPDATE",
+           FROM fleet.tenants WHERE (code = $1 AND status <> 'deleted') OR tenant_id = $2
+            FOR UPDATE",
     )
     .bind(code)
     .bind(req.tenant_id)
@@ -186,7 +187,7 @@ async fn provision_with(
         .map_err(ProvisionError::db("insert the tenant row"))?;
         // Warm pool: a pre-migrated schema renamed to ours, in this transaction; else cold.
         if let Some(version) = crate::pool::claim(&mut tx, &schema, migrations).await? {
-            let tenant = activate(&mut tx, req.tenant_id, version, configs).await?;
+            let tenant = activate(&mut tx, req, version, configs).await?;
             tx.commit()
                 .await
                 .map_err(ProvisionError::db("commit the provisioning transaction"))?;
@@ -230,7 +231,7 @@ async fn provision_with(
         applied = migrations.iter().map(|m| m.version).collect();
     }
 
-    let tenant = activate(&mut tx, req.tenant_id, version, configs).await?;
+    let tenant = activate(&mut tx, req, version, configs).await?;
     tx.commit()
         .await
         .map_err(ProvisionError::db("commit the provisioning transaction"))?;
@@ -247,28 +248,39 @@ fn is_duplicate_schema(e: &sqlx::Error) -> bool {
 }
 
 /// Upserts every config and marks the tenant active, in one statement (one round trip whatever
-/// the plan's size).
+/// the plan's size). A key among the event's `config_overrides` is recorded with source
+/// `override`, every other one with `plan:<plan>` (see `lifecycle/update.rs` for why).
 async fn activate(
     con: &mut PgConnection,
-    tenant_id: Uuid,
+    req: &TenantCreated,
     version: i64,
     configs: &BTreeMap<String, Value>,
 ) -> Result<TenantRow, ProvisionError> {
+    let overrides: Vec<&str> = req
+        .config_overrides
+        .iter()
+        .flat_map(|o| o.keys().map(String::as_str))
+        .collect();
     sqlx::query_as(
         "WITH configs AS (
-             INSERT INTO fleet.tenant_configurations (tenant_id, config_key, config_value)
-             SELECT $1, key, value FROM jsonb_each($3::jsonb)
+             INSERT INTO fleet.tenant_configurations (tenant_id, config_key, config_value, source)
+             SELECT $1, key, value,
+                    CASE WHEN key = ANY($4) THEN 'override' ELSE 'plan:' || $5 END
+               FROM jsonb_each($3::jsonb)
              ON CONFLICT (tenant_id, config_key)
-             DO UPDATE SET config_value = EXCLUDED.config_value, updated_at = now()
+             DO UPDATE SET config_value = EXCLUDED.config_value, source = EXCLUDED.source,
+                           is_encrypted = false, updated_at = now()
          )
          UPDATE fleet.tenants
             SET status = 'active', schema_version = $2, provisioned_at = now(), updated_at = now()
           WHERE tenant_id = $1
          RETURNING tenant_id, code, plan, status, schema_name, schema_version",
     )
-    .bind(tenant_id)
+    .bind(req.tenant_id)
     .bind(version)
     .bind(sqlx::types::Json(configs))
+    .bind(&overrides)
+    .bind(&req.plan)
     .fetch_one(&mut *con)
     .await
     .map_err(ProvisionError::db(

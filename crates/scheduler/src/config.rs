@@ -26,7 +26,7 @@ pub const MIGRATE_SUBJECT: &str = "tenant.migrate";
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Slack added to every duplicate window beyond spread and failover.
 pub const WINDOW_MARGIN: Duration = Duration::from_secs(30);
-pub const TENANT_STATUSES: &[&str] = &["provisioning", "active", "failed", "deleted"];
+pub const TENANT_STATUSES: &[&str] = &["provisioning", "active", "suspended", "failed", "deleted"];
 
 /// A schedule that cannot run. `Display` is one line naming the schedule.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +222,15 @@ pub struct SchedulerConfig {
     /// [`SchedulerConfig::jobs_duplicate_window`], which never goes below what spread and a
     /// failover need).
     pub dedupe_window: Duration,
+    /// `[provisioner] purge_after`: archived tenants older than this are purged by the leader's
+    /// built-in purge task (see [`crate::purge`]); unset: no purge task.
+    pub purge_after: Option<Duration>,
+}
+
+/// The part of `[provisioner]` the scheduler reads (the provisioner checks the rest).
+#[derive(Debug, Clone, Deserialize, Default)]
+struct RawProvisioner {
+    purge_after: Option<String>,
 }
 
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
@@ -269,10 +278,23 @@ impl SchedulerConfig {
             }
             schedules.push(s);
         }
+        let raw_prov: RawProvisioner = file.section("provisioner")?.unwrap_or_default();
+        let purge_after = match raw_prov.purge_after {
+            Some(t) => {
+                let d = parse_duration(&t)
+                    .map_err(|p| invalid("[provisioner]", format!("purge_after: {p}")))?;
+                if d < Duration::from_secs(60) {
+                    return Err(invalid("[provisioner]", "purge_after must be at least 1m"));
+                }
+                Some(d)
+            }
+            None => None,
+        };
         Ok(SchedulerConfig {
             schedules,
             lease,
             dedupe_window,
+            purge_after,
         })
     }
 

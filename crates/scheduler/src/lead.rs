@@ -73,9 +73,21 @@ pub async fn lead(
         retry_at: HashMap::new(),
         fanouts: term.child_token(),
     };
+    let mut next_purge = Instant::now();
     let result = loop {
         if term.is_cancelled() {
             break Ok(());
+        }
+        if let Some(after) = ctx
+            .config
+            .purge_after
+            .filter(|_| Instant::now() >= next_purge)
+        {
+            next_purge = Instant::now() + crate::purge::EVERY;
+            if let Err(e) = crate::purge::publish_due(&ctx.js, &ctx.pg, after).await {
+                // Not worth stepping down for: the next look retries.
+                tracing::warn!(error = %fleet_shared::errors::one_line(&format!("{e:#}")), "purge task failed; retrying later");
+            }
         }
         let next = match step(ctx, &mut t).await {
             Ok(next) => next,

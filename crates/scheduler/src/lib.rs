@@ -19,6 +19,7 @@ pub mod fanout;
 pub mod lead;
 pub mod leader;
 pub mod metrics;
+pub mod purge;
 pub mod store;
 pub mod ticks;
 
@@ -44,8 +45,10 @@ pub const WAKE_SUBJECT: &str = "fleet.scheduler.wake";
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = SchedulerConfig::from_file(&fleet.settings.file)?;
-    if config.schedules.is_empty() {
-        tracing::info!("scheduler: no [[schedules]] in FLEET_CONFIG; idle");
+    if config.schedules.is_empty() && config.purge_after.is_none() {
+        tracing::info!(
+            "scheduler: no [[schedules]] and no [provisioner] purge_after in FLEET_CONFIG; idle"
+        );
         shutdown.cancelled().await;
         return Ok(());
     }

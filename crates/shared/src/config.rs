@@ -55,6 +55,8 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// The parsed `FLEET_CONFIG` file (empty when unset).
     pub file: FileConfig,
+    /// `FLEET_CONFIG_KEYS`: keys for encrypted tenant configs (unset: none can be written or read).
+    pub config_keys: Option<crate::config_keys::ConfigKeys>,
 }
 
 impl Settings {
@@ -179,6 +181,11 @@ impl Settings {
             None => FileConfig::default(),
         };
 
+        let config_keys = get(crate::config_keys::VAR)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| crate::config_keys::ConfigKeys::parse(&v))
+            .transpose()?;
+
         Ok(Settings {
             nats_url,
             database_url,
@@ -191,6 +198,7 @@ impl Settings {
             shutdown_timeout,
             connect_timeout,
             file,
+            config_keys,
         })
     }
 }

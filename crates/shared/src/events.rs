@@ -20,6 +20,46 @@ pub const ORG_UPDATED: &str = "org.updated";
 pub const SESSION_CHANGED: &str = "session.changed";
 pub const BACKFILL_SUBMIT: &str = "backfill.submit";
 pub const BACKFILL_CONTROL: &str = "backfill.control";
+pub const TENANT_UPDATED: &str = "tenant.updated";
+pub const TENANT_CONFIG_SET: &str = "tenant.config.set";
+pub const TENANT_CONFIG_UNSET: &str = "tenant.config.unset";
+pub const TENANT_SUSPENDED: &str = "tenant.suspended";
+pub const TENANT_RESUMED: &str = "tenant.resumed";
+pub const TENANT_DELETED: &str = "tenant.deleted";
+/// Announcements of committed lifecycle changes: `tenant.lifecycle.<kind>`
+/// (see [`TenantLifecycle`]).
+pub const TENANT_LIFECYCLE_PREFIX: &str = "tenant.lifecycle";
+/// The announcement of an archived or purged live tenant, which the cache-invalidator consumes
+/// to clear the tenant's cache.
+pub const TENANT_LIFECYCLE_DELETED: &str = "tenant.lifecycle.deleted";
+/// The header a publisher names itself in (`fleetctl` sets `fleetctl:<user>@<host>`); the audit
+/// trail records it as the actor.
+pub const FLEET_ACTOR: &str = "Fleet-Actor";
+
+/// `tenant.lifecycle.<kind>`
+pub fn lifecycle_subject(kind: &str) -> String {
+    format!("{TENANT_LIFECYCLE_PREFIX}.{kind}")
+}
+
+/// Whether `key` is a config key: 1-255 of `a-z A-Z 0-9 . _ -` (the rule `tenant.created`'s
+/// `config_overrides`, `tenant.config.set` and `[plans]` all follow).
+pub fn valid_config_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 255
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_config_key(subject: &str, key: &str) -> Result<(), BadInput> {
+    if valid_config_key(key) {
+        Ok(())
+    } else {
+        Err(BadInput::new(format!(
+            "{subject}: {key:?} is not a config key (use a-z, A-Z, 0-9, . _ -, at most 255)"
+        )))
+    }
+}
 
 /// `backfill.progress.<job_id>`
 pub fn backfill_progress_subject(job_id: &Uuid) -> String {
@@ -90,12 +130,7 @@ impl TenantCreated {
         }
         if let Some(overrides) = &self.config_overrides {
             for key in overrides.keys() {
-                let ok = !key.is_empty()
-                    && key.len() <= 255
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                if !ok {
+                if !valid_config_key(key) {
                     return Err(BadInput::new(format!(
                         "tenant.created: config_overrides key {key:?} is not a config key (use a-z, 0-9, . _ -, at most 255)"
                     )));
@@ -120,6 +155,134 @@ pub struct TenantProvisioned {
     pub schema: String,
     pub schema_version: i64,
     pub plan: String,
+}
+
+/// `tenant.updated`: any of name, org code and plan; absent fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantUpdated {
+    pub code: Code,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_code: Option<Code>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+}
+
+impl TenantUpdated {
+    pub fn validate(&self) -> Result<(), BadInput> {
+        if self.name.is_none() && self.org_code.is_none() && self.plan.is_none() {
+            return Err(BadInput::new(
+                "tenant.updated: nothing to change (give name, org_code or plan)",
+            ));
+        }
+        if let Some(name) = &self.name {
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 200 {
+                return Err(BadInput::new(
+                    "tenant.updated: name must be 1 to 200 characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `tenant.config.set`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Unknown fields are refused here (unlike elsewhere): a misspelt `encrypted` must not store a
+/// secret in plain text.
+#[serde(deny_unknown_fields)]
+pub struct TenantConfigSet {
+    pub code: Code,
+    pub key: String,
+    pub value: serde_json::Value,
+    #[serde(default)]
+    pub encrypted: bool,
+}
+
+impl TenantConfigSet {
+    pub fn validate(&self) -> Result<(), BadInput> {
+        check_config_key(TENANT_CONFIG_SET, &self.key)
+    }
+}
+
+/// `tenant.config.unset`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantConfigUnset {
+    pub code: Code,
+    pub key: String,
+}
+
+impl TenantConfigUnset {
+    pub fn validate(&self) -> Result<(), BadInput> {
+        check_config_key(TENANT_CONFIG_UNSET, &self.key)
+    }
+}
+
+/// `tenant.suspended`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantSuspended {
+    pub code: Code,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `tenant.resumed`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantResumed {
+    pub code: Code,
+}
+
+/// How `tenant.deleted` removes a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Rename the schema out of the way, mark the tenant `deleted`, free the code.
+    #[default]
+    Archive,
+    /// Drop the schema and the tenant's rows.
+    Purge,
+}
+
+impl DeleteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteMode::Archive => "archive",
+            DeleteMode::Purge => "purge",
+        }
+    }
+}
+
+/// `tenant.deleted`. With `tenant_id` it names one tenant exactly: that is how an archived
+/// tenant (whose code may belong to a new tenant by now) is purged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantDeleted {
+    pub code: Code,
+    #[serde(default)]
+    pub mode: DeleteMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<Uuid>,
+}
+
+/// `tenant.lifecycle.<kind>` (published by the fleet after a lifecycle change commits): the
+/// audit row of the change. `old`/`new` never hold a secret (encrypted values are masked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantLifecycle {
+    pub tenant_id: Uuid,
+    pub code: Code,
+    #[serde(default)]
+    pub org_code: Option<Code>,
+    /// The subject of the event that caused it, e.g. `tenant.updated`.
+    pub event: String,
+    /// Its message id.
+    pub event_id: String,
+    /// The tenant's status after the change.
+    pub status: String,
+    /// `fleet.tenant_events.id`
+    pub audit_id: i64,
+    pub old: serde_json::Value,
+    pub new: serde_json::Value,
 }
 
 /// `org.updated`

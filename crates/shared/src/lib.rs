@@ -9,6 +9,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod config_keys;
 pub mod db;
 pub mod dlq;
 pub mod duration;

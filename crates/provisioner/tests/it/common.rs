@@ -108,11 +108,12 @@ pub struct Tenant {
     pub provisioned_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The live tenant with `code`, else an archived one.
 pub async fn tenant(pool: &PgPool, code: &str) -> Option<Tenant> {
     sqlx::query_as(
         "SELECT tenant_id, code, name, plan, org_code, status, schema_name, schema_version,
                 provisioned_at
-           FROM fleet.tenants WHERE code = $1",
+           FROM fleet.tenants WHERE code = $1 ORDER BY status = 'deleted' LIMIT 1",
     )
     .bind(code)
     .fetch_optional(pool)

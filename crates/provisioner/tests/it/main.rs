@@ -6,6 +6,7 @@ mod example_config;
 mod faults;
 mod happy_path;
 mod idempotency;
+mod lifecycle;
 mod migrations;
 mod signals;
 mod warm_pool;

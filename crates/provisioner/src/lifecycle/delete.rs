@@ -1,0 +1,173 @@
+//! `tenant.deleted {code, mode: "archive" (default) | "purge", tenant_id?}`.
+//!
+//! **Archive** renames the schema out of the way (`archived_<code>_<UTC yyyymmddhhmmss>`, see
+//! [`archive_schema_name`]), marks the tenant `deleted` and records when. Codes are unique only
+//! among tenants that are not deleted, so the code is free at once for a new tenant, whose
+//! `tenant_<code>` schema no longer collides; the archived row keeps its configs for an export
+//! or an audit until it is purged. After commit the announcement `tenant.lifecycle.deleted`
+//! carries the tenant's `org_code`, and the cache-invalidator clears that org's cache patterns.
+//!
+//! **Purge** of a live tenant drops its schema and deletes its registry row and configs in the
+//! same single transaction (and is announced the same way). An archived tenant is purged by
+//! naming it with `tenant_id` (its code may belong to a new tenant by now), or by
+//! `fleetctl tenants purge --older-than` / the scheduler's purge task (see [`super::purge`]).
+//! The audit trail is kept after a purge.
+
+use chrono::{DateTime, Utc};
+use fleet_shared::events::{BadInput, DeleteMode, TenantDeleted, TENANT_DELETED};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::purge::{drop_schema, purge_rows};
+use super::{begin, finish, live_tenant, Begun, Cause, LifecycleError, Outcome};
+use super::{Tenant, TENANT_COLUMNS};
+
+/// Postgres truncates identifiers longer than this many bytes.
+pub const MAX_IDENT: usize = 63;
+
+/// `archived_<code>_<yyyymmddhhmmss>`, or, for a code too long for that to fit in 63 bytes,
+/// `archived_<first 30 of code>_<first 8 hex of tenant_id>_<yyyymmddhhmmss>` (exactly 63).
+pub fn archive_schema_name(code: &str, tenant_id: Uuid, at: DateTime<Utc>) -> String {
+    let ts = at.format("%Y%m%d%H%M%S");
+    let full = format!("archived_{code}_{ts}");
+    if full.len() <= MAX_IDENT {
+        return full;
+    }
+    hashed_name(code, tenant_id, at)
+}
+
+fn hashed_name(code: &str, tenant_id: Uuid, at: DateTime<Utc>) -> String {
+    let ts = at.format("%Y%m%d%H%M%S");
+    let short: String = code.chars().take(30).collect();
+    let id = tenant_id.simple().to_string();
+    format!("archived_{short}_{}_{ts}", &id[..8])
+}
+
+/// Whether a schema exists.
+pub async fn schema_exists(con: &mut PgConnection, schema: &str) -> Result<bool, LifecycleError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(&mut *con)
+        .await
+        .map_err(LifecycleError::db("look up a schema"))
+}
+
+/// A schema name the registry holds, checked before it is spliced (quoted) into DDL.
+pub fn checked_ident(schema: &str) -> Result<&str, LifecycleError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= MAX_IDENT
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(schema)
+    } else {
+        Err(LifecycleError::NotAllowed(format!(
+            "the registry holds schema name {schema:?}, which is not a plain identifier; refusing to touch it"
+        )))
+    }
+}
+
+pub async fn delete(
+    pg: &PgPool,
+    cause: &Cause,
+    req: &TenantDeleted,
+) -> Result<Outcome, LifecycleError> {
+    let code = req.code.as_str();
+    let mut tx = match begin(pg, code, cause).await? {
+        Begun::Fresh(tx) => tx,
+        Begun::Repeat(a) => return Ok(Outcome::Repeat(a)),
+    };
+    let t = match req.tenant_id {
+        Some(id) => {
+            let t: Tenant = sqlx::query_as(&format!(
+                "SELECT {TENANT_COLUMNS} FROM fleet.tenants WHERE tenant_id = $1 FOR UPDATE"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(LifecycleError::db("read the tenant registry"))?
+            .ok_or_else(|| {
+                LifecycleError::NotAllowed(format!(
+                    "{TENANT_DELETED}: no tenant with tenant_id {id} (already purged?)"
+                ))
+            })?;
+            if t.code != code {
+                return Err(BadInput::new(format!(
+                    "{TENANT_DELETED}: tenant_id {id} has code {}, not {code}",
+                    t.code
+                ))
+                .into());
+            }
+            t
+        }
+        None => live_tenant(&mut tx, TENANT_DELETED, code).await?,
+    };
+    let schema = checked_ident(&t.schema_name)?.to_owned();
+
+    let (after, old, new) = match (t.status.as_str(), req.mode) {
+        ("deleted", DeleteMode::Archive) => {
+            return Err(LifecycleError::NotAllowed(format!(
+                "{TENANT_DELETED}: tenant {} ({}) is already archived as {schema}; purge it with mode \"purge\"",
+                t.code, t.tenant_id
+            )))
+        }
+        ("deleted", DeleteMode::Purge) => {
+            drop_schema(&mut tx, &schema).await?;
+            purge_rows(&mut tx, t.tenant_id).await?;
+            let after = Tenant {
+                status: "purged".into(),
+                ..t.clone()
+            };
+            let old = json!({ "status": "deleted", "schema": schema });
+            let new = json!({ "status": "purged", "mode": "purge", "schema": null });
+            (after, old, new)
+        }
+        (_, DeleteMode::Purge) => {
+            drop_schema(&mut tx, &schema).await?;
+            purge_rows(&mut tx, t.tenant_id).await?;
+            let after = Tenant {
+                status: "purged".into(),
+                ..t.clone()
+            };
+            let old = json!({ "status": t.status, "schema": schema });
+            let new = json!({ "status": "purged", "mode": "purge", "schema": null });
+            (after, old, new)
+        }
+        (_, DeleteMode::Archive) => {
+            let now = Utc::now();
+            let mut archived = archive_schema_name(&t.code, t.tenant_id, now);
+            if schema_exists(&mut tx, &archived).await? {
+                // The same code archived twice within a second: the id-qualified name is unique.
+                archived = hashed_name(&t.code, t.tenant_id, now);
+            }
+            if schema_exists(&mut tx, &schema).await? {
+                fleet_shared::migrate::exec_simple(
+                    &mut tx,
+                    &format!("ALTER SCHEMA \"{schema}\" RENAME TO \"{archived}\""),
+                )
+                .await
+                .map_err(LifecycleError::db("rename the schema to its archive name"))?;
+            }
+            // Even without a schema the row takes the archive name, so that purging it later can
+            // never drop the `tenant_<code>` schema of a new tenant with the same code.
+            let after: Tenant = sqlx::query_as(&format!(
+                "UPDATE fleet.tenants
+                    SET status = 'deleted', schema_name = $2, deleted_at = now(), updated_at = now()
+                  WHERE tenant_id = $1
+                 RETURNING {TENANT_COLUMNS}"
+            ))
+            .bind(t.tenant_id)
+            .bind(&archived)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(LifecycleError::db("mark the tenant deleted"))?;
+            let old = json!({ "status": t.status, "schema": schema });
+            let new = json!({ "status": "deleted", "mode": "archive", "schema": archived });
+            (after, old, new)
+        }
+    };
+    let row = finish(tx, cause, &after, old, new).await?;
+    Ok(Outcome::Done(row))
+}

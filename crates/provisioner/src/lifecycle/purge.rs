@@ -1,0 +1,121 @@
+//! Purging archived tenants: dropping the archived schema and deleting the registry row and its
+//! configs, one tenant per transaction under its lock, with an audit row each.
+//!
+//! Reached three ways: `tenant.deleted {mode: "purge", tenant_id}` (the provisioner), the
+//! scheduler's built-in purge task (which publishes exactly that event for every tenant archived
+//! longer than `[provisioner] purge_after`), and `fleetctl tenants purge --older-than 30d`, which
+//! calls [`purge_older_than`] directly so an operator can purge without a running provisioner.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use fleet_shared::Code;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::delete::checked_ident;
+use super::{begin, finish, AuditRow, Begun, Cause, LifecycleError, Tenant, TENANT_COLUMNS};
+
+/// Drops `schema` (a checked identifier) and everything in it, if it exists.
+pub async fn drop_schema(con: &mut PgConnection, schema: &str) -> Result<(), LifecycleError> {
+    let schema = checked_ident(schema)?;
+    fleet_shared::migrate::exec_simple(
+        &mut *con,
+        &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+    )
+    .await
+    .map_err(LifecycleError::db("drop the tenant's schema"))
+}
+
+/// Deletes the registry row and (by cascade) its configs.
+pub async fn purge_rows(con: &mut PgConnection, tenant_id: Uuid) -> Result<(), LifecycleError> {
+    sqlx::query("DELETE FROM fleet.tenants WHERE tenant_id = $1")
+        .bind(tenant_id)
+        .execute(&mut *con)
+        .await
+        .map_err(LifecycleError::db("delete the tenant row"))?;
+    Ok(())
+}
+
+/// An archived tenant due for purging.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Archived {
+    pub tenant_id: Uuid,
+    pub code: String,
+    pub schema_name: String,
+    pub deleted_at: DateTime<Utc>,
+}
+
+/// Archived tenants deleted more than `older_than` ago, oldest first.
+pub async fn due(pg: &PgPool, older_than: Duration) -> Result<Vec<Archived>, LifecycleError> {
+    sqlx::query_as(
+        "SELECT tenant_id, code, schema_name, deleted_at FROM fleet.tenants
+          WHERE status = 'deleted' AND deleted_at < now() - make_interval(secs => $1)
+          ORDER BY deleted_at",
+    )
+    .bind(older_than.as_secs_f64())
+    .fetch_all(pg)
+    .await
+    .map_err(LifecycleError::db("list archived tenants"))
+}
+
+/// Purges one archived tenant by id; `None` when it is gone already or no longer archived.
+pub async fn purge_archived(
+    pg: &PgPool,
+    cause: &Cause,
+    tenant_id: Uuid,
+    code: &Code,
+) -> Result<Option<AuditRow>, LifecycleError> {
+    let mut tx = match begin(pg, code.as_str(), cause).await? {
+        Begun::Fresh(tx) => tx,
+        Begun::Repeat(_) => return Ok(None),
+    };
+    let t: Option<Tenant> = sqlx::query_as(&format!(
+        "SELECT {TENANT_COLUMNS} FROM fleet.tenants WHERE tenant_id = $1 AND status = 'deleted' FOR UPDATE"
+    ))
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(LifecycleError::db("read the tenant registry"))?;
+    let Some(t) = t else {
+        return Ok(None);
+    };
+    drop_schema(&mut tx, &t.schema_name).await?;
+    purge_rows(&mut tx, t.tenant_id).await?;
+    let after = Tenant {
+        status: "purged".into(),
+        ..t.clone()
+    };
+    let row = finish(
+        tx,
+        cause,
+        &after,
+        json!({ "status": "deleted", "schema": t.schema_name }),
+        json!({ "status": "purged", "mode": "purge", "schema": null }),
+    )
+    .await?;
+    Ok(Some(row))
+}
+
+/// Purges every tenant archived longer than `older_than`, one transaction each; `progress` is
+/// called after each. Stops at the first failure (what is purged stays purged).
+pub async fn purge_older_than(
+    pg: &PgPool,
+    actor: &str,
+    older_than: Duration,
+    mut progress: impl FnMut(&Archived, &AuditRow),
+) -> Result<Vec<AuditRow>, LifecycleError> {
+    let mut done = Vec::new();
+    for a in due(pg, older_than).await? {
+        let code = Code::parse(&a.code).map_err(|e| {
+            LifecycleError::NotAllowed(format!("the registry holds a bad code: {e}"))
+        })?;
+        let cause = Cause::direct("fleetctl.tenants.purge", actor);
+        if let Some(row) = purge_archived(pg, &cause, a.tenant_id, &code).await? {
+            progress(&a, &row);
+            done.push(row);
+        }
+    }
+    Ok(done)
+}
