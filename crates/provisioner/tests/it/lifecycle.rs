@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::common::*;
 use async_nats::jetstream;
 use async_nats::HeaderMap;
-use crate::common::*;
 use fleet_shared::config_keys::{ConfigKeys, Sealed};
 use fleet_shared::{Handler, Incoming};
 use fleet_testkit::{eventually, TestEnv};
