@@ -3,7 +3,7 @@
 //! an unreachable database, a lock timeout, a deadlock or a failed announcement are retried.
 
 use fleet_shared::config_keys::SealError;
-use fleet_shared::db::{is_transient, sqlstate};
+use fleet_shared::errors::{is_transient, sqlstate};
 use fleet_shared::events::BadInput;
 use fleet_shared::HandleError;
 
