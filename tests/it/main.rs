@@ -2,4 +2,5 @@
 
 mod control_plane;
 mod health;
+mod lifecycle;
 mod worker_loop;

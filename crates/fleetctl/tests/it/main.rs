@@ -1,5 +1,6 @@
 //! The integration tests of `fleetctl`, one module per area, linked into one binary.
 
 mod cli;
+mod tenant_lifecycle;
 mod tenant_portability;
 mod up;
