@@ -69,7 +69,8 @@ impl Provisioner {
             })?;
 
         let started = Instant::now();
-        let done = provision(&self.pg, &self.migrations, &req, &configs).await?;
+        let cause = crate::lifecycle::Cause::from_msg(msg);
+        let done = provision(&self.pg, &self.migrations, &req, &configs, &cause).await?;
         let took = self.observe(TENANT_CREATED, started);
         if done.created {
             self.metrics

@@ -22,6 +22,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::error::ProvisionError;
+use crate::lifecycle::Cause;
 
 /// Advisory-lock class for per-tenant locks (the second key is `hashtext(code)`). A hash collision
 /// only serializes two unrelated tenants, never merges them.
@@ -76,12 +77,13 @@ pub async fn provision(
     migrations: &[Migration],
     req: &TenantCreated,
     configs: &BTreeMap<String, Value>,
+    cause: &Cause,
 ) -> Result<Provisioned, ProvisionError> {
-    match provision_with(pg, migrations, req, configs, Apply::Batch).await {
+    match provision_with(pg, migrations, req, configs, cause, Apply::Batch).await {
         Err(ProvisionError::Batch(e)) => {
             // Rolled back already; run it again file by file so the failure names its file.
             tracing::debug!(error = %e, "migration batch failed; re-running file by file");
-            provision_with(pg, migrations, req, configs, Apply::PerFile).await
+            provision_with(pg, migrations, req, configs, cause, Apply::PerFile).await
         }
         other => other,
     }
@@ -92,6 +94,7 @@ async fn provision_with(
     migrations: &[Migration],
     req: &TenantCreated,
     configs: &BTreeMap<String, Value>,
+    cause: &Cause,
     how: Apply,
 ) -> Result<Provisioned, ProvisionError> {
     let code = req.code.as_str();
@@ -187,7 +190,7 @@ async fn provision_with(
         .map_err(ProvisionError::db("insert the tenant row"))?;
         // Warm pool: a pre-migrated schema renamed to ours, in this transaction; else cold.
         if let Some(version) = crate::pool::claim(&mut tx, &schema, migrations).await? {
-            let tenant = activate(&mut tx, req, version, configs).await?;
+            let tenant = activate(&mut tx, req, version, configs, cause).await?;
             tx.commit()
                 .await
                 .map_err(ProvisionError::db("commit the provisioning transaction"))?;
@@ -231,7 +234,7 @@ async fn provision_with(
         applied = migrations.iter().map(|m| m.version).collect();
     }
 
-    let tenant = activate(&mut tx, req, version, configs).await?;
+    let tenant = activate(&mut tx, req, version, configs, cause).await?;
     tx.commit()
         .await
         .map_err(ProvisionError::db("commit the provisioning transaction"))?;
@@ -249,12 +252,15 @@ fn is_duplicate_schema(e: &sqlx::Error) -> bool {
 
 /// Upserts every config and marks the tenant active, in one statement (one round trip whatever
 /// the plan's size). A key among the event's `config_overrides` is recorded with source
-/// `override`, every other one with `plan:<plan>` (see `lifecycle/update.rs` for why).
+/// `override`, every other one with `plan:<plan>` (see `lifecycle/update.rs` for why). The
+/// creation's audit row (`fleet.tenant_events`, event `tenant.created`) is written by the same
+/// statement, so it commits with the tenant.
 async fn activate(
     con: &mut PgConnection,
     req: &TenantCreated,
     version: i64,
     configs: &BTreeMap<String, Value>,
+    cause: &Cause,
 ) -> Result<TenantRow, ProvisionError> {
     let overrides: Vec<&str> = req
         .config_overrides
@@ -270,6 +276,13 @@ async fn activate(
              ON CONFLICT (tenant_id, config_key)
              DO UPDATE SET config_value = EXCLUDED.config_value, source = EXCLUDED.source,
                            is_encrypted = false, updated_at = now()
+         ), audit AS (
+             INSERT INTO fleet.tenant_events (tenant_id, code, org_code, event, event_id, actor, status, new)
+             SELECT $1, code, org_code, 'tenant.created', $6, $7, 'active',
+                    jsonb_build_object('name', name, 'plan', plan, 'org_code', org_code,
+                                       'schema', schema_name, 'schema_version', $2::bigint,
+                                       'overrides', $4::text[])
+               FROM fleet.tenants WHERE tenant_id = $1
          )
          UPDATE fleet.tenants
             SET status = 'active', schema_version = $2, provisioned_at = now(), updated_at = now()
@@ -281,6 +294,8 @@ async fn activate(
     .bind(sqlx::types::Json(configs))
     .bind(&overrides)
     .bind(&req.plan)
+    .bind(&cause.event_id)
+    .bind(&cause.actor)
     .fetch_one(&mut *con)
     .await
     .map_err(ProvisionError::db(
