@@ -10,7 +10,9 @@
 //!
 //! It reads one durable consumer, `provisioner`, filtered to `tenant.>` (nats-server 2.9 allows
 //! one filter per consumer, and a second durable would hold one of the shared concurrency permits
-//! idle): subjects other than `tenant.created` / `tenant.migrate` are acked and ignored.
+//! idle). The lifecycle events after creation (`tenant.updated`, `tenant.config.set` / `.unset`,
+//! `tenant.suspended` / `.resumed`, `tenant.deleted`) are handled by [`lifecycle`] with the same
+//! one-transaction-per-change guarantee; every other subject is acked and ignored.
 
 pub mod batch;
 pub mod config;

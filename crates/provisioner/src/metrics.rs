@@ -27,6 +27,8 @@ pub struct ProvisionerMetrics {
     pub duplicates: Counter,
     /// Tenant migrations applied (by provisioning or by `tenant.migrate`).
     pub migrations_applied: Counter,
+    /// Lifecycle changes committed (update, config, suspend/resume, delete), by event.
+    pub lifecycle_changes: Family<EventLabels, Counter>,
     /// Duration of the provisioning / migration transaction, by event.
     pub transaction_seconds: HistogramFamily<EventLabels>,
     /// Current, unowned warm-pool schemas ready to be claimed (as this replica last counted).
@@ -41,6 +43,7 @@ impl ProvisionerMetrics {
             provisioned: Family::default(),
             duplicates: Counter::default(),
             migrations_applied: Counter::default(),
+            lifecycle_changes: Family::default(),
             transaction_seconds: Family::new_with_constructor(
                 latency_histogram as fn() -> Histogram,
             ),
@@ -62,6 +65,11 @@ impl ProvisionerMetrics {
                 "provisioner_migrations_applied",
                 "Tenant migrations applied",
                 m.migrations_applied.clone(),
+            );
+            r.register(
+                "provisioner_lifecycle_changes",
+                "Tenant lifecycle changes committed, by event",
+                m.lifecycle_changes.clone(),
             );
             r.register(
                 "provisioner_transaction_duration_seconds",

@@ -59,14 +59,20 @@ impl Provisioner {
         }?;
         let took = self.observe(s, started);
         match &outcome {
-            Outcome::Done(a) => tracing::info!(
+            Outcome::Done(a) => {
+                self.metrics
+                    .lifecycle_changes
+                    .get_or_create(&crate::metrics::EventLabels { event: s.into() })
+                    .inc();
+                tracing::info!(
                 tenant.code = %a.code,
                 tenant.id = %a.tenant_id,
                 audit.id = a.id,
                 status = %a.status,
                 transaction_ms = took.as_millis() as u64,
-                "tenant lifecycle change committed"
-            ),
+                    "tenant lifecycle change committed"
+                )
+            }
             Outcome::Repeat(_) => {
                 self.metrics.duplicates.inc();
                 tracing::info!(event.id = %cause.event_id, "already applied; announcing again");
