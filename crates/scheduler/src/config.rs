@@ -581,6 +581,37 @@ subject = "tenant.migrate"
     }
 
     #[test]
+    fn suspended_tenants_only_when_selected_and_purge_after_from_the_provisioner_section() {
+        let c = parse(GOOD).unwrap();
+        assert!(c
+            .schedules
+            .iter()
+            .all(|s| !s.selector.statuses.contains(&"suspended".to_string())));
+        assert_eq!(c.purge_after, None);
+        let both = GOOD.replace(
+            "tenants = { status = \"active\", plans",
+            "tenants = { status = [\"active\", \"suspended\"], plans",
+        );
+        let c = parse(&both).unwrap();
+        assert!(c
+            .schedules
+            .iter()
+            .any(|s| s.selector.statuses == ["active", "suspended"]));
+        let purge = format!("{GOOD}\n[provisioner]\nconcurrency = 2\npurge_after = \"30d\"\n");
+        assert_eq!(
+            parse(&purge).unwrap().purge_after,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        for bad in ["\"30s\"", "\"soon\""] {
+            let text = format!("{GOOD}\n[provisioner]\npurge_after = {bad}\n");
+            assert!(parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("purge_after"));
+        }
+    }
+
+    #[test]
     fn the_dedupe_window_is_configurable_and_never_shorter_than_a_spread_plus_a_failover() {
         let long = GOOD.replace("lease = \"5s\"", "lease = \"5s\"\ndedupe_window = \"2h\"");
         assert_eq!(
