@@ -62,6 +62,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     let metrics = ProvisionerMetrics::register(&fleet.metrics);
     let refiller = pool::Refiller {
         pg: fleet.pg.clone(),
+        database_url: fleet.settings.database_url.clone(),
         migrations: Arc::new(migrations.clone()),
         target: config.warm_pool,
         size: metrics.warm_pool_size.clone(),

@@ -120,6 +120,9 @@ pub enum Step {
 #[derive(Clone)]
 pub struct Refiller {
     pub pg: PgPool,
+    /// For the `LISTEN` connection, which is kept apart from `pg` so it never takes one of the
+    /// handlers' connections.
+    pub database_url: String,
     pub migrations: std::sync::Arc<Vec<Migration>>,
     /// The target size (`[provisioner] warm_pool`).
     pub target: usize,
@@ -287,7 +290,7 @@ async fn drop_pooled(con: &mut PgConnection, schema: &str) -> Result<(), Provisi
 /// Keeps the pool at its target until `shutdown`: steps while there is work, then waits for a
 /// claim's notification or the idle interval. Failures are logged and retried with backoff.
 pub async fn run(refiller: Refiller, shutdown: CancellationToken) {
-    let mut listener = listen(&refiller.pg).await;
+    let mut listener = listen(&refiller.database_url).await;
     let backoff = || {
         backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -318,21 +321,24 @@ pub async fn run(refiller: Refiller, shutdown: CancellationToken) {
             }
         };
         let idle = wait.unwrap_or(IDLE_CHECK);
+        if listener.is_none() {
+            listener = listen(&refiller.database_url).await;
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(idle) => {}
             n = recv(&mut listener), if wait.is_none() => {
                 if n.is_err() {
                     // The listener reconnects on its next recv; poll meanwhile.
-                    listener = listen(&refiller.pg).await;
+                    listener = listen(&refiller.database_url).await;
                 }
             }
         }
     }
 }
 
-async fn listen(pg: &PgPool) -> Option<PgListener> {
-    let mut l = match PgListener::connect_with(pg).await {
+async fn listen(database_url: &str) -> Option<PgListener> {
+    let mut l = match PgListener::connect(database_url).await {
         Ok(l) => l,
         Err(e) => {
             tracing::debug!(error = %e, "cannot listen for warm-pool claims; polling");

@@ -261,6 +261,42 @@ async fn export_then_import_as_a_new_code_is_identical_table_by_table() {
     .await;
     assert!(pk >= 3, "indexes of user_extensions: {pk}");
 
+    // A clone into another organisation: registry org_code and the matching rows move with it.
+    let o = fleetctl(
+        &env,
+        &[
+            "tenants",
+            "import",
+            out.to_str().unwrap(),
+            "--code",
+            "gamma",
+            "--org-code",
+            "gamma_org",
+        ],
+        &[],
+    );
+    assert_ok(&o);
+    let orgs: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT organization_code, count(*) FROM tenant_gamma.organization_extension GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        orgs,
+        [("gamma_org".to_string(), 1), ("other_org".to_string(), 1)]
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM tenant_gamma.user_extensions WHERE organization_code = 'gamma_org'").await,
+        20000
+    );
+    let org: Option<String> =
+        sqlx::query_scalar("SELECT org_code FROM fleet.tenants WHERE code = 'gamma'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(org.as_deref(), Some("gamma_org"));
+
     // The clone passes the isolation check; a planted foreign row fails it.
     let o = fleetctl(&env, &["tenants", "verify", "beta"], &[]);
     assert_ok(&o);
@@ -277,7 +313,7 @@ async fn export_then_import_as_a_new_code_is_identical_table_by_table() {
     let o = fleetctl(&env, &["tenants", "verify", "--all", "--json"], &[]);
     assert_eq!(o.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(report["tenants"], 2);
+    assert_eq!(report["tenants"], 3);
     assert_eq!(
         report["offenders"],
         json!([{"code": "beta", "schema": "tenant_beta", "table": "user_extensions",

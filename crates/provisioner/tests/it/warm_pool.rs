@@ -100,8 +100,11 @@ async fn created_tenants_take_pool_schemas_and_the_pool_refills() {
     let pooled_oids: BTreeSet<i64> = before.iter().map(|(_, oid)| *oid).collect();
 
     let codes = ["warm_a", "warm_b"];
+    let mut bodies = Vec::new();
     for code in codes {
-        publish_json(&js, "tenant.created", &created(code, "premium").1).await;
+        let body = created(code, "premium").1;
+        publish_json(&js, "tenant.created", &body).await;
+        bodies.push(body);
     }
     for code in codes {
         let t = assert_provisioned_once(&pool, code).await;
@@ -134,6 +137,16 @@ async fn created_tenants_take_pool_schemas_and_the_pool_refills() {
     .await;
     assert_eq!(after.len(), 3);
     assert_pool_consistent(&pool).await;
+
+    // A redelivery (a second copy under another message id) claims nothing more.
+    publish_json(&js, "tenant.created", &bodies[0]).await;
+    wait_idle(&js).await;
+    assert_eq!(pool_schemas(&pool).await, after);
+    assert_eq!(
+        metric(&worker, "fleet_provisioner_warm_pool_claims_total").await,
+        Some(2.0)
+    );
+    assert_eq!(tenant_rows(&pool).await, 2);
     assert_eq!(tenant_schemas(&pool).await, 2);
     worker.stop().await;
 }
