@@ -122,7 +122,7 @@ pub struct Refiller {
     pub pg: PgPool,
     /// For the `LISTEN` connection, which is kept apart from `pg` so it never takes one of the
     /// handlers' connections.
-    pub database_url: String,
+    pub database_url: fleet_shared::secret::SecretUrl,
     pub migrations: std::sync::Arc<Vec<Migration>>,
     /// The target size (`[provisioner] warm_pool`).
     pub target: usize,
@@ -337,8 +337,9 @@ pub async fn run(refiller: Refiller, shutdown: CancellationToken) {
     }
 }
 
-async fn listen(database_url: &str) -> Option<PgListener> {
-    let mut l = match PgListener::connect(database_url).await {
+async fn listen(database_url: &fleet_shared::secret::SecretUrl) -> Option<PgListener> {
+    use fleet_shared::secret::ExposeSecret as _;
+    let mut l = match PgListener::connect(database_url.expose_secret()).await {
         Ok(l) => l,
         Err(e) => {
             tracing::debug!(error = %e, "cannot listen for warm-pool claims; polling");
