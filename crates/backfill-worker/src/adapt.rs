@@ -1,7 +1,7 @@
 //! Adaptive chunk size and the rows-per-second throttle.
 //!
 //! Chunk size is counted in key values (chunks are key ranges). After each chunk the size moves
-//! toward the one that would have taken `target_chunk_ms` at the observed speed
+//! toward the one that would have taken `target_chunk` at the observed speed
 //! (`keys × target / elapsed`), at most halving or doubling per step so one slow chunk (a
 //! checkpoint, a lock wait) does not swing it, and stays within `[min, max]`. A timed-out chunk
 //! halves it. Keeping chunks near a fixed duration bounds both lock hold times and the work lost

@@ -163,7 +163,7 @@ impl Runner {
     /// finish (they are short by design) before this returns.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tasks: HashMap<Uuid, tokio::task::JoinHandle<()>> = HashMap::new();
-        let poll = Duration::from_millis(self.cfg.poll_interval_ms);
+        let poll = self.cfg.poll_interval;
         loop {
             tasks.retain(|_, h| !h.is_finished());
             if tasks.len() < self.cfg.max_jobs {
@@ -676,7 +676,7 @@ impl Runner {
     async fn maybe_progress(&self, ctx: &JobCtx) {
         let due = {
             let mut last = ctx.last_progress.lock().unwrap_or_else(|e| e.into_inner());
-            if last.elapsed() >= Duration::from_millis(self.cfg.progress_interval_ms) {
+            if last.elapsed() >= self.cfg.progress_interval {
                 *last = Instant::now();
                 true
             } else {

@@ -95,6 +95,9 @@ pub struct RawSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_chunk: Option<serde_json::Value>,
+    /// Deprecated spelling of `target_chunk` in milliseconds; read for one more release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_chunk_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rows_per_sec: Option<f64>,
@@ -140,7 +143,7 @@ pub struct RawSpec {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     pub chunk_size: Option<i64>,
-    pub target_chunk_ms: Option<u64>,
+    pub target_chunk: Option<Duration>,
     pub max_rows_per_sec: Option<f64>,
     pub parallelism: Option<usize>,
     pub lock_timeout: Option<Duration>,
@@ -164,21 +167,18 @@ pub struct Effective {
 
 impl Options {
     pub fn effective(&self, cfg: &BackfillConfig) -> Effective {
-        let ms = |v: Option<u64>| v.filter(|m| *m > 0).map(Duration::from_millis);
         Effective {
             chunk_size: self
                 .chunk_size
                 .unwrap_or(cfg.chunk_size)
                 .clamp(cfg.min_chunk_size, cfg.max_chunk_size),
-            target_chunk: Duration::from_millis(
-                self.target_chunk_ms.unwrap_or(cfg.target_chunk_ms),
-            ),
+            target_chunk: self.target_chunk.unwrap_or(cfg.target_chunk),
             min_chunk_size: cfg.min_chunk_size,
             max_chunk_size: cfg.max_chunk_size,
             max_rows_per_sec: self.max_rows_per_sec.or(cfg.max_rows_per_sec),
             parallelism: self.parallelism.unwrap_or(cfg.parallelism),
-            lock_timeout: self.lock_timeout.or(ms(cfg.lock_timeout_ms)),
-            statement_timeout: self.statement_timeout.or(ms(cfg.statement_timeout_ms)),
+            lock_timeout: self.lock_timeout.or(cfg.lock_timeout),
+            statement_timeout: self.statement_timeout.or(cfg.statement_timeout),
             dry_run: self.dry_run,
         }
     }
@@ -301,40 +301,31 @@ pub enum MappingSource {
     Stored,
 }
 
-/// Parses a duration option: a number of milliseconds or a string like `500ms`, `2s`, `1min`.
-fn duration_opt(name: &str, v: &Option<serde_json::Value>) -> Result<Option<Duration>, SpecError> {
-    let bad = || {
-        SpecError::Option(format!(
-            "{name}: expected milliseconds or a string like \"500ms\", \"2s\", \"1min\""
-        ))
-    };
+/// Parses a duration option written in the fleet's one syntax (`"500ms"`, `"2s"`, `"5m"`), at
+/// most `max`. A bare number is refused at submit; a stored spec from the previous release may
+/// still hold one (milliseconds then), so `source` [`MappingSource::Stored`] reads it that way.
+fn duration_opt(
+    name: &str,
+    v: &Option<serde_json::Value>,
+    max: Duration,
+    source: MappingSource,
+) -> Result<Option<Duration>, SpecError> {
     let Some(v) = v else { return Ok(None) };
-    let ms = match v {
-        serde_json::Value::Number(n) => n.as_u64().ok_or_else(bad)?,
-        serde_json::Value::String(s) => {
-            let s = s.trim();
-            let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-                (n, 1)
-            } else if let Some(n) = s.strip_suffix("min") {
-                (n, 60_000)
-            } else if let Some(n) = s.strip_suffix('s') {
-                (n, 1000)
-            } else {
-                (s, 1)
-            };
-            num.trim()
-                .parse::<u64>()
-                .map_err(|_| bad())?
-                .saturating_mul(mult)
+    let d = match (v, source) {
+        (serde_json::Value::String(s), _) => fleet_shared::duration::parse(s),
+        (serde_json::Value::Number(n), MappingSource::Stored) if n.is_u64() => {
+            Ok(Duration::from_millis(n.as_u64().unwrap_or_default()))
         }
-        _ => return Err(bad()),
-    };
-    if ms == 0 || ms > 24 * 3600 * 1000 {
+        (other, _) => fleet_shared::duration::parse(&other.to_string()),
+    }
+    .map_err(|e| SpecError::Option(format!("{name}: {e}")))?;
+    if d.is_zero() || d > max {
         return Err(SpecError::Option(format!(
-            "{name}: must be between 1 ms and 24 h"
+            "{name}: must be between 1ms and {}",
+            fleet_shared::duration::format(max)
         )));
     }
-    Ok(Some(Duration::from_millis(ms)))
+    Ok(Some(d))
 }
 
 /// Checks that `statement` uses `$1` and `$2` and no other parameter.
@@ -372,6 +363,9 @@ pub fn check_bounds(statement: &str) -> Result<(), SpecError> {
     }
 }
 
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const TEN_MINUTES: Duration = Duration::from_secs(600);
+
 impl JobSpec {
     /// Parses submitted JSON. `allow_sql` is the FLEET_BACKFILL_ALLOW_SQL setting.
     pub fn parse(
@@ -407,11 +401,24 @@ impl JobSpec {
         let schema = Ident::parse("schema", raw.schema.as_deref().unwrap_or("public"))?;
         let options = Options {
             chunk_size: raw.chunk_size,
-            target_chunk_ms: raw.target_chunk_ms,
+            target_chunk: fleet_shared::duration::renamed(
+                "backfill spec",
+                "target_chunk",
+                duration_opt("target_chunk", &raw.target_chunk, TEN_MINUTES, source)?,
+                "target_chunk_ms",
+                raw.target_chunk_ms,
+                Duration::from_millis(1),
+            )
+            .map_err(SpecError::Option)?,
             max_rows_per_sec: raw.max_rows_per_sec,
             parallelism: raw.parallelism,
-            lock_timeout: duration_opt("lock_timeout", &raw.lock_timeout)?,
-            statement_timeout: duration_opt("statement_timeout", &raw.statement_timeout)?,
+            lock_timeout: duration_opt("lock_timeout", &raw.lock_timeout, DAY, source)?,
+            statement_timeout: duration_opt(
+                "statement_timeout",
+                &raw.statement_timeout,
+                DAY,
+                source,
+            )?,
             dry_run: raw.dry_run,
         };
         if options
@@ -423,11 +430,11 @@ impl JobSpec {
             ));
         }
         if options
-            .target_chunk_ms
-            .is_some_and(|t| !(1..=600_000).contains(&t))
+            .target_chunk
+            .is_some_and(|t| t.is_zero() || t > TEN_MINUTES)
         {
             return Err(SpecError::Option(
-                "target_chunk_ms: must be between 1 and 600000".into(),
+                "target_chunk: must be between 1ms and 10m".into(),
             ));
         }
         if options.parallelism.is_some_and(|p| !(1..=64).contains(&p)) {
@@ -700,6 +707,14 @@ mod tests {
                 r#"{"kind":"sql","table":"t","statement":"x $1 $2","statement_timeout":"soon"}"#,
                 "statement_timeout",
             ),
+            (
+                r#"{"kind":"sql","table":"t","statement":"x $1 $2","lock_timeout":2000}"#,
+                "lock_timeout: \"2000\" is not a duration: a bare number has no unit",
+            ),
+            (
+                r#"{"kind":"sql","table":"t","statement":"x $1 $2","target_chunk":"20m"}"#,
+                "target_chunk: must be between 1ms and 10m",
+            ),
         ] {
             let e = parse(j, true).unwrap_err().to_string();
             assert!(e.contains(needle), "{j}: {e}");
@@ -710,9 +725,9 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_seed_000() {
+    fn tenant_codes_defaults_cover_every_org_and_user_table() {
         let s = parse(
-            r#"{"kind":"tenant_codes","mapping_csv":"organization_id,organization_code,tenant_code\n1,o1,t1","lock_timeout":"2s","statement_timeout":800}"#,
+            r#"{"kind":"tenant_codes","mapping_csv":"organization_id,organization_code,tenant_code\n1,o1,t1","lock_timeout":"2s","statement_timeout":"800ms"}"#,
             false,
         )
         .unwrap();
@@ -727,5 +742,25 @@ mod tests {
             Some(Duration::from_millis(800))
         );
         assert!(s.raw.mapping_csv.is_none());
+    }
+
+    #[test]
+    fn durations_use_the_one_syntax_and_stored_specs_keep_their_milliseconds() {
+        let s = parse(
+            r#"{"kind":"sql","table":"t","statement":"x $1 $2","target_chunk":"5m","lock_timeout":"1m"}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(s.options.target_chunk, Some(Duration::from_secs(300)));
+        assert_eq!(s.options.lock_timeout, Some(Duration::from_secs(60)));
+        let s = parse(
+            r#"{"kind":"sql","table":"t","statement":"x $1 $2","target_chunk_ms":250}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(s.options.target_chunk, Some(Duration::from_millis(250)));
+        let stored = br#"{"kind":"sql","table":"t","statement":"x $1 $2","lock_timeout":2000}"#;
+        let s = JobSpec::parse(stored, true, MappingSource::Stored).unwrap();
+        assert_eq!(s.options.lock_timeout, Some(Duration::from_secs(2)));
     }
 }

@@ -44,44 +44,24 @@ fn invalid(name: &str, problem: impl Into<String>) -> ScheduleError {
     }
 }
 
-/// A duration written as `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` or a whole number of seconds.
+/// A duration as written: a string in the fleet's one syntax (`"500ms"`, `"30s"`, `"5m"`, `"2h"`,
+/// `"1d"`). A number is kept only to be refused with the accepted form, after the schedule's name
+/// is known, so the error names the schedule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum RawDuration {
-    Seconds(u64),
+    Number(i64),
     Text(String),
 }
 
 impl RawDuration {
     fn parse(self) -> Result<Duration, String> {
-        match self {
-            RawDuration::Seconds(s) => Ok(Duration::from_secs(s)),
-            RawDuration::Text(t) => parse_duration(&t),
-        }
+        let text = match self {
+            RawDuration::Number(n) => n.to_string(),
+            RawDuration::Text(t) => t,
+        };
+        fleet_shared::duration::parse(&text).map_err(|e| e.to_string())
     }
-}
-
-/// Parses `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"` (or bare seconds, `"30"`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 5m, 2h, 1d)"))?;
-    let ms = match unit.trim() {
-        "ms" => n,
-        "" | "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => {
-            return Err(format!(
-                "{text:?} is not a duration (e.g. 500ms, 30s, 5m, 2h, 1d)"
-            ))
-        }
-    };
-    Ok(Duration::from_millis(ms))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -709,11 +689,19 @@ subject = "tenant.migrate"
     }
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("1.5s").is_err());
-        assert!(parse_duration("s").is_err());
+    fn durations_use_the_one_syntax_and_a_bare_number_names_the_schedule() {
+        let bare = GOOD.replace("spread = \"30s\"", "spread = 30");
+        let err = parse(&bare).unwrap_err().to_string();
+        assert!(
+            err.contains("spread") && err.contains("write e.g. 30s"),
+            "{err}"
+        );
+        let err = parse(&GOOD.replace("lease = \"5s\"", "lease = 5"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[scheduler]") && err.contains("lease"),
+            "{err}"
+        );
     }
 }

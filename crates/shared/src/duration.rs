@@ -43,6 +43,33 @@ pub fn format(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// Resolves a setting renamed from an integer key with the unit in its name (`ack_wait_secs`,
+/// `lock_timeout_ms`) to a duration key (`ack_wait`, `lock_timeout`). The old key keeps working
+/// for one release with a warning naming the new key; setting both is an error.
+pub fn renamed(
+    place: &str,
+    new_key: &str,
+    new: Option<Duration>,
+    old_key: &str,
+    old: Option<u64>,
+    old_unit: Duration,
+) -> Result<Option<Duration>, String> {
+    match (new, old) {
+        (Some(_), Some(_)) => Err(format!(
+            "{place}: {old_key} and {new_key} are the same setting; keep only {new_key}"
+        )),
+        (None, Some(n)) => {
+            let d = old_unit.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+            tracing::warn!(
+                "{place}: {old_key} is deprecated and will be removed; write {new_key} = \"{}\"",
+                format(d)
+            );
+            Ok(Some(d))
+        }
+        (new, None) => Ok(new),
+    }
+}
+
 /// `#[serde(with = "fleet_shared::duration::serde")]` for a `Duration` field written as a
 /// string; an integer is refused with the accepted form.
 pub mod serde {
@@ -136,6 +163,27 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
         }
         assert!(parse("30").unwrap_err().to_string().contains("30s"));
+    }
+
+    #[test]
+    fn a_renamed_key_keeps_working_and_both_keys_are_refused() {
+        let ms = Duration::from_millis(1);
+        assert_eq!(
+            renamed(
+                "[t]",
+                "lock_timeout",
+                None,
+                "lock_timeout_ms",
+                Some(2500),
+                ms
+            ),
+            Ok(Some(Duration::from_millis(2500)))
+        );
+        let new = Some(Duration::from_secs(1));
+        assert_eq!(renamed("[t]", "a", new, "a_ms", None, ms), Ok(new));
+        assert_eq!(renamed("[t]", "a", None, "a_ms", None, ms), Ok(None));
+        let err = renamed("[t]", "a", new, "a_ms", Some(1), ms).unwrap_err();
+        assert!(err.contains("keep only a"), "{err}");
     }
 
     #[test]

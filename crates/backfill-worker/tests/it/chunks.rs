@@ -1,5 +1,5 @@
 //! Chunk sizing: a chunk that times out is split and retried; the size adapts toward
-//! target_chunk_ms; progress is persisted and published.
+//! target_chunk; progress is persisted and published.
 
 use std::time::Duration;
 
@@ -60,7 +60,7 @@ async fn chunk_size_converges_toward_target_and_progress_is_published() {
     let statement = "UPDATE items SET c = c + 1 FROM (SELECT pg_sleep(($2::bigint - $1::bigint) * 0.005)) AS s WHERE id > $1 AND id <= $2";
     submit(
         &pool,
-        json!({"job_id": job_id, "kind": "sql", "table": "items", "statement": statement, "chunk_size": 2, "target_chunk_ms": 500, "parallelism": 1}),
+        json!({"job_id": job_id, "kind": "sql", "table": "items", "statement": statement, "chunk_size": 2, "target_chunk": "500ms", "parallelism": 1}),
     )
     .await;
     let job = wait_state(

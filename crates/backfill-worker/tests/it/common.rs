@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 /// A `[backfill]` section that makes tests snappy: fast polling and progress.
 pub const FAST_CONFIG: &str =
-    "[backfill]\npoll_interval_ms = 50\nprogress_interval_ms = 100\nparallelism = 2\n";
+    "[backfill]\npoll_interval = \"50ms\"\nprogress_interval = \"100ms\"\nparallelism = 2\n";
 
 pub fn config_file(text: &str) -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().expect("temp config");

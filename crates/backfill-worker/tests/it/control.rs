@@ -14,7 +14,7 @@ const SLOW_INCREMENT: &str =
 
 /// Chunks pinned at 10 keys: every chunk sleeps 20 ms whatever its size, so an adaptive size
 /// would shrink toward one key on a loaded machine and stretch the job to tens of seconds.
-const PINNED_CONFIG: &str = "[backfill]\npoll_interval_ms = 50\nprogress_interval_ms = 100\nparallelism = 2\nmin_chunk_size = 10\nmax_chunk_size = 10\n";
+const PINNED_CONFIG: &str = "[backfill]\npoll_interval = \"50ms\"\nprogress_interval = \"100ms\"\nparallelism = 2\nmin_chunk_size = 10\nmax_chunk_size = 10\n";
 
 /// One lane, so "within one chunk" means at most one chunk commits after the action; a long
 /// lock_timeout so the gated last chunk waits for the test instead of timing out.
@@ -176,7 +176,7 @@ async fn retry_reruns_only_the_failed_chunks() {
     let replica = Replica::start(&env, &config).await;
 
     let statement = "UPDATE items SET c = c + 1, d = 1 / (CASE WHEN fail THEN 0 ELSE 1 END) WHERE id > $1 AND id <= $2";
-    let id = submit(&pool, json!({"kind": "sql", "table": "items", "statement": statement, "chunk_size": 50, "target_chunk_ms": 100000})).await;
+    let id = submit(&pool, json!({"kind": "sql", "table": "items", "statement": statement, "chunk_size": 50, "target_chunk": "100s"})).await;
     let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(30)).await;
     assert_eq!(job.state, "failed");
     assert!(

@@ -17,7 +17,7 @@ const GATED_INCREMENT: &str = "UPDATE items SET c = c + 1 FROM (SELECT pg_sleep(
 
 /// Chunks pinned at 20 keys: each chunk sleeps 20 ms whatever its size, so an adaptive size
 /// would shrink toward one key on a loaded machine and stretch the job past a minute.
-const PINNED_CONFIG: &str = "[backfill]\npoll_interval_ms = 50\nprogress_interval_ms = 100\nparallelism = 2\nmin_chunk_size = 20\nmax_chunk_size = 20\n";
+const PINNED_CONFIG: &str = "[backfill]\npoll_interval = \"50ms\"\nprogress_interval = \"100ms\"\nparallelism = 2\nmin_chunk_size = 20\nmax_chunk_size = 20\n";
 
 /// The test's side of the gate, on its own connection (the advisory lock is per session).
 struct Gate(sqlx::pool::PoolConnection<sqlx::Postgres>);

@@ -266,7 +266,7 @@ async fn copy_to_tenant_never_deletes_a_source_row_whose_key_holds_different_dat
     let config = config_file(FAST_CONFIG);
     let replica = Replica::start(&env, &config).await;
 
-    let id = submit(&pool, json!({"kind": "copy_to_tenant", "table": "notes", "tenant_code": "acme", "delete_source": true, "chunk_size": 100, "target_chunk_ms": 100000})).await;
+    let id = submit(&pool, json!({"kind": "copy_to_tenant", "table": "notes", "tenant_code": "acme", "delete_source": true, "chunk_size": 100, "target_chunk": "100s"})).await;
     let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(30)).await;
     assert_eq!(job.state, "failed", "a collision must not pass silently");
     let error = job.error.unwrap();

@@ -34,7 +34,7 @@ async fn a_worker_stopped_mid_burst_is_replaced_without_loss_or_doubling() {
     let env = TestEnv::new().await;
     let mut cfg = tempfile::NamedTempFile::new().unwrap();
     // A short ack wait: messages a pull had in flight to the stopped worker come back after it.
-    writeln!(cfg, "[provisioner]\nconcurrency = 2\nack_wait_secs = 3").unwrap();
+    writeln!(cfg, "[provisioner]\nconcurrency = 2\nack_wait = \"3s\"").unwrap();
     let cfg = cfg.path().to_str().unwrap().to_owned();
     let pool = env.db.pool().await;
     let js = js(&env).await;

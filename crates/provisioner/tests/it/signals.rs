@@ -91,7 +91,7 @@ async fn sigterm_while_busy_exits_zero_and_loses_nothing() {
     // A short ack wait: messages a pull had in flight to the stopped process come back after it.
     std::fs::write(
         &config,
-        "[provisioner]\nconcurrency = 4\nack_wait_secs = 3\n",
+        "[provisioner]\nconcurrency = 4\nack_wait = \"3s\"\n",
     )
     .unwrap();
     let mut child = spawn_binary(&env, config.to_str().unwrap());
@@ -114,7 +114,7 @@ async fn sigkill_while_busy_loses_nothing() {
     // A short ack wait so what the killed process held comes back quickly.
     std::fs::write(
         &config,
-        "[provisioner]\nconcurrency = 4\nack_wait_secs = 2\n",
+        "[provisioner]\nconcurrency = 4\nack_wait = \"2s\"\n",
     )
     .unwrap();
     let mut child = spawn_binary(&env, config.to_str().unwrap());

@@ -259,7 +259,7 @@ async fn kill_9_mid_claim_leaves_no_orphan_and_no_double_owner() {
     let env = TestEnv::new().await;
     let dir = tempfile::tempdir().unwrap();
     // A short ack wait so the killed process's message comes back quickly.
-    let cfg = config(&dir, "[provisioner]\nwarm_pool = 1\nack_wait_secs = 2\n");
+    let cfg = config(&dir, "[provisioner]\nwarm_pool = 1\nack_wait = \"2s\"\n");
     let pool = env.db.pool().await;
     let js = js(&env).await;
     let mut child = spawn_binary(&env, &cfg);
