@@ -261,7 +261,7 @@ impl SchedulerConfig {
         let raw_prov: RawProvisioner = file.section("provisioner")?.unwrap_or_default();
         let purge_after = match raw_prov.purge_after {
             Some(t) => {
-                let d = parse_duration(&t)
+                let d = fleet_shared::duration::parse(&t)
                     .map_err(|p| invalid("[provisioner]", format!("purge_after: {p}")))?;
                 if d < Duration::from_secs(60) {
                     return Err(invalid("[provisioner]", "purge_after must be at least 1m"));
