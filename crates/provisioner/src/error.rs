@@ -42,10 +42,6 @@ pub enum ProvisionError {
         #[source]
         source: sqlx::Error,
     },
-    /// The one-batch migration of a fresh schema failed (no file name known); the caller
-    /// re-runs file by file to name it.
-    #[error("tenant migrations failed: {0}")]
-    Batch(#[source] sqlx::Error),
     #[error("Failed to publish tenant.provisioned: {0:#}")]
     Announce(anyhow::Error),
 }

@@ -1,5 +1,6 @@
 //! Where a message is received, decided on and answered.
 //!
+//! `tenant.rollout` creates a rollout (`rollout/event.rs`); the replicas' rollout loop runs it.
 //! `tenant.created` and `tenant.migrate` run their transaction (see `provision.rs`,
 //! `migrate_tenant.rs`); only after it commits is `tenant.provisioned` published, and only after
 //! that does the handler return `Ok` (and the worker loop ack). A crash in between redelivers the
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use fleet_shared::events::{
     parse_json, TenantCreated, TenantMigrate, TenantProvisioned, TENANT_CREATED, TENANT_MIGRATE,
-    TENANT_PROVISIONED,
+    TENANT_PROVISIONED, TENANT_ROLLOUT,
 };
 use fleet_shared::migrate::Migration;
 use fleet_shared::{HandleError, Handler, Incoming};
@@ -43,6 +44,7 @@ impl Handler for Provisioner {
             TENANT_CREATED => self.on_created(msg).await,
             TENANT_MIGRATE => self.on_migrate(msg).await,
             s if crate::lifecycle::receive::SUBJECTS.contains(&s) => self.on_lifecycle(msg).await,
+            TENANT_ROLLOUT => crate::rollout::event::on_rollout(self, msg).await,
             other => {
                 tracing::debug!(subject = other, "not a provisioner subject; ignored");
                 Ok(())

@@ -8,13 +8,15 @@
 //! `tenant.provisioned`. The effect happens once under at-least-once delivery because the
 //! registry row is the record: a repeat finds the tenant active and only re-announces it.
 //!
+//! Each replica also runs the rollout loop ([`rollout`]): fleet-wide migrations whose state is in
+//! Postgres, claimed tenant by tenant by whichever replicas are up (docs/migrations.md).
+//!
 //! It reads one durable consumer, `provisioner`, filtered to `tenant.>` (nats-server 2.9 allows
 //! one filter per consumer, and a second durable would hold one of the shared concurrency permits
 //! idle). The lifecycle events after creation (`tenant.updated`, `tenant.config.set` / `.unset`,
 //! `tenant.suspended` / `.resumed`, `tenant.deleted`) are handled by [`lifecycle`] with the same
 //! one-transaction-per-change guarantee; every other subject is acked and ignored.
 
-pub mod batch;
 pub mod config;
 pub mod error;
 pub mod handler;
@@ -25,6 +27,7 @@ pub mod migrations;
 pub mod plans;
 pub mod pool;
 pub mod provision;
+pub mod rollout;
 
 use std::sync::Arc;
 
@@ -60,20 +63,28 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         "provisioner starting"
     );
     let metrics = ProvisionerMetrics::register(&fleet.metrics);
+    let migrations = Arc::new(migrations);
     let refiller = pool::Refiller {
         pg: fleet.pg.clone(),
         database_url: fleet.settings.database_url.clone(),
-        migrations: Arc::new(migrations.clone()),
+        migrations: migrations.clone(),
         target: config.warm_pool,
         size: metrics.warm_pool_size.clone(),
     };
     let refill_stop = shutdown.child_token();
     let refill = tokio::spawn(pool::run(refiller, refill_stop.clone()));
+    let rollouts = rollout::Runner {
+        pg: fleet.pg.clone(),
+        js: fleet.js.clone(),
+        migrations: migrations.clone(),
+        metrics: rollout::metrics::RolloutMetrics::register(&fleet.metrics),
+    };
+    let rollout_task = tokio::spawn(rollouts.run(shutdown.clone()));
     let handler = Provisioner {
         pg: fleet.pg.clone(),
         js: fleet.js.clone(),
         plans,
-        migrations: Arc::new(migrations),
+        migrations,
         metrics,
         config_keys: fleet.settings.config_keys.clone(),
     };
@@ -88,7 +99,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         fleet.metrics.clone(),
         spec,
         Arc::new(handler),
-        shutdown,
+        shutdown.clone(),
     )
     .await
     .context("Failed to run the provisioner");
@@ -96,5 +107,13 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     // it mid-way leaves nothing behind.
     refill_stop.cancel();
     let _ = refill.await;
+    // The rollout loop stops claiming at once; a tenant step in flight commits or rolls back.
+    shutdown.cancel();
+    if tokio::time::timeout(fleet.settings.shutdown_timeout, rollout_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("a rollout step outlived the shutdown timeout; its transaction rolls back");
+    }
     res
 }

@@ -1,22 +1,86 @@
-//! `tenant.migrate`: applies the pending tenant migrations to one existing tenant.
+//! `tenant.migrate`, and the step every path that moves an existing tenant shares.
 //!
-//! Same lock as provisioning, so a migrate never races a provision of the same code. An applied
-//! migration whose file changed stops the run with an error naming the file (never a silent
-//! re-run); everything this delivery applied is rolled back with it. Applying nothing is a
-//! success: a redelivery after commit finds the ledger complete.
+//! [`move_tenant`] brings one locked, active tenant's schema to a target version through the one
+//! apply path ([`fleet_shared::migrate::migrate_to`]) and writes the version it reached into
+//! `fleet.tenants.schema_version` in the same transaction, so the registry always equals the
+//! ledger. `tenant.migrate` and every rollout step call it; provisioning writes the version it
+//! created in its own activation statement.
+//!
+//! DDL on a live schema runs under `SET LOCAL lock_timeout` (2 s here): an `ALTER TABLE` that
+//! would queue behind application traffic (and make every later query queue behind it) gives up
+//! instead, and the delivery is retried with backoff. An applied migration whose file changed
+//! stops the run with an error naming the file (never a silent re-run); everything this delivery
+//! applied is rolled back with it. Applying nothing is a success: a redelivery after commit finds
+//! the ledger complete.
 
-use fleet_shared::migrate::{self, Migration};
+use std::time::Duration;
+
+use fleet_shared::migrate::{self, ApplyReport, Migration, Start};
 use fleet_shared::Code;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::error::ProvisionError;
 use crate::provision::{lock_tenant, TenantRow};
+
+/// `lock_timeout` of a `tenant.migrate` transaction (rollouts take theirs from `--lock-timeout`).
+pub const MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a `tenant.migrate` delivery did.
 #[derive(Debug, Clone)]
 pub struct Migrated {
     pub tenant: TenantRow,
     pub applied: Vec<i64>,
+}
+
+/// `SET LOCAL lock_timeout` for the rest of the transaction.
+pub async fn set_lock_timeout(con: &mut PgConnection, d: Duration) -> Result<(), ProvisionError> {
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", d.as_millis().max(1)))
+        .execute(&mut *con)
+        .await
+        .map_err(ProvisionError::db("set lock_timeout"))?;
+    Ok(())
+}
+
+/// Reads the registry row of `code` for update (call with the tenant's lock held). A deleted
+/// tenant has given up its code, so it is not found by it.
+pub async fn lock_row(
+    con: &mut PgConnection,
+    code: &str,
+) -> Result<Option<TenantRow>, ProvisionError> {
+    sqlx::query_as(
+        "SELECT tenant_id, code, plan, status, schema_name, schema_version
+           FROM fleet.tenants WHERE code = $1 AND status <> 'deleted' FOR UPDATE",
+    )
+    .bind(code)
+    .fetch_optional(&mut *con)
+    .await
+    .map_err(ProvisionError::db("read the tenant registry"))
+}
+
+/// Brings `row`'s schema to `target` and records the version reached in the registry. The caller
+/// holds the tenant's lock and its row lock, and commits.
+pub async fn move_tenant(
+    con: &mut PgConnection,
+    row: &TenantRow,
+    migrations: &[Migration],
+    target: i64,
+) -> Result<ApplyReport, ProvisionError> {
+    // The stored schema name is the one the provisioner wrote (tenant_<code>); migrate_to checks
+    // it is a plain identifier before using it.
+    let report =
+        migrate::migrate_to(con, &row.schema_name, migrations, target, Start::Existing).await?;
+    if report.version != row.schema_version {
+        sqlx::query(
+            "UPDATE fleet.tenants SET schema_version = $2, updated_at = now() WHERE tenant_id = $1",
+        )
+        .bind(row.tenant_id)
+        .bind(report.version)
+        .execute(&mut *con)
+        .await
+        .map_err(ProvisionError::db("record the schema version"))?;
+    }
+    Ok(report)
 }
 
 pub async fn migrate_tenant(
@@ -28,16 +92,9 @@ pub async fn migrate_tenant(
         .begin()
         .await
         .map_err(ProvisionError::db("begin a transaction"))?;
+    set_lock_timeout(&mut tx, MIGRATE_LOCK_TIMEOUT).await?;
     lock_tenant(&mut tx, code.as_str()).await?;
-    let row: Option<TenantRow> = sqlx::query_as(
-        "SELECT tenant_id, code, plan, status, schema_name, schema_version
-           FROM fleet.tenants WHERE code = $1 AND status <> 'deleted' FOR UPDATE",
-    )
-    .bind(code.as_str())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(ProvisionError::db("read the tenant registry"))?;
-    let Some(row) = row else {
+    let Some(row) = lock_row(&mut tx, code.as_str()).await? else {
         return Err(ProvisionError::UnknownTenant(code.to_string()));
     };
     if row.status != "active" {
@@ -46,24 +103,15 @@ pub async fn migrate_tenant(
             status: row.status,
         });
     }
-    // The stored schema name is the one the provisioner wrote (tenant_<code>); migrate::apply
-    // checks it is a plain identifier before using it.
-    let report = migrate::apply(&mut tx, &row.schema_name, migrations).await?;
-    let tenant: TenantRow = sqlx::query_as(
-        "UPDATE fleet.tenants SET schema_version = $2, updated_at = now()
-          WHERE tenant_id = $1
-         RETURNING tenant_id, code, plan, status, schema_name, schema_version",
-    )
-    .bind(row.tenant_id)
-    .bind(report.version)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(ProvisionError::db("record the schema version"))?;
+    let report = move_tenant(&mut tx, &row, migrations, migrate::latest_version(migrations)).await?;
     tx.commit()
         .await
         .map_err(ProvisionError::db("commit the migration transaction"))?;
     Ok(Migrated {
-        tenant,
+        tenant: TenantRow {
+            schema_version: report.version,
+            ..row
+        },
         applied: report.applied,
     })
 }

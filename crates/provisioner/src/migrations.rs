@@ -1,5 +1,7 @@
-//! The tenant migrations: the built-in set (the 23 mentoring tables of seed 000) or the
-//! directory named by `FLEET_TENANT_MIGRATIONS`, which replaces it entirely.
+//! The tenant migrations: the built-in set (the 23 mentoring tables) or the directory named by
+//! `FLEET_TENANT_MIGRATIONS`, which replaces it entirely. Either may ship a down file
+//! `NNNN_name.down.sql` beside an up file (rollbacks, see docs/migrations.md); a directory whose
+//! numbering has a gap, or a down file without its up file, is refused at start.
 //!
 //! The built-in files are embedded with `include_str!`, so a binary always carries the exact
 //! text whose checksum it records in each tenant's ledger: editing an applied file later is
@@ -11,7 +13,7 @@ use anyhow::Context as _;
 use fleet_shared::migrate::{self, Migration};
 use fleet_shared::Settings;
 
-/// The built-in tenant migrations, in version order. Add a line per new file; never edit an
+/// The built-in tenant migrations and their down files. Add a line per new file; never edit an
 /// applied one (add a new version instead).
 pub const BUILT_IN: &[(&str, &str)] = &[
     (
@@ -19,20 +21,40 @@ pub const BUILT_IN: &[(&str, &str)] = &[
         include_str!("../migrations/0001_mentoring_core.sql"),
     ),
     (
+        "0001_mentoring_core.down.sql",
+        include_str!("../migrations/0001_mentoring_core.down.sql"),
+    ),
+    (
         "0002_sessions.sql",
         include_str!("../migrations/0002_sessions.sql"),
+    ),
+    (
+        "0002_sessions.down.sql",
+        include_str!("../migrations/0002_sessions.down.sql"),
     ),
     (
         "0003_connections.sql",
         include_str!("../migrations/0003_connections.sql"),
     ),
     (
+        "0003_connections.down.sql",
+        include_str!("../migrations/0003_connections.down.sql"),
+    ),
+    (
         "0004_content.sql",
         include_str!("../migrations/0004_content.sql"),
     ),
     (
+        "0004_content.down.sql",
+        include_str!("../migrations/0004_content.down.sql"),
+    ),
+    (
         "0005_reports.sql",
         include_str!("../migrations/0005_reports.sql"),
+    ),
+    (
+        "0005_reports.down.sql",
+        include_str!("../migrations/0005_reports.down.sql"),
     ),
 ];
 
@@ -40,6 +62,14 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 pub fn built_in() -> Vec<Migration> {
     migrate::from_files(BUILT_IN.iter().map(|(f, s)| (f.to_string(), s.to_string())))
         .expect("built-in tenant migrations are well named")
+}
+
+/// Where the deployed set comes from, for messages.
+pub fn source(settings: &Settings) -> String {
+    match &settings.tenant_migrations_dir {
+        Some(dir) => format!("FLEET_TENANT_MIGRATIONS {}", dir.display()),
+        None => "the built-in set".to_owned(),
+    }
 }
 
 /// The set this process applies: `FLEET_TENANT_MIGRATIONS` if set, else the built-in one.
@@ -52,6 +82,7 @@ pub fn load(settings: &Settings) -> anyhow::Result<Vec<Migration>> {
 
 fn load_dir(dir: &Path) -> anyhow::Result<Vec<Migration>> {
     let set = migrate::load_dir(dir)
+        .and_then(|set| migrate::check_contiguous(&set).map(|()| set))
         .with_context(|| format!("FLEET_TENANT_MIGRATIONS: {}", dir.display()))?;
     anyhow::ensure!(
         !set.is_empty(),
@@ -99,6 +130,7 @@ mod tests {
             set.iter().map(|m| m.version).collect::<Vec<_>>(),
             [1, 2, 3, 4, 5]
         );
+        assert!(set.iter().all(|m| m.down.is_some()), "every built-in has a down");
         let sql: String = set.iter().map(|m| m.sql.as_str()).collect();
         let created: Vec<&str> = sql
             .split("CREATE TABLE ")

@@ -4,9 +4,9 @@
 //! replicas, never interleave), the transaction registers the tenant (`provisioning`), creates
 //! `tenant_<code>`, applies the tenant migrations with their ledger, upserts the plan's configs
 //! and marks the tenant `active`. Postgres DDL is transactional, so a migration that fails leaves
-//! no schema, no row and no config behind. A fresh schema gets its migrations in one batch
-//! (`batch.rs`); if that fails, the transaction is rolled back and provisioning is re-run file
-//! by file through `fleet_shared::migrate::apply`, so the dead letter names the failing file.
+//! no schema, no row and no config behind. The migrations go through the one apply path every
+//! caller shares ([`fleet_shared::migrate::migrate_to`]): for a schema this transaction creates
+//! there is no ledger to read, so the whole set is one batch, and a failing file is named.
 //!
 //! Idempotence comes from the registry itself, not from message ids: a delivery that finds an
 //! `active` tenant with the same `tenant_id` and code changes nothing and reports it, so the
@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use fleet_shared::events::TenantCreated;
-use fleet_shared::migrate::{self, Migration};
+use fleet_shared::migrate::{self, Migration, Start};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -62,15 +62,6 @@ pub async fn lock_tenant(con: &mut PgConnection, code: &str) -> Result<(), Provi
     Ok(())
 }
 
-/// How the migrations are applied to a fresh schema.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Apply {
-    /// One simple-query batch (see `batch.rs`).
-    Batch,
-    /// File by file through `fleet_shared::migrate::apply`, which names a failing file.
-    PerFile,
-}
-
 /// Provisions `req` with `configs` (its plan's defaults merged with its overrides).
 pub async fn provision(
     pg: &PgPool,
@@ -78,24 +69,6 @@ pub async fn provision(
     req: &TenantCreated,
     configs: &BTreeMap<String, Value>,
     cause: &Cause,
-) -> Result<Provisioned, ProvisionError> {
-    match provision_with(pg, migrations, req, configs, cause, Apply::Batch).await {
-        Err(ProvisionError::Batch(e)) => {
-            // Rolled back already; run it again file by file so the failure names its file.
-            tracing::debug!(error = %e, "migration batch failed; re-running file by file");
-            provision_with(pg, migrations, req, configs, cause, Apply::PerFile).await
-        }
-        other => other,
-    }
-}
-
-async fn provision_with(
-    pg: &PgPool,
-    migrations: &[Migration],
-    req: &TenantCreated,
-    configs: &BTreeMap<String, Value>,
-    cause: &Cause,
-    how: Apply,
 ) -> Result<Provisioned, ProvisionError> {
     let code = req.code.as_str();
     let schema = req.code.schema_name();
@@ -156,6 +129,7 @@ async fn provision_with(
         }
     }
 
+    let latest = migrate::latest_version(migrations);
     let version;
     let applied;
     if resume {
@@ -171,8 +145,9 @@ async fn provision_with(
         .execute(&mut *tx)
         .await
         .map_err(ProvisionError::db("update the tenant row"))?;
-        // The schema may exist, with part of a ledger: the general path checks and completes it.
-        let report = migrate::apply(&mut tx, &schema, migrations).await?;
+        // The schema may exist, with part of a ledger: the ledger is read, checked and completed.
+        let report =
+            migrate::migrate_to(&mut tx, &schema, migrations, latest, Start::Existing).await?;
         (version, applied) = (report.version, report.applied);
     } else {
         sqlx::query(
@@ -201,37 +176,18 @@ async fn provision_with(
                 from_pool: true,
             });
         }
-        // CREATE SCHEMA without IF NOT EXISTS, in both paths: a schema nobody registered may hold
+        // CREATE SCHEMA without IF NOT EXISTS (Start::Fresh): a schema nobody registered may hold
         // someone's data, and running our migrations into it would mix the two. `schema` is
         // tenant_ + a validated code ([a-z0-9_]), so it is a safe identifier.
-        let batch = match how {
-            Apply::Batch => crate::batch::fresh_schema_batch(&schema, migrations),
-            Apply::PerFile => None,
-        };
-        match batch {
-            Some(sql) => match migrate::exec_simple(&mut tx, &sql).await {
-                Ok(()) => {}
-                Err(e) if is_duplicate_schema(&e) => {
-                    return Err(ProvisionError::OrphanSchema(schema))
-                }
-                Err(e) if fleet_shared::errors::is_transient(&e) => {
-                    return Err(ProvisionError::db("apply the tenant migrations")(e))
-                }
-                Err(e) => return Err(ProvisionError::Batch(e)),
-            },
-            None => {
-                match migrate::exec_simple(&mut tx, &format!("CREATE SCHEMA \"{schema}\"")).await {
-                    Ok(()) => {}
-                    Err(e) if is_duplicate_schema(&e) => {
-                        return Err(ProvisionError::OrphanSchema(schema))
-                    }
-                    Err(e) => return Err(ProvisionError::db("create the tenant schema")(e)),
-                }
-                migrate::apply(&mut tx, &schema, migrations).await?;
+        let report = match migrate::migrate_to(&mut tx, &schema, migrations, latest, Start::Fresh)
+            .await
+        {
+            Err(e) if e.sqlstate().as_deref() == Some("42P06") => {
+                return Err(ProvisionError::OrphanSchema(schema))
             }
-        }
-        version = migrate::latest_version(migrations);
-        applied = migrations.iter().map(|m| m.version).collect();
+            other => other?,
+        };
+        (version, applied) = (report.version, report.applied);
     }
 
     let tenant = activate(&mut tx, req, version, configs, cause).await?;
@@ -244,10 +200,6 @@ async fn provision_with(
         created: true,
         from_pool: false,
     })
-}
-
-fn is_duplicate_schema(e: &sqlx::Error) -> bool {
-    fleet_shared::errors::sqlstate(e).as_deref() == Some("42P06")
 }
 
 /// Upserts every config and marks the tenant active, in one statement (one round trip whatever

@@ -4,7 +4,7 @@
 //! `crates/shared/migrations`, embedded in every binary and applied at start by
 //! [`migrate_control_plane`] under an advisory lock, so several processes starting at once apply
 //! each migration once. Version ranges: 0001-0099 core, 0100s backfill, 0200s scheduler,
-//! 0300s cache invalidator, 0400s tenant lifecycle.
+//! 0300s rollouts, 0400s tenant lifecycle.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -30,6 +30,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
     (
         "0201_scheduler_clean_stop.sql",
         include_str!("../migrations/0201_scheduler_clean_stop.sql"),
+    ),
+    (
+        "0300_rollouts.sql",
+        include_str!("../migrations/0300_rollouts.sql"),
     ),
     (
         "0400_tenant_lifecycle.sql",

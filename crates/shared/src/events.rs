@@ -16,6 +16,8 @@ use crate::codes::Code;
 pub const TENANT_CREATED: &str = "tenant.created";
 pub const TENANT_MIGRATE: &str = "tenant.migrate";
 pub const TENANT_PROVISIONED: &str = "tenant.provisioned";
+/// Starts a rollout (body: the rollout request, see docs/EVENTS.md).
+pub const TENANT_ROLLOUT: &str = "tenant.rollout";
 pub const ORG_UPDATED: &str = "org.updated";
 pub const SESSION_CHANGED: &str = "session.changed";
 pub const BACKFILL_SUBMIT: &str = "backfill.submit";

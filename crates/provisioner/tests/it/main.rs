@@ -8,5 +8,6 @@ mod happy_path;
 mod idempotency;
 mod lifecycle;
 mod migrations;
+mod rollouts;
 mod signals;
 mod warm_pool;
