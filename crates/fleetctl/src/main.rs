@@ -7,11 +7,13 @@
 mod backfill;
 mod cache;
 mod dlq;
+mod migrate;
 mod output;
 mod publish;
 mod schedule;
 mod tenants;
 mod up;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +45,12 @@ enum Cmd {
     /// Scheduled per-tenant jobs
     #[command(subcommand)]
     Schedule(schedule::Cmd),
+    /// Fleet-wide tenant migrations: status, rollout, rollback, undo, verify
+    #[command(subcommand)]
+    Migrate(migrate::Cmd),
+    /// Write a new tenant migration (up and down files)
+    #[command(subcommand)]
+    Migration(migrate::MigrationCmd),
 }
 
 fn main() {
@@ -66,6 +74,8 @@ fn main() {
             Cmd::Backfill(c) => backfill::run(c).await,
             Cmd::Cache(c) => cache::run(c).await,
             Cmd::Schedule(c) => schedule::run(c).await,
+            Cmd::Migrate(c) => migrate::run(c).await,
+            Cmd::Migration(c) => migrate::run_migration(c).await,
         }
     });
     if let Err(e) = res {

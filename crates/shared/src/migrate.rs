@@ -499,9 +499,14 @@ async fn run_plan(
     let mut batch = String::with_capacity(prelude.len() + size + 128);
     batch.push_str(prelude);
     batch.push_str(&format!("\nSAVEPOINT {SAVEPOINT};\n"));
+    // Where each step starts, in characters (Postgres reports syntax error positions so).
+    let mut starts = Vec::with_capacity(plan.steps.len());
+    let mut chars = batch.chars().count();
     for s in &plan.steps {
+        starts.push(chars);
         batch.push_str(&s.sql);
         batch.push('\n');
+        chars += s.sql.chars().count() + 1;
     }
     batch.push_str(&format!(
         "RELEASE SAVEPOINT {SAVEPOINT};\nSET LOCAL search_path TO DEFAULT;"
@@ -510,9 +515,17 @@ async fn run_plan(
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
-    // Which step failed is unknown. A transient error or a lock timeout is returned as it is
-    // (the caller retries the whole transaction); with one step it is that step; otherwise roll
-    // back to the savepoint and send the steps one at a time so the failure names its file.
+    // Which step failed is unknown. A syntax error fails the whole string before any statement
+    // runs, and carries its position: that names the step. A transient error or a lock timeout
+    // is returned as it is (the caller retries the whole transaction); with one step it is that
+    // step; otherwise roll back to the savepoint and send the steps one at a time so the failure
+    // names its file.
+    if let Some(pos) = error_position(&err) {
+        if let Some(i) = starts.iter().rposition(|s| *s < pos) {
+            return Err(failed(&plan.steps[i], err));
+        }
+        return Err(ledger_err(err));
+    }
     let transient = crate::errors::is_transient(&err)
         || crate::errors::sqlstate(&err).as_deref() == Some("55P03");
     match plan.steps.as_slice() {
@@ -545,6 +558,16 @@ async fn run_plan(
     // rather than commit something that did not run as planned.
     let last = plan.steps.last().expect("two or more steps");
     Err(failed(last, err))
+}
+
+/// The 1-based character position of a syntax error in the statement sent, if reported.
+fn error_position(e: &sqlx::Error) -> Option<usize> {
+    let db = e.as_database_error()?;
+    let pg = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()?;
+    match pg.position()? {
+        sqlx::postgres::PgErrorPosition::Original(p) => Some(p),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
