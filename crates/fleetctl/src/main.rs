@@ -54,7 +54,21 @@ enum Cmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // A usage error is bad input like any other: one line on stderr and exit 1 (help and
+    // --version still print in full and exit 0).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "error: {} (see --help)",
+                first.trim_start_matches("error: ").trim()
+            );
+            std::process::exit(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

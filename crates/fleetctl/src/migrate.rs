@@ -119,7 +119,12 @@ pub struct Controls {
 }
 
 impl Controls {
-    fn request(&self, direction: Direction, to: Option<i64>, undo: Option<Uuid>) -> anyhow::Result<RolloutRequest> {
+    fn request(
+        &self,
+        direction: Direction,
+        to: Option<i64>,
+        undo: Option<Uuid>,
+    ) -> anyhow::Result<RolloutRequest> {
         let codes = match &self.codes {
             Some(c) => Some(
                 c.iter()
@@ -179,7 +184,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             start(&settings, &pg, &set, &req, &c).await
         }
         Cmd::List { limit, json } => {
-            let rows = status::list(&pg, limit).await.context("Failed to list rollouts")?;
+            let rows = status::list(&pg, limit)
+                .await
+                .context("Failed to list rollouts")?;
             if json {
                 return output::print_json(&rows);
             }
@@ -229,10 +236,16 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .map(|t| {
                     vec![
                         t.code.clone(),
-                        if t.wave == 0 { "canary".into() } else { t.wave.to_string() },
+                        if t.wave == 0 {
+                            "canary".into()
+                        } else {
+                            t.wave.to_string()
+                        },
                         t.state.clone(),
                         t.version_before.to_string(),
-                        t.version_after.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                        t.version_after
+                            .map(|v| v.to_string())
+                            .unwrap_or_else(|| "-".into()),
                         t.attempts.to_string(),
                         t.duration_ms.map(|d| format!("{d}ms")).unwrap_or_default(),
                         t.error.clone().unwrap_or_default(),
@@ -240,7 +253,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 })
                 .collect();
             output::print_table(
-                &["CODE", "WAVE", "STATE", "BEFORE", "AFTER", "ATTEMPTS", "TOOK", "ERROR"],
+                &[
+                    "CODE", "WAVE", "STATE", "BEFORE", "AFTER", "ATTEMPTS", "TOOK", "ERROR",
+                ],
                 &table,
             );
             Ok(())
@@ -290,7 +305,11 @@ async fn start(
         return output::print_json(&p);
     }
     let skipped = p.items.len() - p.pending();
-    let canary = p.items.iter().filter(|i| i.skipped.is_none() && i.wave == 0).count();
+    let canary = p
+        .items
+        .iter()
+        .filter(|i| i.skipped.is_none() && i.wave == 0)
+        .count();
     if c.dry_run {
         println!(
             "dry run: {} to version {} ({} tenants to move, canary {canary}, {} waves after it; {} up to date, {skipped} skipped); nothing was written",
@@ -314,11 +333,20 @@ async fn start(
             .map(|i| {
                 let runs = match &i.skipped {
                     Some(why) => format!("skipped: {why}"),
-                    None => i.versions.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+                    None => i
+                        .versions
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                 };
                 vec![
                     i.code.clone(),
-                    if i.wave == 0 && i.skipped.is_none() { "canary".into() } else { i.wave.to_string() },
+                    if i.wave == 0 && i.skipped.is_none() {
+                        "canary".into()
+                    } else {
+                        i.wave.to_string()
+                    },
                     i.version_before.to_string(),
                     i.target_version.to_string(),
                     runs,
@@ -362,8 +390,16 @@ fn bar(s: &status::RolloutSummary, rate: f64) -> String {
     let total = (s.total - s.skipped).max(0);
     let finished = s.done + s.failed;
     let width = 30usize;
-    let filled = if total == 0 { width } else { (finished as usize * width) / total as usize };
-    let eta = if rate > 0.0 { s.pending as f64 / rate } else { f64::INFINITY };
+    let filled = if total == 0 {
+        width
+    } else {
+        (finished as usize * width) / total as usize
+    };
+    let eta = if rate > 0.0 {
+        s.pending as f64 / rate
+    } else {
+        f64::INFINITY
+    };
     format!(
         "[{}{}] {finished}/{total}  done {}  failed {}  skipped {}  {rate:.1}/s  ETA {}  wave {}/{}  {}",
         "#".repeat(filled.min(width)),
@@ -414,7 +450,10 @@ async fn watch_rollout(pg: &sqlx::PgPool, id: Uuid, json: bool) -> anyhow::Resul
                 "succeeded" => Ok(()),
                 other => Err(anyhow::anyhow!(
                     "rollout {id} {other}{}",
-                    s.reason.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    s.reason
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 )),
             };
         }
@@ -424,7 +463,10 @@ async fn watch_rollout(pg: &sqlx::PgPool, id: Uuid, json: bool) -> anyhow::Resul
 
 fn print_summary(s: &status::RolloutSummary) {
     println!("rollout:      {}", s.rollout_id);
-    println!("direction:    {} to version {}", s.direction, s.target_version);
+    println!(
+        "direction:    {} to version {}",
+        s.direction, s.target_version
+    );
     if let Some(u) = s.undo_of {
         println!("undo of:      {u}");
     }
@@ -436,7 +478,11 @@ fn print_summary(s: &status::RolloutSummary) {
         "tenants:      {} ({} done, {} failed, {} skipped, {} pending)",
         s.total, s.done, s.failed, s.skipped, s.pending
     );
-    println!("wave:         {} of {} (0 = canary)", s.current_wave, (s.waves - 1).max(0));
+    println!(
+        "wave:         {} of {} (0 = canary)",
+        s.current_wave,
+        (s.waves - 1).max(0)
+    );
     println!(
         "controls:     concurrency {}, max failures {}, lock timeout {}ms",
         s.concurrency, s.max_failures, s.lock_timeout_ms
@@ -448,13 +494,22 @@ fn print_summary(s: &status::RolloutSummary) {
 }
 
 fn print_status(source: &str, s: &status::FleetStatus) {
-    println!("deployed set: {source}, latest version {}", s.latest_version);
+    println!(
+        "deployed set: {source}, latest version {}",
+        s.latest_version
+    );
     let total: i64 = s.histogram.iter().map(|h| h.tenants).sum();
     println!("tenants per schema version ({total} not deleted):");
     if s.histogram.is_empty() {
         println!("  (no tenants)");
     }
-    let max = s.histogram.iter().map(|h| h.tenants).max().unwrap_or(1).max(1);
+    let max = s
+        .histogram
+        .iter()
+        .map(|h| h.tenants)
+        .max()
+        .unwrap_or(1)
+        .max(1);
     for h in &s.histogram {
         let mark = match h.version.cmp(&s.latest_version) {
             std::cmp::Ordering::Less => "behind",
@@ -520,7 +575,9 @@ pub async fn run_migration(cmd: MigrationCmd) -> anyhow::Result<()> {
     anyhow::ensure!(
         !name.is_empty()
             && name.len() <= 60
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
         "migration name {name:?}: use a-z, 0-9 and _ (at most 60)"
     );
     let set = migrate::load_dir(&dir)
@@ -537,7 +594,10 @@ pub async fn run_migration(cmd: MigrationCmd) -> anyhow::Result<()> {
     .with_context(|| format!("Failed to write {}", up.display()))?;
     std::fs::write(
         &down,
-        format!("-- Reverts {next:04}_{name}.sql (fleetctl migrate rollback --to {}).\n", next - 1),
+        format!(
+            "-- Reverts {next:04}_{name}.sql (fleetctl migrate rollback --to {}).\n",
+            next - 1
+        ),
     )
     .with_context(|| format!("Failed to write {}", down.display()))?;
     println!("{}", up.display());

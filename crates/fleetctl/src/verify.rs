@@ -40,7 +40,12 @@ fn tables_of(sql: &str) -> (Vec<String>, Vec<String>) {
                 j += 1;
             }
             if let Some(name) = words.get(j) {
-                let name = name.trim_matches('"').rsplit('.').next().unwrap_or("").to_owned();
+                let name = name
+                    .trim_matches('"')
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
                 if words[i] == "create" {
                     created.push(name);
                 } else {
@@ -86,23 +91,39 @@ pub async fn run(pg: &PgPool, set: &[Migration], json: bool) -> anyhow::Result<(
         let ledger = match ledger {
             Ok(l) => l,
             Err(e) => {
-                problems.push(format!("ledger unreadable: {}", fleet_shared::errors::one_line(&e.to_string())));
-                findings.push(Finding { code: code.clone(), problems });
+                problems.push(format!(
+                    "ledger unreadable: {}",
+                    fleet_shared::errors::one_line(&e.to_string())
+                ));
+                findings.push(Finding {
+                    code: code.clone(),
+                    problems,
+                });
                 continue;
             }
         };
         let top = ledger.last().map(|r| r.0).unwrap_or(0);
         if top != *registry {
-            problems.push(format!("registry says version {registry}, ledger says {top}"));
+            problems.push(format!(
+                "registry says version {registry}, ledger says {top}"
+            ));
         }
         let applied: BTreeSet<i64> = ledger.iter().map(|r| r.0).collect();
-        for m in set.iter().filter(|m| m.version < top && !applied.contains(&m.version)) {
-            problems.push(format!("{} missing from the ledger below version {top}", m.file));
+        for m in set
+            .iter()
+            .filter(|m| m.version < top && !applied.contains(&m.version))
+        {
+            problems.push(format!(
+                "{} missing from the ledger below version {top}",
+                m.file
+            ));
         }
         let mut expect: BTreeSet<String> = BTreeSet::new();
         for (v, sum) in &ledger {
             match by_version.get(v) {
-                None => problems.push(format!("version {v} is not in the deployed set (migrated by newer code?)")),
+                None => problems.push(format!(
+                    "version {v} is not in the deployed set (migrated by newer code?)"
+                )),
                 Some(m) => {
                     if m.checksum != *sum {
                         problems.push(format!(
@@ -125,26 +146,39 @@ pub async fn run(pg: &PgPool, set: &[Migration], json: bool) -> anyhow::Result<(
         if !missing.is_empty() {
             problems.push(format!(
                 "tables the ledger says exist are missing: {}",
-                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         if !problems.is_empty() {
-            findings.push(Finding { code: code.clone(), problems });
+            findings.push(Finding {
+                code: code.clone(),
+                problems,
+            });
         }
     }
     // Record the report (replacing the last one) for `migrate status`.
     let mut tx = pg.begin().await?;
-    sqlx::query("DELETE FROM fleet.tenant_drift").execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM fleet.tenant_drift")
+        .execute(&mut *tx)
+        .await?;
     let ids: BTreeMap<&str, Uuid> = tenants.iter().map(|t| (t.1.as_str(), t.0)).collect();
     for f in &findings {
-        sqlx::query("INSERT INTO fleet.tenant_drift (tenant_id, code, problems) VALUES ($1, $2, $3)")
-            .bind(ids[f.code.as_str()])
-            .bind(&f.code)
-            .bind(f.problems.join("; "))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO fleet.tenant_drift (tenant_id, code, problems) VALUES ($1, $2, $3)",
+        )
+        .bind(ids[f.code.as_str()])
+        .bind(&f.code)
+        .bind(f.problems.join("; "))
+        .execute(&mut *tx)
+        .await?;
     }
-    tx.commit().await.context("Failed to record the verify report")?;
+    tx.commit()
+        .await
+        .context("Failed to record the verify report")?;
     if json {
         return output::print_json(&serde_json::json!({
             "tenants_checked": tenants.len(), "drift": findings,
@@ -154,7 +188,11 @@ pub async fn run(pg: &PgPool, set: &[Migration], json: bool) -> anyhow::Result<(
         "verified {} tenants against {} deployed files: {}",
         tenants.len(),
         set.len(),
-        if findings.is_empty() { "no drift".to_owned() } else { format!("{} with drift", findings.len()) }
+        if findings.is_empty() {
+            "no drift".to_owned()
+        } else {
+            format!("{} with drift", findings.len())
+        }
     );
     for f in &findings {
         for p in &f.problems {

@@ -103,7 +103,13 @@ pub async fn migrate_tenant(
             status: row.status,
         });
     }
-    let report = move_tenant(&mut tx, &row, migrations, migrate::latest_version(migrations)).await?;
+    let report = move_tenant(
+        &mut tx,
+        &row,
+        migrations,
+        migrate::latest_version(migrations),
+    )
+    .await?;
     tx.commit()
         .await
         .map_err(ProvisionError::db("commit the migration transaction"))?;

@@ -130,7 +130,10 @@ mod tests {
             set.iter().map(|m| m.version).collect::<Vec<_>>(),
             [1, 2, 3, 4, 5]
         );
-        assert!(set.iter().all(|m| m.down.is_some()), "every built-in has a down");
+        assert!(
+            set.iter().all(|m| m.down.is_some()),
+            "every built-in has a down"
+        );
         let sql: String = set.iter().map(|m| m.sql.as_str()).collect();
         let created: Vec<&str> = sql
             .split("CREATE TABLE ")

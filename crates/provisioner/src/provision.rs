@@ -179,14 +179,13 @@ pub async fn provision(
         // CREATE SCHEMA without IF NOT EXISTS (Start::Fresh): a schema nobody registered may hold
         // someone's data, and running our migrations into it would mix the two. `schema` is
         // tenant_ + a validated code ([a-z0-9_]), so it is a safe identifier.
-        let report = match migrate::migrate_to(&mut tx, &schema, migrations, latest, Start::Fresh)
-            .await
-        {
-            Err(e) if e.sqlstate().as_deref() == Some("42P06") => {
-                return Err(ProvisionError::OrphanSchema(schema))
-            }
-            other => other?,
-        };
+        let report =
+            match migrate::migrate_to(&mut tx, &schema, migrations, latest, Start::Fresh).await {
+                Err(e) if e.sqlstate().as_deref() == Some("42P06") => {
+                    return Err(ProvisionError::OrphanSchema(schema))
+                }
+                other => other?,
+            };
         (version, applied) = (report.version, report.applied);
     }
 

@@ -242,8 +242,16 @@ pub fn latest_version(migrations: &[Migration]) -> i64 {
 pub fn set_digest(migrations: &[Migration], version: i64) -> String {
     let mut h = Sha256::new();
     for m in migrations.iter().filter(|m| m.version <= version) {
-        let down = m.down.as_deref().map(|d| hex(&Sha256::digest(d.as_bytes())));
-        h.update(format!("{}:{}:{};", m.version, m.checksum, down.unwrap_or_default()));
+        let down = m
+            .down
+            .as_deref()
+            .map(|d| hex(&Sha256::digest(d.as_bytes())));
+        h.update(format!(
+            "{}:{}:{};",
+            m.version,
+            m.checksum,
+            down.unwrap_or_default()
+        ));
     }
     hex(&h.finalize())[..16].to_owned()
 }
@@ -323,8 +331,7 @@ pub fn plan(
     if !safe_schema(schema) {
         return Err(MigrationError::BadSchema(schema.into()));
     }
-    let by_version: BTreeMap<i64, &Migration> =
-        migrations.iter().map(|m| (m.version, m)).collect();
+    let by_version: BTreeMap<i64, &Migration> = migrations.iter().map(|m| (m.version, m)).collect();
     for (v, sum) in applied {
         if let Some(m) = by_version.get(v) {
             if *sum != m.checksum {
@@ -374,7 +381,10 @@ pub fn plan(
             steps.push(Step {
                 version: m.version,
                 file: m.down_file(),
-                sql: format!("{down}\n;\nDELETE FROM {ledger} WHERE version = {};", m.version),
+                sql: format!(
+                    "{down}\n;\nDELETE FROM {ledger} WHERE version = {};",
+                    m.version
+                ),
             });
         }
     }
@@ -526,8 +536,8 @@ async fn run_plan(
         }
         return Err(ledger_err(err));
     }
-    let transient = crate::errors::is_transient(&err)
-        || crate::errors::sqlstate(&err).as_deref() == Some("55P03");
+    let transient =
+        crate::errors::is_transient(&err) || crate::errors::sqlstate(&err).as_deref() == Some("55P03");
     match plan.steps.as_slice() {
         [] => return Err(ledger_err(err)),
         [only] => return Err(failed(only, err)),
@@ -543,11 +553,13 @@ async fn run_plan(
     }
     if let Err(e) = exec_simple(&mut *con, &format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")).await {
         // The savepoint did not exist: the prelude itself failed (e.g. the schema exists).
-        return Err(ledger_err(if crate::errors::sqlstate(&e).as_deref() == Some("3B001") {
-            err
-        } else {
-            e
-        }));
+        return Err(ledger_err(
+            if crate::errors::sqlstate(&e).as_deref() == Some("3B001") {
+                err
+            } else {
+                e
+            },
+        ));
     }
     for s in &plan.steps {
         if let Err(e) = exec_simple(&mut *con, &s.sql).await {
@@ -617,7 +629,10 @@ mod tests {
         ])
         .unwrap();
         let err = check_contiguous(&gap).unwrap_err().to_string();
-        assert!(err.contains("0001_a.sql is followed by 0003_c.sql"), "{err}");
+        assert!(
+            err.contains("0001_a.sql is followed by 0003_c.sql"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -633,7 +648,10 @@ mod tests {
         let none = BTreeMap::new();
         assert_eq!(plan("s", &set, &none, 3).unwrap().versions(), [1, 2, 3]);
         assert_eq!(plan("s", &set, &none, 2).unwrap().versions(), [1, 2]);
-        let all: BTreeMap<i64, String> = set.iter().map(|m| (m.version, m.checksum.clone())).collect();
+        let all: BTreeMap<i64, String> = set
+            .iter()
+            .map(|m| (m.version, m.checksum.clone()))
+            .collect();
         assert!(plan("s", &set, &all, 3).unwrap().is_empty());
         let down = plan("s", &set, &all, 1).unwrap();
         assert_eq!(down.versions(), [3, 2]);

@@ -286,5 +286,6 @@ async fn backfill_submit_control_and_status_through_the_binary() {
         "a finished job cannot be cancelled"
     );
     let o = fleetctl(&env, &["backfill", "status", "not-a-uuid"], &[]);
-    assert_eq!(o.status.code(), Some(2), "clap rejects a malformed id");
+    assert_eq!(o.status.code(), Some(1), "clap rejects a malformed id");
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
 }

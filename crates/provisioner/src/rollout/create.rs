@@ -132,7 +132,10 @@ pub async fn create(
             )));
         }
     }
-    let mut tx = pg.begin().await.map_err(CreateError::db("begin a transaction"))?;
+    let mut tx = pg
+        .begin()
+        .await
+        .map_err(CreateError::db("begin a transaction"))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CREATE_LOCK)
         .execute(&mut *tx)
@@ -155,11 +158,15 @@ pub async fn create(
     let id = Uuid::now_v7();
     let p = prepare(&mut tx, set, &parsed, id).await?;
     if opts.dry_run {
-        tx.rollback().await.map_err(CreateError::db("end the dry run"))?;
+        tx.rollback()
+            .await
+            .map_err(CreateError::db("end the dry run"))?;
         return Ok(p);
     }
     insert(&mut tx, set, req, &p, opts.request_key.as_deref()).await?;
-    tx.commit().await.map_err(CreateError::db("commit the rollout"))?;
+    tx.commit()
+        .await
+        .map_err(CreateError::db("commit the rollout"))?;
     Ok(p)
 }
 
@@ -210,7 +217,11 @@ async fn prepare(
                 "rollout {undo} is {state}; cancel it before undoing it"
             )));
         }
-        direction = if dir == "up" { Direction::Down } else { Direction::Up };
+        direction = if dir == "up" {
+            Direction::Down
+        } else {
+            Direction::Up
+        };
         let rows: Vec<(Uuid, String, String, i64, i64, i64)> = sqlx::query_as(
             "SELECT t.tenant_id, t.code, t.status, t.schema_version, rt.version_before,
                     rt.version_after
@@ -229,7 +240,9 @@ async fn prepare(
                 status: if version == after {
                     status
                 } else {
-                    format!("moved since (now at version {version}, the rollout left it at {after})")
+                    format!(
+                        "moved since (now at version {version}, the rollout left it at {after})"
+                    )
                 },
                 schema_version: version,
             };
@@ -284,16 +297,11 @@ async fn prepare(
         candidates = rows.into_iter().map(|r| (r, target)).collect();
     }
 
-    // Every down this rollout may need must ship, named if not (checked before any tenant).
+    // Every down file above the target must ship (named if not), checked before any tenant:
+    // a rollback is refused whole rather than stopping half-way at the first irreversible file.
     if direction == Direction::Down {
-        let highest = candidates
-            .iter()
-            .map(|(t, _)| t.schema_version)
-            .filter(|v| *v <= latest)
-            .max()
-            .unwrap_or(latest);
         let lowest = candidates.iter().map(|(_, to)| *to).min().unwrap_or(target);
-        for m in set.iter().filter(|m| m.version > lowest && m.version <= highest) {
+        for m in set.iter().filter(|m| m.version > lowest) {
             if m.down.is_none() {
                 return Err(refused(format!(
                     "cannot roll back to version {lowest}: {} has no down file {}",
@@ -433,7 +441,10 @@ fn assign_waves(items: &mut [Item], canary: &Canary, waves: &[Size]) -> Result<i
     }
     let mut wave_of = vec![0i32; items.len()];
     for (j, &i) in rest.iter().enumerate() {
-        wave_of[i] = 1 + bounds.iter().position(|b| j < *b).unwrap_or(bounds.len() - 1) as i32;
+        wave_of[i] = 1 + bounds
+            .iter()
+            .position(|b| j < *b)
+            .unwrap_or(bounds.len() - 1) as i32;
     }
     // Renumber without empty waves.
     let used: BTreeSet<i32> = rest.iter().map(|&i| wave_of[i]).collect();
@@ -453,7 +464,10 @@ fn assign_waves(items: &mut [Item], canary: &Canary, waves: &[Size]) -> Result<i
 }
 
 /// Refuses a deployed file whose checksum differs from the one the last rollout recorded.
-async fn check_recorded_files(con: &mut PgConnection, set: &[Migration]) -> Result<(), CreateError> {
+async fn check_recorded_files(
+    con: &mut PgConnection,
+    set: &[Migration],
+) -> Result<(), CreateError> {
     let recorded: Vec<(i64, String, String)> =
         sqlx::query_as("SELECT version, file, checksum FROM fleet.tenant_migration_files")
             .fetch_all(&mut *con)
@@ -521,7 +535,14 @@ async fn insert(
         codes.push(i.code.clone());
         waves.push(i.wave);
         targets.push(i.target_version);
-        states.push(if i.skipped.is_some() { "skipped" } else { "pending" }.to_owned());
+        states.push(
+            if i.skipped.is_some() {
+                "skipped"
+            } else {
+                "pending"
+            }
+            .to_owned(),
+        );
         befores.push(i.version_before);
         errors.push(i.skipped.clone());
     }

@@ -51,7 +51,8 @@ pub struct Active {
 impl Runner {
     /// Runs until `shutdown`; a tenant step in flight finishes first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let digest = migrate::set_digest(&self.migrations, migrate::latest_version(&self.migrations));
+        let digest =
+            migrate::set_digest(&self.migrations, migrate::latest_version(&self.migrations));
         loop {
             match self.active().await {
                 Ok(Some(a)) if a.set_digest != digest => {
@@ -65,7 +66,9 @@ impl Runner {
                 }
                 Ok(Some(a)) => self.drive(&a, &shutdown).await,
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "could not read the running rollout; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the running rollout; retrying")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -226,8 +229,12 @@ pub async fn advance(pg: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
     tx.commit().await?;
     match next_state {
         "running" => tracing::info!(rollout.id = %id, wave = next_wave, "rollout wave started"),
-        "halted" => tracing::warn!(rollout.id = %id, reason = reason.as_deref().unwrap_or(""), "rollout halted"),
-        other => tracing::info!(rollout.id = %id, state = other, reason = reason.as_deref().unwrap_or(""), "rollout finished"),
+        "halted" => {
+            tracing::warn!(rollout.id = %id, reason = reason.as_deref().unwrap_or(""), "rollout halted")
+        }
+        other => {
+            tracing::info!(rollout.id = %id, state = other, reason = reason.as_deref().unwrap_or(""), "rollout finished")
+        }
     }
     Ok(())
 }

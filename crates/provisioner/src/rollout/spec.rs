@@ -90,10 +90,9 @@ impl Size {
     fn parse(field: &str, s: &str) -> Result<Size, String> {
         let s = s.trim();
         if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| format!("{field}: {s:?} is not a count or a percentage (e.g. 10 or 10%)"))?;
+            let v: f64 = p.trim().parse().map_err(|_| {
+                format!("{field}: {s:?} is not a count or a percentage (e.g. 10 or 10%)")
+            })?;
             if !(0.0..=100.0).contains(&v) || !v.is_finite() {
                 return Err(format!("{field}: {s} is out of range (0% to 100%)"));
             }
@@ -142,7 +141,9 @@ pub fn parse_waves(s: &str) -> Result<Vec<Size>, String> {
     for w in &waves {
         if let Size::Percent(p) = w {
             if *p < last_pct {
-                return Err(format!("--waves {s:?} must not shrink ({p}% after {last_pct}%)"));
+                return Err(format!(
+                    "--waves {s:?} must not shrink ({p}% after {last_pct}%)"
+                ));
             }
             last_pct = *p;
         }

@@ -134,7 +134,8 @@ pub async fn fleet_status(pg: &PgPool, latest: i64) -> Result<FleetStatus, sqlx:
                               {}) FROM fleet.tenant_drift))",
         ts!("max(checked_at)")
     );
-    let Json(mut s): Json<FleetStatus> = sqlx::query_scalar(&sql).bind(latest).fetch_one(pg).await?;
+    let Json(mut s): Json<FleetStatus> =
+        sqlx::query_scalar(&sql).bind(latest).fetch_one(pg).await?;
     s.latest_version = latest;
     Ok(s)
 }

@@ -153,17 +153,33 @@ async fn a_failing_canary_halts_before_wave_one() {
         })
         .await;
     let s = f.wait_state(id, "halted").await;
-    assert!(s.reason.as_deref().unwrap().contains("canary failed"), "{s:?}");
-    assert!(s.reason.as_deref().unwrap().contains("boom in tenant_a1"), "{s:?}");
+    assert!(
+        s.reason.as_deref().unwrap().contains("canary failed"),
+        "{s:?}"
+    );
+    assert!(
+        s.reason.as_deref().unwrap().contains("boom in tenant_a1"),
+        "{s:?}"
+    );
     assert_eq!((s.failed, s.done, s.pending), (1, 0, 3));
     for c in ["b1", "c1", "d1"] {
         assert_eq!(tenant(&f.pool, c).await.unwrap().schema_version, 1);
         assert_eq!(f.runs(c).await, 0, "{c} untouched");
     }
     let a = &f.outcomes(id).await[0];
-    assert_eq!((a.code.as_str(), a.state.as_str(), a.wave), ("a1", "failed", 0));
-    assert!(a.error.as_deref().unwrap().contains("0002_body.sql"), "{a:?}");
-    assert_eq!(ledger(&f.pool, "tenant_a1").await.len(), 1, "rolled back whole");
+    assert_eq!(
+        (a.code.as_str(), a.state.as_str(), a.wave),
+        ("a1", "failed", 0)
+    );
+    assert!(
+        a.error.as_deref().unwrap().contains("0002_body.sql"),
+        "{a:?}"
+    );
+    assert_eq!(
+        ledger(&f.pool, "tenant_a1").await.len(),
+        1,
+        "rolled back whole"
+    );
     f.assert_registry_matches_ledgers().await;
     w.stop().await;
 }
@@ -183,7 +199,13 @@ async fn a_failure_threshold_halts_and_retry_reruns_only_the_failed() {
         })
         .await;
     let s = f.wait_state(id, "halted").await;
-    assert!(s.reason.as_deref().unwrap().contains("more than --max-failures 1"), "{s:?}");
+    assert!(
+        s.reason
+            .as_deref()
+            .unwrap()
+            .contains("more than --max-failures 1"),
+        "{s:?}"
+    );
     assert_eq!(s.failed, 2);
     assert_eq!(s.done, 1, "t1 only, in code order with one at a time");
     assert_eq!(s.pending, 3);
@@ -203,7 +225,12 @@ async fn a_failure_threshold_halts_and_retry_reruns_only_the_failed() {
         assert_eq!(f.runs(c).await, 1, "{c} applied exactly once");
         assert_eq!(tenant(&f.pool, c).await.unwrap().schema_version, 2);
     }
-    let t1 = f.outcomes(id).await.into_iter().find(|o| o.code == "t1").unwrap();
+    let t1 = f
+        .outcomes(id)
+        .await
+        .into_iter()
+        .find(|o| o.code == "t1")
+        .unwrap();
     assert_eq!(t1.attempts, 1);
     let st = status::fleet_status(&f.pool, 2).await.unwrap();
     assert_eq!((st.behind, st.ahead), (0, 0));
@@ -296,7 +323,12 @@ async fn a_lock_held_by_another_session_makes_the_tenant_retry_then_succeed() {
     app.commit().await.unwrap();
     let s = f.wait_state(id, "succeeded").await;
     assert_eq!((s.done, s.failed), (2, 0));
-    let busy = f.outcomes(id).await.into_iter().find(|o| o.code == "busy").unwrap();
+    let busy = f
+        .outcomes(id)
+        .await
+        .into_iter()
+        .find(|o| o.code == "busy")
+        .unwrap();
     assert!(busy.attempts >= 2, "{busy:?}");
     assert_eq!(f.runs("busy").await, 1);
     f.assert_registry_matches_ledgers().await;
@@ -319,7 +351,10 @@ async fn dry_run_writes_nothing_and_a_second_rollout_is_refused_naming_the_first
     .unwrap();
     assert_eq!(dry.pending(), 2);
     assert_eq!(dry.items[0].versions, [2]);
-    assert_eq!(count(&f.pool, "SELECT count(*) FROM fleet.rollouts").await, 0);
+    assert_eq!(
+        count(&f.pool, "SELECT count(*) FROM fleet.rollouts").await,
+        0
+    );
     assert_eq!(
         count(&f.pool, "SELECT count(*) FROM fleet.tenant_migration_files").await,
         0
@@ -332,14 +367,21 @@ async fn dry_run_writes_nothing_and_a_second_rollout_is_refused_naming_the_first
         .await
         .unwrap_err()
         .to_string();
-    assert!(err.contains(&first.to_string()) && err.contains("running"), "{err}");
-    rollout::control(&f.pool, first, Control::Pause).await.unwrap();
+    assert!(
+        err.contains(&first.to_string()) && err.contains("running"),
+        "{err}"
+    );
+    rollout::control(&f.pool, first, Control::Pause)
+        .await
+        .unwrap();
     let err = rollout::create(&f.pool, &f.set(), &req(), &Options::default())
         .await
         .unwrap_err()
         .to_string();
     assert!(err.contains("paused"), "{err}");
-    rollout::control(&f.pool, first, Control::Cancel).await.unwrap();
+    rollout::control(&f.pool, first, Control::Cancel)
+        .await
+        .unwrap();
     // Cancelled: nothing ran, and a new rollout may start.
     assert_eq!(f.runs("d1").await, 0);
     f.create(req()).await;
@@ -415,11 +457,12 @@ async fn kill_9_of_one_of_two_replicas_mid_rollout_moves_every_tenant_exactly_on
     assert_eq!((s.done, s.failed, s.pending), (24, 0, 0));
     for c in &codes {
         assert_eq!(f.runs(c).await, 1, "{c}: 0002 exactly once");
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM public.applied_log WHERE schema = $1")
-            .bind(format!("tenant_{c}:3"))
-            .fetch_one(&f.pool)
-            .await
-            .unwrap();
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM public.applied_log WHERE schema = $1")
+                .bind(format!("tenant_{c}:3"))
+                .fetch_one(&f.pool)
+                .await
+                .unwrap();
         assert_eq!(n, 1, "{c}: 0003 exactly once");
         assert_eq!(tenant(&f.pool, c).await.unwrap().schema_version, 3);
     }
