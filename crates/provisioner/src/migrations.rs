@@ -13,44 +13,48 @@ use anyhow::Context as _;
 use fleet_shared::migrate::{self, Migration};
 use fleet_shared::Settings;
 
-/// The built-in tenant migrations and their down files. Add a line per new file; never edit an
-/// applied one (add a new version instead).
+/// The built-in tenant migrations, in version order. Add a line per new file (and its down file
+/// below); never edit an applied one (add a new version instead).
 pub const BUILT_IN: &[(&str, &str)] = &[
     (
         "0001_mentoring_core.sql",
         include_str!("../migrations/0001_mentoring_core.sql"),
     ),
     (
-        "0001_mentoring_core.down.sql",
-        include_str!("../migrations/0001_mentoring_core.down.sql"),
-    ),
-    (
         "0002_sessions.sql",
         include_str!("../migrations/0002_sessions.sql"),
-    ),
-    (
-        "0002_sessions.down.sql",
-        include_str!("../migrations/0002_sessions.down.sql"),
     ),
     (
         "0003_connections.sql",
         include_str!("../migrations/0003_connections.sql"),
     ),
     (
-        "0003_connections.down.sql",
-        include_str!("../migrations/0003_connections.down.sql"),
-    ),
-    (
         "0004_content.sql",
         include_str!("../migrations/0004_content.sql"),
     ),
     (
-        "0004_content.down.sql",
-        include_str!("../migrations/0004_content.down.sql"),
-    ),
-    (
         "0005_reports.sql",
         include_str!("../migrations/0005_reports.sql"),
+    ),
+];
+
+/// Their down files (`fleetctl migrate rollback`), one per up file.
+pub const BUILT_IN_DOWN: &[(&str, &str)] = &[
+    (
+        "0001_mentoring_core.down.sql",
+        include_str!("../migrations/0001_mentoring_core.down.sql"),
+    ),
+    (
+        "0002_sessions.down.sql",
+        include_str!("../migrations/0002_sessions.down.sql"),
+    ),
+    (
+        "0003_connections.down.sql",
+        include_str!("../migrations/0003_connections.down.sql"),
+    ),
+    (
+        "0004_content.down.sql",
+        include_str!("../migrations/0004_content.down.sql"),
     ),
     (
         "0005_reports.down.sql",
@@ -60,8 +64,13 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 
 /// The built-in set, parsed and sorted.
 pub fn built_in() -> Vec<Migration> {
-    migrate::from_files(BUILT_IN.iter().map(|(f, s)| (f.to_string(), s.to_string())))
-        .expect("built-in tenant migrations are well named")
+    migrate::from_files(
+        BUILT_IN
+            .iter()
+            .chain(BUILT_IN_DOWN)
+            .map(|(f, s)| (f.to_string(), s.to_string())),
+    )
+    .expect("built-in tenant migrations are well named")
 }
 
 /// Where the deployed set comes from, for messages.

@@ -1,6 +1,7 @@
 //! The integration tests of `fleetctl`, one module per area, linked into one binary.
 
 mod cli;
+mod migrate;
 mod tenant_lifecycle;
 mod tenant_portability;
 mod up;

@@ -2,8 +2,6 @@
 //! application traffic, dry runs, the one-rollout rule, skipped tenants, and a `kill -9` of one of
 //! two real provisioner binaries mid-rollout.
 
-
-
 use std::path::Path;
 use std::time::Duration;
 
