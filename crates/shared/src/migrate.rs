@@ -536,8 +536,8 @@ async fn run_plan(
         }
         return Err(ledger_err(err));
     }
-    let transient =
-        crate::errors::is_transient(&err) || crate::errors::sqlstate(&err).as_deref() == Some("55P03");
+    let transient = crate::errors::is_transient(&err)
+        || crate::errors::sqlstate(&err).as_deref() == Some("55P03");
     match plan.steps.as_slice() {
         [] => return Err(ledger_err(err)),
         [only] => return Err(failed(only, err)),

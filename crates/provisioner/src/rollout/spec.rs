@@ -164,8 +164,7 @@ pub fn parse_canary(s: &str) -> Result<Canary, String> {
 }
 
 pub fn parse_duration(field: &str, s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{field}: {s:?} is not a duration like 2s or 500ms ({e})"))?;
+    let d = fleet_shared::duration::parse(s).map_err(|e| format!("{field}: {e}"))?;
     if d < Duration::from_millis(1) || d > Duration::from_secs(600) {
         return Err(format!("{field}: {s} is out of range (1ms to 10m)"));
     }
