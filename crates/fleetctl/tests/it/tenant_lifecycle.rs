@@ -294,9 +294,10 @@ async fn lifecycle_commands_through_the_binary() {
         .await
         .unwrap();
     assert_eq!(left, 0);
-    // A malformed flag is a usage error (clap: exit 2, with a usage hint).
+    // A malformed flag is a usage error: one line, exit 1, like every other bad input.
     let o = fleetctl(e, &["tenants", "purge", "--older-than", "30"], &[]).await;
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(err(&o).lines().count(), 1, "{}", err(&o));
     assert!(err(&o).contains("\"30\" is not a duration"), "{}", err(&o));
     prov.stop().await;
 }
