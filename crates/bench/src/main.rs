@@ -9,6 +9,7 @@ mod fanout;
 mod invalidate;
 mod provision;
 mod provision_warm;
+mod rollout;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Cmd {
     /// tenant.created → tenant.provisioned throughput vs a bare DDL loop
     Provision(provision::Args),
+    /// A fleet-wide migration rolled out vs a bare serial DDL loop; migrate status at 10k tenants
+    Rollout(rollout::Args),
     /// Cache invalidation events/s vs the naive SCAN+DEL per event
     Invalidate(invalidate::Args),
     /// tenant_codes backfill rows/s vs an in-database DO loop
@@ -51,6 +54,7 @@ fn main() {
     let res = rt.block_on(async move {
         match cli.cmd {
             Cmd::Provision(a) => provision::run(a).await,
+            Cmd::Rollout(a) => rollout::run(a).await,
             Cmd::Invalidate(a) => invalidate::run(a).await,
             Cmd::Backfill(a) => backfill::run(a).await,
             Cmd::Fanout(a) => fanout::run(a).await,
