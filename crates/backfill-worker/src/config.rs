@@ -8,6 +8,8 @@
 //! parallelism = 2             # chunk transactions at once per job, per replica
 //! statement_timeout = "30s"   # "0s": none
 //! lock_timeout = "5s"
+//! mapping_dir = "/srv/mappings"   # mapping_path files are read only here (default: never)
+//! mapping_max_bytes = 16777216
 //! ```
 //!
 //! Durations use the fleet's one syntax (`500ms`, `2s`, `5m`). The integer keys of the previous
@@ -38,6 +40,11 @@ pub struct BackfillConfig {
     pub progress_interval: Duration,
     /// Jobs one replica runs at once.
     pub max_jobs: usize,
+    /// The only directory a `mapping_path` in a spec received over NATS may name a file in
+    /// (unset: such specs are refused; see `mapping_file`).
+    pub mapping_dir: Option<std::path::PathBuf>,
+    /// Largest mapping file read.
+    pub mapping_max_bytes: u64,
 }
 
 impl Default for BackfillConfig {
@@ -54,6 +61,8 @@ impl Default for BackfillConfig {
             poll_interval: Duration::from_millis(500),
             progress_interval: Duration::from_secs(1),
             max_jobs: 4,
+            mapping_dir: None,
+            mapping_max_bytes: crate::mapping_file::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -83,6 +92,8 @@ struct Raw {
     progress_interval: Option<Duration>,
     progress_interval_ms: Option<u64>,
     max_jobs: Option<usize>,
+    mapping_dir: Option<std::path::PathBuf>,
+    mapping_max_bytes: Option<u64>,
 }
 
 impl BackfillConfig {
@@ -143,6 +154,8 @@ impl BackfillConfig {
             )?
             .unwrap_or(d.progress_interval),
             max_jobs: raw.max_jobs.unwrap_or(d.max_jobs),
+            mapping_dir: raw.mapping_dir,
+            mapping_max_bytes: raw.mapping_max_bytes.unwrap_or(d.mapping_max_bytes),
         };
         anyhow::ensure!(
             cfg.chunk_size >= 1

@@ -14,11 +14,14 @@ use fleet_shared::{HandleError, Handler, Incoming};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::mapping_file::{self, MappingFiles};
 use crate::runner::Runner;
 use crate::store::{self, Action, ControlError, SubmitError};
 
 pub struct Handlers {
     pub runner: Arc<Runner>,
+    /// Where a spec's `mapping_path` may be read (see [`crate::mapping_file`]).
+    pub mapping_files: MappingFiles,
 }
 
 /// `backfill.control`
@@ -46,13 +49,14 @@ impl Handlers {
             .msg_id()
             .map(|id| format!("msg:{id}"))
             .unwrap_or_else(|| format!("seq:{}", msg.stream_seq));
-        match store::submit_json(
-            &self.runner.pool,
+        let json = mapping_file::inline(
             &msg.payload,
-            self.runner.allow_sql,
-            Some(&key),
+            &self.mapping_files,
+            self.runner.cfg.mapping_max_bytes,
         )
         .await
+        .map_err(|r| HandleError::invalid(format!("backfill.submit: {r}")))?;
+        match store::submit_json(&self.runner.pool, &json, self.runner.allow_sql, Some(&key)).await
         {
             Ok(s) => {
                 tracing::info!(job.id = %s.job_id, created = s.created, "backfill job submitted");
@@ -70,8 +74,8 @@ impl Handlers {
         let c: Control = parse_json(BACKFILL_CONTROL, &msg.payload)?;
         let action = Action::parse(&c.action).ok_or_else(|| {
             HandleError::invalid(format!(
-                "backfill.control: unknown action {:?} (accepted: pause, resume, cancel, retry)",
-                c.action.chars().take(40).collect::<String>()
+                "backfill.control: unknown action {} (accepted: pause, resume, cancel, retry)",
+                fleet_shared::events::quoted(&c.action)
             ))
         })?;
         match store::control(&self.runner.pool, c.job_id, action).await {

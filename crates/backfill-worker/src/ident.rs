@@ -9,9 +9,10 @@ use std::fmt;
 
 /// A spec value that is not an identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} {value:?} is not an identifier (use a-z, 0-9 and _, starting with a letter or _, at most 63 characters)")]
+#[error("{what} {value} is not an identifier (use a-z, 0-9 and _, starting with a letter or _, at most 63 characters)")]
 pub struct BadIdent {
     pub what: String,
+    /// Quoted and bounded.
     pub value: String,
 }
 
@@ -33,7 +34,7 @@ impl Ident {
         } else {
             Err(BadIdent {
                 what: what.to_owned(),
-                value: s.chars().take(80).collect(),
+                value: fleet_shared::events::quoted(s),
             })
         }
     }

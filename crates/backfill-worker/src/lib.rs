@@ -31,6 +31,7 @@ pub mod config;
 pub mod handler;
 pub mod ident;
 pub mod mapping;
+pub mod mapping_file;
 pub mod metrics;
 pub mod plan;
 pub mod runner;
@@ -41,7 +42,7 @@ pub mod validate;
 use std::sync::Arc;
 
 use fleet_shared::topology::{ConsumerSpec, JOBS_STREAM};
-use fleet_shared::{Fleet, WorkerSpec};
+use fleet_shared::Fleet;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +51,9 @@ pub use store::{
     control, get_job, list_jobs, submit_json, Action, ControlError, JobRow, SubmitError, Submitted,
 };
 
+/// Largest `backfill.submit`/`backfill.control` payload read (a spec may inline its mapping CSV);
+/// larger ones are dead-lettered unread.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub const NAME: &str = "backfill-worker";
 /// Whether `/readyz` of this worker's binary checks Redis.
 pub const USES_REDIS: bool = false;
@@ -105,6 +109,7 @@ fn worker_id() -> String {
 /// Runs the worker until `shutdown` is cancelled: the NATS consumers and the job runner.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = BackfillConfig::from_settings(&fleet.settings)?;
+    let mapping_files = mapping_file::MappingFiles::for_worker(cfg.mapping_dir.as_deref())?;
     let metrics = metrics::BackfillMetrics::register(&fleet.metrics);
     let runner = Arc::new(runner::Runner {
         pool: fleet.pg.clone(),
@@ -116,7 +121,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         metrics,
     });
     let jobs = tokio::spawn(runner.clone().run(shutdown.clone()));
-    let mut spec = WorkerSpec::new(
+    let spec = fleet.worker_spec(
         NAME,
         vec![
             ConsumerSpec::new(
@@ -130,13 +135,16 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
                 fleet_shared::events::BACKFILL_CONTROL,
             ),
         ],
+        MAX_EVENT_BYTES,
     );
-    spec.shutdown_timeout = fleet.settings.shutdown_timeout;
     let res = fleet_shared::worker::run(
         fleet.js.clone(),
         fleet.metrics.clone(),
         spec,
-        Arc::new(handler::Handlers { runner }),
+        Arc::new(handler::Handlers {
+            runner,
+            mapping_files,
+        }),
         shutdown.clone(),
     )
     .await;

@@ -23,7 +23,7 @@ pub const KINDS: &[&str] = &["sql", "tenant_codes", "copy_to_tenant"];
 pub enum SpecError {
     #[error("job spec is not valid JSON: {0}")]
     Json(String),
-    #[error("unknown kind {0:?} (accepted: sql, tenant_codes, copy_to_tenant)")]
+    #[error("unknown kind {0} (accepted: sql, tenant_codes, copy_to_tenant)")]
     UnknownKind(String),
     #[error("{kind} job: missing field {field:?}")]
     Missing {
@@ -378,11 +378,13 @@ impl JobSpec {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
                 if let Some(k) = v.get("kind").and_then(|k| k.as_str()) {
                     if !KINDS.contains(&k) {
-                        return SpecError::UnknownKind(k.chars().take(40).collect());
+                        return SpecError::UnknownKind(fleet_shared::events::quoted(k));
                     }
                 }
             }
-            SpecError::Json(fleet_shared::errors::one_line(&e.to_string()))
+            SpecError::Json(fleet_shared::events::shorten_quotes(
+                &fleet_shared::errors::one_line(&e.to_string()),
+            ))
         })?;
         Self::from_raw(raw, allow_sql, source)
     }
@@ -396,7 +398,7 @@ impl JobSpec {
             "sql" => "sql",
             "tenant_codes" => "tenant_codes",
             "copy_to_tenant" => "copy_to_tenant",
-            other => return Err(SpecError::UnknownKind(other.chars().take(40).collect())),
+            other => return Err(SpecError::UnknownKind(fleet_shared::events::quoted(other))),
         };
         let schema = Ident::parse("schema", raw.schema.as_deref().unwrap_or("public"))?;
         let options = Options {
@@ -509,11 +511,13 @@ impl JobSpec {
                         let text = match (raw.mapping_csv.take(), raw.mapping_path.take()) {
                             (Some(_), Some(_)) => return Err(SpecError::MappingTwice),
                             (Some(t), None) => t,
+                            // `crate::mapping_file::inline` turns a readable one into mapping_csv
+                            // first; one left here was not allowed to be read.
                             (None, Some(p)) => {
-                                std::fs::read_to_string(&p).map_err(|e| SpecError::MappingFile {
-                                    path: p.clone(),
-                                    problem: e.to_string(),
-                                })?
+                                return Err(SpecError::MappingFile {
+                                    path: fleet_shared::events::quoted(&p),
+                                    problem: "files are read only through the mapping_dir rules (inline the CSV as mapping_csv)".into(),
+                                })
                             }
                             (None, None) => {
                                 return Err(SpecError::Missing {
@@ -581,8 +585,8 @@ impl JobSpec {
                         }
                         _ => {
                             return Err(SpecError::Tables(format!(
-                                "tenant_codes job: user_tables entry {:?} needs exactly one of user_column, session_column",
-                                u.table
+                                "tenant_codes job: user_tables entry {} needs exactly one of user_column, session_column",
+                                fleet_shared::events::quoted(&u.table)
                             )))
                         }
                     };

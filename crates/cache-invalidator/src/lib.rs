@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use fleet_shared::config::Settings;
 use fleet_shared::topology::{ensure_streams, ConsumerSpec, Topology, EVENTS_STREAM};
-use fleet_shared::{Code, Fleet, WorkerSpec};
+use fleet_shared::{Code, Fleet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{InvalidationConfig, SECTION};
@@ -38,6 +38,8 @@ use crate::metrics::CacheMetrics;
 use crate::pass::Passes;
 use crate::rules::RuleSet;
 
+/// Largest `org.updated`/`session.changed` payload read; larger ones are dead-lettered unread.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 pub const NAME: &str = "cache-invalidator";
 /// Whether `/readyz` of this worker's binary checks Redis.
 pub const USES_REDIS: bool = true;
@@ -106,9 +108,8 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         "cache invalidation rules loaded"
     );
 
-    let mut spec = WorkerSpec::new(NAME, consumers);
+    let mut spec = fleet.worker_spec(NAME, consumers, MAX_EVENT_BYTES);
     spec.concurrency = cfg.concurrency();
-    spec.shutdown_timeout = fleet.settings.shutdown_timeout;
     let handler = InvalidateHandler {
         rules: Arc::new(rules),
         passes,

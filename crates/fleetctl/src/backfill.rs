@@ -67,17 +67,23 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?
             };
-            let submitted = backfill_worker::submit_json(
-                &pg,
+            // A mapping_path names a file on this machine: read it here and send it inline.
+            let body = backfill_worker::mapping_file::inline(
                 body.as_bytes(),
-                settings.backfill_allow_sql,
-                None,
+                &backfill_worker::mapping_file::MappingFiles::Local,
+                backfill_worker::mapping_file::DEFAULT_MAX_BYTES,
             )
             .await
-            .map_err(|e| match e {
-                backfill_worker::SubmitError::Refused(r) => anyhow::anyhow!("spec refused: {r}"),
-                backfill_worker::SubmitError::Db(e) => e,
-            })?;
+            .map_err(|r| anyhow::anyhow!("spec refused: {r}"))?;
+            let submitted =
+                backfill_worker::submit_json(&pg, &body, settings.backfill_allow_sql, None)
+                    .await
+                    .map_err(|e| match e {
+                        backfill_worker::SubmitError::Refused(r) => {
+                            anyhow::anyhow!("spec refused: {r}")
+                        }
+                        backfill_worker::SubmitError::Db(e) => e,
+                    })?;
             if json {
                 return output::print_json(&submitted);
             }

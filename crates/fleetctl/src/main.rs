@@ -69,6 +69,11 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // Library diagnostics only (warnings by default, RUST_LOG to see more); `up` installs the
+    // workers' own format. Secrets are masked at every level either way.
+    if !matches!(cli.cmd, Cmd::Up(_)) {
+        fleet_shared::telemetry::init_with_default(fleet_shared::config::LogFormat::Pretty, "warn");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,7 +101,7 @@ fn main() {
         let line: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!(
             "error: {}",
-            fleet_shared::errors::one_line(&line.join(": "))
+            fleet_shared::telemetry::redact(&fleet_shared::errors::one_line(&line.join(": ")))
         );
         std::process::exit(1);
     }

@@ -13,7 +13,7 @@ pub fn settings() -> anyhow::Result<Settings> {
 
 /// A NATS connection for a CLI command: fails fast (5 s) instead of waiting for the server.
 pub async fn nats(settings: &Settings) -> anyhow::Result<async_nats::Client> {
-    fleet_shared::fleet::connect_nats(&settings.nats_url, "fleetctl", Duration::from_secs(5)).await
+    fleet_shared::fleet::connect_nats(&settings.nats, "fleetctl", Duration::from_secs(5)).await
 }
 
 /// JetStream with the fleet's streams ensured (a fresh install may have none yet).

@@ -14,7 +14,8 @@ use uuid::Uuid;
 pub enum ProvisionError {
     #[error(transparent)]
     BadInput(#[from] BadInput),
-    #[error("tenant.created: unknown plan {plan:?} (known plans: {known})")]
+    #[error("tenant.created: unknown plan {plan} (known plans: {known})")]
+    /// `plan` is already quoted (and bounded) by [`fleet_shared::events::quoted`].
     UnknownPlan { plan: String, known: String },
     #[error("conflict: tenant code {code} already belongs to tenant_id {existing}, not {requested}; the existing tenant is left untouched")]
     CodeTaken {

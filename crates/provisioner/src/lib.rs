@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use fleet_shared::topology::{ConsumerSpec, EVENTS_STREAM};
-use fleet_shared::{Fleet, WorkerSpec};
+use fleet_shared::Fleet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProvisionerConfig;
@@ -41,6 +41,8 @@ use crate::handler::Provisioner;
 use crate::metrics::ProvisionerMetrics;
 use crate::plans::Plans;
 
+/// Largest `tenant.created`/`tenant.migrate` payload read; larger ones are dead-lettered unread.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 pub const NAME: &str = "provisioner";
 /// Whether `/readyz` of this worker's binary checks Redis.
 pub const USES_REDIS: bool = false;
@@ -90,10 +92,9 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     };
     let mut consumer = ConsumerSpec::new(EVENTS_STREAM, DURABLE, FILTER);
     consumer.ack_wait = config.ack_wait();
-    let mut spec = WorkerSpec::new(NAME, vec![consumer]);
+    let mut spec = fleet.worker_spec(NAME, vec![consumer], MAX_EVENT_BYTES);
     spec.concurrency = config.concurrency;
     spec.max_attempts = config.max_attempts;
-    spec.shutdown_timeout = fleet.settings.shutdown_timeout;
     let res = fleet_shared::worker::run(
         fleet.js.clone(),
         fleet.metrics.clone(),

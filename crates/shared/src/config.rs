@@ -57,6 +57,8 @@ pub struct Settings {
     pub file: FileConfig,
     /// `FLEET_CONFIG_KEYS`: keys for encrypted tenant configs (unset: none can be written or read).
     pub config_keys: Option<crate::config_keys::ConfigKeys>,
+    /// How to reach NATS: servers, credentials, TLS, event size limit.
+    pub nats: crate::nats_settings::NatsSettings,
 }
 
 impl Settings {
@@ -78,22 +80,7 @@ impl Settings {
         };
 
         let nats_url = var("NATS_URL", DEFAULT_NATS_URL);
-        for part in nats_url.split(',') {
-            let part = part.trim();
-            let ok = match url::Url::parse(part) {
-                Ok(u) => {
-                    matches!(u.scheme(), "nats" | "tls" | "ws" | "wss") && u.host_str().is_some()
-                }
-                Err(_) => false,
-            };
-            if !ok {
-                return Err(ConfigError::invalid(
-                    "NATS_URL",
-                    format!("{} is not a NATS URL", SecretUrl::new(part)),
-                    "nats://host:port, comma-separated for several servers",
-                ));
-            }
-        }
+        let nats = crate::nats_settings::NatsSettings::from_lookup(&nats_url, &get)?;
 
         let nats_url = SecretUrl::new(nats_url);
 
@@ -199,11 +186,12 @@ impl Settings {
             connect_timeout,
             file,
             config_keys,
+            nats,
         })
     }
 }
 
-fn parse_bool(var: &'static str, v: Option<String>) -> Result<bool, ConfigError> {
+pub(crate) fn parse_bool(var: &'static str, v: Option<String>) -> Result<bool, ConfigError> {
     match v.as_deref().map(str::trim) {
         None | Some("") | Some("0") | Some("false") | Some("no") => Ok(false),
         Some("1") | Some("true") | Some("yes") => Ok(true),

@@ -8,6 +8,15 @@
 //!
 //! Replaying republishes to the original subject under a new message id (the original id would be
 //! dropped by the duplicate window) and, unless asked to keep it, deletes the letter.
+//!
+//! A letter always fits the server's `max_payload` (headers count against it), so hostile input
+//! can never make the dead-letter publish itself fail:
+//! - the reason is one line of at most [`MAX_REASON_BYTES`], cut with a marker;
+//! - each copied header value is cut to [`MAX_HEADER_VALUE_BYTES`], and original headers beyond
+//!   [`MAX_ORIGINAL_HEADER_BYTES`] in all are dropped (`Fleet-Headers-Dropped` counts them);
+//! - a payload that does not fit whole is stored truncated to its first [`PREVIEW_BYTES`], with
+//!   `Fleet-Payload-Truncated`, `Fleet-Payload-Size` (the original size in bytes) and
+//!   `Fleet-Payload-Sha256` (hex digest of the whole original). Such a letter cannot be replayed.
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -26,6 +35,21 @@ pub const H_FAILED_AT: &str = "Fleet-Failed-At";
 pub const H_WORKER: &str = "Fleet-Worker";
 pub const H_STREAM_SEQ: &str = "Fleet-Stream-Seq";
 pub const H_ORIGINAL_MSG_ID: &str = "Fleet-Original-Msg-Id";
+pub const H_PAYLOAD_TRUNCATED: &str = "Fleet-Payload-Truncated";
+pub const H_PAYLOAD_SIZE: &str = "Fleet-Payload-Size";
+pub const H_PAYLOAD_SHA256: &str = "Fleet-Payload-Sha256";
+pub const H_HEADERS_DROPPED: &str = "Fleet-Headers-Dropped";
+
+/// Longest reason kept, in bytes.
+pub const MAX_REASON_BYTES: usize = 400;
+/// Longest value kept of a header copied from the original message.
+pub const MAX_HEADER_VALUE_BYTES: usize = 1024;
+/// Most bytes of original headers a letter carries.
+pub const MAX_ORIGINAL_HEADER_BYTES: usize = 8 * 1024;
+/// What a letter keeps of a payload too large to carry whole.
+pub const PREVIEW_BYTES: usize = 4096;
+/// Room kept free for what the publish adds (`Nats-Msg-Id`, `traceparent`) and the protocol.
+const HEADROOM: usize = 1024;
 
 const FLEET_HEADERS: &[&str] = &[
     H_SUBJECT,
@@ -35,6 +59,10 @@ const FLEET_HEADERS: &[&str] = &[
     H_WORKER,
     H_STREAM_SEQ,
     H_ORIGINAL_MSG_ID,
+    H_PAYLOAD_TRUNCATED,
+    H_PAYLOAD_SIZE,
+    H_PAYLOAD_SHA256,
+    H_HEADERS_DROPPED,
 ];
 
 /// What failed, for [`dead_letter`].
@@ -46,36 +74,115 @@ pub struct Failure<'a> {
     pub stream_seq: u64,
     pub delivered: i64,
     pub reason: &'a str,
+    /// The server's `max_payload` (headers and payload together).
+    pub max_payload: usize,
 }
 
-/// Stores a dead letter. Fails only if NATS cannot take it, in which case the caller must not
-/// terminate the original message.
+/// Stores a dead letter, bounded as the module docs say. Fails only if NATS cannot take it, in
+/// which case the caller decides whether to retry.
 pub async fn dead_letter(js: &jetstream::Context, f: Failure<'_>) -> anyhow::Result<()> {
+    let (headers, payload) = letter(&f);
+    let id = cut(
+        &format!("dlq:{}:{}:{}", f.worker, f.subject, f.stream_seq),
+        200,
+    );
+    publish::publish_bounded(js, &dlq_subject(f.worker), &id, Some(headers), payload, 3).await?;
+    Ok(())
+}
+
+/// The letter's headers and payload, sized to fit `f.max_payload`.
+pub fn letter(f: &Failure<'_>) -> (HeaderMap, Bytes) {
     let mut headers = HeaderMap::new();
+    let mut used = 0usize;
+    let mut dropped = 0usize;
     if let Some(orig) = f.headers {
         for (name, values) in orig.iter() {
             let name: &str = name.as_ref();
-            if name.eq_ignore_ascii_case(MSG_ID) {
-                for v in values {
-                    headers.insert(H_ORIGINAL_MSG_ID, v.as_str());
-                }
-                continue;
-            }
+            let target = if name.eq_ignore_ascii_case(MSG_ID) {
+                H_ORIGINAL_MSG_ID
+            } else {
+                name
+            };
             for v in values {
-                headers.append(name, v.as_str());
+                let v = cut(v.as_str(), MAX_HEADER_VALUE_BYTES);
+                let size = target.len() + v.len() + 4;
+                if used + size > MAX_ORIGINAL_HEADER_BYTES {
+                    dropped += 1;
+                    continue;
+                }
+                used += size;
+                if target == H_ORIGINAL_MSG_ID {
+                    headers.insert(H_ORIGINAL_MSG_ID, v.as_str());
+                } else {
+                    headers.append(name, v.as_str());
+                }
             }
         }
     }
-    let reason = crate::errors::one_line(f.reason);
-    headers.insert(H_SUBJECT, f.subject);
+    let reason = bound_reason(f.reason);
+    headers.insert(H_SUBJECT, cut(f.subject, MAX_HEADER_VALUE_BYTES).as_str());
     headers.insert(H_ERROR, reason.as_str());
     headers.insert(H_DELIVERY_COUNT, f.delivered.to_string().as_str());
     headers.insert(H_FAILED_AT, chrono::Utc::now().to_rfc3339().as_str());
     headers.insert(H_WORKER, f.worker);
     headers.insert(H_STREAM_SEQ, f.stream_seq.to_string().as_str());
-    let id = format!("dlq:{}:{}:{}", f.worker, f.subject, f.stream_seq);
-    publish::publish(js, &dlq_subject(f.worker), &id, Some(headers), f.payload).await?;
-    Ok(())
+    if dropped > 0 {
+        headers.insert(H_HEADERS_DROPPED, dropped.to_string().as_str());
+    }
+    let header_bytes = encoded_len(&headers);
+    let room = f.max_payload.saturating_sub(header_bytes + HEADROOM + 200);
+    if f.payload.len() <= room {
+        return (headers, f.payload.clone());
+    }
+    let keep = PREVIEW_BYTES.min(room);
+    let hex = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&f.payload));
+    headers.insert(
+        H_PAYLOAD_TRUNCATED,
+        format!("first {keep} of {} bytes", f.payload.len()).as_str(),
+    );
+    headers.insert(H_PAYLOAD_SIZE, f.payload.len().to_string().as_str());
+    headers.insert(H_PAYLOAD_SHA256, hex.as_str());
+    (headers, f.payload.slice(..keep))
+}
+
+/// One line of at most [`MAX_REASON_BYTES`], cut at a character boundary with a marker.
+pub fn bound_reason(reason: &str) -> String {
+    let line = crate::errors::one_line(reason);
+    if line.len() <= MAX_REASON_BYTES {
+        return line;
+    }
+    let marker = format!(" …[reason cut, {} bytes]", line.len());
+    let mut out = cut_at(&line, MAX_REASON_BYTES - marker.len()).to_owned();
+    out.push_str(&marker);
+    out
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, `…` marking a cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    format!("{}…", cut_at(s, max.saturating_sub(3)))
+}
+
+fn cut_at(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Bytes the headers take on the wire (`NATS/1.0\r\n`, `Name: value\r\n` each, `\r\n`).
+fn encoded_len(h: &HeaderMap) -> usize {
+    let mut n = 12;
+    for (name, values) in h.iter() {
+        let name: &str = name.as_ref();
+        for v in values {
+            n += name.len() + v.as_str().len() + 4;
+        }
+    }
+    n
 }
 
 /// A stored dead letter, as `fleetctl dlq list` shows it.
@@ -164,6 +271,12 @@ pub async fn get(js: &jetstream::Context, seq: u64) -> anyhow::Result<DeadLetter
 /// Re-drives a dead letter to its original subject. Returns the new stream sequence.
 pub async fn replay(js: &jetstream::Context, seq: u64, keep: bool) -> anyhow::Result<u64> {
     let letter = get(js, seq).await?;
+    if let Some(t) = publish::header_value(&letter.headers, H_PAYLOAD_TRUNCATED) {
+        anyhow::bail!(
+            "dead letter {seq} holds only the {t} of its payload (sha256 {}); it cannot be replayed",
+            publish::header_value(&letter.headers, H_PAYLOAD_SHA256).unwrap_or("?")
+        );
+    }
     if letter.subject.is_empty() {
         anyhow::bail!(
             "dead letter {seq} has no {H_SUBJECT} header; cannot tell where to replay it"

@@ -84,6 +84,63 @@ impl BadInput {
     }
 }
 
+/// Longest piece of input a reason quotes, in bytes.
+pub const QUOTE_BYTES: usize = 64;
+
+/// `s` Debug-quoted for a reason, cut to [`QUOTE_BYTES`] with a marker naming its full size:
+/// `"aaaa…" (70000 bytes)`. Every reason that echoes input quotes it through here, so a hostile
+/// value can never make a reason (a dead-letter header, a log line) large.
+pub fn quoted(s: &str) -> String {
+    if s.len() <= QUOTE_BYTES {
+        return format!("{s:?}");
+    }
+    let mut end = QUOTE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &s[..end], s.len())
+}
+
+/// Cuts every `` `…` `` or `"…"` span longer than [`QUOTE_BYTES`] in a library's error message
+/// (serde names an unknown field or echoes a wrong value whole).
+pub fn shorten_quotes(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len().min(1024));
+    let mut rest = msg;
+    while let Some(open) = rest.find(['`', '"']) {
+        let q = rest.as_bytes()[open] as char;
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(q) else {
+            rest = after;
+            break;
+        };
+        let inner = &after[..close];
+        if inner.len() > QUOTE_BYTES {
+            let mut end = QUOTE_BYTES;
+            while !inner.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push_str(&inner[..end]);
+            out.push_str(&format!("…({} bytes)", inner.len()));
+        } else {
+            out.push_str(inner);
+        }
+        out.push(q);
+        rest = &after[close + 1..];
+    }
+    if rest.len() > 4 * QUOTE_BYTES {
+        let mut end = 4 * QUOTE_BYTES;
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.push_str(&rest[..end]);
+        out.push('…');
+    } else {
+        out.push_str(rest);
+    }
+    out
+}
+
 /// Parses a JSON payload into `T`, turning every failure into a one-line [`BadInput`].
 pub fn parse_json<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, BadInput> {
     if payload.is_empty() {
@@ -98,7 +155,10 @@ pub fn parse_json<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<
             }
             _ => "payload does not match the contract",
         };
-        BadInput::new(format!("{subject}: {kind}: {e}"))
+        BadInput::new(format!(
+            "{subject}: {kind}: {}",
+            shorten_quotes(&e.to_string())
+        ))
     })
 }
 
@@ -134,7 +194,8 @@ impl TenantCreated {
             for key in overrides.keys() {
                 if !valid_config_key(key) {
                     return Err(BadInput::new(format!(
-                        "tenant.created: config_overrides key {key:?} is not a config key (use a-z, 0-9, . _ -, at most 255)"
+                        "tenant.created: config_overrides key {} is not a config key (use a-z, 0-9, . _ -, at most 255)",
+                        quoted(key)
                     )));
                 }
             }
@@ -327,6 +388,27 @@ mod tests {
             assert!(err.contains(needle), "{err}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn quoted_input_is_bounded() {
+        let huge = "x".repeat(70_000);
+        let q = quoted(&huge);
+        assert!(q.len() < 100 && q.contains("70000 bytes"), "{q}");
+        assert_eq!(quoted("basic"), "\"basic\"");
+        let msg = format!("unknown field `{huge}`, expected one of `a`, `b`");
+        let s = shorten_quotes(&msg);
+        assert!(
+            s.len() < 200 && s.contains("70000 bytes") && s.ends_with("`b`"),
+            "{s}"
+        );
+        let err = parse_json::<TenantMigrate>(
+            TENANT_MIGRATE,
+            format!("{{\"code\":\"{huge}\"}}").as_bytes(),
+        )
+        .unwrap_err()
+        .0;
+        assert!(err.len() < 400, "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Settings, DEFAULT_BIN_HTTP_ADDR};
 use crate::http::{HttpState, Probe};
 use crate::metrics::Metrics;
+use crate::nats_settings::NatsSettings;
 use crate::redis_target::RedisTarget;
 use crate::secret::{ExposeSecret, SecretUrl};
 use crate::topology::{ensure_streams, Topology};
@@ -33,7 +34,10 @@ impl Fleet {
     /// and ensures the JetStream topology.
     pub async fn connect(settings: Settings, topology: Topology) -> anyhow::Result<Fleet> {
         let wait = settings.connect_timeout;
-        let nats = connect_nats(&settings.nats_url, "tenant-fleet", wait).await?;
+        if let Some(secret) = url_password(settings.database_url.expose_secret()) {
+            crate::telemetry::redact_secret(&secret);
+        }
+        let nats = connect_nats(&settings.nats, "tenant-fleet", wait).await?;
         let js = jetstream::new(nats.clone());
         let topology = Topology {
             replicas: settings.stream_replicas,
@@ -67,6 +71,26 @@ impl Fleet {
         })
     }
 
+    /// A [`WorkerSpec`](crate::worker::WorkerSpec) with what the settings and the server decide:
+    /// shutdown timeout, the server's `max_payload`, and the event size limit
+    /// (`FLEET_MAX_EVENT_BYTES`, else `default_max_event_bytes`).
+    pub fn worker_spec(
+        &self,
+        name: &str,
+        consumers: Vec<crate::topology::ConsumerSpec>,
+        default_max_event_bytes: usize,
+    ) -> crate::worker::WorkerSpec {
+        let mut spec = crate::worker::WorkerSpec::new(name, consumers);
+        spec.shutdown_timeout = self.settings.shutdown_timeout;
+        spec.max_payload = self.nats.server_info().max_payload;
+        spec.max_event_bytes = self
+            .settings
+            .nats
+            .max_event_bytes
+            .unwrap_or(default_max_event_bytes);
+        spec
+    }
+
     /// State for [`crate::http::serve`]; `/readyz` checks NATS, Postgres and (if `redis`) Redis.
     pub fn http_state(&self, redis: bool) -> HttpState {
         let mut probes = vec![
@@ -83,15 +107,18 @@ impl Fleet {
     }
 }
 
-/// Connects to NATS, retrying for up to `wait`; afterwards the client reconnects on its own
-/// forever, and logs each disconnect and reconnect.
+/// Connects to NATS (every server of `NATS_URL`, with its credentials and TLS settings),
+/// retrying for up to `wait`; afterwards the client reconnects on its own forever, and logs each
+/// disconnect and reconnect. A failure that no retry can cure (a TLS setup the client rejects, a
+/// bad nkey, credentials the server refuses) ends at once with one line.
 pub async fn connect_nats(
-    url: &SecretUrl,
+    nats: &NatsSettings,
     name: &str,
     wait: Duration,
 ) -> anyhow::Result<async_nats::Client> {
+    let shown = SecretUrl::new(nats.servers().join(","));
     let attempt = || async {
-        async_nats::ConnectOptions::new()
+        nats.options()
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(10)))
@@ -104,16 +131,48 @@ pub async fn connect_nats(
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             })
-            .connect(url.expose_secret())
+            .connect(nats.servers())
             .await
     };
-    retry_until(wait, "NATS", attempt)
+    let permanent = |e: &async_nats::ConnectError| {
+        use async_nats::ConnectErrorKind as K;
+        matches!(
+            e.kind(),
+            K::ServerParse | K::Tls | K::Authentication | K::AuthorizationViolation
+        )
+    };
+    retry_while(wait, "NATS", attempt, permanent)
         .await
-        .with_context(|| format!("NATS_URL {url}: cannot connect"))
+        .with_context(|| {
+            format!(
+                "NATS_URL {shown} (credentials: {}, TLS {}): cannot connect",
+                nats.auth_kind(),
+                if nats.tls_required() {
+                    "required"
+                } else {
+                    "if offered"
+                }
+            )
+        })
 }
 
 /// Retries `f` with capped exponential backoff until it succeeds or `wait` has passed.
-pub async fn retry_until<T, E, F, Fut>(wait: Duration, what: &str, mut f: F) -> Result<T, E>
+pub async fn retry_until<T, E, F, Fut>(wait: Duration, what: &str, f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    retry_while(wait, what, f, |_| false).await
+}
+
+/// As [`retry_until`], but an error for which `permanent` says true is returned at once.
+pub async fn retry_while<T, E, F, Fut>(
+    wait: Duration,
+    what: &str,
+    mut f: F,
+    permanent: impl Fn(&E) -> bool,
+) -> Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
@@ -124,7 +183,7 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+            Err(e) if !permanent(&e) && tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(error = %crate::errors::one_line(&e.to_string()), retry_in = ?delay, "{what} not ready");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -132,6 +191,17 @@ where
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The password of a URL, if it has one (for log redaction).
+fn url_password(u: &str) -> Option<String> {
+    let url = url::Url::parse(u.split(',').next()?.trim()).ok()?;
+    let p = url.password()?;
+    let decoded = url::form_urlencoded::parse(format!("x={}", p.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| p.to_owned());
+    Some(decoded)
 }
 
 /// A token cancelled on SIGTERM or SIGINT (Ctrl-C).
@@ -173,7 +243,8 @@ pub fn exit_code(res: anyhow::Result<()>) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            let line = crate::errors::one_line(&chain.join(": "));
+            let line =
+                crate::telemetry::redact(&crate::errors::one_line(&chain.join(": "))).into_owned();
             tracing::error!(error = %line, "stopped");
             eprintln!("error: {line}");
             std::process::ExitCode::FAILURE
@@ -188,6 +259,7 @@ where
     F: FnOnce(Fleet, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    crate::cli::parse_worker_args();
     let settings = match Settings::from_env(DEFAULT_BIN_HTTP_ADDR) {
         Ok(s) => s,
         Err(e) => {

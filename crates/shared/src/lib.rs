@@ -7,6 +7,7 @@
 //! graceful shutdown), [`http`] (`/healthz`, `/readyz`, `/metrics`), [`telemetry`], [`db`]
 //! (Postgres pool and versioned migrations) and [`fleet::Fleet`] (the connections, built once).
 
+pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod config_keys;
@@ -19,6 +20,7 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod migrate;
+pub mod nats_settings;
 pub mod publish;
 pub mod redis_target;
 pub mod secret;

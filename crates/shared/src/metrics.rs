@@ -42,6 +42,7 @@ pub struct WorkerMetrics {
     pub dead_lettered: Family<EventLabels, Counter>,
     pub handler_seconds: HistogramFamily<WorkerLabels>,
     pub in_flight: Family<WorkerLabels, Gauge>,
+    pub dlq_publish_failures: Family<WorkerLabels, Counter>,
 }
 
 pub struct Metrics {
@@ -59,6 +60,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             handler_seconds: Family::new_with_constructor(latency_histogram),
             in_flight: Family::default(),
+            dlq_publish_failures: Family::default(),
         };
         registry.register(
             "messages_received",
@@ -89,6 +91,11 @@ impl Metrics {
             "messages_in_flight",
             "Messages being handled now",
             worker.in_flight.clone(),
+        );
+        registry.register(
+            "dlq_publish_failures",
+            "Dead letters the dead-letter stream did not take (the message is retried, then terminated)",
+            worker.dlq_publish_failures.clone(),
         );
         Arc::new(Metrics {
             registry: Mutex::new(registry),

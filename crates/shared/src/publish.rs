@@ -65,6 +65,19 @@ pub async fn publish(
     headers: Option<HeaderMap>,
     payload: Bytes,
 ) -> anyhow::Result<PublishAck> {
+    publish_bounded(js, subject, msg_id, headers, payload, 8).await
+}
+
+/// As [`publish`], retrying at most `retries` times (a caller holding a scarce permit, like the
+/// dead-letter path, wants to give up sooner).
+pub async fn publish_bounded(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+    retries: usize,
+) -> anyhow::Result<PublishAck> {
     let mut headers = headers.unwrap_or_default();
     headers.insert(MSG_ID, msg_id);
     if header_value(&headers, TRACEPARENT).is_none() {
@@ -84,7 +97,7 @@ pub async fn publish(
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
                 .with_max_delay(Duration::from_secs(3))
-                .with_max_times(8)
+                .with_max_times(retries)
                 .with_jitter(),
         )
         .notify(

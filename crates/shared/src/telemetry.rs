@@ -2,8 +2,95 @@
 //!
 //! Binaries call [`init`]; tests call [`init_for_tests`], which is silent unless `TEST_LOG` is set
 //! so a failing test's output is not buried in worker chatter.
+//!
+//! Every line goes through [`RedactingStderr`], which masks each value registered with
+//! [`redact_secret`] (NATS passwords, tokens and seeds, database and Redis passwords) as `***`.
+//! Redacting at the writer rather than filtering targets covers every log level and every
+//! library, including the NATS client's trace of its `CONNECT` line, which carries the password.
+
+use std::io::Write;
+use std::sync::{Arc, RwLock};
 
 use tracing_subscriber::{fmt, EnvFilter};
+
+static SECRETS: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
+
+/// Registers a secret: from now on no log line shows it (nor its JSON- or Debug-escaped form).
+/// Values shorter than 3 characters are ignored (masking them would garble every line).
+pub fn redact_secret(secret: &str) {
+    if secret.len() < 3 {
+        return;
+    }
+    let debug = format!("{secret:?}");
+    let debug = debug[1..debug.len() - 1].to_owned();
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let json = json
+        .get(1..json.len().saturating_sub(1))
+        .unwrap_or("")
+        .to_owned();
+    let json_of_debug = serde_json::to_string(&debug).unwrap_or_default();
+    let json_of_debug = json_of_debug
+        .get(1..json_of_debug.len().saturating_sub(1))
+        .unwrap_or("")
+        .to_owned();
+    let mut all = SECRETS.write().unwrap_or_else(|e| e.into_inner());
+    for v in [secret.to_owned(), debug, json, json_of_debug] {
+        if v.len() >= 3 && !all.iter().any(|s| **s == *v) {
+            all.push(v.into());
+        }
+    }
+    // Longest first, so a secret containing another is masked whole.
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// Masks every registered secret in `line`.
+pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
+    let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
+    if !secrets.iter().any(|s| line.contains(&**s)) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = line.to_owned();
+    for s in secrets.iter() {
+        if out.contains(&**s) {
+            out = out.replace(&**s, "***");
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A `MakeWriter` for stderr that buffers each event and writes it redacted.
+#[derive(Clone, Copy, Default)]
+pub struct RedactingStderr;
+
+/// One event's output, written (redacted) to stderr when dropped.
+pub struct RedactingLine(Vec<u8>);
+
+impl Write for RedactingLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactingLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.0);
+        let _ = std::io::stderr().lock().write_all(redact(&text).as_bytes());
+    }
+}
+
+impl<'a> fmt::MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactingLine;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingLine(Vec::with_capacity(256))
+    }
+}
 
 use crate::config::LogFormat;
 
@@ -17,7 +104,7 @@ pub fn init(format: LogFormat) {
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt().with_env_filter(filter).with_writer(RedactingStderr);
     let _ = match format {
         LogFormat::Pretty => builder.with_target(false).try_init(),
         LogFormat::Json => builder

@@ -13,8 +13,12 @@
 //! Guarantees: at most `concurrency` messages are handled at once (a permit is taken before the
 //! next message is pulled); a handler that runs long keeps its message with in-progress acks; a
 //! message whose deliveries keep dying without a verdict (the process crashed or hung) is
-//! dead-lettered once its delivery count passes `max_attempts`; if the dead-letter stream cannot
-//! take a letter, the message is NAKed, never dropped. On shutdown the loop stops pulling, NAKs
+//! dead-lettered once its delivery count passes `max_attempts`. A payload larger than
+//! `max_event_bytes` is dead-lettered unread (never parsed). Letters are sized to fit the server
+//! (see [`crate::dlq`]); if the dead-letter stream still cannot take one, the message is NAKed
+//! (at least [`DLQ_RETRY_MIN`] apart) and, after [`DLQ_GIVE_UP_AFTER`] deliveries, terminated with
+//! an error log and `fleet_dlq_publish_failures_total`, so no message can hold a permit forever.
+//! On shutdown the loop stops pulling, NAKs
 //! what it had prefetched so other replicas get it within seconds, and lets in-flight handlers finish for
 //! `shutdown_timeout`; whatever is still running then is redelivered after its ack wait.
 
@@ -104,7 +108,18 @@ pub struct WorkerSpec {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub shutdown_timeout: Duration,
+    /// Payloads larger than this are dead-lettered before the handler sees them.
+    pub max_event_bytes: usize,
+    /// The server's `max_payload`: every dead letter is sized to fit it.
+    pub max_payload: usize,
 }
+
+/// The default of [`WorkerSpec::max_event_bytes`].
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+/// Deliveries after which a message whose dead letter cannot be stored is terminated.
+pub const DLQ_GIVE_UP_AFTER: i64 = 5;
+/// Shortest NAK delay after a failed dead-letter publish.
+pub const DLQ_RETRY_MIN: Duration = Duration::from_secs(2);
 
 impl WorkerSpec {
     pub fn new(name: &str, consumers: Vec<ConsumerSpec>) -> Self {
@@ -116,6 +131,8 @@ impl WorkerSpec {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_payload: 1024 * 1024,
         }
     }
 
@@ -350,7 +367,14 @@ async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) {
         };
         m.in_flight.get_or_create(&wl).inc();
 
-        let verdict = if delivered > ctx.spec.max_attempts {
+        let verdict = if incoming.payload.len() > ctx.spec.max_event_bytes {
+            Err(HandleError::Invalid(format!(
+                "{}: payload of {} bytes is larger than this worker's limit of {} bytes (FLEET_MAX_EVENT_BYTES); not read",
+                event_label(&incoming.subject),
+                incoming.payload.len(),
+                ctx.spec.max_event_bytes
+            )))
+        } else if delivered > ctx.spec.max_attempts {
             Err(HandleError::Invalid(format!(
                 "gave up: delivered {delivered} times without completing (the worker crashed or exceeded the ack wait each time)"
             )))
@@ -454,9 +478,11 @@ async fn decide<H: Handler>(
             stream_seq: incoming.stream_seq,
             delivered: incoming.delivered,
             reason: &reason,
+            max_payload: ctx.spec.max_payload,
         },
     )
     .await;
+    let reason = dlq::bound_reason(&reason);
     match stored {
         Ok(()) => {
             if let Err(e) = msg.ack_with(AckKind::Term).await {
@@ -466,11 +492,26 @@ async fn decide<H: Handler>(
             tracing::warn!(reason = %reason, "dead-lettered");
         }
         Err(e) => {
-            // Never drop a message we could not park: try again later.
-            let delay = ctx.spec.retry_delay(incoming.delivered);
-            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-            m.retried.get_or_create(labels).inc();
-            tracing::error!(error = %format!("{e:#}"), reason = %reason, "could not dead-letter; will retry");
+            let wl = WorkerLabels {
+                worker: ctx.spec.name.clone(),
+            };
+            m.dlq_publish_failures.get_or_create(&wl).inc();
+            if incoming.delivered >= DLQ_GIVE_UP_AFTER.min(ctx.spec.max_attempts) {
+                // Bounded: a letter the stream keeps refusing must not hold a permit forever.
+                let _ = msg.ack_with(AckKind::Term).await;
+                tracing::error!(
+                    error = %crate::errors::one_line(&format!("{e:#}")),
+                    reason = %reason,
+                    payload_bytes = incoming.payload.len(),
+                    "could not dead-letter after {} deliveries; message terminated without a letter",
+                    incoming.delivered
+                );
+            } else {
+                let delay = ctx.spec.retry_delay(incoming.delivered).max(DLQ_RETRY_MIN);
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                m.retried.get_or_create(labels).inc();
+                tracing::error!(error = %crate::errors::one_line(&format!("{e:#}")), reason = %reason, retry_in = ?delay, "could not dead-letter; will retry");
+            }
         }
     }
 }
