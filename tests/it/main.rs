@@ -2,5 +2,7 @@
 
 mod control_plane;
 mod health;
+mod hostile;
 mod lifecycle;
+mod nats_auth;
 mod worker_loop;

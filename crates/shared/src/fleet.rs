@@ -136,10 +136,15 @@ pub async fn connect_nats(
     };
     let permanent = |e: &async_nats::ConnectError| {
         use async_nats::ConnectErrorKind as K;
-        matches!(
-            e.kind(),
-            K::ServerParse | K::Tls | K::Authentication | K::AuthorizationViolation
-        )
+        match e.kind() {
+            K::ServerParse | K::Tls | K::Authentication | K::AuthorizationViolation => true,
+            // A TLS handshake that failed (an alert, a certificate refused, a server that does
+            // not speak TLS) surfaces as an I/O error of kind InvalidData; retrying repeats it.
+            K::Io => std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData),
+            _ => false,
+        }
     };
     retry_while(wait, "NATS", attempt, permanent)
         .await

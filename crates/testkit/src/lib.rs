@@ -8,16 +8,20 @@
 //!   make Postgres, Redis or NATS "unreachable for a while" without killing the server.
 //! - [`Running`]: a worker's `run` spawned in-process, stopped gracefully or killed.
 //! - [`TestEnv`]: the three together, with [`Settings`] pointing at them.
+//! - [`TestCerts`], [`user_nkey`]: a throwaway PKI and nkeys for servers started with
+//!   [`NatsServer::start_with_config`] (users, a token, nkeys, TLS, limits).
 
 mod db;
 mod proxy;
 mod running;
 mod servers;
+mod tls;
 
 pub use db::TestDb;
 pub use proxy::TcpProxy;
 pub use running::Running;
 pub use servers::{find_binary, free_port, wait_for_port, NatsServer, RedisServer};
+pub use tls::{user_nkey, TestCerts};
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -60,6 +60,8 @@ impl Drop for Proc {
 pub struct NatsServer {
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra server configuration (authorization, TLS, limits), if any.
+    config: Option<String>,
     proc: Proc,
 }
 
@@ -69,10 +71,32 @@ impl NatsServer {
         let mut s = NatsServer {
             port: free_port(),
             dir,
+            config: None,
             proc: Proc { child: None },
         };
         s.restart()?;
         Ok(s)
+    }
+
+    /// With `config` added to the server's configuration file, e.g.
+    /// `authorization { user: app, password: s3cret }`, `authorization { token: t0k }`,
+    /// `authorization { users = [ { nkey: UABC... } ] }`, a `tls { ... }` block (see
+    /// [`crate::TestCerts`]) or `max_payload: 65536`. Listen address and JetStream are set here.
+    pub fn start_with_config(config: &str) -> anyhow::Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let mut s = NatsServer {
+            port: free_port(),
+            dir,
+            config: Some(config.to_owned()),
+            proc: Proc { child: None },
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// The server's own directory (store and configuration); tests may put files here.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     pub fn url(&self) -> String {
@@ -87,19 +111,32 @@ impl NatsServer {
     /// Starts (again) on the same port with the same store.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.proc.kill();
-        let child = Command::new(find_binary("nats-server")?)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let mut cmd = Command::new(find_binary("nats-server")?);
+        match &self.config {
+            None => {
+                cmd.args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(self.dir.path());
+            }
+            Some(extra) => {
+                let store = self.dir.path().join("js");
+                let conf = format!(
+                    "listen: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{extra}\n",
+                    self.port,
+                    store.display().to_string()
+                );
+                let path = self.dir.path().join("nats.conf");
+                std::fs::write(&path, conf)?;
+                cmd.arg("-c").arg(path);
+            }
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         self.proc.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10))
     }
