@@ -14,7 +14,7 @@ use crate::http::{HttpState, Probe};
 use crate::metrics::Metrics;
 use crate::nats_settings::NatsSettings;
 use crate::redis_target::RedisTarget;
-use crate::secret::{ExposeSecret, SecretUrl};
+use crate::secret::ExposeSecret;
 use crate::topology::{ensure_streams, Topology};
 
 /// Everything a worker runs on. Cheap to clone.
@@ -116,7 +116,7 @@ pub async fn connect_nats(
     name: &str,
     wait: Duration,
 ) -> anyhow::Result<async_nats::Client> {
-    let shown = SecretUrl::new(nats.servers().join(","));
+    let shown = nats.shown();
     let attempt = || async {
         nats.options()
             .name(name)

@@ -59,6 +59,8 @@ impl Auth {
 pub struct NatsSettings {
     /// Server URLs with any userinfo removed (the credentials live in `auth`).
     servers: Vec<String>,
+    /// `NATS_URL` as given, secrets masked, for messages.
+    shown: String,
     auth: Auth,
     ca: Option<PathBuf>,
     client_cert: Option<(PathBuf, PathBuf)>,
@@ -137,15 +139,13 @@ impl NatsSettings {
             kinds.push(("NATS_URL", a));
         }
         match (get("NATS_USER"), get("NATS_PASSWORD")) {
-            (Some(user), Some(password)) => {
-                kinds.push((
+            (Some(user), Some(password)) => kinds.push((
                 "NATS_USER",
                 Auth::UserPassword {
                     user,
                     password: password.into(),
                 },
-            ))
-            }
+            )),
             (None, None) => {}
             (Some(_), None) | (None, Some(_)) => {
                 return Err(ConfigError::invalid(
@@ -251,12 +251,18 @@ impl NatsSettings {
 
         Ok(NatsSettings {
             servers,
+            shown: SecretUrl::new(nats_url).to_string(),
             auth,
             ca,
             client_cert,
             require_tls,
             max_event_bytes,
         })
+    }
+
+    /// `NATS_URL` with its secrets masked.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 
     /// The servers to connect to, credentials removed.

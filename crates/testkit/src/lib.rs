@@ -111,3 +111,42 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Checks a worker binary's command line: `--help` and `--version` print to stdout and exit 0
+/// without connecting anywhere; an unknown argument fails with exit code 2 and one line on stderr.
+pub fn assert_worker_cli(binary: &str, name: &str) {
+    use std::process::Command;
+    // Settings that could never connect: a binary that tried would hang or fail differently.
+    let run = |args: &[&str]| {
+        Command::new(binary)
+            .args(args)
+            .env("NATS_URL", "nats://127.0.0.1:1")
+            .env("FLEET_CONNECT_TIMEOUT", "120s")
+            .output()
+            .expect("run the binary")
+    };
+    let help = run(&["--help"]);
+    let out = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "--help: {help:?}");
+    assert!(
+        out.contains(name) && out.contains("NATS_URL"),
+        "--help: {out}"
+    );
+    let version = run(&["--version"]);
+    assert!(version.status.success(), "--version: {version:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("{name} {}", env!("CARGO_PKG_VERSION"))
+    );
+    for bad in [&["--bogus"][..], &["extra"][..], &["--help-me"][..]] {
+        let o = run(bad);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {o:?}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{bad:?}: one line, got {err}"
+        );
+        assert!(err.starts_with("error:"), "{err}");
+    }
+}

@@ -2,7 +2,9 @@
 
 mod bad_specs;
 mod chunks;
+mod cli;
 mod common;
 mod control;
 mod exactly_once;
+mod mapping_files;
 mod tenant_codes;

@@ -2,6 +2,7 @@
 
 mod cli;
 mod migrate;
+mod nats_auth;
 mod tenant_lifecycle;
 mod tenant_portability;
 mod up;

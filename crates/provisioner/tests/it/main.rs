@@ -8,6 +8,7 @@ mod happy_path;
 mod idempotency;
 mod lifecycle;
 mod migrations;
+mod production;
 mod rollouts;
 mod signals;
 mod warm_pool;
