@@ -50,7 +50,7 @@ async fn hostile_events_on_every_subject_are_dead_lettered_and_never_stall_valid
     std::fs::write(
         config.path(),
         format!(
-            "[provisioner]\nconcurrency = {CONCURRENCY}\n[invalidation]\nconcurrency = {CONCURRENCY}\n[backfill]\npoll_interval_ms = 50\n"
+            "[provisioner]\nconcurrency = {CONCURRENCY}\n[invalidation]\nconcurrency = {CONCURRENCY}\n[backfill]\npoll_interval = \"50ms\"\n"
         ),
     )
     .unwrap();
