@@ -95,17 +95,6 @@ impl From<&JobRow> for Progress {
     }
 }
 
-fn worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
-    let tag = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &tag[..6])
-}
-
 /// Runs the worker until `shutdown` is cancelled: the NATS consumers and the job runner.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = BackfillConfig::from_settings(&fleet.settings)?;
@@ -116,7 +105,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         nats: Some(fleet.nats.clone()),
         cfg,
         allow_sql: fleet.settings.backfill_allow_sql,
-        worker_id: worker_id(),
+        worker_id: fleet_shared::fleet::instance_id(),
         wake: Arc::new(tokio::sync::Notify::new()),
         metrics,
     });

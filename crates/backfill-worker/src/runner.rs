@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fleet_shared::errors::{is_transient, sqlstate};
+use fleet_shared::retry::RetryPolicy;
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -49,6 +50,10 @@ use crate::plan::{self, TableReport};
 use crate::spec::{Effective, JobSpec, Kind, MappingSource};
 use crate::store;
 use crate::validate::ValidateError;
+
+/// Between attempts of a chunk that hit a transient database error.
+const CHUNK_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// One replica's job runner.
 pub struct Runner {
@@ -447,8 +452,7 @@ impl Runner {
                 Err(e) if is_transient(&e) && failures < 30 => {
                     failures += 1;
                     self.metrics.outcome("retry");
-                    let delay = Duration::from_millis(100u64 << failures.min(6))
-                        .min(Duration::from_secs(5));
+                    let delay = CHUNK_RETRY.delay(failures);
                     tracing::warn!(error = %one_line(&e), retry_in = ?delay, "chunk hit a transient error; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,

@@ -34,7 +34,7 @@ pub struct InvalidationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    /// Names the rule in metrics, logs and errors (`[a-z0-9_-]`).
+    /// Names the rule in metrics, logs and errors (a `fleet_shared::Name`: `^[a-z0-9][a-z0-9_-]{0,63}$`).
     pub name: String,
     /// The event subject, e.g. `profile.updated` (no wildcards).
     pub subject: String,

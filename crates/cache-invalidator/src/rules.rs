@@ -253,14 +253,7 @@ impl RuleSet {
                 rule: rc.name.clone(),
                 why,
             };
-            let name_ok = !rc.name.is_empty()
-                && rc.name.len() <= 64
-                && rc.name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                });
-            if !name_ok {
-                return Err(invalid("the name must be 1-64 of a-z, 0-9, _ and -".into()));
-            }
+            fleet_shared::Name::parse(&rc.name).map_err(|e| invalid(e.to_string()))?;
             if set.rules.iter().any(|r| r.name == rc.name) {
                 return Err(invalid("another rule has the same name".into()));
             }

@@ -80,23 +80,6 @@ pub fn built_in() -> BTreeMap<String, PlanConfig> {
     ])
 }
 
-/// The rule `tenant.created`'s `config_overrides` keys follow too.
-fn valid_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 255
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn valid_plan_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
-}
-
 impl Plans {
     /// The built-in plans with the `[plans]` section of `FLEET_CONFIG` applied.
     pub fn from_settings(settings: &fleet_shared::Settings) -> Result<Plans, PlanError> {
@@ -115,15 +98,9 @@ impl Plans {
                 plan: name.clone(),
                 problem,
             };
-            if !valid_plan_name(&name) {
-                return Err(bad(
-                    "plan names use a-z, 0-9, _ and -, at most 64 characters".into(),
-                ));
-            }
-            if let Some(key) = keys.keys().find(|k| !valid_key(k)) {
-                return Err(bad(format!(
-                    "{key:?} is not a config key (use a-z, A-Z, 0-9, . _ -, at most 255)"
-                )));
+            fleet_shared::Name::parse(&name).map_err(|e| bad(e.to_string()))?;
+            for key in keys.keys() {
+                fleet_shared::names::check_config_key(key).map_err(|e| bad(e.to_string()))?;
             }
             plans.entry(name).or_default().extend(keys);
         }

@@ -28,8 +28,8 @@
 
 use std::time::Duration;
 
-use backon::BackoffBuilder as _;
 use fleet_shared::migrate::{self, Migration};
+use fleet_shared::retry::RetryPolicy;
 use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgListener;
@@ -291,31 +291,26 @@ async fn drop_pooled(con: &mut PgConnection, schema: &str) -> Result<(), Provisi
 /// claim's notification or the idle interval. Failures are logged and retried with backoff.
 pub async fn run(refiller: Refiller, shutdown: CancellationToken) {
     let mut listener = listen(&refiller.database_url).await;
-    let backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut delays = backoff();
+    const REFILL_RETRY: RetryPolicy =
+        RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(30)).with_jitter();
+    let mut failures: u32 = 0;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let wait = match refiller.step().await {
             Ok(Step::Idle { .. }) | Ok(Step::Busy) => {
-                delays = backoff();
+                failures = 0;
                 None
             }
             Ok(step) => {
-                delays = backoff();
+                failures = 0;
                 tracing::debug!(?step, "warm pool step");
                 continue;
             }
             Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                failures = failures.saturating_add(1);
+                let delay = REFILL_RETRY.delay(failures);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "warm pool refill failed");
                 Some(delay)
             }

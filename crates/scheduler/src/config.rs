@@ -310,16 +310,6 @@ impl SchedulerConfig {
     }
 }
 
-/// A schedule name: it is part of `Nats-Msg-Id` (`<schedule>:<tick>:<tenant_id>`), so no colons.
-fn valid_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
-}
-
 fn parse_target(name: &str, subject: &str) -> Result<Target, ScheduleError> {
     if subject == MIGRATE_SUBJECT {
         return Ok(Target::TenantMigrate);
@@ -370,12 +360,8 @@ fn parse_target(name: &str, subject: &str) -> Result<Target, ScheduleError> {
 
 fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError> {
     let name = raw.name.clone();
-    if !valid_name(&name) {
-        return Err(invalid(
-            &name,
-            "name must match ^[a-z0-9][a-z0-9_-]{0,63}$ (it is part of every Nats-Msg-Id)",
-        ));
-    }
+    // Part of every Nats-Msg-Id (`<schedule>:<tick>:<tenant_id>`): a Name holds no colon.
+    fleet_shared::Name::parse(&name).map_err(|e| invalid(&name, e.to_string()))?;
     let tz = raw.timezone.as_deref().unwrap_or("UTC");
     let cron = CronSpec::parse(&raw.cron, tz).map_err(|e| invalid(&name, e.to_string()))?;
     let target = parse_target(&name, raw.subject.trim())?;
@@ -429,7 +415,8 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
         Some(p) if p.is_empty() => return Err(invalid(&name, "tenants.plans is empty")),
         Some(p) => {
             for plan in &p {
-                Code::parse(plan).map_err(|e| invalid(&name, format!("tenants.plans: {e}")))?;
+                fleet_shared::Name::parse(plan)
+                    .map_err(|e| invalid(&name, format!("tenants.plans: {e}")))?;
             }
             Some(p)
         }

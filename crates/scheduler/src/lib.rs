@@ -63,7 +63,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     .await
     .context("Failed to widen the jobs stream's duplicate window")?;
     let metrics = SchedulerMetrics::register(&fleet.metrics);
-    let id = instance_id();
+    let id = fleet_shared::fleet::instance_id();
     let elector = Elector::open(
         &fleet.js,
         id.clone(),
@@ -138,16 +138,4 @@ pub async fn trigger(
         let _ = nats.flush().await;
     }
     Ok(id)
-}
-
-/// `host-pid-random`: unique per process, readable in the leader key and run records.
-fn instance_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "scheduler".into());
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &rand[..8])
 }

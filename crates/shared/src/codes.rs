@@ -68,7 +68,7 @@ impl Code {
 
 /// Quotes a rejected input for an error message, shortened and with control characters escaped,
 /// so a hostile payload cannot forge log lines.
-fn show(s: &str) -> String {
+pub(crate) fn show(s: &str) -> String {
     let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
     if s.chars().count() > 64 {
         out.push('…');

@@ -43,24 +43,8 @@ pub fn lifecycle_subject(kind: &str) -> String {
     format!("{TENANT_LIFECYCLE_PREFIX}.{kind}")
 }
 
-/// Whether `key` is a config key: 1-255 of `a-z A-Z 0-9 . _ -` (the rule `tenant.created`'s
-/// `config_overrides`, `tenant.config.set` and `[plans]` all follow).
-pub fn valid_config_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 255
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
 fn check_config_key(subject: &str, key: &str) -> Result<(), BadInput> {
-    if valid_config_key(key) {
-        Ok(())
-    } else {
-        Err(BadInput::new(format!(
-            "{subject}: {key:?} is not a config key (use a-z, A-Z, 0-9, . _ -, at most 255)"
-        )))
-    }
+    crate::names::check_config_key(key).map_err(|e| BadInput::new(format!("{subject}: {e}")))
 }
 
 /// `backfill.progress.<job_id>`
@@ -192,12 +176,7 @@ impl TenantCreated {
         }
         if let Some(overrides) = &self.config_overrides {
             for key in overrides.keys() {
-                if !valid_config_key(key) {
-                    return Err(BadInput::new(format!(
-                        "tenant.created: config_overrides key {} is not a config key (use a-z, 0-9, . _ -, at most 255)",
-                        quoted(key)
-                    )));
-                }
+                check_config_key("tenant.created: config_overrides key", key)?;
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
+use backon::Retryable as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, DEFAULT_BIN_HTTP_ADDR};
@@ -14,6 +15,7 @@ use crate::http::{HttpState, Probe};
 use crate::metrics::Metrics;
 use crate::nats_settings::NatsSettings;
 use crate::redis_target::RedisTarget;
+use crate::retry::RetryPolicy;
 use crate::secret::ExposeSecret;
 use crate::topology::{ensure_streams, Topology};
 
@@ -161,7 +163,11 @@ pub async fn connect_nats(
         })
 }
 
-/// Retries `f` with capped exponential backoff until it succeeds or `wait` has passed.
+/// Waiting for a dependency at start.
+const CONNECT_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
+
+/// Retries `f` with [`CONNECT_RETRY`] until it succeeds or `wait` has passed.
 pub async fn retry_until<T, E, F, Fut>(wait: Duration, what: &str, f: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,
@@ -175,7 +181,7 @@ where
 pub async fn retry_while<T, E, F, Fut>(
     wait: Duration,
     what: &str,
-    mut f: F,
+    f: F,
     permanent: impl Fn(&E) -> bool,
 ) -> Result<T, E>
 where
@@ -184,18 +190,25 @@ where
     E: std::fmt::Display,
 {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if !permanent(&e) && tokio::time::Instant::now() + delay < deadline => {
-                tracing::warn!(error = %crate::errors::one_line(&e.to_string()), retry_in = ?delay, "{what} not ready");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    f.retry(CONNECT_RETRY.backoff().with_total_delay(Some(wait)))
+        .when(|e| !permanent(e) && tokio::time::Instant::now() < deadline)
+        .notify(|e, delay| {
+            tracing::warn!(error = %crate::errors::one_line(&e.to_string()), retry_in = ?delay, "{what} not ready");
+        })
+        .await
+}
+
+/// `host-pid-random`: unique per process and readable where it is recorded (the scheduler's
+/// leader key and run records, a backfill chunk's claim).
+pub fn instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &rand[..8])
 }
 
 /// The password of a URL, if it has one (for log redaction).

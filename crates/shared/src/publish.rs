@@ -7,12 +7,18 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, publish::PublishAck};
 use async_nats::HeaderMap;
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use bytes::Bytes;
 use rand::Rng;
 use serde::Serialize;
 
+use crate::retry::RetryPolicy;
+
 pub const MSG_ID: &str = "Nats-Msg-Id";
+
+/// A publish that timed out or lost its connection (8 retries by default: about 15 s).
+const PUBLISH_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(3)).with_jitter();
 pub const TRACEPARENT: &str = "traceparent";
 
 /// The first value of header `name`, matched case-insensitively.
@@ -93,13 +99,7 @@ pub async fn publish_bounded(
         }
     };
     attempt
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(3))
-                .with_max_times(retries)
-                .with_jitter(),
-        )
+        .retry(PUBLISH_RETRY.with_max_times(retries).backoff())
         .notify(
             |e, d| tracing::warn!(error = %e, retry_in = ?d, subject, "publish failed; retrying"),
         )

@@ -31,7 +31,6 @@ use async_nats::jetstream::{self, AckKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
-use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +40,7 @@ use crate::dlq;
 use crate::events::BadInput;
 use crate::metrics::{event_label, EventLabels, Metrics, WorkerLabels};
 use crate::publish::{MSG_ID, TRACEPARENT};
+use crate::retry::RetryPolicy;
 use crate::topology::{ensure_consumer, ConsumerSpec};
 
 /// A delivered message, as a handler sees it.
@@ -136,14 +136,12 @@ impl WorkerSpec {
         }
     }
 
-    /// The NAK delay after the `delivered`-th failure: exponential, capped, with full jitter in
-    /// the upper half so a burst of failures does not come back in lockstep.
+    /// The NAK delay after the `delivered`-th failure: from `retry_base` doubling up to
+    /// `retry_max`, jittered (see [`RetryPolicy`]).
     pub fn retry_delay(&self, delivered: i64) -> Duration {
-        let exp = delivered.clamp(1, 30) as u32 - 1;
-        let base = self.retry_base.saturating_mul(2u32.saturating_pow(exp));
-        let capped = base.min(self.retry_max);
-        let half = capped / 2;
-        half + capped.mul_f64(rand::rng().random::<f64>() * 0.5)
+        RetryPolicy::new(self.retry_base, self.retry_max)
+            .with_jitter()
+            .delay(delivered.clamp(1, 30) as u32)
     }
 }
 
@@ -322,8 +320,12 @@ async fn release_prefetched(messages: &mut jetstream::consumer::pull::Stream) {
     }
 }
 
+/// Between attempts to re-create a consumer or its pull stream.
+const RECONNECT: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(400), Duration::from_secs(10));
+
 fn reconnect_delay(failures: u32) -> Duration {
-    Duration::from_millis(200u64.saturating_mul(1 << failures.min(6))).min(Duration::from_secs(10))
+    RECONNECT.delay(failures)
 }
 
 /// Sleeps; returns true if cancelled first.

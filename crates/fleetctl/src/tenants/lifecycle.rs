@@ -13,9 +13,9 @@ use std::io::Read as _;
 use anyhow::Context as _;
 use clap::Subcommand;
 use fleet_shared::events::{
-    valid_config_key, DeleteMode, TenantConfigSet, TenantConfigUnset, TenantDeleted, TenantResumed,
-    TenantSuspended, TenantUpdated, TENANT_CONFIG_SET, TENANT_CONFIG_UNSET, TENANT_DELETED,
-    TENANT_RESUMED, TENANT_SUSPENDED, TENANT_UPDATED,
+    DeleteMode, TenantConfigSet, TenantConfigUnset, TenantDeleted, TenantResumed, TenantSuspended,
+    TenantUpdated, TENANT_CONFIG_SET, TENANT_CONFIG_UNSET, TENANT_DELETED, TENANT_RESUMED,
+    TENANT_SUSPENDED, TENANT_UPDATED,
 };
 use fleet_shared::Code;
 use sqlx::PgPool;
@@ -85,11 +85,7 @@ async fn precheck(
 }
 
 fn check_key(event: &str, key: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        valid_config_key(key),
-        "{event}: {key:?} is not a config key (use a-z, A-Z, 0-9, . _ -, at most 255)"
-    );
-    Ok(())
+    fleet_shared::names::check_config_key(key).map_err(|e| anyhow::anyhow!("{event}: {e}"))
 }
 
 fn parse_value(raw: &str, as_string: bool) -> anyhow::Result<serde_json::Value> {
