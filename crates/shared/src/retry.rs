@@ -61,6 +61,12 @@ impl RetryPolicy {
         }
     }
 
+    /// The delays of this policy in order, ending after `max_times` (for a loop that stops when
+    /// they run out).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        self.backoff().build()
+    }
+
     /// The delay after the `failures`-th consecutive failure (1 for the first): `min`,
     /// doubling, at most `max`; with jitter, somewhere in the upper half of that.
     pub fn delay(&self, failures: u32) -> Duration {
@@ -109,7 +115,7 @@ mod tests {
     fn the_builder_stops_after_max_times() {
         let p =
             RetryPolicy::new(Duration::from_millis(1), Duration::from_millis(4)).with_max_times(3);
-        let delays: Vec<_> = p.backoff().build().collect();
+        let delays: Vec<_> = p.delays().collect();
         assert_eq!(delays.len(), 3);
     }
 }

@@ -17,9 +17,9 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use fleet_shared::events::{TenantProvisioned, TENANT_PROVISIONED};
 use fleet_shared::migrate::ApplyReport;
+use fleet_shared::retry::RetryPolicy;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -123,12 +123,10 @@ pub async fn step(runner: &Runner, a: &Active) -> Result<Outcome, ProvisionError
     let started = Instant::now();
     runner.metrics.in_flight.inc();
     let _gauge = scopeguard(&runner.metrics.in_flight);
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+    let mut delays = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5))
         .with_max_times(LOCK_ATTEMPTS - 1)
         .with_jitter()
-        .build();
+        .delays();
     let mut attempts = 0i32;
     let result = loop {
         attempts += 1;
