@@ -10,14 +10,18 @@
 //! - [`TestEnv`]: the three together, with [`Settings`] pointing at them.
 //! - [`TestCerts`], [`user_nkey`]: a throwaway PKI and nkeys for servers started with
 //!   [`NatsServer::start_with_config`] (users, a token, nkeys, TLS, limits).
+//! - [`TestOperator`]: an operator, a JetStream account and `.creds` files for a server in
+//!   operator (JWT) mode.
 
 mod db;
+mod jwt;
 mod proxy;
 mod running;
 mod servers;
 mod tls;
 
 pub use db::TestDb;
+pub use jwt::{creds_file, TestOperator};
 pub use proxy::TcpProxy;
 pub use running::Running;
 pub use servers::{find_binary, free_port, wait_for_port, NatsServer, RedisServer};

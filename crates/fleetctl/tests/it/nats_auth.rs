@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use fleet_testkit::{NatsServer, TestCerts};
+use fleet_testkit::{NatsServer, TestCerts, TestOperator};
 
 fn fleetctl(args: &[&str], vars: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
@@ -100,4 +100,55 @@ fn mutual_tls() {
         ],
         &key_line,
     );
+}
+
+#[test]
+fn creds_file_on_an_operator_mode_server() {
+    let op = TestOperator::new();
+    let nats = NatsServer::start_with_config(&op.server_config()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (creds, seed) = op.user_creds("fleetctl");
+    let path = dir.path().join("fleet.creds");
+    std::fs::write(&path, creds).unwrap();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    // `dlq list` needs JetStream: the account's JWT enables it.
+    assert_works_without_leaking(
+        &[("NATS_URL", &url), ("NATS_CREDS", path.to_str().unwrap())],
+        &seed,
+    );
+
+    // A user of an account the server does not know: refused at once, one line, no seed.
+    let stranger = TestOperator::new();
+    let (creds, other_seed) = stranger.user_creds("stranger");
+    let wrong = dir.path().join("wrong.creds");
+    std::fs::write(&wrong, creds).unwrap();
+    let started = std::time::Instant::now();
+    let o = fleetctl(
+        &["dlq", "list"],
+        &[
+            ("NATS_URL", &url),
+            ("NATS_CREDS", wrong.to_str().unwrap()),
+            ("FLEET_CONNECT_TIMEOUT", "120s"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert_eq!(o.status.code(), Some(1), "{last}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "refused at once, not retried for the connect timeout"
+    );
+    assert!(last.contains("authorization"), "{last}");
+    assert!(!err.contains(&other_seed), "the seed leaked");
+    let quiet = fleetctl(
+        &["dlq", "list"],
+        &[
+            ("NATS_URL", &url),
+            ("NATS_CREDS", wrong.to_str().unwrap()),
+            ("RUST_LOG", "off"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&quiet.stderr);
+    assert_eq!(quiet.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
