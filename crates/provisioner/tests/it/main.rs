@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod common;
+mod dlq_refused;
 mod example_config;
 mod faults;
 mod happy_path;
