@@ -116,3 +116,49 @@ async fn settings_that_can_never_work_fail_at_once_in_one_line() {
         assert!(err.contains("NATS_URL") && !err.contains(PASSWORD), "{err}");
     }
 }
+
+#[tokio::test]
+async fn a_creds_file_on_an_operator_mode_server() {
+    let env = TestEnv::new().await;
+    let op = fleet_testkit::TestOperator::new();
+    let nats = NatsServer::start_with_config(&op.server_config()).unwrap();
+    let (creds, seed) = op.user_creds("provisioner");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("provisioner.creds");
+    std::fs::write(&path, &creds).unwrap();
+    let client = async_nats::ConnectOptions::with_credentials(&creds)
+        .unwrap()
+        .connect(format!("127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let pool = sqlx::PgPool::connect_lazy(&env.db.url).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .env("NATS_URL", format!("nats://127.0.0.1:{}", nats.port))
+        .env("NATS_CREDS", &path)
+        .env("DATABASE_URL", &env.db.url)
+        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, Duration::from_secs(60)).expect("provisioner up");
+    publish_json(&js, "tenant.created", &created("via_creds", "basic").1).await;
+    wait_active(&pool, "via_creds").await;
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    eventually(WAIT, "the binary to exit", || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let logs = std::fs::read_to_string(log.path()).unwrap();
+    assert!(logs.contains("CONNECT"), "trace logs are on");
+    assert!(!logs.contains(&seed), "the nkey seed appears in the logs");
+}
