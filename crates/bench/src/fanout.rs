@@ -75,7 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ],
     )?;
     let start_wait = Instant::now();
-    while scheduler::leader::current_leader(&js).await?.is_none() {
+    while scheduler::elector::current_leader(&js).await?.is_none() {
         anyhow::ensure!(
             start_wait.elapsed() < Duration::from_secs(60),
             "the scheduler did not take the lead"

@@ -13,15 +13,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fleet_shared::config::{ConfigError, FileConfig};
-use fleet_shared::Code;
 use serde::Deserialize;
 
-use crate::ticks::CronSpec;
+use crate::schedule::{CronSpec, Missed, Overlap, Schedule, Selector, Target, MIGRATE_SUBJECT};
 
 /// The fields the scheduler adds to every job payload; a configured payload may not set them.
 pub const RESERVED_PAYLOAD_KEYS: &[&str] = &["tenant_id", "tenant_code", "schedule", "tick"];
-/// The built-in target: `{"code"}` to `tenant.migrate` on `FLEET_EVENTS`, consumed by the provisioner.
-pub const MIGRATE_SUBJECT: &str = "tenant.migrate";
 /// The duplicate window of `FLEET_EVENTS` (fixed by the shared topology).
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Slack added to every duplicate window beyond spread and failover.
@@ -114,81 +111,6 @@ struct RawSchedule {
 struct RawScheduler {
     lease: Option<RawDuration>,
     dedupe_window: Option<RawDuration>,
-}
-
-/// What to do with ticks that fell into a downtime (no leader, or the leader was stuck).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Missed {
-    /// Ticks later than [`crate::ticks::on_time_grace`] (a failover's length) are skipped.
-    Skip,
-    /// The latest missed tick runs once if it is at most `deadline` old; older ones are skipped.
-    RunLatest { deadline: Duration },
-}
-
-/// Whether a tick may start while the previous tick's jobs are still pending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Overlap {
-    Allow,
-    /// Skip (and record) the tick while the previous run is still publishing or, for `jobs.`
-    /// subjects, messages of this schedule's subject filter are still in `FLEET_JOBS`.
-    Forbid,
-}
-
-/// Where a schedule's jobs go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// `jobs.…` on `FLEET_JOBS`; the template's `{tenant_code}` is replaced by the tenant's code.
-    Jobs { template: String },
-    /// The built-in target: `{"code"}` to `tenant.migrate` on `FLEET_EVENTS`.
-    TenantMigrate,
-}
-
-impl Target {
-    /// The subject of one tenant's job. The code is a validated [`Code`] (`[a-z0-9_]`), so it is
-    /// always a single valid subject token.
-    pub fn subject(&self, code: &Code) -> String {
-        match self {
-            Target::Jobs { template } => template.replace("{tenant_code}", code.as_str()),
-            Target::TenantMigrate => MIGRATE_SUBJECT.to_owned(),
-        }
-    }
-
-    /// The subject filter covering every tenant's job (`{tenant_code}` → `*`).
-    pub fn filter(&self) -> String {
-        match self {
-            Target::Jobs { template } => template.replace("{tenant_code}", "*"),
-            Target::TenantMigrate => MIGRATE_SUBJECT.to_owned(),
-        }
-    }
-
-    pub fn display(&self) -> &str {
-        match self {
-            Target::Jobs { template } => template,
-            Target::TenantMigrate => MIGRATE_SUBJECT,
-        }
-    }
-}
-
-/// Which tenants a tick fans out to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selector {
-    pub statuses: Vec<String>,
-    /// `None`: every plan.
-    pub plans: Option<Vec<String>>,
-}
-
-/// One validated schedule.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    pub name: String,
-    pub cron: CronSpec,
-    pub target: Target,
-    /// The configured payload (a JSON object), merged into every job.
-    pub payload: serde_json::Map<String, serde_json::Value>,
-    pub selector: Selector,
-    pub spread: Duration,
-    pub missed: Missed,
-    pub overlap: Overlap,
 }
 
 /// The whole scheduler configuration.
@@ -493,6 +415,7 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_shared::Code;
 
     fn parse(text: &str) -> Result<SchedulerConfig, ScheduleError> {
         SchedulerConfig::from_file(&FileConfig::parse(text, None).unwrap())

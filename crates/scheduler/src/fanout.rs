@@ -41,8 +41,8 @@ use uuid::Uuid;
 use fleet_shared::publish::{child_traceparent, new_traceparent, MSG_ID, TRACEPARENT};
 use fleet_shared::Code;
 
-use crate::config::{Schedule, Target};
 use crate::metrics::SchedulerMetrics;
+use crate::schedule::{Schedule, Target};
 use crate::store::{self, RunRow};
 
 /// Most acks outstanding at once.

@@ -2,7 +2,7 @@
 //!
 //! Schedules come from `[[schedules]]` in `FLEET_CONFIG` ([`config`]; an invalid one stops the
 //! process at start with one line naming it). Every replica runs [`run`]; they elect one leader on
-//! NATS KV ([`leader`]); only the leader decides ticks ([`ticks`], [`lead`]) and fans each out
+//! NATS KV ([`elector`]); only the leader decides ticks ([`ticks`], [`tick_loop`]) and fans each out
 //! ([`fanout`]) as one job per matching tenant with `Nats-Msg-Id = <schedule>:<tick>:<tenant_id>`,
 //! recording the run and its progress in `fleet.schedule_runs` ([`store`]). A follower takes over
 //! within two lease periods of the leader's death and resumes any unfinished fan-out from its
@@ -15,12 +15,13 @@
 //! by the leader within a second, or at once when [`WAKE_SUBJECT`] nudges it.
 
 pub mod config;
+pub mod elector;
 pub mod fanout;
-pub mod lead;
-pub mod leader;
 pub mod metrics;
 pub mod purge;
+pub mod schedule;
 pub mod store;
+pub mod tick_loop;
 pub mod ticks;
 
 use std::sync::Arc;
@@ -32,9 +33,9 @@ use fleet_shared::Fleet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SchedulerConfig;
-use crate::lead::Ctx;
-use crate::leader::Elector;
+use crate::elector::Elector;
 use crate::metrics::SchedulerMetrics;
+use crate::tick_loop::Ctx;
 
 pub const NAME: &str = "scheduler";
 /// Whether `/readyz` of this worker's binary checks Redis.
@@ -99,7 +100,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         let term = shutdown.child_token();
         let stop_renewing = CancellationToken::new();
         let (held, led) = tokio::join!(elector.hold(lease, &term, &stop_renewing), async {
-            let r = lead::lead(&ctx, &term, &mut wake).await;
+            let r = tick_loop::run(&ctx, &term, &mut wake).await;
             stop_renewing.cancel();
             r
         });

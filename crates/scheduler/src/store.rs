@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::config::Selector;
+use crate::schedule::Selector;
 
 /// One row of `fleet.schedule_runs`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

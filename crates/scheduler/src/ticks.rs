@@ -17,11 +17,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeZone, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
+use chrono::{DateTime, Utc};
 
-use crate::config::Missed;
+use crate::schedule::{CronSpec, Missed};
 
 /// The least on-time grace, whatever the lease: a tick evaluated at most this late is on time.
 pub const MIN_ON_TIME_GRACE: Duration = Duration::from_secs(10);
@@ -31,127 +29,13 @@ pub const MIN_ON_TIME_GRACE: Duration = Duration::from_secs(10);
 ///
 /// A leader change must not make ticks "missed": when a leader dies right after deciding its
 /// ticks, the next tick can only be decided once a follower holds the lease, which takes up to
-/// [`crate::leader::worst_takeover`] (two leases: the dead leader's entry ages out, then the
-/// follower's next poll), plus one pass of the lead loop ([`crate::lead::POLL`]) on each side
-/// (the dead leader's last pass, the new leader's first). So the grace is that, and never less
-/// than [`MIN_ON_TIME_GRACE`]; only an outage longer than a failover is handled by the missed
-/// policy.
-pub fn on_time_grace(lease: Duration) -> Duration {
-    (crate::leader::worst_takeover(lease) + crate::lead::POLL * 2).max(MIN_ON_TIME_GRACE)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TickError {
-    #[error("invalid cron {expr:?}: {reason} (5 fields: min hour dom month dow, or 6 with seconds first)")]
-    Cron { expr: String, reason: String },
-    #[error("invalid timezone {0:?}: use an IANA name such as Europe/Berlin or UTC")]
-    Timezone(String),
-}
-
-/// A cron expression in a timezone.
-#[derive(Debug, Clone)]
-pub struct CronSpec {
-    expr: String,
-    cron: Cron,
-    tz: Tz,
-    /// The hour field is `*` or `*/n`: fire in both passes of a repeated hour.
-    hour_wildcard: bool,
-}
-
-impl CronSpec {
-    pub fn parse(expr: &str, tz: &str) -> Result<CronSpec, TickError> {
-        let fail = |reason: String| TickError::Cron {
-            expr: expr.to_owned(),
-            reason,
-        };
-        let fields: Vec<&str> = expr.split_whitespace().collect();
-        if !(5..=6).contains(&fields.len()) {
-            return Err(fail(format!("{} fields", fields.len())));
-        }
-        let cron = Cron::new(expr)
-            .with_seconds_optional()
-            .parse()
-            .map_err(|e| fail(fleet_shared::errors::one_line(&e.to_string())))?;
-        let tz: Tz = tz
-            .trim()
-            .parse()
-            .map_err(|_| TickError::Timezone(tz.to_owned()))?;
-        let hour = fields[if fields.len() == 6 { 2 } else { 1 }];
-        Ok(CronSpec {
-            expr: expr.to_owned(),
-            cron,
-            tz,
-            hour_wildcard: hour.starts_with('*'),
-        })
-    }
-
-    pub fn expr(&self) -> &str {
-        &self.expr
-    }
-
-    pub fn timezone(&self) -> Tz {
-        self.tz
-    }
-
-    /// The first tick strictly after `after`, or `None` if the expression never fires again.
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let after = after.with_timezone(&Utc);
-        let offset_at = |t: DateTime<Utc>| self.tz.offset_from_utc_datetime(&t.naive_utc()).fix();
-        let margin = chrono::Duration::hours(3);
-        // Near a DST change, wall-clock matches just before `after`'s wall clock can still be
-        // later instants (the repeated hour), so the wall-clock search starts a little earlier.
-        let near_change = offset_at(after - margin) != offset_at(after + margin);
-        let mut naive = after.with_timezone(&self.tz).naive_local();
-        if near_change {
-            naive -= margin;
-        }
-        // Bounded: a pathological expression (Feb 30) fails inside croner instead.
-        for _ in 0..200_000 {
-            let wall = self
-                .cron
-                .find_next_occurrence(&Utc.from_utc_datetime(&naive), false)
-                .ok()?
-                .naive_utc();
-            let candidates = match self.tz.from_local_datetime(&wall) {
-                LocalResult::Single(t) => [Some(t), None],
-                LocalResult::Ambiguous(first, second) => {
-                    [Some(first), self.hour_wildcard.then_some(second)]
-                }
-                LocalResult::None => [self.gap_end(wall), None],
-            };
-            let next = candidates
-                .into_iter()
-                .flatten()
-                .map(|t| t.with_timezone(&Utc))
-                .filter(|t| *t > after)
-                .min();
-            if next.is_some() {
-                return next;
-            }
-            naive = wall;
-        }
-        None
-    }
-
-    /// The first instant whose wall clock is at or after `wall` (which falls in a DST gap).
-    fn gap_end(&self, wall: NaiveDateTime) -> Option<DateTime<Tz>> {
-        let start = self
-            .tz
-            .from_local_datetime(&(wall - chrono::Duration::hours(3)))
-            .earliest()?
-            .timestamp();
-        let (mut lo, mut hi) = (start, start + 6 * 3600);
-        while lo + 1 < hi {
-            let mid = lo + (hi - lo) / 2;
-            let local = self.tz.timestamp_opt(mid, 0).single()?.naive_local();
-            if local >= wall {
-                hi = mid;
-            } else {
-                lo = mid;
-            }
-        }
-        self.tz.timestamp_opt(hi, 0).single()
-    }
+/// `takeover` (the election's worst case, [`crate::elector::worst_takeover`]: two leases, the dead
+/// leader's entry ages out, then the follower's next poll), plus one pass of the tick loop (`poll`,
+/// [`crate::tick_loop::POLL`]) on each side (the dead leader's last pass, the new leader's first).
+/// So the grace is that, and never less than [`MIN_ON_TIME_GRACE`]; only an outage longer than a
+/// failover is handled by the missed policy.
+pub fn on_time_grace(takeover: Duration, poll: Duration) -> Duration {
+    (takeover + poll * 2).max(MIN_ON_TIME_GRACE)
 }
 
 /// Whether a tick runs as scheduled or as the catch-up of a downtime.
@@ -237,6 +121,8 @@ pub fn due_ticks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elector::worst_takeover;
+    use crate::tick_loop::POLL;
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -388,14 +274,12 @@ mod tests {
     #[test]
     fn a_tick_that_fell_into_a_failover_runs_on_time() {
         let lease = Duration::from_secs(10);
-        let grace = on_time_grace(lease);
+        let grace = on_time_grace(worst_takeover(lease), POLL);
         let every_minute = CronSpec::parse("* * * * *", "UTC").unwrap();
         let watermark = utc("2026-01-01T12:00:59Z");
         // The worst takeover: two leases after the crash, plus the new leader's first pass.
         let crash = utc("2026-01-01T12:00:59.5Z");
-        let decided = crash
-            + chrono::Duration::from_std(crate::leader::worst_takeover(lease) + crate::lead::POLL)
-                .unwrap();
+        let decided = crash + chrono::Duration::from_std(worst_takeover(lease) + POLL).unwrap();
         let due = due_ticks(&every_minute, Missed::Skip, grace, watermark, decided);
         assert_eq!(due.run, vec![(utc("2026-01-01T12:01:00Z"), TickKind::Cron)]);
         assert_eq!(due.skipped, 0);
@@ -417,8 +301,8 @@ mod tests {
     fn the_on_time_grace_covers_a_failover_for_any_lease() {
         for secs in [1, 2, 10, 30, 120] {
             let lease = Duration::from_secs(secs);
-            let grace = on_time_grace(lease);
-            assert!(grace >= crate::leader::worst_takeover(lease) + crate::lead::POLL * 2);
+            let grace = on_time_grace(worst_takeover(lease), POLL);
+            assert!(grace >= worst_takeover(lease) + POLL * 2);
             assert!(grace >= MIN_ON_TIME_GRACE);
         }
     }

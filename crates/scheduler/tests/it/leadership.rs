@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::common::{jobs, per_tenant_tick, Setup, LIMIT};
 use fleet_testkit::{eventually, TcpProxy};
-use scheduler::leader::{Elector, BUCKET, KEY};
+use scheduler::elector::{Elector, BUCKET, KEY};
 use tokio_util::sync::CancellationToken;
 
 const CONFIG: &str = r#"

@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use fleet_shared::topology::JOBS_STREAM;
 
-use crate::config::{Overlap, Schedule, SchedulerConfig, Target};
+use crate::config::SchedulerConfig;
+use crate::elector::worst_takeover;
 use crate::fanout::{fan_out, End};
 use crate::metrics::SchedulerMetrics;
+use crate::schedule::{Overlap, Schedule, Target};
 use crate::store::{self, NewRun, RunRow};
 use crate::ticks::{due_ticks, on_time_grace};
 
@@ -55,7 +57,7 @@ struct Term {
 
 /// Leads until `term` is cancelled (shutdown or lost lease), then stops the fan-outs, which
 /// commit their progress, and returns.
-pub async fn lead(
+pub async fn run(
     ctx: &Ctx,
     term: &CancellationToken,
     wake: &mut async_nats::Subscriber,
@@ -221,7 +223,7 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
             tracing::info!(schedule = %schedule.name, "schedule is paused: tick skipped");
             continue;
         }
-        let grace = on_time_grace(ctx.config.lease);
+        let grace = on_time_grace(worst_takeover(ctx.config.lease), POLL);
         let due = due_ticks(&schedule.cron, schedule.missed, grace, watermark, now);
         if due.skipped > 0 {
             ctx.metrics.run_finished(&schedule.name, "skipped_missed");
