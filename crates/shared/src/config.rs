@@ -16,22 +16,16 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::errors::one_line;
 pub use crate::errors::ConfigError;
+use crate::errors::{one_line, parse_bool};
 use crate::redis_target::RedisTarget;
 use crate::secret::{ExposeSecret, SecretUrl};
+pub use crate::telemetry::LogFormat;
 
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/fleet";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_BIN_HTTP_ADDR: &str = "0.0.0.0:9090";
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
 
 /// The fleet's settings. Cheap to clone; share it behind an `Arc`.
 #[derive(Clone, Debug)]
@@ -188,18 +182,6 @@ impl Settings {
             config_keys,
             nats,
         })
-    }
-}
-
-pub(crate) fn parse_bool(var: &'static str, v: Option<String>) -> Result<bool, ConfigError> {
-    match v.as_deref().map(str::trim) {
-        None | Some("") | Some("0") | Some("false") | Some("no") => Ok(false),
-        Some("1") | Some("true") | Some("yes") => Ok(true),
-        Some(other) => Err(ConfigError::invalid(
-            var,
-            format!("{other:?} is not a boolean"),
-            "1/true/yes or 0/false/no",
-        )),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Error helpers every module uses, kept at the bottom of the crate so nothing here depends on
-//! the rest: the settings error, folding messages into one line, and whether a Postgres error is
-//! worth retrying.
+//! the rest: the settings error, reading a boolean setting, folding messages into one line, and
+//! whether a Postgres error is worth retrying.
 
 /// A setting that is missing or malformed. `Display` is one line naming the variable.
 #[derive(Debug, thiserror::Error)]
@@ -61,5 +61,19 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
                 || code == "55P03" // lock not available (lock_timeout)
         }
         _ => false,
+    }
+}
+
+/// A boolean setting: unset, empty, `0`, `false` or `no` is false; `1`, `true` or `yes` is true;
+/// anything else is a [`ConfigError`] naming `var`.
+pub(crate) fn parse_bool(var: &'static str, v: Option<String>) -> Result<bool, ConfigError> {
+    match v.as_deref().map(str::trim) {
+        None | Some("") | Some("0") | Some("false") | Some("no") => Ok(false),
+        Some("1") | Some("true") | Some("yes") => Ok(true),
+        Some(other) => Err(ConfigError::invalid(
+            var,
+            format!("{other:?} is not a boolean"),
+            "1/true/yes or 0/false/no",
+        )),
     }
 }

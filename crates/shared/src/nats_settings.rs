@@ -230,7 +230,7 @@ impl NatsSettings {
                 ))
             }
         };
-        let require_tls = crate::config::parse_bool("NATS_REQUIRE_TLS", get("NATS_REQUIRE_TLS"))?
+        let require_tls = crate::errors::parse_bool("NATS_REQUIRE_TLS", get("NATS_REQUIRE_TLS"))?
             || url_tls
             || ca.is_some()
             || client_cert.is_some();

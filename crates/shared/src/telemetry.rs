@@ -92,7 +92,12 @@ impl<'a> fmt::MakeWriter<'a> for RedactingStderr {
     }
 }
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
 
 /// Installs the global subscriber (`RUST_LOG`, default `info`). Calling it twice is harmless.
 pub fn init(format: LogFormat) {
