@@ -18,11 +18,12 @@ pub mod create;
 pub mod event;
 pub mod metrics;
 pub mod run;
+pub mod runner;
 pub mod spec;
 pub mod status;
 pub mod step;
 
 pub use control::{control, Control};
 pub use create::{create, CreateError, Options, Prepared};
-pub use run::Runner;
+pub use runner::Runner;
 pub use spec::{Direction, RolloutRequest};

@@ -9,44 +9,21 @@
 //! back and another replica takes the tenant. A replica whose deployed migration set differs from
 //! the one the rollout was created with halts it rather than apply different files.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
-use fleet_shared::migrate::{self, Migration};
+use fleet_shared::migrate;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::metrics::RolloutMetrics;
+use super::runner::{Active, Runner};
 use super::step::{step, Outcome};
 
 /// How often an idle replica looks for a running rollout.
 pub const POLL: Duration = Duration::from_millis(250);
 /// Tenant steps one replica runs at once at most (each holds a pooled connection).
 pub const LOCAL_MAX: u32 = 8;
-
-/// What a replica needs to run rollouts. Cheap to clone.
-#[derive(Clone)]
-pub struct Runner {
-    pub pg: PgPool,
-    pub js: jetstream::Context,
-    pub migrations: Arc<Vec<Migration>>,
-    pub metrics: RolloutMetrics,
-}
-
-/// The running rollout as a replica sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Active {
-    pub rollout_id: Uuid,
-    pub concurrency: i32,
-    #[sqlx(try_from = "i64")]
-    pub lock_timeout_ms: u64,
-    #[sqlx(skip)]
-    pub lock_timeout: Duration,
-    pub set_digest: String,
-}
 
 impl Runner {
     /// Runs until `shutdown`; a tenant step in flight finishes first.

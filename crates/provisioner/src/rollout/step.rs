@@ -23,7 +23,7 @@ use fleet_shared::retry::RetryPolicy;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::run::{Active, Runner};
+use super::runner::{Active, Runner};
 use crate::error::ProvisionError;
 use crate::migrate_tenant::{lock_row, move_tenant, set_lock_timeout};
 use crate::provision::{lock_tenant, TenantRow};
