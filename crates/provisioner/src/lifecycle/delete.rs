@@ -19,12 +19,9 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::purge::{drop_schema, purge_rows};
+use super::purge::{checked_ident, drop_schema, purge_rows, MAX_IDENT};
 use super::{begin, finish, live_tenant, Begun, Cause, LifecycleError, Outcome};
 use super::{Tenant, TENANT_COLUMNS};
-
-/// Postgres truncates identifiers longer than this many bytes.
-pub const MAX_IDENT: usize = 63;
 
 /// `archived_<code>_<yyyymmddhhmmss>`, or, for a code too long for that to fit in 63 bytes,
 /// `archived_<first 30 of code>_<first 8 hex of tenant_id>_<yyyymmddhhmmss>` (exactly 63).
@@ -51,22 +48,6 @@ pub async fn schema_exists(con: &mut PgConnection, schema: &str) -> Result<bool,
         .fetch_one(&mut *con)
         .await
         .map_err(LifecycleError::db("look up a schema"))
-}
-
-/// A schema name the registry holds, checked before it is spliced (quoted) into DDL.
-pub fn checked_ident(schema: &str) -> Result<&str, LifecycleError> {
-    let ok = !schema.is_empty()
-        && schema.len() <= MAX_IDENT
-        && schema
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(schema)
-    } else {
-        Err(LifecycleError::NotAllowed(format!(
-            "the registry holds schema name {schema:?}, which is not a plain identifier; refusing to touch it"
-        )))
-    }
 }
 
 pub async fn delete(

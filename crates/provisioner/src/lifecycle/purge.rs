@@ -14,8 +14,26 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::delete::checked_ident;
 use super::{begin, finish, AuditRow, Begun, Cause, LifecycleError, Tenant, TENANT_COLUMNS};
+
+/// Postgres truncates identifiers longer than this many bytes.
+pub const MAX_IDENT: usize = 63;
+
+/// A schema name the registry holds, checked before it is spliced (quoted) into DDL.
+pub fn checked_ident(schema: &str) -> Result<&str, LifecycleError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= MAX_IDENT
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(schema)
+    } else {
+        Err(LifecycleError::NotAllowed(format!(
+            "the registry holds schema name {schema:?}, which is not a plain identifier; refusing to touch it"
+        )))
+    }
+}
 
 /// Drops `schema` (a checked identifier) and everything in it, if it exists.
 pub async fn drop_schema(con: &mut PgConnection, schema: &str) -> Result<(), LifecycleError> {
