@@ -4,21 +4,35 @@
 //! Everything that could make a tick fail later is checked here, so a bad schedule stops the
 //! process at start with one line naming it: the name (it becomes part of every `Nats-Msg-Id`),
 //! the cron expression, the IANA timezone, the subject template (only `{tenant_code}` may be
-//! substituted, and the result must be a `jobs.` subject or the built-in `tenant.migrate`), the
-//! tenant selector, the payload (a table whose keys do not shadow the fields the scheduler adds)
-//! and the spread (a `tenant.migrate` schedule's spread must fit the events stream's fixed 2-minute
+//! substituted, and the result must be a `jobs.` subject or a built-in target, `tenant.migrate`
+//! or `tenant.rollout`), the tenant selector, the payload (a table whose keys do not shadow the
+//! fields the scheduler adds; for `tenant.rollout`, only the rollout request's own fields, with
+//! their types checked) and the spread (a `tenant.migrate` schedule's spread must fit the events stream's fixed 2-minute
 //! duplicate window together with a leader failover; see [`max_events_spread`]).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use fleet_shared::config::{ConfigError, FileConfig};
+use fleet_shared::Code;
 use serde::Deserialize;
 
-use crate::schedule::{CronSpec, Missed, Overlap, Schedule, Selector, Target, MIGRATE_SUBJECT};
+use crate::schedule::{
+    CronSpec, Missed, Overlap, Schedule, Selector, Target, MIGRATE_SUBJECT, ROLLOUT_SUBJECT,
+};
 
 /// The fields the scheduler adds to every job payload; a configured payload may not set them.
 pub const RESERVED_PAYLOAD_KEYS: &[&str] = &["tenant_id", "tenant_code", "schedule", "tick"];
+/// The `tenant.rollout` fields a schedule's payload may set (the plan and codes come from its
+/// tenant selector; `direction` and `undo` are operator decisions, not nightly ones).
+pub const ROLLOUT_PAYLOAD_KEYS: &[&str] = &[
+    "to",
+    "canary",
+    "waves",
+    "concurrency",
+    "max_failures",
+    "lock_timeout",
+];
 /// The duplicate window of `FLEET_EVENTS` (fixed by the shared topology).
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Slack added to every duplicate window beyond spread and failover.
@@ -82,6 +96,7 @@ impl OneOrMany {
 struct RawSelector {
     status: Option<OneOrMany>,
     plans: Option<OneOrMany>,
+    codes: Option<OneOrMany>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,7 +241,7 @@ impl SchedulerConfig {
     pub fn safe_resume_within(&self, target: &Target) -> Duration {
         let window = match target {
             Target::Jobs { .. } => self.jobs_duplicate_window(),
-            Target::TenantMigrate => EVENTS_DUPLICATE_WINDOW,
+            Target::TenantMigrate | Target::TenantRollout => EVENTS_DUPLICATE_WINDOW,
         };
         window.saturating_sub(WINDOW_MARGIN)
     }
@@ -235,6 +250,9 @@ impl SchedulerConfig {
 fn parse_target(name: &str, subject: &str) -> Result<Target, ScheduleError> {
     if subject == MIGRATE_SUBJECT {
         return Ok(Target::TenantMigrate);
+    }
+    if subject == ROLLOUT_SUBJECT {
+        return Ok(Target::TenantRollout);
     }
     // Only `{tenant_code}` may be substituted; any other brace is a typo worth stopping for.
     let rest = subject.replace("{tenant_code}", "x");
@@ -261,7 +279,7 @@ fn parse_target(name: &str, subject: &str) -> Result<Target, ScheduleError> {
         return Err(invalid(
             name,
             format!(
-                "subject {subject:?} must start with jobs. (or be the built-in {MIGRATE_SUBJECT})"
+                "subject {subject:?} must start with jobs. (or be the built-in {MIGRATE_SUBJECT} or {ROLLOUT_SUBJECT})"
             ),
         ));
     }
@@ -302,6 +320,9 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
             let serde_json::Value::Object(map) = value else {
                 return Err(invalid(&name, "payload must be a table"));
             };
+            if target == Target::TenantRollout {
+                check_rollout_payload(&name, &map)?;
+            }
             if let Some(k) = RESERVED_PAYLOAD_KEYS.iter().find(|k| map.contains_key(**k)) {
                 return Err(invalid(
                     &name,
@@ -312,6 +333,12 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
         }
     };
 
+    if target == Target::TenantRollout && raw.tenants.status.is_some() {
+        return Err(invalid(
+            &name,
+            "tenants.status does not apply to tenant.rollout: a rollout migrates the active tenants it selects and skips the others",
+        ));
+    }
     let statuses = raw
         .tenants
         .status
@@ -343,6 +370,29 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
             Some(p)
         }
     };
+    if target == Target::TenantRollout && plans.as_ref().is_some_and(|p| p.len() > 1) {
+        return Err(invalid(
+            &name,
+            "tenants.plans: a tenant.rollout selects at most one plan (its \"plan\"); use one schedule per plan",
+        ));
+    }
+    let codes = match raw.tenants.codes.map(OneOrMany::into_vec) {
+        None => None,
+        Some(_) if target != Target::TenantRollout => {
+            return Err(invalid(
+                &name,
+                "tenants.codes applies only to the tenant.rollout target",
+            ))
+        }
+        Some(c) if c.is_empty() => return Err(invalid(&name, "tenants.codes is empty")),
+        Some(c) => Some(
+            c.iter()
+                .map(|code| {
+                    Code::parse(code).map_err(|e| invalid(&name, format!("tenants.codes: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
 
     let spread = match raw.spread {
         Some(d) => d
@@ -350,6 +400,12 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
             .map_err(|p| invalid(&name, format!("spread: {p}")))?,
         None => Duration::ZERO,
     };
+    if target == Target::TenantRollout && !spread.is_zero() {
+        return Err(invalid(
+            &name,
+            "spread does not apply to tenant.rollout: a tick publishes one rollout request (set the rollout's waves and concurrency in the payload)",
+        ));
+    }
     if spread > Duration::from_secs(24 * 3600) {
         return Err(invalid(&name, "spread may be at most 1d"));
     }
@@ -405,11 +461,68 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
         cron,
         target,
         payload,
-        selector: Selector { statuses, plans },
+        selector: Selector {
+            statuses,
+            plans,
+            codes,
+        },
         spread,
         missed,
         overlap,
     })
+}
+
+/// The types of a `tenant.rollout` schedule's payload, checked at start so a tick never publishes
+/// a request the provisioner refuses for its shape. Values (waves, max_failures, a version that
+/// must exist) are checked again by the provisioner, which owns the migration set.
+fn check_rollout_payload(
+    name: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ScheduleError> {
+    for (key, value) in map {
+        let ok = match key.as_str() {
+            "to" => value.as_i64().is_some_and(|v| v >= 0),
+            "concurrency" => value.as_u64().is_some_and(|v| (1..=64).contains(&v)),
+            "canary" => value.is_string(),
+            "waves" | "max_failures" => value.is_string(),
+            "lock_timeout" => value
+                .as_str()
+                .is_some_and(|t| fleet_shared::duration::parse(t).is_ok()),
+            "plan" | "codes" => {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "payload may not set {key:?}: it comes from tenants.{key}{}",
+                        if key == "plan" { "s" } else { "" }
+                    ),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "payload key {key:?} is not a tenant.rollout field (allowed: {})",
+                        ROLLOUT_PAYLOAD_KEYS.join(", ")
+                    ),
+                ))
+            }
+        };
+        if !ok {
+            let form = match key.as_str() {
+                "to" => "a version number",
+                "concurrency" => "a number from 1 to 64",
+                "canary" => "a string: a count (\"1\") or comma-separated codes",
+                "waves" => "a string such as \"1,10%,100%\"",
+                "max_failures" => "a string such as \"2\" or \"1%\"",
+                _ => "a duration string such as \"2s\"",
+            };
+            return Err(invalid(
+                name,
+                format!("payload {key}: {value} is not {form}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -528,6 +641,14 @@ subject = "tenant.migrate"
     }
 
     #[test]
+    fn the_example_config_runs_the_nightly_migrate_as_one_rollout_per_tick() {
+        let c = parse(include_str!("../../../deploy/local/fleet.toml")).unwrap();
+        let m = c.get("migrate-nightly").unwrap();
+        assert_eq!(m.target, Target::TenantRollout);
+        assert_eq!(m.payload["waves"], "1,10%,100%");
+    }
+
+    #[test]
     fn no_schedules_is_fine() {
         let c = parse("").unwrap();
         assert!(c.schedules.is_empty());
@@ -596,6 +717,53 @@ subject = "tenant.migrate"
         .unwrap_err()
         .to_string();
         assert!(unknown.contains("[schedules]"), "{unknown}");
+    }
+
+    #[test]
+    fn a_rollout_schedule_maps_its_selector_and_refuses_what_a_rollout_cannot_take() {
+        let ok = "[[schedules]]\nname = \"r\"\ncron = \"* * * * *\"\nsubject = \"tenant.rollout\"\ntenants = { plans = \"premium\", codes = [\"acme\"] }\npayload = { to = 6, waves = \"1,100%\", lock_timeout = \"2s\" }\n";
+        let c = parse(ok).unwrap();
+        let r = c.get("r").unwrap();
+        assert_eq!(r.target, Target::TenantRollout);
+        assert_eq!(r.selector.codes.as_ref().unwrap()[0].as_str(), "acme");
+        let bad = |extra: &str| {
+            format!("[[schedules]]\nname = \"bad1\"\ncron = \"* * * * *\"\nsubject = \"tenant.rollout\"\n{extra}\n")
+        };
+        let cases = [
+            (
+                bad("tenants = { status = \"active\" }"),
+                "tenants.status does not apply",
+            ),
+            (
+                bad("tenants = { plans = [\"a\", \"b\"] }"),
+                "at most one plan",
+            ),
+            (bad("tenants = { codes = [\"Bad!\"] }"), "tenants.codes"),
+            (bad("spread = \"10s\""), "spread does not apply"),
+            (
+                bad("payload = { direction = \"down\" }"),
+                "not a tenant.rollout field",
+            ),
+            (bad("payload = { plan = \"premium\" }"), "tenants.plans"),
+            (bad("payload = { to = \"six\" }"), "payload to"),
+            (bad("payload = { concurrency = 0 }"), "payload concurrency"),
+            (bad("payload = { canary = 1 }"), "payload canary"),
+            (
+                bad("payload = { lock_timeout = \"soon\" }"),
+                "payload lock_timeout",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("\"bad1\""), "{text}: {err}");
+            assert!(err.contains(needle), "{text}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let codes_elsewhere = "[[schedules]]\nname = \"bad1\"\ncron = \"* * * * *\"\nsubject = \"jobs.x\"\ntenants = { codes = [\"acme\"] }\n";
+        assert!(parse(codes_elsewhere)
+            .unwrap_err()
+            .to_string()
+            .contains("only to the tenant.rollout target"));
     }
 
     #[test]

@@ -66,6 +66,29 @@ pub enum End {
     Paused,
 }
 
+/// The `Nats-Msg-Id` of a `tenant.rollout` tick's one request: the same for every replica and
+/// every retry of the tick, so a failover or a second leader cannot start two rollouts (the stream
+/// drops the copy within its window; after it, the provisioner finds the rollout by this id).
+pub fn rollout_msg_id(schedule: &str, tick: DateTime<Utc>) -> String {
+    format!("{schedule}:{}:rollout", tick.timestamp())
+}
+
+/// The body of a `tenant.rollout` tick: the payload's rollout fields, `plan` from the single
+/// `tenants.plans` entry and `codes` from `tenants.codes`, when set.
+pub fn rollout_body(schedule: &Schedule) -> Vec<u8> {
+    let mut m = schedule.payload.clone();
+    if let Some([plan]) = schedule.selector.plans.as_deref() {
+        m.insert("plan".into(), plan.clone().into());
+    }
+    if let Some(codes) = &schedule.selector.codes {
+        m.insert(
+            "codes".into(),
+            codes.iter().map(|c| c.as_str().to_owned()).collect(),
+        );
+    }
+    serde_json::to_vec(&serde_json::Value::Object(m)).unwrap_or_default()
+}
+
 /// The `Nats-Msg-Id` of one job.
 pub fn msg_id(schedule: &str, tick: DateTime<Utc>, tenant_id: Uuid) -> String {
     format!("{schedule}:{}:{tenant_id}", tick.timestamp())
@@ -76,6 +99,7 @@ pub fn msg_id(schedule: &str, tick: DateTime<Utc>, tenant_id: Uuid) -> String {
 pub fn body(schedule: &Schedule, tick: &str, tenant_id: Uuid, code: &Code) -> Vec<u8> {
     let value = match schedule.target {
         Target::TenantMigrate => serde_json::json!({ "code": code }),
+        Target::TenantRollout => return rollout_body(schedule),
         Target::Jobs { .. } => {
             let mut m = schedule.payload.clone();
             m.insert("tenant_id".into(), tenant_id.to_string().into());
@@ -110,6 +134,9 @@ pub async fn fan_out(
     stop: &CancellationToken,
     metrics: &SchedulerMetrics,
 ) -> anyhow::Result<End> {
+    if schedule.target == Target::TenantRollout {
+        return start_rollout(js, pg, schedule, run, metrics).await;
+    }
     let note = stale_resume(run, safe_resume_within, Utc::now());
     if let Some(note) = &note {
         tracing::warn!(stopped_since = %run.updated_at, "{note}");
@@ -263,6 +290,40 @@ pub async fn fan_out(
             last_commit = Instant::now();
         }
     }
+}
+
+/// A `tenant.rollout` tick: one request, published with the tick's fixed Msg-Id (retried with
+/// backoff), then the run is `done` with `published = 1`. A resumed run publishes the same id
+/// again, which the stream or the provisioner's request key turns into no second rollout. Whether
+/// the provisioner accepts the request (or refuses it, e.g. because a rollout is still running)
+/// is its decision, recorded on the rollout or in the dead-letter stream, not on this run.
+async fn start_rollout(
+    js: &jetstream::Context,
+    pg: &PgPool,
+    schedule: &Schedule,
+    run: &RunRow,
+    metrics: &SchedulerMetrics,
+) -> anyhow::Result<End> {
+    store::start_publishing(pg, run.run_id, None).await?;
+    let msg_id = rollout_msg_id(&run.schedule, run.tick);
+    let mut headers = HeaderMap::new();
+    headers.insert(TRACEPARENT, new_traceparent().as_str());
+    let ack = fleet_shared::publish::publish(
+        js,
+        crate::schedule::ROLLOUT_SUBJECT,
+        &msg_id,
+        Some(headers),
+        rollout_body(schedule).into(),
+    )
+    .await?;
+    if ack.duplicate {
+        metrics.deduplicated(&run.schedule);
+    }
+    store::finish_single(pg, run.run_id).await?;
+    metrics.published(&run.schedule, 1);
+    metrics.run_finished(&run.schedule, "done");
+    tracing::info!(msg_id = %msg_id, duplicate = ack.duplicate, "tenant.rollout requested");
+    Ok(End::Done)
 }
 
 /// Why resuming `run` now may store some jobs twice, if it may: it did not stop cleanly (a

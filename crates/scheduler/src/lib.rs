@@ -11,6 +11,9 @@
 //! by a resumed fan-out is dropped by the stream; a fan-out resumed after a crash longer than that
 //! records that some jobs may have been sent twice (see [`fanout`]).
 //!
+//! The built-in `tenant.rollout` target is the exception: one rollout request per tick, with
+//! `Nats-Msg-Id = <schedule>:<tick>:rollout`, so a failover never starts two rollouts.
+//!
 //! Manual triggers (`fleetctl schedule trigger`) are rows in `fleet.schedule_triggers`, picked up
 //! by the leader within a second, or at once when [`WAKE_SUBJECT`] nudges it.
 

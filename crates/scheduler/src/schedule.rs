@@ -14,6 +14,9 @@ use fleet_shared::Code;
 
 /// The built-in target: `{"code"}` to `tenant.migrate` on `FLEET_EVENTS`, consumed by the provisioner.
 pub const MIGRATE_SUBJECT: &str = "tenant.migrate";
+/// The built-in once-per-tick target: one rollout request on `tenant.rollout`, consumed by the
+/// provisioner, which brings the selected tenants to the latest (or `to`) version.
+pub const ROLLOUT_SUBJECT: &str = "tenant.rollout";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
@@ -154,6 +157,9 @@ pub enum Target {
     Jobs { template: String },
     /// The built-in target: `{"code"}` to `tenant.migrate` on `FLEET_EVENTS`.
     TenantMigrate,
+    /// The built-in once-per-tick target: one rollout request to `tenant.rollout` on
+    /// `FLEET_EVENTS` per tick, not one message per tenant.
+    TenantRollout,
 }
 
 impl Target {
@@ -163,6 +169,7 @@ impl Target {
         match self {
             Target::Jobs { template } => template.replace("{tenant_code}", code.as_str()),
             Target::TenantMigrate => MIGRATE_SUBJECT.to_owned(),
+            Target::TenantRollout => ROLLOUT_SUBJECT.to_owned(),
         }
     }
 
@@ -171,6 +178,7 @@ impl Target {
         match self {
             Target::Jobs { template } => template.replace("{tenant_code}", "*"),
             Target::TenantMigrate => MIGRATE_SUBJECT.to_owned(),
+            Target::TenantRollout => ROLLOUT_SUBJECT.to_owned(),
         }
     }
 
@@ -178,6 +186,7 @@ impl Target {
         match self {
             Target::Jobs { template } => template,
             Target::TenantMigrate => MIGRATE_SUBJECT,
+            Target::TenantRollout => ROLLOUT_SUBJECT,
         }
     }
 }
@@ -188,6 +197,9 @@ pub struct Selector {
     pub statuses: Vec<String>,
     /// `None`: every plan.
     pub plans: Option<Vec<String>>,
+    /// `tenants.codes`, only on a `tenant.rollout` schedule (the rollout's `codes`); `None`: every
+    /// tenant the plan selects.
+    pub codes: Option<Vec<Code>>,
 }
 
 /// One validated schedule.

@@ -228,6 +228,19 @@ pub async fn commit_progress(
     Ok(paused.unwrap_or(false))
 }
 
+/// Finishes a once-per-tick run (`tenant.rollout`) whose one message is stored: `done`, with
+/// `published = 1`.
+pub async fn finish_single(pg: &PgPool, run_id: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE fleet.schedule_runs SET status = 'done', published = 1, finished_at = now(), updated_at = now() WHERE run_id = $1 AND status = 'running'",
+    )
+    .bind(run_id)
+    .execute(pg)
+    .await
+    .context("Failed to finish the run")?;
+    Ok(())
+}
+
 /// Finishes a running run. A `None` reason keeps one noted earlier (see [`note_run`]).
 pub async fn finish_run(
     pg: &PgPool,

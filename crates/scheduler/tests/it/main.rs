@@ -5,3 +5,4 @@ mod common;
 mod fanout;
 mod leadership;
 mod policies;
+mod rollout;
