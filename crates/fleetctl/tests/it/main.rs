@@ -3,6 +3,7 @@
 mod cli;
 mod migrate;
 mod nats_auth;
+mod run;
 mod tenant_lifecycle;
 mod tenant_portability;
 mod up;

@@ -2,35 +2,16 @@
 //! tenant the real provisioner created, with rows planted in its tables.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use fleet_testkit::{eventually, Running, TestEnv};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::run::{assert_one_line_error, fleetctl, stderr, stdout};
+
 const WAIT: Duration = Duration::from_secs(60);
-
-fn fleetctl(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
-    cmd.args(args)
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("REDIS_URL", &env.redis_url)
-        .env_remove("FLEET_CONFIG");
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run fleetctl")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn assert_ok(o: &Output) {
     assert!(
@@ -39,13 +20,6 @@ fn assert_ok(o: &Output) {
         stdout(o),
         stderr(o)
     );
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    assert_eq!(o.status.code(), Some(1), "stdout: {}", stdout(o));
-    let err = stderr(o);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
 }
 
 /// Provisions `code` with the real provisioner (in-process) and waits until it is active.
