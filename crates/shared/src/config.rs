@@ -53,6 +53,8 @@ pub struct Settings {
     pub config_keys: Option<crate::config_keys::ConfigKeys>,
     /// How to reach NATS: servers, credentials, TLS, event size limit.
     pub nats: crate::nats_settings::NatsSettings,
+    /// `[databases.<name>]` of `FLEET_CONFIG`, plus `control` (= `DATABASE_URL`).
+    pub databases: crate::databases::Databases,
 }
 
 impl Settings {
@@ -162,6 +164,8 @@ impl Settings {
             None => FileConfig::default(),
         };
 
+        let databases = crate::databases::Databases::from_file(&file, &database_url, &get)?;
+
         let config_keys = get(crate::config_keys::VAR)
             .filter(|v| !v.trim().is_empty())
             .map(|v| crate::config_keys::ConfigKeys::parse(&v))
@@ -181,6 +185,7 @@ impl Settings {
             file,
             config_keys,
             nats,
+            databases,
         })
     }
 }

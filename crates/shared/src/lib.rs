@@ -11,6 +11,7 @@ pub mod cli;
 pub mod codes;
 pub mod config;
 pub mod config_keys;
+pub mod databases;
 pub mod db;
 pub mod dlq;
 pub mod duration;
