@@ -87,7 +87,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if json {
                 return output::print_json(&submitted);
             }
-            println!("{}", submitted.job_id);
+            outln!("{}", submitted.job_id);
             Ok(())
         }
         Cmd::List { state, limit, json } => {
@@ -104,7 +104,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 return output::print_json(&jobs.iter().map(Progress::from).collect::<Vec<_>>());
             }
             if jobs.is_empty() {
-                println!("no backfill jobs");
+                outln!("no backfill jobs");
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = jobs
@@ -124,7 +124,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             output::print_table(
                 &["JOB", "KIND", "STATE", "DONE", "ROWS", "CHUNKS", "CREATED"],
                 &rows,
-            );
+            )?;
             Ok(())
         }
         Cmd::Status { id, watch, json } => {
@@ -144,7 +144,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     "finished_at": job.finished_at,
                 }));
             }
-            print_status(&job, &failed);
+            print_status(&job, &failed)?;
             Ok(())
         }
         Cmd::Pause { id } => act(&pg, id, Action::Pause).await,
@@ -163,7 +163,7 @@ async fn get(pg: &sqlx::PgPool, id: Uuid) -> anyhow::Result<JobRow> {
 
 async fn act(pg: &sqlx::PgPool, id: Uuid, action: Action) -> anyhow::Result<()> {
     let state = backfill_worker::control(pg, id, action).await?;
-    println!("{id}: {state}");
+    outln!("{id}: {state}");
     Ok(())
 }
 
@@ -177,15 +177,18 @@ fn fmt_eta(secs: Option<f64>) -> String {
     }
 }
 
-fn print_status(job: &JobRow, failed: &[backfill_worker::store::FailedChunk]) {
-    println!("job       {}", job.job_id);
-    println!(
+fn print_status(
+    job: &JobRow,
+    failed: &[backfill_worker::store::FailedChunk],
+) -> anyhow::Result<()> {
+    outln!("job       {}", job.job_id);
+    outln!(
         "kind      {}{}",
         job.kind,
         if job.dry_run { " (dry run)" } else { "" }
     );
-    println!("state     {}", job.state);
-    println!(
+    outln!("state     {}", job.state);
+    outln!(
         "progress  {:.1}%  {} rows  {}/{} chunks  {} failed",
         job.percent(),
         job.rows_done,
@@ -193,14 +196,14 @@ fn print_status(job: &JobRow, failed: &[backfill_worker::store::FailedChunk]) {
         job.chunks_total.max(job.chunks_done),
         job.chunks_failed
     );
-    println!(
+    outln!(
         "rate      {:.0} rows/s  eta {}  chunk size {}",
         job.rows_per_sec,
         fmt_eta(job.eta_seconds),
         job.chunk_size
     );
     if let Some(e) = &job.error {
-        println!("error     {e}");
+        outln!("error     {e}");
     }
     if let Some(tables) = job
         .report
@@ -231,7 +234,7 @@ fn print_status(job: &JobRow, failed: &[backfill_worker::store::FailedChunk]) {
                 ]
             })
             .collect();
-        println!();
+        outln!();
         output::print_table(
             &[
                 "TABLE",
@@ -243,10 +246,10 @@ fn print_status(job: &JobRow, failed: &[backfill_worker::store::FailedChunk]) {
                 "NULL ORG",
             ],
             &rows,
-        );
+        )?;
     }
     if !failed.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = failed
             .iter()
             .map(|c| {
@@ -258,8 +261,9 @@ fn print_status(job: &JobRow, failed: &[backfill_worker::store::FailedChunk]) {
                 ]
             })
             .collect();
-        output::print_table(&["CHUNK", "KEYS", "ATTEMPTS", "ERROR"], &rows);
+        output::print_table(&["CHUNK", "KEYS", "ATTEMPTS", "ERROR"], &rows)?;
     }
+    Ok(())
 }
 
 fn bar(p: &Progress) -> String {
@@ -299,22 +303,22 @@ async fn watch_job(
     loop {
         let p = Progress::from(&job);
         if json {
-            println!("{}", serde_json::to_string(&p)?);
+            output::print_json_line(&p)?;
         } else {
             let line = bar(&p);
             if line != last_line {
                 if tty {
-                    print!("\r\x1b[2K{line}");
+                    out!("\r\x1b[2K{line}");
                     let _ = std::io::stdout().flush();
                 } else {
-                    println!("{line}");
+                    outln!("{line}");
                 }
                 last_line = line;
             }
         }
         if job.is_terminal() {
             if tty {
-                println!();
+                outln!();
             }
             return match job.state.as_str() {
                 "succeeded" => Ok(()),

@@ -76,7 +76,7 @@ async fn invalidate(org: Code, session: bool, json: bool) -> anyhow::Result<()> 
         return output::print_json(&rows);
     }
     for (s, id, seq) in published {
-        println!("published {s} for {org} (seq {seq}, msg-id {id})");
+        outln!("published {s} for {org} (seq {seq}, msg-id {id})");
     }
     Ok(())
 }
@@ -100,6 +100,6 @@ async fn preview(org: Code, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    output::print_table(&["RULE", "SUBJECT", "PATTERNS", "KEYS"], &table);
+    output::print_table(&["RULE", "SUBJECT", "PATTERNS", "KEYS"], &table)?;
     Ok(())
 }

@@ -46,27 +46,10 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             json,
         } => {
             let letters = dlq::list(&js, worker.as_deref(), limit).await?;
-            if json {
-                return output::print_json(&letters);
-            }
-            if letters.is_empty() {
-                println!("no dead letters");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = letters
-                .iter()
-                .map(|l| {
-                    vec![
-                        l.seq.to_string(),
-                        l.worker.clone(),
-                        l.subject.clone(),
-                        l.delivery_count.map(|d| d.to_string()).unwrap_or_default(),
-                        l.failed_at.clone(),
-                        l.error.clone(),
-                    ]
-                })
-                .collect();
-            output::print_table(
+            output::list(
+                json,
+                &letters,
+                "no dead letters",
                 &[
                     "SEQ",
                     "WORKER",
@@ -75,9 +58,17 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     "FAILED AT",
                     "ERROR",
                 ],
-                &rows,
-            );
-            Ok(())
+                |l| {
+                    vec![
+                        l.seq.to_string(),
+                        l.worker.clone(),
+                        l.subject.clone(),
+                        l.delivery_count.map(|d| d.to_string()).unwrap_or_default(),
+                        l.failed_at.clone(),
+                        l.error.clone(),
+                    ]
+                },
+            )
         }
         Cmd::Show { seq, json } => {
             let l = dlq::get(&js, seq).await?;
@@ -95,23 +86,23 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 v["headers"] = serde_json::Value::Object(headers);
                 return output::print_json(&v);
             }
-            println!("seq:        {}", l.seq);
-            println!("worker:     {}", l.worker);
-            println!("subject:    {}", l.subject);
-            println!("error:      {}", l.error);
-            println!(
+            outln!("seq:        {}", l.seq);
+            outln!("worker:     {}", l.worker);
+            outln!("subject:    {}", l.subject);
+            outln!("error:      {}", l.error);
+            outln!(
                 "deliveries: {}",
                 l.delivery_count.map(|d| d.to_string()).unwrap_or_default()
             );
-            println!("failed at:  {}", l.failed_at);
-            println!("headers:");
+            outln!("failed at:  {}", l.failed_at);
+            outln!("headers:");
             for (k, v) in l.headers.iter() {
                 let k: &str = k.as_ref();
                 for x in v {
-                    println!("  {k}: {}", x.as_str());
+                    outln!("  {k}: {}", x.as_str());
                 }
             }
-            println!("payload:\n{}", l.payload);
+            outln!("payload:\n{}", l.payload);
             Ok(())
         }
         Cmd::Replay { seqs, keep } => {
@@ -119,7 +110,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 let new_seq = dlq::replay(&js, seq, keep)
                     .await
                     .with_context(|| format!("replay of dead letter {seq} failed"))?;
-                println!("replayed dead letter {seq} (new stream seq {new_seq})");
+                outln!("replayed dead letter {seq} (new stream seq {new_seq})");
             }
             Ok(())
         }

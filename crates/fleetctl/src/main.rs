@@ -4,11 +4,14 @@
 //! `REDIS_URL`, `FLEET_CONFIG`). Read commands take `--json` for scripts. Errors go to stderr as
 //! one line, with a non-zero exit.
 
+// First, so that its `outln!`/`out!` macros are visible in every command module.
+#[macro_use]
+mod output;
+
 mod backfill;
 mod cache;
 mod dlq;
 mod migrate;
-mod output;
 mod publish;
 mod schedule;
 mod tenants;
@@ -98,6 +101,9 @@ fn main() {
         }
     });
     if let Err(e) = res {
+        if e.chain().any(|c| c.is::<output::StdoutClosed>()) {
+            std::process::exit(output::STDOUT_CLOSED_STATUS);
+        }
         let line: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!(
             "error: {}",

@@ -168,7 +168,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if json {
                 return output::print_json(&s);
             }
-            print_status(&provisioner::migrations::source(&settings), &s);
+            print_status(&provisioner::migrations::source(&settings), &s)?;
             Ok(())
         }
         Cmd::Rollout { to, c } => {
@@ -187,16 +187,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let rows = status::list(&pg, limit)
                 .await
                 .context("Failed to list rollouts")?;
-            if json {
-                return output::print_json(&rows);
-            }
-            if rows.is_empty() {
-                println!("no rollouts");
-                return Ok(());
-            }
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
+            output::list(
+                json,
+                &rows,
+                "no rollouts",
+                &["ID", "TO", "STATE", "DONE", "FAILED", "SKIPPED", "CREATED"],
+                |r| {
                     vec![
                         r.rollout_id.to_string(),
                         format!("{} {}", r.direction, r.target_version),
@@ -206,13 +202,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         r.skipped.to_string(),
                         r.created_at.clone(),
                     ]
-                })
-                .collect();
-            output::print_table(
-                &["ID", "TO", "STATE", "DONE", "FAILED", "SKIPPED", "CREATED"],
-                &table,
-            );
-            Ok(())
+                },
+            )
         }
         Cmd::Show { id, state, json } => {
             if let Some(s) = &state {
@@ -226,11 +217,11 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if json {
                 return output::print_json(&serde_json::json!({"rollout": s, "tenants": tenants}));
             }
-            print_summary(&s);
+            print_summary(&s)?;
             if tenants.is_empty() {
                 return Ok(());
             }
-            println!();
+            outln!();
             let table: Vec<Vec<String>> = tenants
                 .iter()
                 .map(|t| {
@@ -257,7 +248,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     "CODE", "WAVE", "STATE", "BEFORE", "AFTER", "ATTEMPTS", "TOOK", "ERROR",
                 ],
                 &table,
-            );
+            )?;
             Ok(())
         }
         Cmd::Pause { id } => controlled(&pg, id, Control::Pause).await,
@@ -283,7 +274,7 @@ async fn get(pg: &sqlx::PgPool, id: Uuid) -> anyhow::Result<status::RolloutSumma
 
 async fn controlled(pg: &sqlx::PgPool, id: Uuid, c: Control) -> anyhow::Result<()> {
     let state = rollout::control(pg, id, c).await?;
-    println!("rollout {id} {state}");
+    outln!("rollout {id} {state}");
     Ok(())
 }
 
@@ -311,7 +302,7 @@ async fn start(
         .filter(|i| i.skipped.is_none() && i.wave == 0)
         .count();
     if c.dry_run {
-        println!(
+        outln!(
             "dry run: {} to version {} ({} tenants to move, canary {canary}, {} waves after it; {} up to date, {skipped} skipped); nothing was written",
             p.direction.as_str(),
             p.target_version,
@@ -319,14 +310,14 @@ async fn start(
             p.waves - 1,
             p.up_to_date
         );
-        println!("files checked (names, order, checksums):");
+        outln!("files checked (names, order, checksums):");
         for f in &p.files {
-            println!("  {f}");
+            outln!("  {f}");
         }
         if p.items.is_empty() {
             return Ok(());
         }
-        println!();
+        outln!();
         let table: Vec<Vec<String>> = p
             .items
             .iter()
@@ -353,10 +344,10 @@ async fn start(
                 ]
             })
             .collect();
-        output::print_table(&["CODE", "WAVE", "FROM", "TO", "RUNS"], &table);
+        output::print_table(&["CODE", "WAVE", "FROM", "TO", "RUNS"], &table)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "rollout {} created: {} to version {}, {} tenants to move (canary {canary}, {} waves after it), {} up to date, {skipped} skipped; {}",
         p.rollout_id,
         p.direction.as_str(),
@@ -428,23 +419,23 @@ async fn watch_rollout(pg: &sqlx::PgPool, id: Uuid, json: bool) -> anyhow::Resul
         let rate = (finished - base) as f64 / secs;
         let ended = s.is_finished() || s.state == "halted";
         if json {
-            println!("{}", serde_json::to_string(&s)?);
+            output::print_json_line(&s)?;
         } else {
             let line = bar(&s, rate);
             if tty {
                 if line != last_line {
-                    print!("\r\x1b[2K{line}");
+                    out!("\r\x1b[2K{line}");
                     let _ = std::io::stdout().flush();
                 }
             } else if ended || last_print.elapsed() >= Duration::from_secs(2) {
-                println!("{line}");
+                outln!("{line}");
                 last_print = Instant::now();
             }
             last_line = line;
         }
         if ended {
             if tty {
-                println!();
+                outln!();
             }
             return match s.state.as_str() {
                 "succeeded" => Ok(()),
@@ -461,47 +452,55 @@ async fn watch_rollout(pg: &sqlx::PgPool, id: Uuid, json: bool) -> anyhow::Resul
     }
 }
 
-fn print_summary(s: &status::RolloutSummary) {
-    println!("rollout:      {}", s.rollout_id);
-    println!(
+fn print_summary(s: &status::RolloutSummary) -> anyhow::Result<()> {
+    outln!("rollout:      {}", s.rollout_id);
+    outln!(
         "direction:    {} to version {}",
-        s.direction, s.target_version
+        s.direction,
+        s.target_version
     );
     if let Some(u) = s.undo_of {
-        println!("undo of:      {u}");
+        outln!("undo of:      {u}");
     }
-    println!("state:        {}", s.state);
+    outln!("state:        {}", s.state);
     if let Some(r) = &s.reason {
-        println!("reason:       {r}");
+        outln!("reason:       {r}");
     }
-    println!(
+    outln!(
         "tenants:      {} ({} done, {} failed, {} skipped, {} pending)",
-        s.total, s.done, s.failed, s.skipped, s.pending
+        s.total,
+        s.done,
+        s.failed,
+        s.skipped,
+        s.pending
     );
-    println!(
+    outln!(
         "wave:         {} of {} (0 = canary)",
         s.current_wave,
         (s.waves - 1).max(0)
     );
-    println!(
+    outln!(
         "controls:     concurrency {}, max failures {}, lock timeout {}ms",
-        s.concurrency, s.max_failures, s.lock_timeout_ms
+        s.concurrency,
+        s.max_failures,
+        s.lock_timeout_ms
     );
-    println!("created:      {}", s.created_at);
+    outln!("created:      {}", s.created_at);
     if let Some(f) = &s.finished_at {
-        println!("finished:     {f}");
+        outln!("finished:     {f}");
     }
+    Ok(())
 }
 
-fn print_status(source: &str, s: &status::FleetStatus) {
-    println!(
+fn print_status(source: &str, s: &status::FleetStatus) -> anyhow::Result<()> {
+    outln!(
         "deployed set: {source}, latest version {}",
         s.latest_version
     );
     let total: i64 = s.histogram.iter().map(|h| h.tenants).sum();
-    println!("tenants per schema version ({total} not deleted):");
+    outln!("tenants per schema version ({total} not deleted):");
     if s.histogram.is_empty() {
-        println!("  (no tenants)");
+        outln!("  (no tenants)");
     }
     let max = s
         .histogram
@@ -516,7 +515,7 @@ fn print_status(source: &str, s: &status::FleetStatus) {
             std::cmp::Ordering::Equal => "latest",
             std::cmp::Ordering::Greater => "AHEAD",
         };
-        println!(
+        outln!(
             "  v{:<5} {:>8}  {:<40} {mark}",
             h.version,
             h.tenants,
@@ -524,8 +523,8 @@ fn print_status(source: &str, s: &status::FleetStatus) {
         );
     }
     let statuses: Vec<String> = s.statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("statuses: {}", statuses.join(", "));
-    println!(
+    outln!("statuses: {}", statuses.join(", "));
+    outln!(
         "behind: {} active{}",
         s.behind,
         if s.behind_inactive > 0 {
@@ -535,34 +534,35 @@ fn print_status(source: &str, s: &status::FleetStatus) {
         }
     );
     if s.ahead > 0 {
-        println!(
+        outln!(
             "warning: {} tenants are ahead of the deployed set (migrated by newer code); deploy that code or roll them back with it",
             s.ahead
         );
     }
     match &s.last_rollout {
         Some(r) => {
-            println!(
+            outln!(
                 "last rollout: {} {} to {} {} ({} done, {} failed, {} skipped, {} pending; created {})",
                 r.rollout_id, r.direction, r.target_version, r.state, r.done, r.failed, r.skipped, r.pending, r.created_at
             );
             if let Some(reason) = &r.reason {
-                println!("  reason: {reason}");
+                outln!("  reason: {reason}");
             }
             for f in &s.last_failed {
-                println!("  failed {}: {}", f.code, f.error.as_deref().unwrap_or(""));
+                outln!("  failed {}: {}", f.code, f.error.as_deref().unwrap_or(""));
             }
         }
-        None => println!("last rollout: none"),
+        None => outln!("last rollout: none"),
     }
     match &s.drift.checked_at {
-        Some(at) if s.drift.tenants > 0 => println!(
+        Some(at) if s.drift.tenants > 0 => outln!(
             "drift: {} tenants at the last verify ({at}); fleetctl migrate verify for details",
             s.drift.tenants
         ),
-        Some(at) => println!("drift: none at the last verify ({at})"),
-        None => println!("drift: not checked yet (fleetctl migrate verify)"),
+        Some(at) => outln!("drift: none at the last verify ({at})"),
+        None => outln!("drift: not checked yet (fleetctl migrate verify)"),
     }
+    Ok(())
 }
 
 /// `fleetctl migration new NAME`
@@ -600,7 +600,7 @@ pub async fn run_migration(cmd: MigrationCmd) -> anyhow::Result<()> {
         ),
     )
     .with_context(|| format!("Failed to write {}", down.display()))?;
-    println!("{}", up.display());
-    println!("{}", down.display());
+    outln!("{}", up.display());
+    outln!("{}", down.display());
     Ok(())
 }

@@ -39,35 +39,103 @@ pub async fn pg(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
-/// Prints `value` as pretty JSON.
-pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+/// stdout was closed by the reader (`fleetctl … | head -1`): the command ends quietly with the
+/// shell's conventional status for SIGPIPE instead of panicking or printing an error.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout closed")]
+pub struct StdoutClosed;
+
+/// The exit status of a command whose reader went away: 128 + SIGPIPE, as a shell reports it.
+pub const STDOUT_CLOSED_STATUS: i32 = 141;
+
+/// Writes to stdout; a closed pipe becomes [`StdoutClosed`], any other failure an error that says
+/// what could not be written.
+pub fn write(args: std::fmt::Arguments<'_>, newline: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let res = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
+}
+
+/// `println!` for commands: a closed stdout ends the command quietly (see [`StdoutClosed`]).
+macro_rules! outln {
+    () => {{ $crate::output::write(format_args!(""), true)?; }};
+    ($($arg:tt)*) => {{ $crate::output::write(format_args!($($arg)*), true)?; }};
+}
+
+/// `print!` for commands (progress lines redrawn in place).
+macro_rules! out {
+    ($($arg:tt)*) => {{ $crate::output::write(format_args!($($arg)*), false)?; }};
+}
+
+/// Prints `value` as pretty JSON (`--json`).
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
-/// Prints rows as an aligned table with a header.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// Prints one JSON document per line (`--watch --json`: a stream of snapshots).
+pub fn print_json_line<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
+    outln!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// The one way a read command prints a list: the items as a JSON array with `--json`, else
+/// `empty` as one line when there are none, else an aligned table of `row(item)` under `header`.
+pub fn list<T: serde::Serialize>(
+    json: bool,
+    items: &[T],
+    empty: &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(items);
+    }
+    if items.is_empty() {
+        outln!("{empty}");
+        return Ok(());
+    }
+    print_table(header, &items.iter().map(row).collect::<Vec<_>>())
+}
+
+/// Prints rows as an aligned table with a header; the last column is never padded.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
-            }
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let line = |cells: &[&str]| -> anyhow::Result<()> {
         let mut s = String::new();
         for (i, c) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                let pad = widths.get(i).copied().unwrap_or(0);
+                s.push_str(&format!("{c:<pad$}  "));
             }
         }
-        println!("{}", s.trim_end());
+        outln!("{}", s.trim_end());
+        Ok(())
     };
-    line(header.to_vec());
+    line(header)?;
     for r in rows {
-        line(r.iter().map(String::as_str).collect());
+        line(&r.iter().map(String::as_str).collect::<Vec<_>>())?;
     }
+    Ok(())
 }

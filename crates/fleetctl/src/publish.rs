@@ -62,9 +62,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!(
+        outln!(
             "published {} to {} seq {} msg-id {id}{dup}",
-            a.subject, ack.stream, ack.sequence
+            a.subject,
+            ack.stream,
+            ack.sequence
         );
         Ok(())
     }

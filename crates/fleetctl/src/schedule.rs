@@ -106,9 +106,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if rows.is_empty() {
                 match std::env::var("FLEET_CONFIG") {
                     Ok(path) if !path.trim().is_empty() => {
-                        println!("no schedules in FLEET_CONFIG ({path})")
+                        outln!("no schedules in FLEET_CONFIG ({path})")
                     }
-                    _ => println!(
+                    _ => outln!(
                         "no schedules: FLEET_CONFIG is not set (point it at the file the scheduler runs with, e.g. deploy/local/fleet.toml)"
                     ),
                 }
@@ -142,7 +142,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             output::print_table(
                 &["NAME", "CRON", "TZ", "SUBJECT", "STATE", "NEXT", "LAST RUN"],
                 &table,
-            );
+            )?;
             Ok(())
         }
         Cmd::Trigger { name, wait } => {
@@ -154,7 +154,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let by = std::env::var("USER").unwrap_or_else(|_| "fleetctl".into());
             let id = scheduler::trigger(&pg, nats.as_ref(), &name, &by).await?;
             if !wait {
-                println!("trigger {id} queued for {name}; see `fleetctl schedule history {name}`");
+                outln!("trigger {id} queued for {name}; see `fleetctl schedule history {name}`");
                 return Ok(());
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -168,7 +168,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .context("Failed to read the trigger")?;
                 if let (Some(outcome), run_id) = row {
                     let run = run_id.map(|r| format!(" (run {r})")).unwrap_or_default();
-                    println!("trigger {id} for {name}: {outcome}{run}");
+                    outln!("trigger {id} for {name}: {outcome}{run}");
                     return Ok(());
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -182,28 +182,33 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Pause { name } => {
             known(&name)?;
             store::set_paused(&pg, &name, true).await?;
-            println!("{name} paused");
+            outln!("{name} paused");
             Ok(())
         }
         Cmd::Resume { name } => {
             known(&name)?;
             store::set_paused(&pg, &name, false).await?;
-            println!("{name} resumed");
+            outln!("{name} resumed");
             Ok(())
         }
         Cmd::History { name, limit, json } => {
             known(&name)?;
             let runs = store::history(&pg, &name, limit.clamp(1, 10_000)).await?;
-            if json {
-                return output::print_json(&runs);
-            }
-            if runs.is_empty() {
-                println!("no runs of {name} yet");
-                return Ok(());
-            }
-            let table: Vec<Vec<String>> = runs
-                .iter()
-                .map(|r| {
+            output::list(
+                json,
+                &runs,
+                &format!("no runs of {name} yet"),
+                &[
+                    "RUN",
+                    "TICK",
+                    "TRIGGER",
+                    "STATUS",
+                    "PUBLISHED",
+                    "STARTED",
+                    "TOOK",
+                    "REASON",
+                ],
+                |r| {
                     let took = r
                         .finished_at
                         .map(|f| format!("{:.1}s", (f - r.started_at).as_seconds_f64()))
@@ -218,22 +223,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         took,
                         r.reason.clone().unwrap_or_default(),
                     ]
-                })
-                .collect();
-            output::print_table(
-                &[
-                    "RUN",
-                    "TICK",
-                    "TRIGGER",
-                    "STATUS",
-                    "PUBLISHED",
-                    "STARTED",
-                    "TOOK",
-                    "REASON",
-                ],
-                &table,
-            );
-            Ok(())
+                },
+            )
         }
     }
 }

@@ -188,16 +188,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             .fetch_all(&pg)
             .await
             .context("Failed to read fleet.tenants")?;
-            if json {
-                return output::print_json(&rows);
-            }
-            if rows.is_empty() {
-                println!("no tenants");
-                return Ok(());
-            }
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|t| {
+            output::list(
+                json,
+                &rows,
+                "no tenants",
+                &["CODE", "STATUS", "PLAN", "SCHEMA", "VERSION", "ORG", "NAME"],
+                |t| {
                     vec![
                         t.code.clone(),
                         t.status.clone(),
@@ -207,13 +203,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                         t.org_code.clone().unwrap_or_default(),
                         t.name.clone(),
                     ]
-                })
-                .collect();
-            output::print_table(
-                &["CODE", "STATUS", "PLAN", "SCHEMA", "VERSION", "ORG", "NAME"],
-                &table,
-            );
-            Ok(())
+                },
+            )
         }
         Cmd::Show { code, json, reveal } => {
             let code = Code::parse(&code)?;
@@ -290,29 +281,29 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     "tenant": tenant, "configs": configs, "migrations": migrations,
                 }));
             }
-            println!("code:           {}", tenant.code);
-            println!("tenant_id:      {}", tenant.tenant_id);
-            println!("name:           {}", tenant.name);
-            println!("plan:           {}", tenant.plan);
-            println!("org_code:       {}", tenant.org_code.unwrap_or_default());
-            println!("status:         {}", tenant.status);
+            outln!("code:           {}", tenant.code);
+            outln!("tenant_id:      {}", tenant.tenant_id);
+            outln!("name:           {}", tenant.name);
+            outln!("plan:           {}", tenant.plan);
+            outln!("org_code:       {}", tenant.org_code.unwrap_or_default());
+            outln!("status:         {}", tenant.status);
             if let Some(r) = &tenant.suspend_reason {
-                println!("suspended for:  {r}");
+                outln!("suspended for:  {r}");
             }
             if let Some(d) = &tenant.deleted_at {
-                println!("deleted_at:     {d}");
+                outln!("deleted_at:     {d}");
             }
-            println!("schema:         {}", tenant.schema_name);
-            println!("schema_version: {}", tenant.schema_version);
-            println!("created_at:     {}", tenant.created_at);
-            println!(
+            outln!("schema:         {}", tenant.schema_name);
+            outln!("schema_version: {}", tenant.schema_version);
+            outln!("created_at:     {}", tenant.created_at);
+            outln!(
                 "provisioned_at: {}",
                 tenant
                     .provisioned_at
                     .map(|t| t.to_string())
                     .unwrap_or_default()
             );
-            println!("\nconfigs:");
+            outln!("\nconfigs:");
             let rows: Vec<Vec<String>> = configs
                 .iter()
                 .map(|c| {
@@ -324,10 +315,10 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     vec![format!("  {}", c.key), value, c.source.clone(), enc.into()]
                 })
                 .collect();
-            output::print_table(&["  KEY", "VALUE", "SOURCE", ""], &rows);
-            println!("\nmigrations:");
+            output::print_table(&["  KEY", "VALUE", "SOURCE", ""], &rows)?;
+            outln!("\nmigrations:");
             for m in &migrations {
-                println!(
+                outln!(
                     "  {:>4} {:<32} {} {}",
                     m.version,
                     m.name,

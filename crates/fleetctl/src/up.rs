@@ -7,11 +7,13 @@ use fleet_shared::fleet::{shutdown_on_signals, Fleet};
 use fleet_shared::topology::Topology;
 use tokio::task::JoinSet;
 
-const WORKERS: &[&str] = &[
-    provisioner::NAME,
-    cache_invalidator::NAME,
-    backfill_worker::NAME,
-    scheduler::NAME,
+/// Each worker by name, with whether it needs Redis (its crate says so: `/readyz` then checks
+/// Redis only when a worker that uses it runs here).
+const WORKERS: &[(&str, bool)] = &[
+    (provisioner::NAME, provisioner::USES_REDIS),
+    (cache_invalidator::NAME, cache_invalidator::USES_REDIS),
+    (backfill_worker::NAME, backfill_worker::USES_REDIS),
+    (scheduler::NAME, scheduler::USES_REDIS),
 ];
 
 #[derive(clap::Args)]
@@ -23,21 +25,23 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     for w in &args.only {
-        if !WORKERS.contains(&w.as_str()) {
+        if !WORKERS.iter().any(|(name, _)| name == w) {
+            let names: Vec<&str> = WORKERS.iter().map(|(name, _)| *name).collect();
             anyhow::bail!(
                 "--only: unknown worker {w:?} (workers: {})",
-                WORKERS.join(", ")
+                names.join(", ")
             );
         }
     }
     let enabled = |name: &str| args.only.is_empty() || args.only.iter().any(|w| w == name);
+    let uses_redis = WORKERS.iter().any(|(name, uses)| *uses && enabled(name));
     let settings = fleet_shared::Settings::from_env(DEFAULT_BIN_HTTP_ADDR)?;
     fleet_shared::telemetry::init(settings.log_format);
     let shutdown = shutdown_on_signals();
     let fleet = Fleet::connect(settings, Topology::default()).await?;
     let (addr, http) = fleet_shared::http::serve(
         fleet.settings.http_addr,
-        fleet.http_state(enabled(cache_invalidator::NAME)),
+        fleet.http_state(uses_redis),
         shutdown.clone(),
     )
     .await?;

@@ -184,7 +184,7 @@ pub async fn run(pg: &PgPool, set: &[Migration], json: bool) -> anyhow::Result<(
             "tenants_checked": tenants.len(), "drift": findings,
         }));
     }
-    println!(
+    outln!(
         "verified {} tenants against {} deployed files: {}",
         tenants.len(),
         set.len(),
@@ -196,7 +196,7 @@ pub async fn run(pg: &PgPool, set: &[Migration], json: bool) -> anyhow::Result<(
     );
     for f in &findings {
         for p in &f.problems {
-            println!("  {}: {p}", f.code);
+            outln!("  {}: {p}", f.code);
         }
     }
     Ok(())

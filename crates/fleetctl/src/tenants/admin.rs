@@ -51,24 +51,31 @@ pub async fn purge(older_than: Option<Duration>, dry_run: bool, json: bool) -> a
         if json {
             return output::print_json(&due);
         }
-        println!(
+        outln!(
             "{} archived tenant(s) older than {} would be purged",
             due.len(),
             fleet_shared::duration::format(older_than)
         );
         for a in &due {
-            println!(
+            outln!(
                 "  {} {} {} archived {}",
-                a.code, a.tenant_id, a.schema_name, a.deleted_at
+                a.code,
+                a.tenant_id,
+                a.schema_name,
+                a.deleted_at
             );
         }
         return Ok(());
     }
     let rows = purge::purge_older_than(&pg, &actor(), older_than, |a, row| {
+        // A progress line only: a reader that went away must not stop the purge half-way.
         if !json {
-            println!(
-                "purged {} ({}): dropped {} (archived {}), audit #{}",
-                a.code, a.tenant_id, a.schema_name, a.deleted_at, row.id
+            let _ = output::write(
+                format_args!(
+                    "purged {} ({}): dropped {} (archived {}), audit #{}",
+                    a.code, a.tenant_id, a.schema_name, a.deleted_at, row.id
+                ),
+                true,
             );
         }
     })
@@ -77,7 +84,7 @@ pub async fn purge(older_than: Option<Duration>, dry_run: bool, json: bool) -> a
     if json {
         return output::print_json(&rows);
     }
-    println!("{} tenant(s) purged", rows.len());
+    outln!("{} tenant(s) purged", rows.len());
     Ok(())
 }
 
@@ -90,10 +97,14 @@ pub async fn rotate_keys(json: bool) -> anyhow::Result<()> {
     })?;
     let pg = output::pg(&settings).await?;
     let report = rotate::rotate_keys(&pg, &keys, &actor(), |code, n| {
+        // A progress line only: a reader that went away must not stop the rotation half-way.
         if !json {
-            println!(
-                "tenant {code}: {n} value(s) re-encrypted under {}",
-                keys.current_id()
+            let _ = output::write(
+                format_args!(
+                    "tenant {code}: {n} value(s) re-encrypted under {}",
+                    keys.current_id()
+                ),
+                true,
             );
         }
     })
@@ -101,9 +112,11 @@ pub async fn rotate_keys(json: bool) -> anyhow::Result<()> {
     if json {
         return output::print_json(&report);
     }
-    println!(
+    outln!(
         "{} value(s) of {} tenant(s) re-encrypted; every encrypted config is now under key {}",
-        report.values, report.tenants, report.key_id
+        report.values,
+        report.tenants,
+        report.key_id
     );
     Ok(())
 }

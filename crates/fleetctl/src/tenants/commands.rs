@@ -57,10 +57,10 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
     match cmd {
         Cmd::Export { code, out } => {
             let code = Code::parse(&code)?;
-            println!("exporting {code} to {}", out.display());
+            outln!("exporting {code} to {}", out.display());
             let m = super::export::export(&settings.database_url, &code, &out).await?;
             let rows: u64 = m.tables.iter().map(|t| t.rows).sum();
-            println!(
+            outln!(
                 "exported {code} (schema version {}, {} tables, {rows} rows) to {}",
                 m.schema_version,
                 m.tables.len(),
@@ -80,7 +80,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                 "--org-code needs --code (it applies to a clone)"
             );
             let done = super::import::import(&settings.database_url, &dir, code, org).await?;
-            println!(
+            outln!(
                 "imported {} as tenant {} ({}): {} tables, {} rows, {} configs, schema version {}",
                 dir.display(),
                 done.code,
@@ -93,7 +93,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
             let latest =
                 fleet_shared::migrate::latest_version(&provisioner::migrations::load(settings)?);
             if done.schema_version < latest {
-                println!(
+                outln!(
                     "note: the latest tenant migration is {latest}; publish tenant.migrate {{\"code\": \"{}\"}} to bring it up to date",
                     done.code
                 );
@@ -108,9 +108,10 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
             if json {
                 output::print_json(&report)?;
             } else if report.offenders.is_empty() {
-                println!(
+                outln!(
                     "isolation ok: {} tenants, {} tables with tenant_code, no foreign rows",
-                    report.tenants, report.tables_checked
+                    report.tenants,
+                    report.tables_checked
                 );
             } else {
                 let rows: Vec<Vec<String>> = report
@@ -125,7 +126,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                         ]
                     })
                     .collect();
-                output::print_table(&["TENANT", "TABLE", "FOREIGN TENANT_CODE", "ROWS"], &rows);
+                output::print_table(&["TENANT", "TABLE", "FOREIGN TENANT_CODE", "ROWS"], &rows)?;
             }
             if report.offenders.is_empty() {
                 return Ok(());
@@ -148,7 +149,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                 return output::print_json(&usage);
             }
             if usage.is_empty() {
-                println!("no tenants");
+                outln!("no tenants");
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = usage
@@ -179,15 +180,15 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                     "LAST EVENT",
                 ],
                 &rows,
-            );
+            )?;
             if let [one] = usage.as_slice() {
-                println!();
+                outln!();
                 let rows: Vec<Vec<String>> = one
                     .tables
                     .iter()
                     .map(|t| vec![t.table.clone(), t.rows.to_string()])
                     .collect();
-                output::print_table(&["TABLE", "ROWS~"], &rows);
+                output::print_table(&["TABLE", "ROWS~"], &rows)?;
             }
             Ok(())
         }

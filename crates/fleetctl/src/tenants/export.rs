@@ -124,7 +124,7 @@ async fn write_bundle(
         let columns = catalog::columns(&mut tx, &schema, table).await?;
         let file = bundle::data_file(i + 1);
         let (entry, rows) = copy_out(&mut tx, dir, &file, &schema, table, &columns).await?;
-        println!("  {table}: {rows} rows");
+        outln!("  {table}: {rows} rows");
         files.push(entry);
         tables.push(TableEntry {
             name: table.clone(),

@@ -10,29 +10,10 @@ pub async fn run(code: String, json: bool) -> anyhow::Result<()> {
     let settings = output::settings()?;
     let pg = output::pg(&settings).await?;
     let rows = audit::history(&pg, code.as_str()).await?;
-    if json {
-        return output::print_json(&rows);
-    }
-    if rows.is_empty() {
-        println!("no lifecycle changes recorded for {code}");
-        return Ok(());
-    }
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.to_string(),
-                r.at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                r.event.clone(),
-                r.status.clone(),
-                r.actor.clone(),
-                r.event_id.clone(),
-                r.tenant_id.to_string(),
-                format!("{} -> {}", r.old, r.new),
-            ]
-        })
-        .collect();
-    output::print_table(
+    output::list(
+        json,
+        &rows,
+        &format!("no lifecycle changes recorded for {code}"),
         &[
             "ID",
             "AT (UTC)",
@@ -43,7 +24,17 @@ pub async fn run(code: String, json: bool) -> anyhow::Result<()> {
             "TENANT ID",
             "CHANGE",
         ],
-        &table,
-    );
-    Ok(())
+        |r| {
+            vec![
+                r.id.to_string(),
+                r.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                r.event.clone(),
+                r.status.clone(),
+                r.actor.clone(),
+                r.event_id.clone(),
+                r.tenant_id.to_string(),
+                format!("{} -> {}", r.old, r.new),
+            ]
+        },
+    )
 }

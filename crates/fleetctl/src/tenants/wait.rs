@@ -81,7 +81,7 @@ pub async fn publish_and_wait<T: serde::Serialize>(
         .await
         .with_context(|| format!("cannot publish {subject}"))?;
     if wait.no_wait {
-        println!("published {subject} msg-id {id}");
+        outln!("published {subject} msg-id {id}");
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + wait.timeout;
@@ -99,9 +99,14 @@ pub async fn publish_and_wait<T: serde::Serialize>(
             if wait.json {
                 return output::print_json(&row);
             }
-            println!(
+            outln!(
                 "{}: tenant {} is {} (audit #{}): {} -> {}",
-                row.event, row.code, row.status, row.id, row.old, row.new
+                row.event,
+                row.code,
+                row.status,
+                row.id,
+                row.old,
+                row.new
             );
             return Ok(());
         }

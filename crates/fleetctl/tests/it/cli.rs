@@ -262,3 +262,39 @@ async fn backfill_submit_control_and_status_through_the_binary() {
     assert_eq!(o.status.code(), Some(1), "clap rejects a malformed id");
     assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
 }
+
+/// `fleetctl … | head -1` where `head` has already gone: every read command ends quietly with the
+/// shell's SIGPIPE status (141), nothing on stderr, instead of a panic (exit 101).
+#[tokio::test]
+async fn a_closed_pipe_ends_read_commands_quietly() {
+    let env = TestEnv::new().await;
+    let commands: &[&[&str]] = &[
+        &["tenants", "list"],
+        &["tenants", "list", "--json"],
+        &["tenants", "usage"],
+        &["tenants", "history", "acme"],
+        &["dlq", "list"],
+        &["backfill", "list"],
+        &["migrate", "status"],
+        &["migrate", "list"],
+        &["schedule", "list"],
+        &["cache", "preview", "--org", "acme_org"],
+    ];
+    for args in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(*args)
+            .env("NATS_URL", env.nats.url())
+            .env("DATABASE_URL", &env.db.url)
+            .env("REDIS_URL", &env.redis_url)
+            .env_remove("FLEET_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run fleetctl");
+        // The reader goes away before the command prints anything (it connects first).
+        drop(child.stdout.take());
+        let o = child.wait_with_output().expect("wait for fleetctl");
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
+        assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+    }
+}
