@@ -56,7 +56,8 @@ impl Handlers {
         )
         .await
         .map_err(|r| HandleError::invalid(format!("backfill.submit: {r}")))?;
-        match store::submit_json(&self.runner.pool, &json, self.runner.allow_sql, Some(&key)).await
+        match store::submit_json_on(&self.runner.pools, &json, self.runner.allow_sql, Some(&key))
+            .await
         {
             Ok(s) => {
                 tracing::info!(job.id = %s.job_id, created = s.created, "backfill job submitted");

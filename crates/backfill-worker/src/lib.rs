@@ -37,6 +37,7 @@ pub mod plan;
 pub mod runner;
 pub mod spec;
 pub mod store;
+pub mod target;
 pub mod validate;
 
 use std::sync::Arc;
@@ -48,7 +49,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::BackfillConfig;
 pub use store::{
-    control, get_job, list_jobs, submit_json, Action, ControlError, JobRow, SubmitError, Submitted,
+    control, get_job, list_jobs, submit_json, submit_json_on, Action, ControlError, JobRow,
+    SubmitError, Submitted,
 };
 
 /// Largest `backfill.submit`/`backfill.control` payload read (a spec may inline its mapping CSV);
@@ -101,6 +103,11 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     let mapping_files = mapping_file::MappingFiles::for_worker(cfg.mapping_dir.as_deref())?;
     let metrics = metrics::BackfillMetrics::register(&fleet.metrics);
     let runner = Arc::new(runner::Runner {
+        pools: fleet_shared::databases::DatabasePools::new(
+            fleet.settings.databases.clone(),
+            fleet.pg.clone(),
+            cfg.parallelism as u32 * cfg.max_jobs as u32 + 2,
+        ),
         pool: fleet.pg.clone(),
         nats: Some(fleet.nats.clone()),
         cfg,

@@ -97,11 +97,12 @@ pub fn fill_statement(
     table: &Ident,
     key: &Ident,
     via: &Via,
+    map_table: &str,
 ) -> String {
     let t = qualified(schema, table);
     let k = key.quoted();
     let map = format!(
-        "fleet.backfill_org_map AS m ON m.job_id = {}::uuid",
+        "{map_table} AS m ON m.job_id = {}::uuid",
         literal(&job_id.to_string())
     );
     let set = "SET \"tenant_code\" = m.tenant_code, \"organization_code\" = m.organization_code";
@@ -109,7 +110,7 @@ pub fn fill_statement(
     let users = qualified(schema, &users_table());
     match via {
         Via::Org(col) => format!(
-            "UPDATE {t} AS t {set} FROM fleet.backfill_org_map AS m WHERE m.job_id = {}::uuid \
+            "UPDATE {t} AS t {set} FROM {map_table} AS m WHERE m.job_id = {}::uuid \
              AND m.organization_id = t.{}::text AND t.{k} > $1 AND t.{k} <= $2 AND {changed}",
             literal(&job_id.to_string()),
             col.quoted()
@@ -148,13 +149,15 @@ impl Via {
 }
 
 /// Builds the plan (see the module docs). `Refused` fails the job with its reason.
+/// `map_table` is where the target database holds a `tenant_codes` job's mapping.
 pub fn plan<'a>(
     con: &'a mut PgConnection,
     job_id: Uuid,
     spec: &'a JobSpec,
     eff: &'a Effective,
+    map_table: &'a str,
 ) -> futures::future::BoxFuture<'a, Result<Plan, ValidateError>> {
-    Box::pin(plan_inner(con, job_id, spec, eff))
+    Box::pin(plan_inner(con, job_id, spec, eff, map_table))
 }
 
 async fn plan_inner(
@@ -162,6 +165,7 @@ async fn plan_inner(
     job_id: Uuid,
     spec: &JobSpec,
     eff: &Effective,
+    map_table: &str,
 ) -> Result<Plan, ValidateError> {
     validate::check(con, spec).await?;
     let schema = &spec.schema;
@@ -219,7 +223,15 @@ async fn plan_inner(
                     });
                 }
             }
-            integrity_check(con, job_id, schema, &present, !tc.user_tables.is_empty()).await?;
+            integrity_check(
+                con,
+                job_id,
+                schema,
+                &present,
+                !tc.user_tables.is_empty(),
+                map_table,
+            )
+            .await?;
             for (table, key, via) in &present {
                 let t = qualified(schema, table);
                 if !eff.dry_run {
@@ -244,7 +256,10 @@ async fn plan_inner(
                     let (statement, mode) = if eff.dry_run {
                         (count_statement(&t, key, ""), "count")
                     } else {
-                        (fill_statement(schema, job_id, table, key, via), "exec")
+                        (
+                            fill_statement(schema, job_id, table, key, via, map_table),
+                            "exec",
+                        )
                     };
                     plan.parts.push(PartPlan {
                         name: table.to_string(),
@@ -396,6 +411,7 @@ async fn integrity_check(
     schema: &Ident,
     present: &[(Ident, Ident, Via)],
     via_users: bool,
+    map_table: &str,
 ) -> Result<(), ValidateError> {
     let mut sources: Vec<(Ident, Ident)> = present
         .iter()
@@ -411,7 +427,7 @@ async fn integrity_check(
     for (table, col) in sources {
         let ids: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT DISTINCT t.{c}::text FROM {t} AS t WHERE t.{c} IS NOT NULL AND NOT EXISTS \
-             (SELECT 1 FROM fleet.backfill_org_map m WHERE m.job_id = $1 AND m.organization_id = t.{c}::text) LIMIT 1000",
+             (SELECT 1 FROM {map_table} m WHERE m.job_id = $1 AND m.organization_id = t.{c}::text) LIMIT 1000",
             c = col.quoted(),
             t = qualified(schema, &table)
         ))

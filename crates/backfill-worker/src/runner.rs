@@ -49,7 +49,9 @@ use crate::metrics::BackfillMetrics;
 use crate::plan::{self, TableReport};
 use crate::spec::{Effective, JobSpec, Kind, MappingSource};
 use crate::store;
+use crate::target::{self, Target};
 use crate::validate::ValidateError;
+use fleet_shared::databases::DatabasePools;
 
 /// Between attempts of a chunk that hit a transient database error.
 const CHUNK_RETRY: RetryPolicy =
@@ -57,7 +59,10 @@ const CHUNK_RETRY: RetryPolicy =
 
 /// One replica's job runner.
 pub struct Runner {
+    /// The control plane (jobs, parts, chunks).
     pub pool: PgPool,
+    /// The databases jobs work on (`control` among them); see [`crate::target`].
+    pub pools: DatabasePools,
     pub nats: Option<async_nats::Client>,
     pub cfg: BackfillConfig,
     pub allow_sql: bool,
@@ -91,6 +96,7 @@ enum Step {
 /// Shared by the lanes of one job on this replica.
 struct JobCtx {
     job_id: Uuid,
+    target: Target,
     eff: Effective,
     parts: HashMap<i32, Part>,
     search_path: Option<String>,
@@ -281,10 +287,18 @@ impl Runner {
             .await?;
             return Ok(());
         }
+        let target = match Target::resolve(&self.pools, &spec.database) {
+            Ok(t) => t,
+            Err(e) => {
+                // Another replica may know the database: leave the job to it, and say why.
+                tracing::warn!(error = %e, "backfill job names a database this replica does not know");
+                return Ok(());
+            }
+        };
         let eff = spec.options.effective(&self.cfg);
         match state.as_str() {
             "pending" => {
-                if !self.plan_job(job_id, &spec, &eff).await? {
+                if !self.plan_job(job_id, &spec, &eff, &target).await? {
                     return Ok(());
                 }
             }
@@ -312,6 +326,7 @@ impl Runner {
         };
         let ctx = Arc::new(JobCtx {
             job_id,
+            target: target.clone(),
             parts,
             search_path: matches!(spec.kind, Kind::Sql(_))
                 .then(|| format!("{}, public", spec.schema.quoted())),
@@ -331,7 +346,7 @@ impl Runner {
         while lanes.join_next().await.is_some() {}
         self.progress(job_id, Some(ctx.adapt.size())).await;
         if !shutdown.is_cancelled() {
-            self.finalize(job_id, &spec).await?;
+            self.finalize(job_id, &spec, &target).await?;
         }
         Ok(())
     }
@@ -342,6 +357,7 @@ impl Runner {
         job_id: Uuid,
         spec: &JobSpec,
         eff: &Effective,
+        target: &Target,
     ) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
         let state: Option<String> = sqlx::query_scalar(
@@ -359,16 +375,43 @@ impl Runner {
             .lock_timeout
             .unwrap_or(Duration::from_secs(5))
             .as_millis();
-        for set in [
-            format!("SET LOCAL lock_timeout = {lock_ms}"),
-            "SET LOCAL statement_timeout = 0".to_owned(),
-        ] {
-            sqlx::query(&set)
-                .persistent(false)
-                .execute(&mut *tx)
-                .await?;
+        // On another database the plan runs in its own transaction there, committed before the
+        // parts are: a crash in between leaves the job pending, and planning again is harmless
+        // (its DDL is IF NOT EXISTS, the mapping copy ON CONFLICT DO NOTHING).
+        let mut ttx = if target.is_control {
+            None
+        } else {
+            match target.pool.begin().await {
+                Ok(t) => Some(t),
+                Err(e) => return Err(self.waiting(job_id, target, e).await),
+            }
+        };
+        {
+            let con: &mut sqlx::PgConnection = match ttx.as_mut() {
+                Some(t) => t,
+                None => &mut tx,
+            };
+            for set in [
+                format!("SET LOCAL lock_timeout = {lock_ms}"),
+                "SET LOCAL statement_timeout = 0".to_owned(),
+            ] {
+                sqlx::query(&set)
+                    .persistent(false)
+                    .execute(&mut *con)
+                    .await?;
+            }
+            if !target.is_control {
+                target::ensure_schema(con).await?;
+                if matches!(spec.kind, Kind::TenantCodes(_)) {
+                    target::copy_mapping(&self.pool, con, job_id).await?;
+                }
+            }
         }
-        let plan = match plan::plan(&mut tx, job_id, spec, eff).await {
+        let con: &mut sqlx::PgConnection = match ttx.as_mut() {
+            Some(t) => t,
+            None => &mut tx,
+        };
+        let plan = match plan::plan(con, job_id, spec, eff, target.map_table()).await {
             Ok(p) => p,
             Err(ValidateError::Refused(reason)) => {
                 drop(tx);
@@ -376,7 +419,9 @@ impl Runner {
                 return Ok(false);
             }
             Err(ValidateError::Db(e)) if is_transient(&e) => {
-                return Err(e).context("Failed to plan the job")
+                drop(ttx);
+                drop(tx);
+                return Err(self.waiting(job_id, target, e).await);
             }
             Err(ValidateError::Db(e)) => {
                 drop(tx);
@@ -389,6 +434,9 @@ impl Runner {
                 return Ok(false);
             }
         };
+        if let Some(t) = ttx {
+            t.commit().await?;
+        }
         for (i, p) in plan.parts.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO fleet.backfill_parts (job_id, part, name, statement, then_statement, mode, lo, hi, next_lo)
@@ -420,6 +468,20 @@ impl Runner {
         tracing::info!(parts = plan.parts.len(), "backfill job planned");
         self.progress(job_id, Some(eff.chunk_size)).await;
         Ok(true)
+    }
+
+    /// A pending job whose database does not answer stays pending, with the reason on the job
+    /// row; it is planned once the database answers (the poller tries again).
+    async fn waiting(&self, job_id: Uuid, target: &Target, e: sqlx::Error) -> anyhow::Error {
+        let reason = format!("waiting for database {}: {}", target.name, db_message(&e));
+        let _ = sqlx::query(
+            "UPDATE fleet.backfill_jobs SET error = $2, updated_at = now() WHERE job_id = $1 AND state = 'pending'",
+        )
+        .bind(job_id)
+        .bind(&reason)
+        .execute(&self.pool)
+        .await;
+        anyhow::Error::new(e).context(reason)
     }
 
     async fn lane(self: Arc<Self>, ctx: Arc<JobCtx>, shutdown: CancellationToken) {
@@ -509,10 +571,34 @@ impl Runner {
             settings.push(format!("SET LOCAL search_path TO {sp}"));
         }
         let started = Instant::now();
-        let result = exec_chunk(&mut tx, p, &settings, lo, hi).await;
+        // On another database: the chunk's own transaction there (see `crate::target`).
+        let mut ttx = None;
+        if !ctx.target.is_control {
+            let mut t = ctx.target.pool.begin().await?;
+            if let Some(rows) = target::marker(&mut t, ctx.job_id, chunk_id).await? {
+                // The effect committed on the target before a crash; record it, run nothing.
+                t.rollback().await?;
+                self.mark_done(&mut tx, chunk_id, rows, started.elapsed())
+                    .await?;
+                tx.commit().await?;
+                self.metrics.outcome("done");
+                tracing::info!(
+                    chunk.id = chunk_id,
+                    rows,
+                    "chunk found done on the target; checkpoint recorded"
+                );
+                return Ok(Step::Carved);
+            }
+            ttx = Some(t);
+        }
+        let result = match ttx.as_mut() {
+            Some(t) => exec_chunk(t, p, &settings, lo, hi).await,
+            None => exec_chunk(&mut tx, p, &settings, lo, hi).await,
+        };
         let run = match result {
             Ok(r) => r,
             Err(e) => {
+                drop(ttx);
                 drop(tx);
                 return self.chunk_error(ctx, chunk_id, lo, hi, e).await;
             }
@@ -520,6 +606,7 @@ impl Runner {
         if run.unsettled_total > 0 {
             // Roll the whole chunk back: nothing of it is copied or deleted, so a retry after
             // the operator resolved the collisions starts from a clean range.
+            drop(ttx);
             tx.rollback().await?;
             let keys = run
                 .unsettled
@@ -541,17 +628,14 @@ impl Runner {
             return Ok(Step::Failed);
         }
         let rows = run.rows;
-        let elapsed = started.elapsed();
-        sqlx::query(
-            "UPDATE fleet.backfill_chunks SET state = 'done', rows = $2, attempts = attempts + 1, error = NULL,
-                    duration_ms = $3, worker = $4, finished_at = now() WHERE chunk_id = $1",
-        )
-        .bind(chunk_id)
-        .bind(rows)
-        .bind(elapsed.as_secs_f64() * 1000.0)
-        .bind(&self.worker_id)
-        .execute(&mut *tx)
-        .await?;
+        if let Some(mut t) = ttx {
+            if !p.count {
+                target::mark(&mut t, ctx.job_id, chunk_id, lo, hi, rows).await?;
+            }
+            t.commit().await?;
+        }
+        self.mark_done(&mut tx, chunk_id, rows, started.elapsed())
+            .await?;
         tx.commit().await?;
         let elapsed = started.elapsed();
         self.metrics.outcome("done");
@@ -569,6 +653,28 @@ impl Runner {
             rows,
             keys: hi - lo,
             elapsed,
+        })
+    }
+
+    fn mark_done<'a>(
+        &'a self,
+        tx: &'a mut sqlx::PgConnection,
+        chunk_id: i64,
+        rows: i64,
+        elapsed: Duration,
+    ) -> futures::future::BoxFuture<'a, sqlx::Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+            "UPDATE fleet.backfill_chunks SET state = 'done', rows = $2, attempts = attempts + 1, error = NULL,
+                    duration_ms = $3, worker = $4, finished_at = now() WHERE chunk_id = $1",
+        )
+        .bind(chunk_id)
+        .bind(rows)
+        .bind(elapsed.as_secs_f64() * 1000.0)
+        .bind(&self.worker_id)
+        .execute(&mut *tx)
+        .await?;
+            Ok(())
         })
     }
 
@@ -713,7 +819,7 @@ impl Runner {
     }
 
     /// Ends a job whose chunks are all finished (see the module docs).
-    async fn finalize(&self, job_id: Uuid, spec: &JobSpec) -> anyhow::Result<()> {
+    async fn finalize(&self, job_id: Uuid, spec: &JobSpec, target: &Target) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "SELECT state, report, dry_run FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
@@ -773,7 +879,19 @@ impl Runner {
                 sqlx::query("SET LOCAL statement_timeout = 0")
                     .execute(&mut *tx)
                     .await?;
-                plan::verify(&mut tx, &spec.schema, &mut tables).await?;
+                if target.is_control {
+                    plan::verify(&mut tx, &spec.schema, &mut tables).await?;
+                } else {
+                    let mut con = target.pool.acquire().await?;
+                    sqlx::query("SET statement_timeout = 0")
+                        .execute(&mut *con)
+                        .await?;
+                    let res = plan::verify(&mut con, &spec.schema, &mut tables).await;
+                    let _ = sqlx::query("RESET statement_timeout")
+                        .execute(&mut *con)
+                        .await;
+                    res?;
+                }
                 let left: Vec<String> = tables
                     .iter()
                     .filter(|t| t.status == "nulls_left")

@@ -55,6 +55,8 @@ pub enum SpecError {
     TenantCode(String),
     #[error("{0}")]
     Tables(String),
+    #[error("database: {0}")]
+    Database(String),
 }
 
 /// A table linked to its organization by its own column (seed 000's 10 org-direct tables).
@@ -91,6 +93,9 @@ pub struct RawSpec {
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    /// A `[databases.<name>]` entry the job's statements run on (default: the control plane).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     // options
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<i64>,
@@ -254,6 +259,8 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
     pub job_id: Option<Uuid>,
+    /// The database the job works on (`control`: the control plane's own).
+    pub database: fleet_shared::Name,
     pub schema: Ident,
     pub options: Options,
     pub kind: Kind,
@@ -401,6 +408,12 @@ impl JobSpec {
             other => return Err(SpecError::UnknownKind(fleet_shared::events::quoted(other))),
         };
         let schema = Ident::parse("schema", raw.schema.as_deref().unwrap_or("public"))?;
+        let database = fleet_shared::Name::parse(
+            raw.database
+                .as_deref()
+                .unwrap_or(fleet_shared::databases::CONTROL),
+        )
+        .map_err(|e| SpecError::Database(e.to_string()))?;
         let options = Options {
             chunk_size: raw.chunk_size,
             target_chunk: fleet_shared::duration::renamed(
@@ -660,6 +673,7 @@ impl JobSpec {
         raw.mapping_path = None;
         Ok(JobSpec {
             job_id: raw.job_id,
+            database,
             schema,
             options,
             kind,

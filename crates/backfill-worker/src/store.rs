@@ -11,7 +11,10 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use fleet_shared::databases::DatabasePools;
+
 use crate::spec::{JobSpec, Kind, MappingSource, SpecError};
+use crate::target::Target;
 use crate::validate::{self, ValidateError};
 
 pub const STATES: &[&str] = &[
@@ -60,22 +63,43 @@ pub struct Submitted {
     pub created: bool,
 }
 
-/// Parses, checks against the database and stores a job spec (see the module docs).
+/// Parses, checks against the database and stores a job spec (see the module docs), with only
+/// the control-plane database known (a spec naming another is refused).
 pub async fn submit_json(
     pool: &PgPool,
     json: &[u8],
     allow_sql: bool,
     submit_key: Option<&str>,
 ) -> Result<Submitted, SubmitError> {
+    submit_json_on(
+        &DatabasePools::control_only(pool.clone()),
+        json,
+        allow_sql,
+        submit_key,
+    )
+    .await
+}
+
+/// As [`submit_json`], with the configured `[databases]`: the spec is checked against the
+/// database it names, the job stored in the control plane.
+pub async fn submit_json_on(
+    pools: &DatabasePools,
+    json: &[u8],
+    allow_sql: bool,
+    submit_key: Option<&str>,
+) -> Result<Submitted, SubmitError> {
     let spec = JobSpec::parse(json, allow_sql, MappingSource::Required)?;
-    submit(pool, &spec, submit_key).await
+    submit(pools, &spec, submit_key).await
 }
 
 pub async fn submit(
-    pool: &PgPool,
+    pools: &DatabasePools,
     spec: &JobSpec,
     submit_key: Option<&str>,
 ) -> Result<Submitted, SubmitError> {
+    let pool = pools.control();
+    let target =
+        Target::resolve(pools, &spec.database).map_err(|e| SubmitError::Refused(e.to_string()))?;
     let job_id = spec.job_id.unwrap_or_else(Uuid::now_v7);
     let key = submit_key
         .map(str::to_owned)
@@ -88,10 +112,12 @@ pub async fn submit(
         });
     }
     {
-        let mut con = pool
-            .acquire()
-            .await
-            .map_err(db("Failed to connect to Postgres"))?;
+        let mut con = target.pool.acquire().await.map_err(|e| {
+            SubmitError::Db(
+                anyhow::Error::new(e)
+                    .context(format!("Failed to connect to database {}", target.name)),
+            )
+        })?;
         validate::check(&mut con, spec).await?;
     }
     let mut tx = pool.begin().await.map_err(db("Failed to begin"))?;

@@ -144,6 +144,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "column",
             "created_by",
         )?),
+        "fleet.backfill_org_map",
     );
     sqlx::raw_sql(&format!(
         "CREATE PROCEDURE bench_limit(step bigint) LANGUAGE plpgsql AS $proc$

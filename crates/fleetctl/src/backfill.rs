@@ -56,7 +56,9 @@ pub enum Cmd {
 
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let settings = output::settings()?;
-    let pg = output::pg(&settings).await?;
+    let pg = output::pg_existing(&settings).await?;
+    let pools =
+        fleet_shared::databases::DatabasePools::new(settings.databases.clone(), pg.clone(), 2);
     match cmd {
         Cmd::Submit { file, json } => {
             let body = if file == "-" {
@@ -76,7 +78,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             .await
             .map_err(|r| anyhow::anyhow!("spec refused: {r}"))?;
             let submitted =
-                backfill_worker::submit_json(&pg, &body, settings.backfill_allow_sql, None)
+                backfill_worker::submit_json_on(&pools, &body, settings.backfill_allow_sql, None)
                     .await
                     .map_err(|e| match e {
                         backfill_worker::SubmitError::Refused(r) => {

@@ -39,6 +39,27 @@ pub async fn pg(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
     Ok(pool)
 }
 
+/// A Postgres pool on an existing control plane: refuses (one line) a database that has no
+/// `fleet` control plane instead of creating one there, since pointing `DATABASE_URL` at an
+/// application database by mistake must not leave a `fleet` schema in it. An existing control
+/// plane is brought up to date.
+pub async fn pg_existing(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    let pool = fleet_shared::db::lazy_pool(&settings.database_url, 2)?;
+    let present: bool = sqlx::query_scalar("SELECT to_regclass('fleet.backfill_jobs') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .with_context(|| format!("cannot use the database at {}", settings.database_url))?;
+    anyhow::ensure!(
+        present,
+        "DATABASE_URL {} has no fleet control plane (fleet.backfill_jobs): point DATABASE_URL at the fleet's database (the workers create it at start); name other databases in FLEET_CONFIG [databases.<name>] and in the job's \"database\"",
+        settings.database_url
+    );
+    fleet_shared::db::migrate_control_plane(&pool)
+        .await
+        .with_context(|| format!("cannot use the database at {}", settings.database_url))?;
+    Ok(pool)
+}
+
 /// stdout was closed by the reader (`fleetctl … | head -1`): the command ends quietly with the
 /// shell's conventional status for SIGPIPE instead of panicking or printing an error.
 #[derive(Debug, thiserror::Error)]

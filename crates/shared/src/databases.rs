@@ -326,6 +326,18 @@ impl DatabasePools {
         }
     }
 
+    /// Only the control plane, on `control` (for callers without a `FLEET_CONFIG`, e.g. tests).
+    pub fn control_only(control: PgPool) -> Self {
+        // The URL is only shown, never connected to: `get("control")` returns `control`.
+        let databases = Databases::control_only(&SecretUrl::new("postgres://control-plane"));
+        Self::new(databases, control, 1)
+    }
+
+    /// The control plane's pool.
+    pub fn control(&self) -> &PgPool {
+        &self.control
+    }
+
     pub fn databases(&self) -> &Databases {
         &self.databases
     }

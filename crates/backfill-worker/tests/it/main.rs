@@ -7,4 +7,5 @@ mod common;
 mod control;
 mod exactly_once;
 mod mapping_files;
+mod named_database;
 mod tenant_codes;

@@ -8,10 +8,10 @@ use fleet_testkit::TestEnv;
 use serde_json::json;
 use sqlx::PgPool;
 
-const MAPPING: &str = "organization_id,organization_code,tenant_code\n1,test_org_1,test_tenant_1\n2,test_org_2,test_tenant_2\n3,disabled_org,disabled_tenant\n";
+pub const MAPPING: &str = "organization_id,organization_code,tenant_code\n1,test_org_1,test_tenant_1\n2,test_org_2,test_tenant_2\n3,disabled_org,disabled_tenant\n";
 
 /// Seed 000's test data (orgs 1-3, users 101..301, sessions, attendees, connections), scaled up.
-async fn mentoring_data(pool: &PgPool) {
+pub async fn mentoring_data(pool: &PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE organization_extension (id serial PRIMARY KEY, organization_id integer, code text, name text, status text);
          CREATE TABLE user_extensions (user_id bigint PRIMARY KEY, organization_id integer, designation text);

@@ -174,6 +174,24 @@ async fn cache_preview_counts_without_deleting_and_invalidate_publishes() {
 async fn backfill_submit_control_and_status_through_the_binary() {
     let env = TestEnv::new().await;
     let pg = env.db.pool().await;
+    // A database without the control plane is refused, and stays without it.
+    let dir = tempfile::tempdir().unwrap();
+    let early = dir.path().join("early.json");
+    std::fs::write(&early, r#"{"kind":"tenant_codes","mapping_csv":"organization_id,organization_code,tenant_code\n1,o,t\n"}"#).unwrap();
+    let o = fleetctl(&env, &["backfill", "submit", early.to_str().unwrap()], &[]);
+    assert_one_line_error(&o, "has no fleet control plane");
+    let fleet_schema: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'fleet')")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    assert!(!fleet_schema, "fleetctl created no control plane");
+    // The workers create it at start.
+    fleet_shared::db::migrate_control_plane(&pg).await.unwrap();
+    // A job naming a database that is not configured is refused in one line.
+    std::fs::write(&early, r#"{"kind":"tenant_codes","database":"legacy","mapping_csv":"organization_id,organization_code,tenant_code\n1,o,t\n"}"#).unwrap();
+    let o = fleetctl(&env, &["backfill", "submit", early.to_str().unwrap()], &[]);
+    assert_one_line_error(&o, "unknown database \"legacy\" (configured: control");
     sqlx::raw_sql(
         "CREATE TABLE notes (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);
          INSERT INTO notes (id) SELECT g FROM generate_series(1, 500) g;",
@@ -181,7 +199,6 @@ async fn backfill_submit_control_and_status_through_the_binary() {
     .execute(&pg)
     .await
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("job.json");
     std::fs::write(
         &spec,
