@@ -11,32 +11,18 @@
 //! Every other `tenant.*` subject (including our own `tenant.provisioned`, which shares the
 //! stream and the durable's filter) is acknowledged and ignored.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_nats::jetstream;
 use fleet_shared::events::{
     parse_json, TenantCreated, TenantMigrate, TenantProvisioned, TENANT_CREATED, TENANT_MIGRATE,
     TENANT_PROVISIONED, TENANT_ROLLOUT,
 };
-use fleet_shared::migrate::Migration;
 use fleet_shared::{HandleError, Handler, Incoming};
-use sqlx::PgPool;
 
+use crate::context::Provisioner;
 use crate::error::ProvisionError;
-use crate::metrics::{EventLabels, PlanLabels, ProvisionerMetrics};
-use crate::plans::Plans;
+use crate::metrics::PlanLabels;
 use crate::provision::{provision, TenantRow};
-
-pub struct Provisioner {
-    pub pg: PgPool,
-    pub js: jetstream::Context,
-    pub plans: Plans,
-    pub migrations: Arc<Vec<Migration>>,
-    pub metrics: ProvisionerMetrics,
-    /// `FLEET_CONFIG_KEYS`, for `tenant.config.set` with `encrypted: true`.
-    pub config_keys: Option<fleet_shared::config_keys::ConfigKeys>,
-}
 
 impl Handler for Provisioner {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandleError> {
@@ -120,17 +106,6 @@ impl Provisioner {
             "tenant migrated"
         );
         self.announce(&done.tenant, msg).await
-    }
-
-    pub(crate) fn observe(&self, event: &str, started: Instant) -> Duration {
-        let took = started.elapsed();
-        self.metrics
-            .transaction_seconds
-            .get_or_create(&EventLabels {
-                event: event.into(),
-            })
-            .observe(took.as_secs_f64());
-        took
     }
 
     /// Publishes `tenant.provisioned` for the committed state. The id depends only on the tenant

@@ -18,6 +18,7 @@
 //! one-transaction-per-change guarantee; every other subject is acked and ignored.
 
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod handler;
 pub mod lifecycle;
@@ -28,6 +29,7 @@ pub mod plans;
 pub mod pool;
 pub mod provision;
 pub mod rollout;
+pub mod tenant_lock;
 
 use std::sync::Arc;
 
@@ -37,7 +39,7 @@ use fleet_shared::Fleet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ProvisionerConfig;
-use crate::handler::Provisioner;
+use crate::context::Provisioner;
 use crate::metrics::ProvisionerMetrics;
 use crate::plans::Plans;
 

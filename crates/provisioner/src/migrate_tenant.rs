@@ -20,7 +20,8 @@ use fleet_shared::Code;
 use sqlx::{PgConnection, PgPool};
 
 use crate::error::ProvisionError;
-use crate::provision::{lock_tenant, TenantRow};
+use crate::provision::TenantRow;
+use crate::tenant_lock::lock_tenant;
 
 /// `lock_timeout` of a `tenant.migrate` transaction (rollouts take theirs from `--lock-timeout`).
 pub const MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -24,10 +24,6 @@ use uuid::Uuid;
 use crate::error::ProvisionError;
 use crate::lifecycle::Cause;
 
-/// Advisory-lock class for per-tenant locks (the second key is `hashtext(code)`). A hash collision
-/// only serializes two unrelated tenants, never merges them.
-const TENANT_LOCK_CLASS: i32 = 0x7072_6f76; // "prov"
-
 /// The registry row of a tenant as the provisioner reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TenantRow {
@@ -51,17 +47,6 @@ pub struct Provisioned {
     pub from_pool: bool,
 }
 
-/// Takes the per-tenant lock for the rest of the transaction.
-pub async fn lock_tenant(con: &mut PgConnection, code: &str) -> Result<(), ProvisionError> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(TENANT_LOCK_CLASS)
-        .bind(code)
-        .execute(&mut *con)
-        .await
-        .map_err(ProvisionError::db("take the tenant lock"))?;
-    Ok(())
-}
-
 /// Provisions `req` with `configs` (its plan's defaults merged with its overrides).
 pub async fn provision(
     pg: &PgPool,
@@ -76,7 +61,7 @@ pub async fn provision(
         .begin()
         .await
         .map_err(ProvisionError::db("begin a transaction"))?;
-    lock_tenant(&mut tx, code).await?;
+    crate::tenant_lock::lock_tenant(&mut tx, code).await?;
 
     let existing: Vec<TenantRow> = sqlx::query_as(
         "SELECT tenant_id, code, plan, status, schema_name, schema_version

@@ -88,7 +88,7 @@ pub async fn import(
         .await
         .context("Failed to connect to the database")?;
     let mut tx = con.begin().await?;
-    provisioner::provision::lock_tenant(&mut tx, code.as_str()).await?;
+    provisioner::tenant_lock::lock_tenant(&mut tx, code.as_str()).await?;
     let taken: Option<String> = sqlx::query_scalar(
         "SELECT code FROM fleet.tenants WHERE (code = $1 AND status <> 'deleted') OR tenant_id = $2 LIMIT 1",
     )

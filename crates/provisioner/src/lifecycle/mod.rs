@@ -133,7 +133,7 @@ pub async fn begin(pg: &PgPool, code: &str, cause: &Cause) -> Result<Begun, Life
         .execute(&mut *tx)
         .await
         .map_err(LifecycleError::db("set lock_timeout"))?;
-    crate::provision::lock_tenant(&mut tx, code).await?;
+    crate::tenant_lock::lock_tenant(&mut tx, code).await?;
     let seen: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM fleet.processed_events WHERE consumer = $1 AND event_key = $2)",
     )

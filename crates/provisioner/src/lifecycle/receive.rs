@@ -9,7 +9,7 @@ use fleet_shared::events::{
 use fleet_shared::{HandleError, Incoming};
 
 use super::{announce, Cause, Outcome};
-use crate::handler::Provisioner;
+use crate::context::Provisioner;
 
 /// The subjects handled here.
 pub const SUBJECTS: &[&str] = &[

@@ -11,7 +11,7 @@ use fleet_shared::{HandleError, Incoming};
 
 use super::create::{create, CreateError, Options};
 use super::spec::RolloutRequest;
-use crate::handler::Provisioner;
+use crate::context::Provisioner;
 
 pub async fn on_rollout(p: &Provisioner, msg: &Incoming) -> Result<(), HandleError> {
     let req: RolloutRequest = parse_json(TENANT_ROLLOUT, &msg.payload)?;

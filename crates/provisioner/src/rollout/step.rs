@@ -26,7 +26,8 @@ use uuid::Uuid;
 use super::runner::{Active, Runner};
 use crate::error::ProvisionError;
 use crate::migrate_tenant::{lock_row, move_tenant, set_lock_timeout};
-use crate::provision::{lock_tenant, TenantRow};
+use crate::provision::TenantRow;
+use crate::tenant_lock::lock_tenant;
 
 /// Advisory-lock class of the concurrency slots (the second key is the slot number).
 const SLOT_CLASS: i32 = 0x726f_6c6c; // "roll"

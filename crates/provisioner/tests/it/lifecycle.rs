@@ -702,7 +702,7 @@ async fn redelivery_of_every_lifecycle_event_is_harmless() {
     worker.stop().await;
 
     let fleet = env.fleet(&[("FLEET_CONFIG_KEYS", K1)]).await;
-    let handler = provisioner::handler::Provisioner {
+    let handler = provisioner::context::Provisioner {
         pg: fleet.pg.clone(),
         js: fleet.js.clone(),
         plans: provisioner::plans::Plans::from_settings(&fleet.settings).unwrap(),
