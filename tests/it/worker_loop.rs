@@ -153,7 +153,9 @@ async fn verdicts_lead_to_ack_retry_or_dead_letter() {
     assert!(metrics.contains(r#"fleet_messages_acked_total{worker="toy",event="org.toy"} 2"#));
 
     // Replay re-drives the letter to its subject under a new id and removes it from the DLQ.
-    dlq::replay(&fleet.js, bad.seq, false).await.unwrap();
+    fleet_shared::dlq_replay::replay(&fleet.js, bad.seq, &Default::default())
+        .await
+        .unwrap();
     eventually(
         Duration::from_secs(10),
         "replayed message handled",

@@ -1,8 +1,11 @@
-//! `fleetctl dlq list | show <seq> | replay <seq>...`
+//! `fleetctl dlq list | show | replay | discard | purge`.
+//!
+//! Replays are exactly once per letter, also in bulk and across a crash: see
+//! `fleet_shared::dlq_replay`. `discard` checks every sequence first, so a typo deletes nothing.
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use fleet_shared::dlq;
+use fleet_shared::{dlq, dlq_replay};
 
 use crate::output;
 
@@ -28,11 +31,47 @@ pub enum Cmd {
     /// Re-publish dead letters to their original subjects (and remove them from the DLQ)
     Replay {
         /// Sequences in FLEET_DLQ (see `dlq list`)
-        #[arg(required = true)]
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
         seqs: Vec<u64>,
+        /// Replay every letter (narrowed by --worker/--subject, capped by --max)
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this worker's letters
+        #[arg(long, requires = "all")]
+        worker: Option<String>,
+        /// With --all: only letters whose original subject is this one
+        #[arg(long, requires = "all")]
+        subject: Option<String>,
+        /// With --all: at most this many letters
+        #[arg(long, requires = "all")]
+        max: Option<usize>,
+        /// With --all: at most this many replays per second (N/s or N/m)
+        #[arg(long, requires = "all", value_parser = fleet_shared::dlq_replay::parse_rate)]
+        rate: Option<f64>,
+        /// Replay one letter with this payload instead of its own ("-" reads stdin)
+        #[arg(long, conflicts_with_all = ["all", "keep"])]
+        payload: Option<std::path::PathBuf>,
         /// Keep the letters in the DLQ after replaying
         #[arg(long)]
         keep: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete dead letters without replaying them
+    Discard {
+        /// Sequences in FLEET_DLQ (see `dlq list`)
+        #[arg(required = true)]
+        seqs: Vec<u64>,
+    },
+    /// Delete every dead letter, or only a worker's, or only those older than a duration
+    Purge {
+        #[arg(long)]
+        worker: Option<String>,
+        /// Only letters stored longer ago than this (e.g. 7d)
+        #[arg(long, value_parser = fleet_shared::duration::parse)]
+        older_than: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -105,14 +144,144 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             outln!("payload:\n{}", l.payload);
             Ok(())
         }
-        Cmd::Replay { seqs, keep } => {
+        Cmd::Replay {
+            seqs,
+            all,
+            worker,
+            subject,
+            max,
+            rate,
+            payload,
+            keep,
+            json,
+        } => {
+            if all {
+                let opts = dlq_replay::BulkOptions {
+                    filter: dlq::Filter {
+                        worker,
+                        subject,
+                        ..Default::default()
+                    },
+                    max,
+                    per_second: rate,
+                };
+                return replay_all(&js, &opts, json).await;
+            }
+            let payload = match payload {
+                None => None,
+                Some(p) if seqs.len() != 1 => {
+                    anyhow::bail!(
+                        "--payload {} replays one letter; {} given",
+                        p.display(),
+                        seqs.len()
+                    )
+                }
+                Some(p) => Some(read_payload(&p)?),
+            };
+            let opts = dlq_replay::ReplayOptions { keep, payload };
+            let mut out = Vec::new();
             for seq in seqs {
-                let new_seq = dlq::replay(&js, seq, keep)
+                let r = dlq_replay::replay(&js, seq, &opts)
                     .await
                     .with_context(|| format!("replay of dead letter {seq} failed"))?;
-                outln!("replayed dead letter {seq} (new stream seq {new_seq})");
+                if !json {
+                    outln!(
+                        "replayed dead letter {seq} to {} (stream {} seq {})",
+                        r.subject,
+                        r.stream,
+                        r.stream_seq
+                    );
+                }
+                out.push(r);
+            }
+            if json {
+                output::print_json(&out)?;
             }
             Ok(())
         }
+        Cmd::Discard { seqs } => {
+            dlq::discard(&js, &seqs).await?;
+            let list: Vec<String> = seqs.iter().map(u64::to_string).collect();
+            outln!("discarded dead letter(s) {}", list.join(", "));
+            Ok(())
+        }
+        Cmd::Purge {
+            worker,
+            older_than,
+            json,
+        } => {
+            let stored_before = match older_than {
+                Some(d) => Some(
+                    chrono::Utc::now()
+                        - chrono::Duration::from_std(d).context("--older-than is too long")?,
+                ),
+                None => None,
+            };
+            let filter = dlq::Filter {
+                worker,
+                stored_before,
+                ..Default::default()
+            };
+            let n = dlq::purge(&js, &filter).await?;
+            if json {
+                return output::print_json(&serde_json::json!({ "purged": n }));
+            }
+            outln!("purged {n} dead letter(s)");
+            Ok(())
+        }
     }
+}
+
+fn read_payload(path: &std::path::Path) -> anyhow::Result<bytes::Bytes> {
+    let data = if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+            .context("--payload -: cannot read stdin")?;
+        buf
+    } else {
+        std::fs::read(path).with_context(|| format!("--payload {}", path.display()))?
+    };
+    Ok(data.into())
+}
+
+async fn replay_all(
+    js: &async_nats::jetstream::Context,
+    opts: &dlq_replay::BulkOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let (done, refused) = dlq_replay::replay_all(js, opts, |item| {
+        match item {
+        dlq_replay::BulkItem::Replayed(r) => {
+            if json {
+                rows.push(serde_json::json!({"dlq_seq": r.dlq_seq, "replayed": true, "subject": r.subject, "stream": r.stream, "stream_seq": r.stream_seq}));
+            } else {
+                outln!(
+                    "replayed dead letter {} to {} (stream {} seq {})",
+                    r.dlq_seq, r.subject, r.stream, r.stream_seq
+                );
+            }
+        }
+        dlq_replay::BulkItem::Refused { dlq_seq, error } => {
+            if json {
+                rows.push(serde_json::json!({"dlq_seq": dlq_seq, "replayed": false, "error": error}));
+            } else {
+                outln!("skipped dead letter {dlq_seq}: {error}");
+            }
+        }
+        }
+        Ok(())
+    })
+    .await?;
+    if json {
+        output::print_json(&rows)?;
+    } else {
+        outln!("replayed {done}, skipped {refused}");
+    }
+    if refused > 0 {
+        anyhow::bail!(
+            "{refused} dead letter(s) could not be replayed (listed above); they stay in the DLQ"
+        );
+    }
+    Ok(())
 }

@@ -36,7 +36,7 @@ enum Cmd {
     /// The tenant registry
     #[command(subcommand)]
     Tenants(tenants::Cmd),
-    /// Dead letters: list, show and replay
+    /// Dead letters: list, show, replay (one, edited, or in bulk), discard, purge
     #[command(subcommand)]
     Dlq(dlq::Cmd),
     /// Backfill jobs: submit, watch, pause, resume, cancel, retry

@@ -6,8 +6,8 @@
 //! Its `Nats-Msg-Id` is derived from the original stream sequence, so dead-lettering the same
 //! delivery twice (a crash between publish and TERM) stores one letter.
 //!
-//! Replaying republishes to the original subject under a new message id (the original id would be
-//! dropped by the duplicate window) and, unless asked to keep it, deletes the letter.
+//! Replaying (see [`crate::dlq_replay`]) republishes to the original subject and deletes the
+//! letter, exactly once even across a crash; [`discard`] and [`purge`] delete letters unreplayed.
 //!
 //! A letter always fits the server's `max_payload` (headers count against it), so hostile input
 //! can never make the dead-letter publish itself fail:
@@ -51,7 +51,7 @@ pub const PREVIEW_BYTES: usize = 4096;
 /// Room kept free for what the publish adds (`Nats-Msg-Id`, `traceparent`) and the protocol.
 const HEADROOM: usize = 1024;
 
-const FLEET_HEADERS: &[&str] = &[
+pub(crate) const FLEET_HEADERS: &[&str] = &[
     H_SUBJECT,
     H_ERROR,
     H_DELIVERY_COUNT,
@@ -195,6 +195,8 @@ pub struct DeadLetter {
     pub delivery_count: Option<i64>,
     pub failed_at: String,
     pub payload: String,
+    /// When the dead-letter stream stored it.
+    pub stored_at: chrono::DateTime<chrono::Utc>,
     #[serde(skip)]
     pub raw_payload: Bytes,
     #[serde(skip)]
@@ -205,7 +207,7 @@ fn header(h: &HeaderMap, k: &str) -> String {
     publish::header_value(h, k).unwrap_or_default().to_owned()
 }
 
-fn to_letter(m: jetstream::message::StreamMessage) -> DeadLetter {
+pub(crate) fn to_letter(m: jetstream::message::StreamMessage) -> DeadLetter {
     let worker = m
         .subject
         .as_str()
@@ -220,6 +222,8 @@ fn to_letter(m: jetstream::message::StreamMessage) -> DeadLetter {
         delivery_count: header(&m.headers, H_DELIVERY_COUNT).parse().ok(),
         failed_at: header(&m.headers, H_FAILED_AT),
         payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        stored_at: chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+            .unwrap_or_default(),
         raw_payload: m.payload,
         headers: m.headers,
     }
@@ -231,6 +235,59 @@ pub async fn list(
     worker: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<Vec<DeadLetter>> {
+    let filter = Filter {
+        worker: worker.map(str::to_owned),
+        ..Filter::default()
+    };
+    list_where(js, &filter, limit).await
+}
+
+/// Which letters a bulk operation takes.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only letters of this worker.
+    pub worker: Option<String>,
+    /// Only letters whose original subject is this one.
+    pub subject: Option<String>,
+    /// Only letters stored before this instant.
+    pub stored_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only letters after this sequence (for paging).
+    pub after_seq: Option<u64>,
+}
+
+impl Filter {
+    pub fn matches(&self, l: &DeadLetter) -> bool {
+        self.worker.as_ref().is_none_or(|w| *w == l.worker)
+            && self.subject.as_ref().is_none_or(|s| *s == l.subject)
+            && self.stored_before.is_none_or(|t| l.stored_at < t)
+            && self.after_seq.is_none_or(|a| l.seq > a)
+    }
+}
+
+/// Number of dead letters stored now, per worker.
+pub async fn counts(
+    js: &jetstream::Context,
+) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let stream = js
+        .get_stream(DLQ_STREAM)
+        .await
+        .context("Failed to open the dead-letter stream (has any worker started yet?)")?;
+    let mut info = stream.info_with_subjects(">").await?;
+    let mut out = std::collections::BTreeMap::new();
+    use futures::TryStreamExt as _;
+    while let Some((subject, n)) = info.try_next().await? {
+        let worker = subject.strip_prefix("dlq.").unwrap_or(&subject).to_owned();
+        out.insert(worker, n as u64);
+    }
+    Ok(out)
+}
+
+/// The stored dead letters that `filter` takes, oldest first, at most `limit`.
+pub async fn list_where(
+    js: &jetstream::Context,
+    filter: &Filter,
+    limit: usize,
+) -> anyhow::Result<Vec<DeadLetter>> {
     let mut stream = js
         .get_stream(DLQ_STREAM)
         .await
@@ -240,12 +297,14 @@ pub async fn list(
     if state.messages == 0 {
         return Ok(out);
     }
-    let mut seq = state.first_sequence;
+    let mut seq = state
+        .first_sequence
+        .max(filter.after_seq.map_or(0, |a| a + 1));
     while seq <= state.last_sequence && out.len() < limit {
         match stream.get_raw_message(seq).await {
             Ok(m) => {
                 let letter = to_letter(m);
-                if worker.is_none_or(|w| w == letter.worker) {
+                if filter.matches(&letter) {
                     out.push(letter);
                 }
             }
@@ -261,47 +320,52 @@ pub async fn list(
 /// One dead letter by its sequence in `FLEET_DLQ`.
 pub async fn get(js: &jetstream::Context, seq: u64) -> anyhow::Result<DeadLetter> {
     let stream = js.get_stream(DLQ_STREAM).await?;
-    let m = stream
-        .get_raw_message(seq)
-        .await
-        .with_context(|| format!("No dead letter with sequence {seq}"))?;
-    Ok(to_letter(m))
+    match stream.get_raw_message(seq).await {
+        Ok(m) => Ok(to_letter(m)),
+        Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            anyhow::bail!("No dead letter with sequence {seq} (never stored, or already replayed, discarded or purged)")
+        }
+        Err(e) => Err(e).with_context(|| format!("Failed to read dead letter {seq}")),
+    }
 }
 
-/// Re-drives a dead letter to its original subject. Returns the new stream sequence.
-pub async fn replay(js: &jetstream::Context, seq: u64, keep: bool) -> anyhow::Result<u64> {
-    let letter = get(js, seq).await?;
-    if let Some(t) = publish::header_value(&letter.headers, H_PAYLOAD_TRUNCATED) {
-        anyhow::bail!(
-            "dead letter {seq} holds only the {t} of its payload (sha256 {}); it cannot be replayed",
-            publish::header_value(&letter.headers, H_PAYLOAD_SHA256).unwrap_or("?")
-        );
+/// Deletes the letters `seqs` unreplayed. Every one must exist: if one does not, nothing is
+/// deleted and the error names it.
+pub async fn discard(js: &jetstream::Context, seqs: &[u64]) -> anyhow::Result<()> {
+    for &seq in seqs {
+        get(js, seq).await?;
     }
-    if letter.subject.is_empty() {
-        anyhow::bail!(
-            "dead letter {seq} has no {H_SUBJECT} header; cannot tell where to replay it"
-        );
+    let stream = js.get_stream(DLQ_STREAM).await?;
+    for &seq in seqs {
+        delete(&stream, seq).await?;
     }
-    let mut headers = HeaderMap::new();
-    for (name, values) in letter.headers.iter() {
-        let name: &str = name.as_ref();
-        if FLEET_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
-            || name.eq_ignore_ascii_case(MSG_ID)
-        {
-            continue;
+    Ok(())
+}
+
+/// Deletes every letter `filter` takes, unreplayed; returns how many went.
+pub async fn purge(js: &jetstream::Context, filter: &Filter) -> anyhow::Result<u64> {
+    let stream = js.get_stream(DLQ_STREAM).await?;
+    let mut gone = 0;
+    let mut page = filter.clone();
+    loop {
+        let letters = list_where(js, &page, 500).await?;
+        let Some(last) = letters.last() else {
+            return Ok(gone);
+        };
+        page.after_seq = Some(last.seq);
+        for l in &letters {
+            if delete(&stream, l.seq).await? {
+                gone += 1;
+            }
         }
-        for v in values {
-            headers.append(name, v.as_str());
-        }
     }
-    let id = format!("replay:{seq}:{}", uuid::Uuid::new_v4());
-    let ack = publish::publish(js, &letter.subject, &id, Some(headers), letter.raw_payload).await?;
-    if !keep {
-        let stream = js.get_stream(DLQ_STREAM).await?;
-        stream
-            .delete_message(seq)
-            .await
-            .with_context(|| format!("Replayed, but failed to delete dead letter {seq}"))?;
+}
+
+/// Deletes one letter; `false` if someone else deleted it first.
+pub(crate) async fn delete(stream: &jetstream::stream::Stream, seq: u64) -> anyhow::Result<bool> {
+    match stream.delete_message(seq).await {
+        Ok(deleted) => Ok(deleted),
+        Err(e) if e.to_string().contains("no message found") => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("Failed to delete dead letter {seq}")),
     }
-    Ok(ack.sequence)
 }

@@ -14,6 +14,7 @@ pub mod config_keys;
 pub mod databases;
 pub mod db;
 pub mod dlq;
+pub mod dlq_replay;
 pub mod duration;
 pub mod errors;
 pub mod events;

@@ -1,6 +1,7 @@
 //! The integration tests of `fleetctl`, one module per area, linked into one binary.
 
 mod cli;
+mod dlq;
 mod migrate;
 mod nats_auth;
 mod run;
