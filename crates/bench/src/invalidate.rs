@@ -1,8 +1,8 @@
-//! `fleet-bench invalidate`: the cache-invalidator against the seed's way of clearing a tenant
-//! cache, on the same million-key keyspace, in one run.
+//! `fleet-bench invalidate`: the cache-invalidator against the usual hand-run way of clearing a
+//! tenant cache, on the same million-key keyspace, in one run.
 //!
 //! 1. A private `redis-server` gets `--orgs` × `--keys-per-org` keys (1,000 × 1,000 by default)
-//!    in seed 000's families (`org:`, `sessions:`, `mentors:`, `mentees:`, `forms:`), loaded
+//!    in a mentoring platform's key families (`org:`, `sessions:`, `mentors:`, `mentees:`, `forms:`), loaded
 //!    with pipelines.
 //! 2. Naive: per event, `SCAN MATCH <pattern>` + `DEL`, as `redis-cli --scan --pattern ... |
 //!    xargs redis-cli DEL` does (redis-cli's `SCAN` uses the server default `COUNT 10`). Also
@@ -51,7 +51,7 @@ pub struct Args {
     burst: usize,
 }
 
-/// The families of seed 000; the first two are what the built-in rules clear.
+/// A mentoring platform's key families; the first two are what the built-in rules clear.
 const FAMILIES: &[&str] = &["org", "sessions", "mentors", "mentees", "forms"];
 
 fn org_code(i: usize) -> String {

@@ -52,7 +52,7 @@ impl Provisioner {
             .plans
             .resolve(&req.plan, req.config_overrides.as_ref())
             .ok_or_else(|| ProvisionError::UnknownPlan {
-                plan: fleet_shared::events::quoted(&req.plan),
+                plan: fleet_shared::errors::quoted(&req.plan),
                 known: self.plans.names().collect::<Vec<_>>().join(", "),
             })?;
 

@@ -105,7 +105,7 @@ fn load_dir(dir: &Path) -> anyhow::Result<Vec<Migration>> {
 mod tests {
     use super::*;
 
-    /// The 23 mentoring tables of seed 000, each with tenant_code and organization_code.
+    /// The 23 mentoring tables of the built-in set, each with tenant_code and organization_code.
     const TABLES: &[&str] = &[
         "sessions",
         "session_attendees",

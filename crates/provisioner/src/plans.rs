@@ -1,6 +1,7 @@
 //! Plan defaults: the tenant configurations written at provisioning.
 //!
-//! The built-in plans are seed 004's `basic`, `premium` and `enterprise`, value for value;
+//! The built-in plans are `basic`, `premium` and `enterprise` (their values are tabled in
+//! docs/provisioner.md);
 //! `custom` starts as a copy of `enterprise`. A `[plans.<name>]` table in `FLEET_CONFIG` replaces
 //! individual keys of a built-in plan or, under a new name, defines a new plan. A tenant's
 //! `config_overrides` are merged last. Merging is per key: an override replaces a key's whole

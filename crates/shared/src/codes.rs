@@ -32,7 +32,7 @@ impl Code {
     pub fn parse(s: &str) -> Result<Self, InvalidCode> {
         let fail = |why| {
             Err(InvalidCode {
-                shown: show(s),
+                shown: crate::errors::quoted(s),
                 why,
             })
         };
@@ -64,16 +64,6 @@ impl Code {
     pub fn schema_name(&self) -> String {
         format!("tenant_{}", self.0)
     }
-}
-
-/// Quotes a rejected input for an error message, shortened and with control characters escaped,
-/// so a hostile payload cannot forge log lines.
-pub(crate) fn show(s: &str) -> String {
-    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 64 {
-        out.push('…');
-    }
-    format!("\"{out}\"")
 }
 
 impl fmt::Display for Code {

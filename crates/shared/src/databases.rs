@@ -180,7 +180,7 @@ impl Databases {
                     {
                         return Err(format!(
                             "{section}: url_env {} is not an environment variable name",
-                            crate::codes::show(var)
+                            crate::errors::quoted(var)
                         ));
                     }
                     match get(var)
@@ -235,7 +235,7 @@ impl Databases {
             .ok()
             .and_then(|n| self.entries.get(&n))
             .ok_or_else(|| UnknownDatabase {
-                shown: crate::codes::show(name),
+                shown: crate::errors::quoted(name),
                 known: self.names().collect::<Vec<_>>().join(", "),
             })
     }

@@ -1,6 +1,6 @@
 //! Error helpers every module uses, kept at the bottom of the crate so nothing here depends on
-//! the rest: the settings error, reading a boolean setting, folding messages into one line, and
-//! whether a Postgres error is worth retrying.
+//! the rest: the settings error, reading a boolean setting, folding messages into one line,
+//! quoting rejected input, and whether a Postgres error is worth retrying.
 
 /// A setting that is missing or malformed. `Display` is one line naming the variable.
 #[derive(Debug, thiserror::Error)]
@@ -76,4 +76,21 @@ pub(crate) fn parse_bool(var: &'static str, v: Option<String>) -> Result<bool, C
             "1/true/yes or 0/false/no",
         )),
     }
+}
+
+/// Longest piece of input a reason quotes, in bytes.
+pub const QUOTE_BYTES: usize = 64;
+
+/// `s` Debug-quoted for a reason, cut to [`QUOTE_BYTES`] with a marker naming its full size:
+/// `"aaaa…" (70000 bytes)`. Every reason that echoes input quotes it through here, so a hostile
+/// value can never make a reason (a dead-letter header, a log line) large.
+pub fn quoted(s: &str) -> String {
+    if s.len() <= QUOTE_BYTES {
+        return format!("{s:?}");
+    }
+    let mut end = QUOTE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &s[..end], s.len())
 }

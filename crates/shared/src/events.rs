@@ -1,4 +1,4 @@
-//! Event payloads and subjects (the contract in DESIGN.md).
+//! Event payloads and subjects: the contract that docs/EVENTS.md documents.
 //!
 //! Payloads are parsed strictly where it matters (codes, ids, required fields) and leniently
 //! elsewhere: unknown fields are ignored so upstream services can add fields without breaking
@@ -68,22 +68,7 @@ impl BadInput {
     }
 }
 
-/// Longest piece of input a reason quotes, in bytes.
-pub const QUOTE_BYTES: usize = 64;
-
-/// `s` Debug-quoted for a reason, cut to [`QUOTE_BYTES`] with a marker naming its full size:
-/// `"aaaa…" (70000 bytes)`. Every reason that echoes input quotes it through here, so a hostile
-/// value can never make a reason (a dead-letter header, a log line) large.
-pub fn quoted(s: &str) -> String {
-    if s.len() <= QUOTE_BYTES {
-        return format!("{s:?}");
-    }
-    let mut end = QUOTE_BYTES;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{:?}… ({} bytes)", &s[..end], s.len())
-}
+pub use crate::errors::{quoted, QUOTE_BYTES};
 
 /// Cuts every `` `…` `` or `"…"` span longer than [`QUOTE_BYTES`] in a library's error message
 /// (serde names an unknown field or echoes a wrong value whole).

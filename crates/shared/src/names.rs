@@ -40,7 +40,7 @@ impl Name {
             Ok(Name(s.to_owned()))
         } else {
             Err(InvalidName {
-                shown: crate::codes::show(s),
+                shown: crate::errors::quoted(s),
             })
         }
     }
@@ -94,7 +94,7 @@ pub fn check_config_key(key: &str) -> Result<(), InvalidConfigKey> {
         Ok(())
     } else {
         Err(InvalidConfigKey {
-            shown: crate::codes::show(key),
+            shown: crate::errors::quoted(key),
         })
     }
 }

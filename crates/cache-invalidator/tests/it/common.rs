@@ -1,4 +1,4 @@
-//! Helpers shared by the cache-invalidator's integration tests: seed 000's key families across
+//! Helpers shared by the cache-invalidator's integration tests: a mentoring platform's key families across
 //! many orgs, keyspace snapshots, publishing, and waiting for the consumer to drain.
 
 use std::collections::BTreeSet;

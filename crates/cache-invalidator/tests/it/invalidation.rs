@@ -1,4 +1,4 @@
-//! Exactly the matching keys go: built-in and configured rules on seed 000's key families across
+//! Exactly the matching keys go: built-in and configured rules on a mentoring platform's key families across
 //! orgs whose codes prefix each other; injection attempts are dead-lettered and delete nothing;
 //! bad rules fail the start with one line naming the rule.
 

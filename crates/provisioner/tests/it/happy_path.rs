@@ -1,5 +1,5 @@
 //! `tenant.created` for every plan: the registry row, the schema with the 23 mentoring tables and
-//! its ledger, the plan's configs (seed 004, FLEET_CONFIG overrides, per-tenant overrides), and
+//! its ledger, the plan's configs (built-in defaults, FLEET_CONFIG overrides, per-tenant overrides), and
 //! the `tenant.provisioned` announcement with its deterministic id and child traceparent.
 
 use std::io::Write as _;
