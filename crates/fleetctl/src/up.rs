@@ -14,6 +14,7 @@ const WORKERS: &[(&str, bool)] = &[
     (cache_invalidator::NAME, cache_invalidator::USES_REDIS),
     (backfill_worker::NAME, backfill_worker::USES_REDIS),
     (scheduler::NAME, scheduler::USES_REDIS),
+    (followups_consumer::NAME, followups_consumer::USES_REDIS),
 ];
 
 #[derive(clap::Args)]
@@ -59,6 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     start!(cache_invalidator);
     start!(backfill_worker);
     start!(scheduler);
+    start!(followups_consumer);
     tracing::info!(http = %addr, workers = set.len(), "fleet is up; Ctrl-C to stop");
 
     let mut failed = None;

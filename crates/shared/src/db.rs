@@ -43,6 +43,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         "0450_warm_pool.sql",
         include_str!("../migrations/0450_warm_pool.sql"),
     ),
+    (
+        "0650_job_outcomes.sql",
+        include_str!("../migrations/0650_job_outcomes.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.

@@ -145,12 +145,54 @@ impl WorkerSpec {
     }
 }
 
-struct Ctx<H> {
+/// What became of one message: the verdict acted on (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler succeeded; the message was acked.
+    Acked,
+    /// A transient failure; NAKed, to be redelivered after `retry_in`.
+    Retried { retry_in: Duration, reason: String },
+    /// Bad input or attempts spent: dead-lettered (or, when even that failed too often,
+    /// terminated without a letter) and TERMed.
+    DeadLettered { reason: String },
+}
+
+/// The verdict half of the worker loop, for loops that fetch their own messages (the job
+/// runtime, which fetches for per-tenant fairness): runs the handler with in-progress acks and
+/// acts on its result exactly as [`run`] does.
+pub struct Processor<H> {
     js: jetstream::Context,
     metrics: Arc<Metrics>,
     spec: WorkerSpec,
     handler: Arc<H>,
 }
+
+impl<H: Handler> Processor<H> {
+    pub fn new(
+        js: jetstream::Context,
+        metrics: Arc<Metrics>,
+        spec: WorkerSpec,
+        handler: Arc<H>,
+    ) -> Self {
+        Processor {
+            js,
+            metrics,
+            spec,
+            handler,
+        }
+    }
+
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.spec
+    }
+
+    /// Handles one message and acks, NAKs or dead-letters it; returns what was done.
+    pub async fn process(&self, msg: jetstream::Message) -> (Incoming, Outcome) {
+        process(self, msg).await
+    }
+}
+
+type Ctx<H> = Processor<H>;
 
 /// Runs the worker until `shutdown` is cancelled and in-flight work has drained.
 pub async fn run<H: Handler>(
@@ -167,12 +209,7 @@ pub async fn run<H: Handler>(
     );
     let sem = Arc::new(Semaphore::new(spec.concurrency.max(1)));
     let tracker = TaskTracker::new();
-    let ctx = Arc::new(Ctx {
-        js,
-        metrics,
-        spec: spec.clone(),
-        handler,
-    });
+    let ctx = Arc::new(Processor::new(js, metrics, spec.clone(), handler));
     tracing::info!(worker = %spec.name, concurrency = spec.concurrency, "worker started");
 
     let fetchers: Vec<_> = spec
@@ -336,7 +373,7 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) {
+async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) -> (Incoming, Outcome) {
     let (stream_seq, delivered) = match msg.info() {
         Ok(i) => (i.stream_sequence, i.delivered),
         Err(_) => (0, 1),
@@ -388,11 +425,12 @@ async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) {
                 .observe(started.elapsed().as_secs_f64());
             res
         };
-        decide(ctx, &msg, &incoming, &labels, verdict).await;
+        let outcome = decide(ctx, &msg, &incoming, &labels, verdict).await;
         m.in_flight.get_or_create(&wl).dec();
+        (incoming, outcome)
     }
     .instrument(span)
-    .await;
+    .await
 }
 
 /// Runs the handler, sending an in-progress ack every third of the ack wait so a long handler
@@ -441,7 +479,7 @@ async fn decide<H: Handler>(
     incoming: &Incoming,
     labels: &EventLabels,
     verdict: Result<(), HandleError>,
-) {
+) -> Outcome {
     let m = &ctx.metrics.worker;
     let reason = match verdict {
         Ok(()) => {
@@ -452,7 +490,7 @@ async fn decide<H: Handler>(
             }
             m.acked.get_or_create(labels).inc();
             tracing::debug!("acked");
-            return;
+            return Outcome::Acked;
         }
         Err(HandleError::Transient(e)) if incoming.delivered < ctx.spec.max_attempts => {
             let delay = ctx.spec.retry_delay(incoming.delivered);
@@ -460,8 +498,12 @@ async fn decide<H: Handler>(
                 tracing::warn!(error = %err, "NAK failed; the message will be redelivered after its ack wait");
             }
             m.retried.get_or_create(labels).inc();
-            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "transient failure; will retry");
-            return;
+            let reason = crate::errors::one_line(&format!("{e:#}"));
+            tracing::warn!(error = %reason, retry_in = ?delay, "transient failure; will retry");
+            return Outcome::Retried {
+                retry_in: delay,
+                reason,
+            };
         }
         Err(HandleError::Transient(e)) => crate::errors::one_line(&format!(
             "gave up after {} attempts: {e:#}",
@@ -492,6 +534,7 @@ async fn decide<H: Handler>(
             }
             m.dead_lettered.get_or_create(labels).inc();
             tracing::warn!(reason = %reason, "dead-lettered");
+            Outcome::DeadLettered { reason }
         }
         Err(e) => {
             let wl = WorkerLabels {
@@ -508,11 +551,16 @@ async fn decide<H: Handler>(
                     "could not dead-letter after {} deliveries; message terminated without a letter",
                     incoming.delivered
                 );
+                Outcome::DeadLettered { reason }
             } else {
                 let delay = ctx.spec.retry_delay(incoming.delivered).max(DLQ_RETRY_MIN);
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 m.retried.get_or_create(labels).inc();
                 tracing::error!(error = %crate::errors::one_line(&format!("{e:#}")), reason = %reason, retry_in = ?delay, "could not dead-letter; will retry");
+                Outcome::Retried {
+                    retry_in: delay,
+                    reason: format!("could not dead-letter: {reason}"),
+                }
             }
         }
     }

@@ -1,0 +1,5 @@
+//! The integration tests of `fleet-jobs`, one module per area, linked into one binary.
+
+mod common;
+mod fairness;
+mod verdicts;

@@ -1,0 +1,95 @@
+//! kill -9 of the real `followups-consumer` binary in the middle of a job: the job is not lost;
+//! it is redelivered after the consumer's ack wait and handled by the next consumer (attempt 2),
+//! and its outcome is recorded as done.
+
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_jobs::{HandleError, Job, JobHandler, RuntimeSpec};
+use fleet_shared::topology::{ensure_consumer, ConsumerSpec, JOBS_STREAM};
+use fleet_testkit::{eventually, Running, TestEnv};
+
+struct Seen(Mutex<Vec<i64>>);
+
+impl JobHandler for Seen {
+    async fn handle(&self, job: &Job) -> Result<(), HandleError> {
+        self.0.lock().unwrap().push(job.delivered);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_killed_mid_job_leaves_the_job_to_be_redelivered() {
+    let env = TestEnv::new().await;
+    let fleet = env.fleet(&[]).await;
+    // The durable exists before the binary starts, with a short ack wait (the binary uses an
+    // existing consumer as it is), so the redelivery comes within seconds.
+    let mut consumer = ConsumerSpec::new(JOBS_STREAM, "jobs-followups", "jobs.followups.*");
+    consumer.ack_wait = Duration::from_secs(2);
+    let pull = ensure_consumer(&fleet.js, &consumer).await.unwrap();
+    let tenant_id = uuid::Uuid::new_v4();
+    let body = serde_json::json!({
+        "kind": "mentoring_followup", "window_days": 7, "simulate_work": "10m",
+        "tenant_id": tenant_id.to_string(), "tenant_code": "acme",
+        "schedule": "followups", "tick": "2026-03-29T01:00:00Z",
+    });
+    fleet
+        .js
+        .publish(
+            "jobs.followups.acme",
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_followups-consumer"))
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("REDIS_URL", &env.redis_url)
+        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env_remove("FLEET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the job in flight at the binary",
+        || {
+            let mut pull = pull.clone();
+            async move {
+                let info = pull.info().await.ok()?;
+                (info.num_ack_pending == 1 && info.num_pending == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    child.kill().unwrap(); // SIGKILL: no shutdown, nothing acked or NAKed.
+    child.wait().unwrap();
+
+    let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+    let spec = RuntimeSpec::for_fleet(&fleet, "followups-consumer", "followups").unwrap();
+    let f = fleet.clone();
+    let handler = seen.clone();
+    let running =
+        Running::spawn(move |t| async move { fleet_jobs::run_fleet(&f, spec, handler, t).await });
+    let status: (String, i32) = eventually(Duration::from_secs(30), "the job done", || async {
+        sqlx::query_as(
+            "SELECT status, attempts FROM fleet.job_outcomes WHERE schedule = 'followups' AND tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&fleet.pg)
+        .await
+        .unwrap()
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(status, ("done".to_owned(), 2));
+    assert_eq!(*seen.0.lock().unwrap(), vec![2]);
+    let mut jobs = fleet.js.get_stream(JOBS_STREAM).await.unwrap();
+    assert_eq!(jobs.info().await.unwrap().state.messages, 0);
+}
