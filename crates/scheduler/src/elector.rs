@@ -49,7 +49,8 @@ pub struct Elector {
 }
 
 impl Elector {
-    /// Opens (or creates) the bucket; an existing bucket's `max_age` is set to `lease`.
+    /// Opens (or creates) the bucket; an existing bucket's `max_age` is set to `lease` and its
+    /// replicas raised to `replicas`.
     pub async fn open(
         js: &jetstream::Context,
         id: String,
@@ -64,11 +65,14 @@ impl Elector {
                     .await
                     .context("Failed to read the leader bucket")?;
                 let mut cfg = stream.info().await?.config.clone();
-                if cfg.max_age != lease {
+                // Replicas are only raised (an R1 bucket from a single server becomes R3 on a
+                // cluster), as for the fleet's streams.
+                if cfg.max_age != lease || cfg.num_replicas < replicas {
                     cfg.max_age = lease;
+                    cfg.num_replicas = cfg.num_replicas.max(replicas);
                     js.update_stream(&cfg)
                         .await
-                        .context("Failed to set the leader bucket's lease")?;
+                        .context("Failed to set the leader bucket's lease and replicas")?;
                 }
                 kv
             }

@@ -45,7 +45,11 @@ impl Fleet {
             replicas: settings.stream_replicas,
             ..topology
         };
-        ensure_streams(&js, &topology).await?;
+        // A cluster that is starting or has just lost a node answers "JetStream temporarily
+        // unavailable" until it has elected leaders again: waited for like a server that is not up.
+        retry_until(wait, "JetStream", || ensure_streams(&js, &topology))
+            .await
+            .map_err(|e| e.context("Failed to ensure the JetStream topology"))?;
 
         retry_until(wait, "Postgres", || {
             crate::db::ensure_database(&settings.database_url)

@@ -1,8 +1,16 @@
 //! JetStream topology: the three streams and the workers' durable pull consumers.
 //!
 //! [`ensure_streams`] is idempotent and safe to run from every process at start: a missing stream
-//! is created; an existing one keeps its configuration (an operator's retention or replica
-//! changes survive upgrades) and only gains subjects it lacks and a duplicate window it needs.
+//! is created; an existing one keeps its configuration (an operator's retention changes survive
+//! upgrades) and only gains subjects it lacks, a duplicate window it needs, and replicas up to
+//! `FLEET_STREAM_REPLICAS`.
+//!
+//! Replicas are only ever raised, never lowered: a fleet started with `FLEET_STREAM_REPLICAS=3`
+//! on a cluster whose streams are R1 (they were created by a single-server fleet, or before the
+//! variable was set) turns them into R3 streams at start. The server then copies every stored
+//! message to the new replicas in the background (a catch-up the size of the stream; durable
+//! consumers, which inherit the stream's replica count, follow). A process started with a lower
+//! count (an old deployment still running) leaves a raised stream alone. See docs/SCALING.md.
 //!
 //! nats-server 2.9 allows one filter subject per consumer, so a worker that consumes several
 //! subjects ([`ConsumerSpec`]) gets one durable per filter; replicas of the worker share them.
@@ -122,11 +130,16 @@ async fn ensure_stream(js: &jetstream::Context, wanted: stream::Config) -> anyho
                 cfg.duplicate_window = wanted.duplicate_window;
                 changed = true;
             }
+            if cfg.num_replicas < wanted.num_replicas {
+                tracing::info!(stream = %name, from = cfg.num_replicas, to = wanted.num_replicas, "raising stream replicas");
+                cfg.num_replicas = wanted.num_replicas;
+                changed = true;
+            }
             if changed {
                 js.update_stream(&cfg)
                     .await
                     .with_context(|| format!("Failed to update stream {name}"))?;
-                tracing::info!(stream = %name, "updated stream subjects/duplicate window");
+                tracing::info!(stream = %name, replicas = cfg.num_replicas, "updated stream subjects/duplicate window/replicas");
             }
         }
         Err(e)

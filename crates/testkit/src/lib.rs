@@ -2,6 +2,8 @@
 //!
 //! - [`NatsServer`]: a private `nats-server -js` on a free loopback port with its own store,
 //!   stoppable and restartable (same port, same data) for fault tests.
+//! - [`NatsCluster`]: three routed `nats-server -js` nodes (R3 streams), any of which can be
+//!   killed (`kill -9`) and restarted.
 //! - [`RedisServer`]: a private `redis-server` likewise.
 //! - [`TestDb`]: a fresh database on the machine's Postgres, dropped when the test ends.
 //! - [`TcpProxy`]: a loopback proxy that can cut and restore every connection through it, to
@@ -13,6 +15,7 @@
 //! - [`TestOperator`]: an operator, a JetStream account and `.creds` files for a server in
 //!   operator (JWT) mode.
 
+mod cluster;
 mod db;
 mod jwt;
 mod proxy;
@@ -20,6 +23,7 @@ mod running;
 mod servers;
 mod tls;
 
+pub use cluster::NatsCluster;
 pub use db::TestDb;
 pub use jwt::{creds_file, TestOperator};
 pub use proxy::TcpProxy;

@@ -4,6 +4,7 @@ mod cli;
 mod dlq;
 mod migrate;
 mod nats_auth;
+mod replicas;
 mod run;
 mod tenant_lifecycle;
 mod tenant_portability;
