@@ -88,14 +88,15 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     let extra = rules.extra_subjects();
     if !extra.is_empty() {
         // Configured subjects outside tenant.>/org.>/session.> must be captured by the stream.
-        ensure_streams(
-            &fleet.js,
-            &Topology {
-                replicas: fleet.settings.stream_replicas,
-                extra_event_subjects: extra,
-                ..Topology::default()
-            },
-        )
+        let topology = Topology {
+            replicas: fleet.settings.stream_replicas,
+            extra_event_subjects: extra,
+            ..Topology::default()
+        };
+        // Waited for like at connect (a NATS cluster electing leaders after a node failure).
+        fleet_shared::fleet::retry_until(fleet.settings.connect_timeout, "JetStream", || {
+            ensure_streams(&fleet.js, &topology)
+        })
         .await?;
     }
     let metrics = CacheMetrics::register(&fleet.metrics);

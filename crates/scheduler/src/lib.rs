@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fleet_shared::fleet::retry_until;
 use fleet_shared::topology::{ensure_streams, Topology};
 use fleet_shared::Fleet;
 use tokio_util::sync::CancellationToken;
@@ -56,24 +57,27 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         shutdown.cancelled().await;
         return Ok(());
     }
-    ensure_streams(
-        &fleet.js,
-        &Topology {
-            replicas: fleet.settings.stream_replicas,
-            jobs_duplicate_window: config.jobs_duplicate_window(),
-            ..Default::default()
-        },
-    )
-    .await
-    .context("Failed to widen the jobs stream's duplicate window")?;
+    // Waited for like at connect: a NATS cluster that has just lost a node answers JetStream
+    // requests only once it has elected new leaders.
+    let wait = fleet.settings.connect_timeout;
+    let topology = Topology {
+        replicas: fleet.settings.stream_replicas,
+        jobs_duplicate_window: config.jobs_duplicate_window(),
+        ..Default::default()
+    };
+    retry_until(wait, "JetStream", || ensure_streams(&fleet.js, &topology))
+        .await
+        .context("Failed to widen the jobs stream's duplicate window")?;
     let metrics = SchedulerMetrics::register(&fleet.metrics);
     let id = fleet_shared::fleet::instance_id();
-    let elector = Elector::open(
-        &fleet.js,
-        id.clone(),
-        config.lease,
-        fleet.settings.stream_replicas,
-    )
+    let elector = retry_until(wait, "the leader bucket", || {
+        Elector::open(
+            &fleet.js,
+            id.clone(),
+            config.lease,
+            fleet.settings.stream_replicas,
+        )
+    })
     .await?;
     let mut wake = fleet
         .nats
