@@ -49,8 +49,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::BackfillConfig;
 pub use store::{
-    control, get_job, list_jobs, submit_json, submit_json_on, Action, ControlError, JobRow,
-    SubmitError, Submitted,
+    control, delete_job, get_job, list_jobs, submit_json, submit_json_on, Action, ControlError,
+    JobRow, SubmitError, Submitted,
 };
 
 /// Largest `backfill.submit`/`backfill.control` payload read (a spec may inline its mapping CSV);
@@ -65,7 +65,10 @@ pub const USES_REDIS: bool = false;
 pub struct Progress {
     pub job_id: uuid::Uuid,
     pub state: String,
+    /// Rows written (a dry run: rows counted).
     pub rows_done: i64,
+    /// Rows the job is expected to go over; `percent` is rows done / this.
+    pub rows_estimated: i64,
     pub chunks_done: i64,
     pub chunks_failed: i64,
     /// Estimate while the job runs (chunks are carved as it goes).
@@ -82,8 +85,9 @@ impl From<&JobRow> for Progress {
     fn from(j: &JobRow) -> Self {
         Progress {
             job_id: j.job_id,
-            state: j.state.clone(),
+            state: j.shown_state(),
             rows_done: j.rows_done,
+            rows_estimated: j.rows_estimated,
             chunks_done: j.chunks_done,
             chunks_failed: j.chunks_failed,
             chunks_total: j.chunks_total.max(j.chunks_done + j.chunks_failed),

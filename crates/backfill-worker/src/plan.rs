@@ -31,6 +31,8 @@ pub struct PartPlan {
     pub mode: &'static str,
     pub lo: i64,
     pub hi: i64,
+    /// Rows the part is expected to go over (percent = rows done / rows estimated).
+    pub rows_estimate: i64,
 }
 
 /// Per-table entry of a `tenant_codes` report.
@@ -39,7 +41,8 @@ pub struct TableReport {
     pub table: String,
     /// `organization_id`, `user:<column>` or `session:<column>`.
     pub via: String,
-    /// `filled`, `skipped` (table missing), `empty`, or after verification `verified` / `nulls_left`.
+    /// `filled`, `counted` (dry run), `skipped` (table missing, see `reason`), `empty`, or after
+    /// verification `verified` / `nulls_left`.
     pub status: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -79,6 +82,33 @@ fn key_range<'a>(
             (Some(lo), Some(hi)) => Some((lo.saturating_sub(1), hi)),
             _ => None,
         })
+    })
+}
+
+/// Rows of `table_sql` matching `filter` (the planner's estimate when the table has statistics
+/// and no filter applies, else an exact count).
+fn estimate_rows<'a>(
+    con: &'a mut PgConnection,
+    table_sql: &'a str,
+    filter: &'a str,
+) -> futures::future::BoxFuture<'a, sqlx::Result<i64>> {
+    Box::pin(async move {
+        if filter.is_empty() {
+            let est: Option<f64> = sqlx::query_scalar(&format!(
+                "SELECT reltuples::float8 FROM pg_class WHERE oid = {}::regclass",
+                literal(table_sql)
+            ))
+            .fetch_optional(&mut *con)
+            .await?;
+            if let Some(e) = est.filter(|e| *e > 0.0) {
+                return Ok(e.round() as i64);
+            }
+        }
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table_sql} AS t WHERE true{filter}"
+        ))
+        .fetch_one(&mut *con)
+        .await
     })
 }
 
@@ -179,6 +209,7 @@ async fn plan_inner(
                 } else {
                     (s.statement.clone(), "exec")
                 };
+                let rows_estimate = estimate_rows(con, &t, "").await?;
                 plan.parts.push(PartPlan {
                     name: s.table.to_string(),
                     statement,
@@ -186,6 +217,7 @@ async fn plan_inner(
                     mode,
                     lo,
                     hi,
+                    rows_estimate,
                 });
             }
         }
@@ -245,7 +277,12 @@ async fn plan_inner(
                 plan.tables.push(TableReport {
                     table: table.to_string(),
                     via: via.label(),
-                    status: if range.is_some() { "filled" } else { "empty" }.into(),
+                    status: match (range.is_some(), eff.dry_run) {
+                        (false, _) => "empty",
+                        (true, true) => "counted",
+                        (true, false) => "filled",
+                    }
+                    .into(),
                     reason: None,
                     rows_updated: 0,
                     total_rows: 0,
@@ -261,6 +298,7 @@ async fn plan_inner(
                             "exec",
                         )
                     };
+                    let rows_estimate = estimate_rows(con, &t, "").await?;
                     plan.parts.push(PartPlan {
                         name: table.to_string(),
                         statement,
@@ -268,6 +306,7 @@ async fn plan_inner(
                         mode,
                         lo,
                         hi,
+                        rows_estimate,
                     });
                 }
             }
@@ -292,6 +331,7 @@ async fn plan_inner(
                 literal(&c.tenant_value)
             );
             if let Some((lo, hi)) = key_range(con, &src, &c.key).await? {
+                let rows_estimate = estimate_rows(con, &src, &filter).await?;
                 if eff.dry_run {
                     plan.parts.push(PartPlan {
                         name: c.table.to_string(),
@@ -300,6 +340,7 @@ async fn plan_inner(
                         mode: "count",
                         lo,
                         hi,
+                        rows_estimate,
                     });
                 } else {
                     let src_cols =
@@ -347,6 +388,7 @@ async fn plan_inner(
                         mode: "exec",
                         lo,
                         hi,
+                        rows_estimate,
                     });
                 }
             }

@@ -439,8 +439,8 @@ impl Runner {
         }
         for (i, p) in plan.parts.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO fleet.backfill_parts (job_id, part, name, statement, then_statement, mode, lo, hi, next_lo)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7)",
+                "INSERT INTO fleet.backfill_parts (job_id, part, name, statement, then_statement, mode, lo, hi, next_lo, rows_estimate)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $9)",
             )
             .bind(job_id)
             .bind(i as i32)
@@ -450,6 +450,7 @@ impl Runner {
             .bind(p.mode)
             .bind(p.lo)
             .bind(p.hi)
+            .bind(p.rows_estimate)
             .execute(&mut *tx)
             .await?;
         }
@@ -872,7 +873,11 @@ impl Runner {
             .await?;
             for t in tables.iter_mut() {
                 if let Some((_, n)) = per_part.iter().find(|(name, _)| *name == t.table) {
-                    t.rows_updated = *n;
+                    if dry_run {
+                        t.total_rows = *n;
+                    } else {
+                        t.rows_updated = *n;
+                    }
                 }
             }
             if !dry_run && error.is_none() {

@@ -123,14 +123,15 @@ pub async fn submit(
     let mut tx = pool.begin().await.map_err(db("Failed to begin"))?;
     let spec_json = serde_json::to_value(&spec.raw).map_err(|e| SubmitError::Db(e.into()))?;
     let inserted: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO fleet.backfill_jobs (job_id, submit_key, kind, spec, dry_run)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING job_id",
+        "INSERT INTO fleet.backfill_jobs (job_id, submit_key, kind, spec, dry_run, database)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING job_id",
     )
     .bind(job_id)
     .bind(&key)
     .bind(spec.kind.name())
     .bind(&spec_json)
     .bind(spec.options.dry_run)
+    .bind(spec.database.as_str())
     .fetch_optional(&mut *tx)
     .await
     .map_err(db("Failed to insert the job"))?;
@@ -311,6 +312,10 @@ pub async fn control(pool: &PgPool, job_id: Uuid, action: Action) -> Result<Stri
         _ => return Err(illegal()),
     };
     tx.commit().await.map_err(dbe)?;
+    if action == Action::Cancel {
+        // The rows written so far, on the job row now (no replica may be running it).
+        refresh_progress(pool, job_id, None).await.map_err(dbe)?;
+    }
     Ok(new_state)
 }
 
@@ -323,6 +328,13 @@ pub struct JobRow {
     pub error: Option<String>,
     pub dry_run: bool,
     pub rows_done: i64,
+    /// Rows the job is expected to go over (planner statistics or counts, at planning).
+    pub rows_estimated: i64,
+    /// Of those, the share covered by committed chunks (failed ones excluded), in rows.
+    pub rows_covered: f64,
+    /// Why the job's lanes wait (`replica lag 12s > 5s`), while they do.
+    pub throttled: Option<String>,
+    pub database: String,
     pub chunks_done: i64,
     pub chunks_failed: i64,
     pub chunks_total: i64,
@@ -340,15 +352,27 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    /// Share of the key space covered by finished chunks, 0..=100.
+    /// Rows done / rows estimated, 0..=100: a failed chunk's rows are not done, and only a
+    /// job that succeeded shows 100 (others stop at 99.9).
     pub fn percent(&self) -> f64 {
         if self.state == "succeeded" {
             return 100.0;
         }
-        if self.keys_total > 0.0 {
-            (100.0 * self.keys_done / self.keys_total).clamp(0.0, 100.0)
+        let p = if self.rows_estimated > 0 {
+            100.0 * self.rows_covered / self.rows_estimated as f64
+        } else if self.keys_total > 0.0 {
+            100.0 * self.keys_done / self.keys_total
         } else {
             0.0
+        };
+        p.clamp(0.0, 99.9)
+    }
+
+    /// The state as shown: `throttled: <why>` while a running job's lanes wait.
+    pub fn shown_state(&self) -> String {
+        match (&self.throttled, self.state.as_str()) {
+            (Some(why), "running") => format!("throttled: {why}"),
+            _ => self.state.clone(),
         }
     }
 
@@ -357,30 +381,104 @@ impl JobRow {
     }
 }
 
-const JOB_COLUMNS: &str = "job_id, kind, state, error, dry_run, rows_done, chunks_done, chunks_failed, chunks_total,
+const JOB_COLUMNS: &str = "job_id, kind, state, error, dry_run, rows_done, rows_estimated, rows_covered, throttled, database,
+    chunks_done, chunks_failed, chunks_total,
     keys_done, keys_total, rows_per_sec, eta_seconds, chunk_size, report, spec, created_at, started_at, finished_at, updated_at";
 
+/// The job, with its per-table report's row counts read from the committed chunks (so a
+/// cancelled or failed job reports the rows actually written, a dry run the rows counted).
 pub async fn get_job(pool: &PgPool, job_id: Uuid) -> sqlx::Result<Option<JobRow>> {
-    sqlx::query_as(&format!(
+    let job: Option<JobRow> = sqlx::query_as(&format!(
         "SELECT {JOB_COLUMNS} FROM fleet.backfill_jobs WHERE job_id = $1"
     ))
     .bind(job_id)
     .fetch_optional(pool)
-    .await
+    .await?;
+    let Some(mut job) = job else { return Ok(None) };
+    if let Some(tables) = job
+        .report
+        .as_mut()
+        .and_then(|r| r.get_mut("tables"))
+        .and_then(|t| t.as_array_mut())
+    {
+        let per_part: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT p.name, coalesce(sum(c.rows) FILTER (WHERE c.state = 'done'), 0)::bigint
+             FROM fleet.backfill_parts p LEFT JOIN fleet.backfill_chunks c ON c.job_id = p.job_id AND c.part = p.part
+             WHERE p.job_id = $1 GROUP BY p.name",
+        )
+        .bind(job_id)
+        .fetch_all(pool)
+        .await?;
+        for t in tables.iter_mut() {
+            let name = t.get("table").and_then(|v| v.as_str()).unwrap_or_default();
+            if let Some((_, n)) = per_part.iter().find(|(p, _)| p == name) {
+                let field = if job.dry_run {
+                    "total_rows"
+                } else {
+                    "rows_updated"
+                };
+                t[field] = serde_json::json!(n);
+            }
+        }
+    }
+    Ok(Some(job))
 }
 
+/// Jobs, newest first: in `state` if given, created longer than `older_than` ago if given.
 pub async fn list_jobs(
     pool: &PgPool,
     state: Option<&str>,
+    older_than: Option<std::time::Duration>,
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(&format!(
-        "SELECT {JOB_COLUMNS} FROM fleet.backfill_jobs WHERE ($1::text IS NULL OR state = $1) ORDER BY created_at DESC LIMIT $2"
+        "SELECT {JOB_COLUMNS} FROM fleet.backfill_jobs WHERE ($1::text IS NULL OR state = $1)
+           AND ($3::float8 IS NULL OR created_at < now() - make_interval(secs => $3))
+         ORDER BY created_at DESC LIMIT $2"
     ))
     .bind(state)
     .bind(limit)
+    .bind(older_than.map(|d| d.as_secs_f64()))
     .fetch_all(pool)
     .await
+}
+
+/// Deletes a finished job (succeeded, failed or cancelled) with its parts, chunks and mapping,
+/// and what it left on its target database. A job that may still run is refused.
+pub async fn delete_job(pools: &DatabasePools, job_id: Uuid) -> Result<(), ControlError> {
+    let dbe = |e| ControlError::Db("delete", e);
+    let pool = pools.control();
+    let mut tx = pool.begin().await.map_err(dbe)?;
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT state, database FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(dbe)?;
+    let (state, database) = row.ok_or(ControlError::NotFound(job_id))?;
+    if !matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
+        return Err(ControlError::Illegal {
+            action: "delete",
+            job_id,
+            state,
+        });
+    }
+    sqlx::query("DELETE FROM fleet.backfill_jobs WHERE job_id = $1")
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(dbe)?;
+    tx.commit().await.map_err(dbe)?;
+    // Best effort: the markers of a deleted job are never read again.
+    if database != fleet_shared::databases::CONTROL {
+        if let Ok(target) = pools.get(&database) {
+            if let Err(e) = crate::target::forget(&target, job_id).await {
+                tracing::warn!(job.id = %job_id, error = %e, "cannot clean the job's markers on its database");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A chunk that failed, with its error.
@@ -422,16 +520,26 @@ pub async fn refresh_progress(
                    count(*) FILTER (WHERE state = 'failed') AS failed,
                    count(*) AS carved,
                    coalesce(sum(rows) FILTER (WHERE state = 'done'), 0)::bigint AS rows,
-                   coalesce(sum((hi - lo)::float8) FILTER (WHERE state <> 'pending'), 0) AS keys_done,
+                   coalesce(sum((hi - lo)::float8) FILTER (WHERE state = 'done'), 0) AS keys_done,
                    coalesce(sum(rows) FILTER (WHERE state = 'done' AND finished_at > now() - interval '10 seconds'), 0)::float8 AS win_rows,
                    coalesce(sum((hi - lo)::float8) FILTER (WHERE state <> 'pending' AND finished_at > now() - interval '10 seconds'), 0) AS win_keys
             FROM fleet.backfill_chunks WHERE job_id = $1),
          p AS (
             SELECT coalesce(sum((hi - lo)::float8), 0) AS keys_total,
                    coalesce(sum((hi - next_lo)::float8), 0) AS uncarved
-            FROM fleet.backfill_parts WHERE job_id = $1)
+            FROM fleet.backfill_parts WHERE job_id = $1),
+         pc AS (
+            SELECT greatest(bp.hi - bp.lo, 1)::float8 AS keys,
+                   coalesce(bp.rows_estimate, bp.hi - bp.lo)::float8 AS est,
+                   coalesce((SELECT sum((ch.hi - ch.lo)::float8) FROM fleet.backfill_chunks ch
+                             WHERE ch.job_id = bp.job_id AND ch.part = bp.part AND ch.state = 'done'), 0) AS done_keys
+            FROM fleet.backfill_parts bp WHERE bp.job_id = $1),
+         pe AS (
+            SELECT coalesce(sum(est), 0)::bigint AS est,
+                   coalesce(sum(est * least(done_keys / keys, 1)), 0) AS covered FROM pc)
          UPDATE fleet.backfill_jobs j SET
             rows_done = c.rows, chunks_done = c.done, chunks_failed = c.failed,
+            rows_estimated = pe.est, rows_covered = pe.covered,
             chunk_size = coalesce($2, j.chunk_size),
             chunks_total = c.carved + ceil(p.uncarved / greatest(coalesce($2, j.chunk_size), 1))::bigint,
             keys_done = c.keys_done, keys_total = p.keys_total,
@@ -445,7 +553,7 @@ pub async fn refresh_progress(
                      / (c.win_keys / greatest(least(10, extract(epoch FROM now() - j.started_at)::float8), 0.001))
                 END,
             updated_at = now()
-         FROM c, p WHERE j.job_id = $1 RETURNING j.job_id",
+         FROM c, p, pe WHERE j.job_id = $1 RETURNING j.job_id",
     )
     .bind(job_id)
     .bind(chunk_size)

@@ -30,11 +30,16 @@ pub enum Cmd {
         /// Only jobs in this state (pending, running, paused, succeeded, failed, cancelled)
         #[arg(long)]
         state: Option<String>,
+        /// Only jobs created longer ago than this (e.g. 30d, 12h)
+        #[arg(long, value_parser = fleet_shared::duration::parse)]
+        older_than: Option<Duration>,
         #[arg(long, default_value_t = 50)]
         limit: i64,
         #[arg(long)]
         json: bool,
     },
+    /// Delete a finished job (succeeded, failed or cancelled) and its chunks
+    Delete { id: Uuid },
     /// Show a job's progress, report and failed chunks
     Status {
         id: Uuid,
@@ -92,14 +97,19 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             outln!("{}", submitted.job_id);
             Ok(())
         }
-        Cmd::List { state, limit, json } => {
+        Cmd::List {
+            state,
+            older_than,
+            limit,
+            json,
+        } => {
             if let Some(s) = &state {
                 anyhow::ensure!(
                     backfill_worker::store::STATES.contains(&s.as_str()),
                     "--state {s:?} is not a job state (pending, running, paused, succeeded, failed, cancelled)"
                 );
             }
-            let jobs = backfill_worker::list_jobs(&pg, state.as_deref(), limit)
+            let jobs = backfill_worker::list_jobs(&pg, state.as_deref(), older_than, limit)
                 .await
                 .context("Failed to read fleet.backfill_jobs")?;
             if json {
@@ -114,8 +124,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .map(|j| {
                     vec![
                         j.job_id.to_string(),
-                        j.kind.clone(),
-                        j.state.clone(),
+                        if j.dry_run {
+                            format!("{} (dry run)", j.kind)
+                        } else {
+                            j.kind.clone()
+                        },
+                        j.shown_state(),
                         format!("{:.1}%", j.percent()),
                         j.rows_done.to_string(),
                         format!("{}/{}", j.chunks_done, j.chunks_total.max(j.chunks_done)),
@@ -153,6 +167,11 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Resume { id } => act(&pg, id, Action::Resume).await,
         Cmd::Cancel { id } => act(&pg, id, Action::Cancel).await,
         Cmd::Retry { id } => act(&pg, id, Action::Retry).await,
+        Cmd::Delete { id } => {
+            backfill_worker::delete_job(&pools, id).await?;
+            outln!("{id}: deleted");
+            Ok(())
+        }
     }
 }
 
@@ -189,11 +208,16 @@ fn print_status(
         job.kind,
         if job.dry_run { " (dry run)" } else { "" }
     );
-    outln!("state     {}", job.state);
+    if job.database != fleet_shared::databases::CONTROL {
+        outln!("database  {}", job.database);
+    }
+    outln!("state     {}", job.shown_state());
     outln!(
-        "progress  {:.1}%  {} rows  {}/{} chunks  {} failed",
+        "progress  {:.1}%  {} rows {} of ~{} estimated  {}/{} chunks  {} failed",
         job.percent(),
         job.rows_done,
+        if job.dry_run { "counted" } else { "written" },
+        job.rows_estimated,
         job.chunks_done,
         job.chunks_total.max(job.chunks_done),
         job.chunks_failed
@@ -233,6 +257,7 @@ fn print_status(
                     s("total_rows"),
                     s("null_tenant_code"),
                     s("null_organization_code"),
+                    s("reason"),
                 ]
             })
             .collect();
@@ -246,6 +271,7 @@ fn print_status(
                 "TOTAL",
                 "NULL TENANT",
                 "NULL ORG",
+                "REASON",
             ],
             &rows,
         )?;

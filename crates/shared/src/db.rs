@@ -44,6 +44,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         include_str!("../migrations/0450_warm_pool.sql"),
     ),
     (
+        "0600_backfill_reports.sql",
+        include_str!("../migrations/0600_backfill_reports.sql"),
+    ),
+    (
         "0650_job_outcomes.sql",
         include_str!("../migrations/0650_job_outcomes.sql"),
     ),

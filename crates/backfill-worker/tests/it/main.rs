@@ -8,4 +8,5 @@ mod control;
 mod exactly_once;
 mod mapping_files;
 mod named_database;
+mod reports;
 mod tenant_codes;
