@@ -38,7 +38,7 @@ impl Handler for InvalidateHandler {
         };
         tracing::debug!(patterns = patterns.len(), "queued for the next pass");
         self.passes
-            .invalidate(patterns)
+            .invalidate_for(patterns, msg.msg_id().map(str::to_owned))
             .await
             .map_err(|e| HandleError::Transient(anyhow::Error::new(e)))
     }

@@ -46,6 +46,8 @@ pub enum KeyspaceError {
 pub struct PassReport {
     pub per_rule: BTreeMap<usize, u64>,
     pub scanned: u64,
+    /// Masters walked.
+    pub nodes: usize,
 }
 
 impl PassReport {
@@ -54,6 +56,7 @@ impl PassReport {
             *self.per_rule.entry(r).or_default() += n;
         }
         self.scanned += other.scanned;
+        self.nodes += other.nodes;
     }
 }
 
@@ -103,7 +106,8 @@ impl Keyspace {
                 }))
                 .await?;
             let mut total = PassReport::default();
-            for r in reports {
+            for mut r in reports {
+                r.nodes = 1;
                 total.merge(r);
             }
             Ok(total)

@@ -9,6 +9,7 @@
 //! - [`matcher`]: one compiled set of every queued pattern, checked per key with hash lookups.
 //! - [`keyspace`]: `SCAN` + pipelined `UNLINK` on every master (single server or Redis Cluster).
 //! - [`metrics`]: keys deleted per rule, pass duration, patterns per pass, queue depth.
+//! - [`receipt`]: the `cache.invalidated` receipt each pass announces.
 //!
 //! Never `KEYS`, never `FLUSHDB`. See docs/cache-invalidator.md.
 
@@ -19,6 +20,7 @@ pub mod keyspace;
 pub mod matcher;
 pub mod metrics;
 pub mod pass;
+pub mod receipt;
 pub mod rules;
 
 use std::collections::BTreeMap;
@@ -102,7 +104,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     let metrics = CacheMetrics::register(&fleet.metrics);
     let keyspace = Keyspace::new(fleet.redis.clone(), cfg.scan_count(), cfg.unlink_batch());
     let names = rules.rules.iter().map(|r| r.name.clone()).collect();
-    let (passes, pass_loop) = Passes::start(keyspace, names, metrics);
+    let (passes, pass_loop) = Passes::start(keyspace, names, metrics, Some(fleet.nats.clone()));
     tracing::info!(
         rules = rules.rules.len(),
         subjects = ?rules.subjects.iter().map(|s| s.subject.as_str()).collect::<Vec<_>>(),

@@ -14,18 +14,24 @@
 //! retried, never dead-lettered for Redis being down (until the worker's attempt limit), never
 //! lost.
 //!
+//! After a pass, one `cache.invalidated` receipt per rule it served is announced (see
+//! [`crate::receipt`]).
+//!
 //! Cost: with a burst of N events, the work is about two passes instead of N. Latency is at most
 //! the rest of the current pass plus one full pass.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::keyspace::PassReport;
 use crate::keyspace::{Keyspace, KeyspaceError};
 use crate::matcher::MatchSet;
 use crate::metrics::CacheMetrics;
+use crate::receipt::{self, Receipt};
 use crate::rules::Pattern;
 
 /// Why a request was not served.
@@ -39,6 +45,7 @@ pub enum PassError {
 
 struct Request {
     patterns: Vec<Pattern>,
+    msg_id: Option<String>,
     done: oneshot::Sender<Result<(), PassError>>,
 }
 
@@ -50,27 +57,49 @@ pub struct Passes {
 }
 
 impl Passes {
-    /// Starts the pass loop. `rule_names[i]` labels the keys deleted by rule `i`.
+    /// Starts the pass loop. `rule_names[i]` labels the keys deleted by rule `i`; receipts go
+    /// to `receipts` when given.
     pub fn start(
         keyspace: Keyspace,
         rule_names: Vec<String>,
         metrics: CacheMetrics,
+        receipts: Option<async_nats::Client>,
     ) -> (Passes, JoinHandle<()>) {
         // Unbounded is fine: the worker's concurrency bounds how many handlers can be waiting.
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(pass_loop(rx, keyspace, rule_names, metrics.clone()));
+        let handle = tokio::spawn(pass_loop(
+            rx,
+            keyspace,
+            rule_names,
+            metrics.clone(),
+            receipts,
+        ));
         (Passes { tx, metrics }, handle)
     }
 
     /// Returns once a pass that started after this call has deleted every key matching
     /// `patterns` (on every master), or with the error of that pass.
     pub async fn invalidate(&self, patterns: Vec<Pattern>) -> Result<(), PassError> {
+        self.invalidate_for(patterns, None).await
+    }
+
+    /// As [`Passes::invalidate`], naming the event served in the pass's receipts.
+    pub async fn invalidate_for(
+        &self,
+        patterns: Vec<Pattern>,
+        msg_id: Option<String>,
+    ) -> Result<(), PassError> {
         if patterns.is_empty() {
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
         self.metrics.queue_depth.inc();
-        if self.tx.send(Request { patterns, done }).is_err() {
+        let req = Request {
+            patterns,
+            msg_id,
+            done,
+        };
+        if self.tx.send(req).is_err() {
             self.metrics.queue_depth.dec();
             return Err(PassError::Stopped);
         }
@@ -83,6 +112,7 @@ async fn pass_loop(
     mut keyspace: Keyspace,
     rule_names: Vec<String>,
     metrics: CacheMetrics,
+    receipts: Option<async_nats::Client>,
 ) {
     while let Some(first) = rx.recv().await {
         // Everything queued now arrived before this pass starts; later arrivals wait for the
@@ -104,6 +134,10 @@ async fn pass_loop(
         let answer = match result {
             Ok(report) => {
                 metrics.pass_finished(&report, &rule_names, set.len(), batch.len(), took);
+                if let Some(nats) = &receipts {
+                    let list = receipts_of(&batch, &report, &rule_names, took.as_millis() as u64);
+                    receipt::announce(nats, &list).await;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -115,4 +149,38 @@ async fn pass_loop(
             let _ = r.done.send(answer.clone());
         }
     }
+}
+
+/// One receipt per rule the batch asked for.
+fn receipts_of(
+    batch: &[Request],
+    report: &PassReport,
+    rule_names: &[String],
+    pass_ms: u64,
+) -> Vec<Receipt> {
+    let mut by_rule: BTreeMap<usize, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for r in batch {
+        for p in &r.patterns {
+            let (patterns, ids) = by_rule.entry(p.rule).or_default();
+            if !patterns.contains(&p.glob) {
+                patterns.push(p.glob.clone());
+            }
+            if let Some(id) = &r.msg_id {
+                if !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+        }
+    }
+    by_rule
+        .into_iter()
+        .map(|(rule, (patterns, msg_ids))| Receipt {
+            rule: rule_names.get(rule).cloned().unwrap_or_default(),
+            patterns,
+            keys_deleted: report.per_rule.get(&rule).copied().unwrap_or(0),
+            nodes: report.nodes,
+            pass_ms,
+            msg_ids,
+        })
+        .collect()
 }

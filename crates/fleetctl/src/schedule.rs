@@ -6,6 +6,9 @@
 //! pick-up second as its tick, usually within milliseconds and at most a second later. `pause`
 //! and `resume` flip `fleet.schedules.paused`: a paused schedule skips its ticks, refuses
 //! triggers, and an in-progress fan-out stops at its next commit and continues on resume.
+//! `trigger --wait` follows the trigger to its run and returns when the run has ended, printing
+//! its status and counts; a trigger that landed on a run already started in the same second
+//! says it joined that run.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,9 +32,12 @@ pub enum Cmd {
     /// Run a tick of a schedule now
     Trigger {
         name: String,
-        /// Wait until the leader has picked the trigger up (up to 30 s) and print the outcome
+        /// Wait until the run has ended (or the trigger was refused) and print its outcome
         #[arg(long)]
         wait: bool,
+        /// How long --wait waits
+        #[arg(long, default_value = "10m", value_parser = fleet_shared::duration::parse)]
+        timeout: Duration,
     },
     /// Pause a schedule: its ticks are skipped until it is resumed
     Pause { name: String },
@@ -145,7 +151,11 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             )?;
             Ok(())
         }
-        Cmd::Trigger { name, wait } => {
+        Cmd::Trigger {
+            name,
+            wait,
+            timeout,
+        } => {
             known(&name)?;
             if states.get(&name).is_some_and(|s| s.paused) {
                 anyhow::bail!("schedule {name:?} is paused: resume it first");
@@ -157,27 +167,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 outln!("trigger {id} queued for {name}; see `fleetctl schedule history {name}`");
                 return Ok(());
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                let row: (Option<String>, Option<i64>) = sqlx::query_as(
-                    "SELECT outcome, run_id FROM fleet.schedule_triggers WHERE trigger_id = $1",
-                )
-                .bind(id)
-                .fetch_one(&pg)
-                .await
-                .context("Failed to read the trigger")?;
-                if let (Some(outcome), run_id) = row {
-                    let run = run_id.map(|r| format!(" (run {r})")).unwrap_or_default();
-                    outln!("trigger {id} for {name}: {outcome}{run}");
-                    return Ok(());
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    anyhow::bail!(
-                        "trigger {id} for {name} was not picked up within 30 s: is a scheduler running?"
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            wait_for_run(&pg, id, &name, timeout).await
         }
         Cmd::Pause { name } => {
             known(&name)?;
@@ -226,5 +216,70 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 },
             )
         }
+    }
+}
+
+/// Follows trigger `id` to its run and prints how the run ended.
+async fn wait_for_run(
+    pg: &sqlx::PgPool,
+    id: i64,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let too_late = |what: &str| {
+        anyhow::anyhow!(
+            "trigger {id} for {name}: {what} within {}",
+            fleet_shared::duration::format(timeout)
+        )
+    };
+    let (outcome, run_id) = loop {
+        let row: (Option<String>, Option<i64>) = sqlx::query_as(
+            "SELECT outcome, run_id FROM fleet.schedule_triggers WHERE trigger_id = $1",
+        )
+        .bind(id)
+        .fetch_one(pg)
+        .await
+        .context("Failed to read the trigger")?;
+        if let (Some(outcome), run_id) = row {
+            break (outcome, run_id);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(too_late("not picked up (is a scheduler running?)"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let Some(run_id) = run_id else {
+        anyhow::bail!("trigger {id} for {name}: {outcome}");
+    };
+    let joined = outcome.starts_with("joined");
+    loop {
+        let row: (String, Option<String>, i64, i64) = sqlx::query_as(
+            "SELECT status, reason, tenants_matched, published FROM fleet.schedule_runs WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_one(pg)
+        .await
+        .context("Failed to read the run")?;
+        let (status, reason, matched, published) = row;
+        if status != "running" {
+            let how = if joined {
+                format!("joined run {run_id} (already started at this second)")
+            } else {
+                format!("started run {run_id}")
+            };
+            let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+            outln!(
+                "trigger {id} for {name}: {how}; run {status}{why}, {published} job(s) published for {matched} tenant(s)"
+            );
+            if status == "failed" {
+                anyhow::bail!("run {run_id} of {name} failed");
+            }
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(too_late(&format!("run {run_id} still running")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

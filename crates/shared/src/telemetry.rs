@@ -107,8 +107,9 @@ pub fn init(format: LogFormat) {
 /// As [`init`], with another default filter when `RUST_LOG` is unset (tools that print their
 /// own report, like `fleet-bench`, want only warnings from the libraries underneath).
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = quiet_notices(
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+    );
     let builder = fmt().with_env_filter(filter).with_writer(RedactingStderr);
     let _ = match format {
         LogFormat::Pretty => builder.with_target(false).try_init(),
@@ -118,6 +119,23 @@ pub fn init_with_default(format: LogFormat, default_filter: &str) {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+/// Postgres NOTICEs (`column … already exists, skipping` from idempotent DDL) are debug
+/// detail: sqlx emits them at INFO, so below DEBUG they are filtered out; `RUST_LOG=debug` (or
+/// a directive naming `sqlx::postgres::notice`) shows them.
+fn quiet_notices(filter: EnvFilter) -> EnvFilter {
+    let verbose = filter
+        .max_level_hint()
+        .is_some_and(|l| l >= tracing_subscriber::filter::LevelFilter::DEBUG);
+    let named = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx::postgres::notice"));
+    if verbose || named {
+        return filter;
+    }
+    match "sqlx::postgres::notice=warn".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    }
 }
 
 /// Logs to the test output only when `TEST_LOG` is set (`TEST_LOG=1 make test`).

@@ -29,7 +29,7 @@ async fn each_request_returns_only_after_the_keys_present_at_its_arrival_are_gon
         1000,
     );
     let metrics = CacheMetrics::register(&Metrics::new());
-    let (passes, pass_loop) = Passes::start(keyspace, vec!["org".into()], metrics.clone());
+    let (passes, pass_loop) = Passes::start(keyspace, vec!["org".into()], metrics.clone(), None);
 
     let tasks = 60;
     let rounds = 3;

@@ -1,11 +1,13 @@
 //! The integration tests of `fleetctl`, one module per area, linked into one binary.
 
+mod cache;
 mod cli;
 mod dlq;
 mod migrate;
 mod nats_auth;
 mod replicas;
 mod run;
+mod schedule;
 mod tenant_lifecycle;
 mod tenant_portability;
 mod up;
