@@ -164,7 +164,12 @@ impl Settings {
             None => FileConfig::default(),
         };
 
-        let databases = crate::databases::Databases::from_file(&file, &database_url, &get)?;
+        let databases = crate::databases::Databases::from_file(
+            file.path.as_deref(),
+            &file.table,
+            &database_url,
+            &get,
+        )?;
 
         let config_keys = get(crate::config_keys::VAR)
             .filter(|v| !v.trim().is_empty())

@@ -120,23 +120,22 @@ impl Databases {
         Self::from_table(None, database_url, |_| None).expect("the control entry alone is valid")
     }
 
-    /// Reads `[databases]` from `file`; `database_url` is the control plane's, `get` reads the
-    /// variables that `url_env` names.
+    /// Reads `[databases]` from the parsed `FLEET_CONFIG` (`path` is the file's, for messages);
+    /// `database_url` is the control plane's, `get` reads the variables that `url_env` names.
     pub fn from_file(
-        file: &crate::config::FileConfig,
+        path: Option<&std::path::Path>,
+        file: &toml::Table,
         database_url: &SecretUrl,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let shown = file
-            .path
-            .as_ref()
+        let shown = path
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<inline>".into());
         let err = |problem: String| ConfigError::File {
             path: shown.clone(),
             problem,
         };
-        let table = match file.table.get("databases") {
+        let table = match file.get("databases") {
             None => None,
             Some(toml::Value::Table(t)) => Some(t),
             Some(_) => {
@@ -371,7 +370,8 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Databases::from_file(
-            &file,
+            file.path.as_deref(),
+            &file.table,
             &SecretUrl::new("postgres://postgres@127.0.0.1:5432/fleet"),
             |k| env.get(k).cloned(),
         )
