@@ -209,38 +209,23 @@ async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
     );
     assert!(trail[1..].iter().all(|(e, _, _)| e == "tenant.updated"));
 
-    refuse(
-        &pool,
-        &js,
-        "tenant.updated",
-        json!({"code": "acme", "plan": "gold"}),
-        "unknown plan \"gold\"",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.updated",
-        json!({"code": "ghost", "plan": "basic"}),
-        "no tenant with code ghost",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.updated",
-        json!({"code": "acme"}),
-        "nothing to change",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.updated",
-        json!({"code": "ACME!", "plan": "basic"}),
-        "not a valid code",
-    )
-    .await;
+    for (body, needle) in [
+        (
+            json!({"code": "acme", "plan": "gold"}),
+            "unknown plan \"gold\"",
+        ),
+        (
+            json!({"code": "ghost", "plan": "basic"}),
+            "no tenant with code ghost",
+        ),
+        (json!({"code": "acme"}), "nothing to change"),
+        (
+            json!({"code": "ACME!", "plan": "basic"}),
+            "not a valid code",
+        ),
+    ] {
+        refuse(&pool, &js, "tenant.updated", body, needle).await;
+    }
     worker.stop().await;
 }
 
@@ -360,46 +345,35 @@ async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
         .iter()
         .all(|r| r.0 != "smtp.password"));
 
-    refuse(
-        &pool,
-        &js,
-        "tenant.config.unset",
-        json!({"code": "acme", "key": "api.rate_limit"}),
-        "is not overridden",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.config.unset",
-        json!({"code": "acme", "key": "nope"}),
-        "has no config nope",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.config.set",
-        json!({"code": "acme", "key": "bad key'", "value": 1}),
-        "is not a config key",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.config.set",
-        json!({"code": "acme", "key": "a", "value": 1, "encrypt": true}),
-        "unknown field `encrypt`",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.config.set",
-        json!({"code": "ghost", "key": "a", "value": 1}),
-        "no tenant with code ghost",
-    )
-    .await;
+    for (subject, body, needle) in [
+        (
+            "tenant.config.unset",
+            json!({"code": "acme", "key": "api.rate_limit"}),
+            "is not overridden",
+        ),
+        (
+            "tenant.config.unset",
+            json!({"code": "acme", "key": "nope"}),
+            "has no config nope",
+        ),
+        (
+            "tenant.config.set",
+            json!({"code": "acme", "key": "bad key'", "value": 1}),
+            "is not a config key",
+        ),
+        (
+            "tenant.config.set",
+            json!({"code": "acme", "key": "a", "value": 1, "encrypt": true}),
+            "unknown field `encrypt`",
+        ),
+        (
+            "tenant.config.set",
+            json!({"code": "ghost", "key": "a", "value": 1}),
+            "no tenant with code ghost",
+        ),
+    ] {
+        refuse(&pool, &js, subject, body, needle).await;
+    }
     worker.stop().await;
 
     // A provisioner without keys refuses an encrypted value and stores nothing.
@@ -442,22 +416,20 @@ async fn suspend_and_resume_and_their_refusals() {
     assert_eq!(a.status, "suspended");
     assert_eq!(a.new["reason"], json!("unpaid invoice"));
     assert_eq!(status(&pool, id).await, "suspended");
-    refuse(
-        &pool,
-        &js,
-        "tenant.suspended",
-        json!({"code": "acme"}),
-        "is suspended; only a tenant that is active",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.migrate",
-        json!({"code": "acme"}),
-        "tenant acme is suspended",
-    )
-    .await;
+    for (subject, body, needle) in [
+        (
+            "tenant.suspended",
+            json!({"code": "acme"}),
+            "is suspended; only a tenant that is active",
+        ),
+        (
+            "tenant.migrate",
+            json!({"code": "acme"}),
+            "tenant acme is suspended",
+        ),
+    ] {
+        refuse(&pool, &js, subject, body, needle).await;
+    }
     // Configs and updates still work while suspended.
     apply(
         &pool,
@@ -476,22 +448,12 @@ async fn suspend_and_resume_and_their_refusals() {
             .await
             .unwrap();
     assert!(reason.is_none());
-    refuse(
-        &pool,
-        &js,
-        "tenant.suspended",
-        json!({"code": "ghost"}),
-        "no tenant with code ghost",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.suspended",
-        json!({"code": 5}),
-        "does not match the contract",
-    )
-    .await;
+    for (body, needle) in [
+        (json!({"code": "ghost"}), "no tenant with code ghost"),
+        (json!({"code": 5}), "does not match the contract"),
+    ] {
+        refuse(&pool, &js, "tenant.suspended", body, needle).await;
+    }
     worker.stop().await;
 }
 
@@ -521,30 +483,25 @@ async fn archive_recreate_the_same_code_and_purge() {
     );
 
     // A deleted tenant cannot be changed; the code is free.
-    refuse(
-        &pool,
-        &js,
-        "tenant.suspended",
-        json!({"code": "acme"}),
-        "no tenant with code acme (deleted tenants cannot be changed)",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.deleted",
-        json!({"code": "acme", "tenant_id": old_id}),
-        "already archived",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.migrate",
-        json!({"code": "acme"}),
-        "no tenant with code acme",
-    )
-    .await;
+    for (subject, body, needle) in [
+        (
+            "tenant.suspended",
+            json!({"code": "acme"}),
+            "no tenant with code acme (deleted tenants cannot be changed)",
+        ),
+        (
+            "tenant.deleted",
+            json!({"code": "acme", "tenant_id": old_id}),
+            "already archived",
+        ),
+        (
+            "tenant.migrate",
+            json!({"code": "acme"}),
+            "no tenant with code acme",
+        ),
+    ] {
+        refuse(&pool, &js, subject, body, needle).await;
+    }
 
     let (new_id, body) = created("acme", "premium");
     create(&pool, &js, body).await;
@@ -618,22 +575,15 @@ async fn archive_recreate_the_same_code_and_purge() {
         trail, 5,
         "two creations, archive, two purges: the trail outlives the purge"
     );
-    refuse(
-        &pool,
-        &js,
-        "tenant.deleted",
-        json!({"code": "acme", "mode": "scrub"}),
-        "unknown variant `scrub`",
-    )
-    .await;
-    refuse(
-        &pool,
-        &js,
-        "tenant.deleted",
-        json!({"code": "acme"}),
-        "no tenant with code acme",
-    )
-    .await;
+    for (body, needle) in [
+        (
+            json!({"code": "acme", "mode": "scrub"}),
+            "unknown variant `scrub`",
+        ),
+        (json!({"code": "acme"}), "no tenant with code acme"),
+    ] {
+        refuse(&pool, &js, "tenant.deleted", body, needle).await;
+    }
     worker.stop().await;
 }
 
