@@ -11,9 +11,11 @@ mod output;
 mod backfill;
 mod cache;
 mod dlq;
+mod jobs;
 mod migrate;
 mod publish;
 mod schedule;
+mod schedule_edit;
 mod tenants;
 mod up;
 mod verify;
@@ -48,6 +50,9 @@ enum Cmd {
     /// Scheduled per-tenant jobs
     #[command(subcommand)]
     Schedule(schedule::Cmd),
+    /// The jobs the schedules fanned out: backlog per task and tenant
+    #[command(subcommand)]
+    Jobs(jobs::Cmd),
     /// Fleet-wide tenant migrations: status, rollout, rollback, undo, verify
     #[command(subcommand)]
     Migrate(migrate::Cmd),
@@ -96,6 +101,7 @@ fn main() {
             Cmd::Backfill(c) => backfill::run(c).await,
             Cmd::Cache(c) => cache::run(c).await,
             Cmd::Schedule(c) => schedule::run(c).await,
+            Cmd::Jobs(c) => jobs::run(c).await,
             Cmd::Migrate(c) => migrate::run(c).await,
             Cmd::Migration(c) => migrate::run_migration(c).await,
         }

@@ -1,7 +1,10 @@
-//! `fleetctl schedule list | trigger <name> | pause <name> | resume <name> | history <name>`.
+//! `fleetctl schedule list | show | trigger | pause | resume | history` (reading and operating
+//! schedules); `apply | set | delete | backfill` (changing them) are in [`crate::schedule_edit`].
 //!
-//! The schedules themselves live in `FLEET_CONFIG` (read here with the scheduler's own parser, so
-//! an invalid file fails the same way); their state is in Postgres. `trigger` queues a row in
+//! Schedules come from two places, read with the scheduler's own parser so an invalid one fails
+//! the same way: `[[schedules]]` in `FLEET_CONFIG` (source `file`) and the control plane
+//! (`fleet.schedule_definitions`, source `stored`, written by `schedule apply|set`). A name in
+//! the file wins. Their state is in Postgres. `trigger` queues a row in
 //! `fleet.schedule_triggers` and nudges the leader on core NATS; the leader starts a run with the
 //! pick-up second as its tick, usually within milliseconds and at most a second later. `pause`
 //! and `resume` flip `fleet.schedules.paused`: a paused schedule skips its ticks, refuses
@@ -17,15 +20,25 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use scheduler::config::SchedulerConfig;
+use scheduler::defs::{self, DefRow};
+use scheduler::schedule::Schedule;
 use scheduler::store::{self, RunRow, StateRow};
 use serde::Serialize;
+use sqlx::PgPool;
 
 use crate::output;
+use crate::schedule_edit::{self, EditCmd};
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// List schedules: cron, timezone, subject, paused, next tick, last run
+    /// List schedules: source, cron, timezone, subject, paused, next tick, last run
     List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One schedule: its definition, source, state, next ticks and last run
+    Show {
+        name: String,
         #[arg(long)]
         json: bool,
     },
@@ -43,19 +56,95 @@ pub enum Cmd {
     Pause { name: String },
     /// Resume a paused schedule
     Resume { name: String },
-    /// A schedule's runs, newest first
+    /// A schedule's runs (newest first, with their jobs' outcomes) and its changes; with
+    /// --tenant, that tenant's job outcomes
     History {
         name: String,
+        /// Show this tenant's jobs of the schedule and their outcomes (done, failed, dead_lettered)
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: i64,
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Edit(EditCmd),
+}
+
+/// Every schedule fleetctl can see: the file's and the stored ones (a stored one shadowed by the
+/// file's of the same name, or invalid under this FLEET_CONFIG, is kept aside).
+pub struct Catalog {
+    pub config: SchedulerConfig,
+    pub stored: Vec<DefRow>,
+    pub states: HashMap<String, StateRow>,
+}
+
+impl Catalog {
+    pub async fn load(config: SchedulerConfig, pg: &PgPool) -> anyhow::Result<Catalog> {
+        let stored = defs::load(pg).await?;
+        let states = store::states(pg)
+            .await?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        Ok(Catalog {
+            config,
+            stored,
+            states,
+        })
+    }
+
+    /// The schedule of this name and its source (`file` or `stored`).
+    pub fn get(&self, name: &str) -> Option<(Schedule, &'static str)> {
+        if let Some(s) = self.config.get(name) {
+            return Some((s.clone(), "file"));
+        }
+        let row = self.stored.iter().find(|r| r.name == name)?;
+        scheduler::config::parse_json(&row.spec, self.config.lease)
+            .ok()
+            .map(|s| (s, "stored"))
+    }
+
+    pub fn all(&self) -> Vec<(Schedule, &'static str)> {
+        let mut out: Vec<_> = self
+            .config
+            .schedules
+            .iter()
+            .map(|s| (s.clone(), "file"))
+            .collect();
+        for row in &self.stored {
+            if self.config.get(&row.name).is_none() {
+                if let Ok(s) = scheduler::config::parse_json(&row.spec, self.config.lease) {
+                    out.push((s, "stored"));
+                }
+            }
+        }
+        out
+    }
+
+    /// An error naming the schedules there are, unless `name` is one of them (or has state).
+    pub fn known(&self, name: &str) -> anyhow::Result<()> {
+        if self.get(name).is_some() || self.states.contains_key(name) {
+            return Ok(());
+        }
+        let names: Vec<String> = self.all().into_iter().map(|(s, _)| s.name).collect();
+        anyhow::bail!(
+            "no schedule named {} (schedules: {})",
+            fleet_shared::errors::quoted(name),
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )
+    }
 }
 
 #[derive(Serialize)]
 struct Listed {
     name: String,
+    source: &'static str,
     cron: String,
     timezone: String,
     subject: String,
@@ -65,66 +154,100 @@ struct Listed {
     last_run: Option<RunRow>,
 }
 
+#[derive(Serialize)]
+struct Shown {
+    name: String,
+    source: &'static str,
+    spec: serde_json::Value,
+    version: Option<i64>,
+    updated_at: Option<DateTime<Utc>>,
+    updated_by: Option<String>,
+    paused: bool,
+    evaluated_until: Option<DateTime<Utc>>,
+    /// The next ticks, per zone for `timezone = "tenant"` (`zone` null otherwise).
+    next_ticks: Vec<NextTick>,
+    last_run: Option<RunRow>,
+}
+
+#[derive(Serialize)]
+struct NextTick {
+    zone: Option<String>,
+    tick: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct RunWithOutcomes {
+    #[serde(flatten)]
+    run: RunRow,
+    jobs_done: i64,
+    jobs_failed: i64,
+    jobs_dead_lettered: i64,
+}
+
+#[derive(Serialize)]
+struct History {
+    runs: Vec<RunWithOutcomes>,
+    changes: Vec<defs::ChangeRow>,
+}
+
+/// What to call the person making a change or a trigger.
+pub fn who() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "fleetctl".into())
+}
+
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     let settings = output::settings()?;
     let config = SchedulerConfig::from_file(&settings.file)?;
+    if let Cmd::Edit(edit) = cmd {
+        return schedule_edit::run(edit, &settings, config).await;
+    }
     let pg = output::pg(&settings).await?;
-    let states: HashMap<String, StateRow> = store::states(&pg)
-        .await?
-        .into_iter()
-        .map(|s| (s.name.clone(), s))
-        .collect();
-    let known = |name: &str| -> anyhow::Result<()> {
-        if config.get(name).is_some() || states.contains_key(name) {
-            return Ok(());
-        }
-        let names: Vec<&str> = config.schedules.iter().map(|s| s.name.as_str()).collect();
-        anyhow::bail!(
-            "no schedule named {name:?} (configured in FLEET_CONFIG: {})",
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            }
-        )
-    };
+    let cat = Catalog::load(config, &pg).await?;
 
     match cmd {
+        Cmd::Edit(_) => unreachable!("handled above"),
         Cmd::List { json } => {
             let now = Utc::now();
             let mut rows = Vec::new();
-            for s in &config.schedules {
+            for (s, source) in cat.all() {
                 let last_run = store::history(&pg, &s.name, 1).await?.into_iter().next();
                 rows.push(Listed {
+                    timezone: match s.zone {
+                        scheduler::schedule::Zone::Fixed => s.cron.timezone().name().to_owned(),
+                        scheduler::schedule::Zone::Tenant => {
+                            format!("tenant (default {})", s.cron.timezone().name())
+                        }
+                    },
+                    next_tick: s.cron.next_after(now),
+                    paused: cat.states.get(&s.name).is_some_and(|st| st.paused),
                     name: s.name.clone(),
+                    source,
                     cron: s.cron.expr().to_owned(),
-                    timezone: s.cron.timezone().name().to_owned(),
                     subject: s.target.display().to_owned(),
                     spread_seconds: s.spread.as_secs_f64(),
-                    paused: states.get(&s.name).is_some_and(|st| st.paused),
-                    next_tick: s.cron.next_after(now),
                     last_run,
                 });
             }
-            if json {
-                return output::print_json(&rows);
-            }
-            if rows.is_empty() {
-                match std::env::var("FLEET_CONFIG") {
-                    Ok(path) if !path.trim().is_empty() => {
-                        outln!("no schedules in FLEET_CONFIG ({path})")
-                    }
-                    _ => outln!(
-                        "no schedules: FLEET_CONFIG is not set (point it at the file the scheduler runs with, e.g. deploy/local/fleet.toml)"
-                    ),
-                }
-                return Ok(());
-            }
-            let table: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
+            let empty = match std::env::var("FLEET_CONFIG") {
+                Ok(path) if !path.trim().is_empty() => format!(
+                    "no schedules in FLEET_CONFIG ({path}) or the control plane (fleetctl schedule apply FILE adds some)"
+                ),
+                _ => "no schedules: FLEET_CONFIG is not set and none are stored (point FLEET_CONFIG at the file the scheduler runs with, e.g. deploy/local/fleet.toml, or use fleetctl schedule apply FILE)".to_owned(),
+            };
+            output::list(
+                json,
+                &rows,
+                &empty,
+                &[
+                    "NAME", "SOURCE", "CRON", "TZ", "SUBJECT", "STATE", "NEXT", "LAST RUN",
+                ],
+                |r| {
                     vec![
                         r.name.clone(),
+                        r.source.to_owned(),
                         r.cron.clone(),
                         r.timezone.clone(),
                         r.subject.clone(),
@@ -143,12 +266,93 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                             })
                             .unwrap_or_default(),
                     ]
-                })
-                .collect();
-            output::print_table(
-                &["NAME", "CRON", "TZ", "SUBJECT", "STATE", "NEXT", "LAST RUN"],
-                &table,
-            )?;
+                },
+            )
+        }
+        Cmd::Show { name, json } => {
+            cat.known(&name)?;
+            let Some((schedule, source)) = cat.get(&name) else {
+                anyhow::bail!(
+                    "schedule {} has runs but no definition any more (deleted or removed from FLEET_CONFIG)",
+                    fleet_shared::errors::quoted(&name)
+                );
+            };
+            let row = cat
+                .stored
+                .iter()
+                .find(|r| r.name == name && source == "stored");
+            let state = cat.states.get(&name);
+            let (clocks, _) = scheduler::live::clocks_of(&pg, &schedule).await?;
+            let now = Utc::now();
+            let mut next_ticks = Vec::new();
+            for (zone, clock) in clocks {
+                let mut t = now;
+                for _ in 0..3 {
+                    let Some(n) = clock.next_after(t) else { break };
+                    next_ticks.push(NextTick {
+                        zone: zone.clone(),
+                        tick: n,
+                    });
+                    t = n;
+                }
+            }
+            next_ticks.sort_by_key(|n| n.tick);
+            let shown = Shown {
+                name: name.clone(),
+                source,
+                spec: schedule.spec.clone(),
+                version: row.map(|r| r.version),
+                updated_at: row.map(|r| r.updated_at),
+                updated_by: row.and_then(|r| r.updated_by.clone()),
+                paused: state.is_some_and(|s| s.paused),
+                evaluated_until: state.and_then(|s| s.evaluated_until),
+                next_ticks,
+                last_run: store::history(&pg, &name, 1).await?.into_iter().next(),
+            };
+            if json {
+                return output::print_json(&shown);
+            }
+            outln!("name:     {}", shown.name);
+            match row {
+                Some(r) => outln!(
+                    "source:   control plane (version {}, {} by {})",
+                    r.version,
+                    r.updated_at.to_rfc3339(),
+                    r.updated_by.as_deref().unwrap_or("?")
+                ),
+                None => outln!("source:   FLEET_CONFIG"),
+            }
+            outln!(
+                "state:    {}{}",
+                if shown.paused { "paused" } else { "active" },
+                shown
+                    .evaluated_until
+                    .map(|t| format!(", evaluated until {}", t.to_rfc3339()))
+                    .unwrap_or_default()
+            );
+            outln!("definition:");
+            if let serde_json::Value::Object(m) = &shown.spec {
+                for (k, v) in m {
+                    outln!("  {k} = {v}");
+                }
+            }
+            outln!("next ticks:");
+            for n in &shown.next_ticks {
+                match &n.zone {
+                    Some(z) => outln!("  {} ({z})", n.tick.to_rfc3339()),
+                    None => outln!("  {}", n.tick.to_rfc3339()),
+                }
+            }
+            if let Some(l) = &shown.last_run {
+                outln!(
+                    "last run: {} {} {} {}/{}",
+                    l.run_id,
+                    l.tick.to_rfc3339(),
+                    l.status,
+                    l.published,
+                    l.tenants_matched
+                );
+            }
             Ok(())
         }
         Cmd::Trigger {
@@ -156,13 +360,12 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             wait,
             timeout,
         } => {
-            known(&name)?;
-            if states.get(&name).is_some_and(|s| s.paused) {
+            cat.known(&name)?;
+            if cat.states.get(&name).is_some_and(|s| s.paused) {
                 anyhow::bail!("schedule {name:?} is paused: resume it first");
             }
             let nats = output::nats(&settings).await.ok();
-            let by = std::env::var("USER").unwrap_or_else(|_| "fleetctl".into());
-            let id = scheduler::trigger(&pg, nats.as_ref(), &name, &by).await?;
+            let id = scheduler::trigger(&pg, nats.as_ref(), &name, &who()).await?;
             if !wait {
                 outln!("trigger {id} queued for {name}; see `fleetctl schedule history {name}`");
                 return Ok(());
@@ -170,22 +373,70 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             wait_for_run(&pg, id, &name, timeout).await
         }
         Cmd::Pause { name } => {
-            known(&name)?;
+            cat.known(&name)?;
             store::set_paused(&pg, &name, true).await?;
             outln!("{name} paused");
             Ok(())
         }
         Cmd::Resume { name } => {
-            known(&name)?;
+            cat.known(&name)?;
             store::set_paused(&pg, &name, false).await?;
             outln!("{name} resumed");
             Ok(())
         }
-        Cmd::History { name, limit, json } => {
-            known(&name)?;
-            let runs = store::history(&pg, &name, limit.clamp(1, 10_000)).await?;
+        Cmd::History {
+            name,
+            tenant,
+            limit,
+            json,
+        } => {
+            cat.known(&name)?;
+            let limit = limit.clamp(1, 10_000);
+            if let Some(code) = tenant {
+                let code = fleet_shared::Code::parse(&code)
+                    .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+                let rows =
+                    fleet_jobs::outcomes::for_tenant(&pg, &name, code.as_str(), limit).await?;
+                return output::list(
+                    json,
+                    &rows,
+                    &format!(
+                        "no job outcomes of {name} for tenant {code} (outcomes are recorded by consumers on the job runtime)"
+                    ),
+                    &["TICK", "STATUS", "ATTEMPTS", "WORKER", "UPDATED", "REASON"],
+                    |o| {
+                        vec![
+                            o.tick.to_rfc3339(),
+                            o.status.clone(),
+                            o.attempts.to_string(),
+                            o.worker.clone().unwrap_or_default(),
+                            o.updated_at.to_rfc3339(),
+                            o.reason.clone().unwrap_or_default(),
+                        ]
+                    },
+                );
+            }
+            let runs = store::history(&pg, &name, limit).await?;
+            let ticks: Vec<DateTime<Utc>> = runs.iter().map(|r| r.tick).collect();
+            let counts = fleet_jobs::outcomes::counts_by_tick(&pg, &name, &ticks).await?;
+            let runs: Vec<RunWithOutcomes> = runs
+                .into_iter()
+                .map(|run| {
+                    let (d, f, x) = counts.get(&run.tick).copied().unwrap_or_default();
+                    RunWithOutcomes {
+                        run,
+                        jobs_done: d,
+                        jobs_failed: f,
+                        jobs_dead_lettered: x,
+                    }
+                })
+                .collect();
+            let changes = defs::changes(&pg, &name, limit).await?;
+            if json {
+                return output::print_json(&History { runs, changes });
+            }
             output::list(
-                json,
+                false,
                 &runs,
                 &format!("no runs of {name} yet"),
                 &[
@@ -194,27 +445,49 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     "TRIGGER",
                     "STATUS",
                     "PUBLISHED",
+                    "JOBS DONE/FAILED/DLQ",
                     "STARTED",
                     "TOOK",
                     "REASON",
                 ],
                 |r| {
                     let took = r
+                        .run
                         .finished_at
-                        .map(|f| format!("{:.1}s", (f - r.started_at).as_seconds_f64()))
+                        .map(|f| format!("{:.1}s", (f - r.run.started_at).as_seconds_f64()))
                         .unwrap_or_default();
                     vec![
-                        r.run_id.to_string(),
-                        r.tick.to_rfc3339(),
-                        r.trigger.clone(),
-                        r.status.clone(),
-                        format!("{}/{}", r.published, r.tenants_matched),
-                        r.started_at.to_rfc3339(),
+                        r.run.run_id.to_string(),
+                        r.run.tick.to_rfc3339(),
+                        r.run.trigger.clone(),
+                        r.run.status.clone(),
+                        format!("{}/{}", r.run.published, r.run.tenants_matched),
+                        format!("{}/{}/{}", r.jobs_done, r.jobs_failed, r.jobs_dead_lettered),
+                        r.run.started_at.to_rfc3339(),
                         took,
-                        r.reason.clone().unwrap_or_default(),
+                        r.run.reason.clone().unwrap_or_default(),
                     ]
                 },
-            )
+            )?;
+            if !changes.is_empty() {
+                outln!();
+                outln!("changes:");
+                output::print_table(
+                    &["WHEN", "WHO", "ACTION", "CHANGE"],
+                    &changes
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.changed_at.to_rfc3339(),
+                                c.changed_by.clone().unwrap_or_default(),
+                                c.action.clone(),
+                                schedule_edit::diff(c.old.as_ref(), c.new.as_ref()).join("; "),
+                            ]
+                        })
+                        .collect::<Vec<_>>(),
+                )?;
+            }
+            Ok(())
         }
     }
 }

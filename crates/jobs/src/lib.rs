@@ -16,6 +16,7 @@
 //! A runnable example is `examples/followups-consumer`; docs/scheduler.md shows it and a consumer
 //! in another language.
 
+pub mod backlog;
 pub mod fair;
 pub mod job;
 pub mod outcomes;

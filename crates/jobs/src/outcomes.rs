@@ -117,3 +117,25 @@ pub async fn tick_counts(
     .await
     .context("Failed to count job outcomes")
 }
+
+/// Outcome counts (done, failed, dead_lettered) of several ticks of a schedule.
+pub async fn counts_by_tick(
+    pg: &PgPool,
+    schedule: &str,
+    ticks: &[DateTime<Utc>],
+) -> anyhow::Result<std::collections::HashMap<DateTime<Utc>, (i64, i64, i64)>> {
+    let rows: Vec<(DateTime<Utc>, i64, i64, i64)> = sqlx::query_as(
+        "SELECT tick, count(*) FILTER (WHERE status = 'done'), count(*) FILTER (WHERE status = 'failed'),
+                count(*) FILTER (WHERE status = 'dead_lettered')
+         FROM fleet.job_outcomes WHERE schedule = $1 AND tick = ANY($2) GROUP BY tick",
+    )
+    .bind(schedule)
+    .bind(ticks)
+    .fetch_all(pg)
+    .await
+    .context("Failed to count job outcomes")?;
+    Ok(rows
+        .into_iter()
+        .map(|(t, d, f, x)| (t, (d, f, x)))
+        .collect())
+}

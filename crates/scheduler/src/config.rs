@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use fleet_shared::config::{ConfigError, FileConfig};
 use fleet_shared::Code;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::schedule::{
-    CronSpec, Missed, Overlap, Schedule, Selector, Target, MIGRATE_SUBJECT, ROLLOUT_SUBJECT,
+    CronSpec, Missed, Overlap, Schedule, Selector, Target, Zone, MIGRATE_SUBJECT, ROLLOUT_SUBJECT,
 };
 
 /// The fields the scheduler adds to every job payload; a configured payload may not set them.
@@ -37,6 +37,13 @@ pub const ROLLOUT_PAYLOAD_KEYS: &[&str] = &[
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Slack added to every duplicate window beyond spread and failover.
 pub const WINDOW_MARGIN: Duration = Duration::from_secs(30);
+/// `timezone = "tenant"`: each tenant's tick is at its own zone's wall clock.
+pub const TENANT_TIMEZONE: &str = "tenant";
+/// The tenant config key holding a tenant's IANA time zone (set with `tenant.config.set`).
+pub const TENANT_TIMEZONE_KEY: &str = "timezone";
+pub const MAX_CATCH_UP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_CATCH_UP_MAX: i64 = 10;
+pub const MAX_CATCH_UP_MAX: i64 = 1000;
 pub const TENANT_STATUSES: &[&str] = &["provisioning", "active", "suspended", "failed", "deleted"];
 
 /// A schedule that cannot run. `Display` is one line naming the schedule.
@@ -58,7 +65,7 @@ fn invalid(name: &str, problem: impl Into<String>) -> ScheduleError {
 /// A duration as written: a string in the fleet's one syntax (`"500ms"`, `"30s"`, `"5m"`, `"2h"`,
 /// `"1d"`). A number is kept only to be refused with the accepted form, after the schedule's name
 /// is known, so the error names the schedule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 enum RawDuration {
     Number(i64),
@@ -75,7 +82,7 @@ impl RawDuration {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -91,33 +98,50 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct RawSelector {
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<OneOrMany>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     plans: Option<OneOrMany>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     codes: Option<OneOrMany>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl RawSelector {
+    fn is_empty(&self) -> bool {
+        self == &RawSelector::default()
+    }
+}
+
+/// A schedule as written (TOML in `FLEET_CONFIG`, TOML or JSON for `fleetctl schedule apply`,
+/// JSON in `fleet.schedule_definitions`): the same fields everywhere, validated by one function.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawSchedule {
     name: String,
     cron: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_timezone: Option<String>,
     subject: String,
-    #[serde(default)]
-    payload: Option<toml::Table>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payload: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "RawSelector::is_empty")]
     tenants: RawSelector,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     spread: Option<RawDuration>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     missed: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     missed_deadline: Option<RawDuration>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    catch_up_window: Option<RawDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    catch_up_max: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     overlap: Option<String>,
 }
 
@@ -222,8 +246,13 @@ impl SchedulerConfig {
     /// The duplicate window `FLEET_JOBS` needs: `dedupe_window`, and at least the largest spread
     /// of a `jobs.` schedule plus a failover (two leases) plus a margin.
     pub fn jobs_duplicate_window(&self) -> Duration {
-        let spread = self
-            .schedules
+        self.jobs_duplicate_window_for(&self.schedules)
+    }
+
+    /// [`SchedulerConfig::jobs_duplicate_window`] for another set of schedules (the file's plus
+    /// those managed at run time).
+    pub fn jobs_duplicate_window_for(&self, schedules: &[Schedule]) -> Duration {
+        let spread = schedules
             .iter()
             .filter(|s| matches!(s.target, Target::Jobs { .. }))
             .map(|s| s.spread)
@@ -239,8 +268,13 @@ impl SchedulerConfig {
     /// stored at most that margin before the run's last progress (`updated_at`), so re-publishing
     /// it within this long of that progress meets its Msg-Id.
     pub fn safe_resume_within(&self, target: &Target) -> Duration {
+        self.safe_resume_within_for(target, &self.schedules)
+    }
+
+    /// [`SchedulerConfig::safe_resume_within`] with the duplicate window of `schedules`.
+    pub fn safe_resume_within_for(&self, target: &Target, schedules: &[Schedule]) -> Duration {
         let window = match target {
-            Target::Jobs { .. } => self.jobs_duplicate_window(),
+            Target::Jobs { .. } => self.jobs_duplicate_window_for(schedules),
             Target::TenantMigrate | Target::TenantRollout => EVENTS_DUPLICATE_WINDOW,
         };
         window.saturating_sub(WINDOW_MARGIN)
@@ -298,28 +332,113 @@ fn parse_target(name: &str, subject: &str) -> Result<Target, ScheduleError> {
     })
 }
 
+/// Validates one schedule given as JSON (a stored definition, or an entry of a file for
+/// `fleetctl schedule apply`), exactly as a `[[schedules]]` entry is validated.
+pub fn parse_json(value: &serde_json::Value, lease: Duration) -> Result<Schedule, ScheduleError> {
+    let name = value
+        .get("name")
+        .and_then(|n| n.as_str())
+        .unwrap_or("<unnamed>")
+        .to_owned();
+    let raw: RawSchedule = serde_json::from_value(value.clone())
+        .map_err(|e| invalid(&name, fleet_shared::errors::one_line(&e.to_string())))?;
+    validate(raw, lease)
+}
+
+/// The schedule entries of a file for `fleetctl schedule apply`: JSON (one object, an array, or
+/// `{"schedules": [...]}`) or TOML (`[[schedules]]` entries). Not yet validated.
+pub fn entries_of(text: &str, json: bool) -> Result<Vec<serde_json::Value>, String> {
+    let value: serde_json::Value = if json {
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?
+    } else {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            format!(
+                "not TOML: {}",
+                fleet_shared::errors::one_line(&e.to_string())
+            )
+        })?;
+        serde_json::to_value(table).map_err(|e| e.to_string())?
+    };
+    let list = match value {
+        serde_json::Value::Array(a) => a,
+        serde_json::Value::Object(mut m) if m.contains_key("schedules") => {
+            if let Some(k) = m.keys().find(|k| *k != "schedules") {
+                return Err(format!(
+                    "unknown key {k:?} beside schedules (only [[schedules]] entries are applied)"
+                ));
+            }
+            match m.remove("schedules") {
+                Some(serde_json::Value::Array(a)) => a,
+                _ => return Err("schedules must be a list of tables".into()),
+            }
+        }
+        serde_json::Value::Object(m) if json => vec![serde_json::Value::Object(m)],
+        _ => return Err("expected [[schedules]] entries".into()),
+    };
+    if list.is_empty() {
+        return Err("no schedules in the file".into());
+    }
+    Ok(list)
+}
+
 fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError> {
     let name = raw.name.clone();
+    let spec = serde_json::to_value(&raw).unwrap_or_default();
     // Part of every Nats-Msg-Id (`<schedule>:<tick>:<tenant_id>`): a Name holds no colon.
     fleet_shared::Name::parse(&name).map_err(|e| invalid(&name, e.to_string()))?;
-    let tz = raw.timezone.as_deref().unwrap_or("UTC");
-    let cron = CronSpec::parse(&raw.cron, tz).map_err(|e| invalid(&name, e.to_string()))?;
+    let tenant_zones = raw.timezone.as_deref().map(str::trim) == Some(TENANT_TIMEZONE);
+    let tz = if tenant_zones {
+        match raw.default_timezone.as_deref() {
+            Some(d) => d,
+            None => {
+                return Err(invalid(
+                    &name,
+                    "timezone = \"tenant\" needs default_timezone (the IANA zone of tenants without one, e.g. \"UTC\")",
+                ))
+            }
+        }
+    } else {
+        if raw.default_timezone.is_some() {
+            return Err(invalid(
+                &name,
+                "default_timezone applies only with timezone = \"tenant\"",
+            ));
+        }
+        raw.timezone.as_deref().unwrap_or("UTC")
+    };
+    let cron = CronSpec::parse(&raw.cron, tz).map_err(|e| {
+        let e = e.to_string();
+        invalid(
+            &name,
+            if tenant_zones {
+                format!("default_timezone: {e}")
+            } else {
+                e
+            },
+        )
+    })?;
     let target = parse_target(&name, raw.subject.trim())?;
+    let zone = if tenant_zones {
+        if target == Target::TenantRollout {
+            return Err(invalid(
+                &name,
+                "timezone = \"tenant\" does not apply to tenant.rollout: a tick publishes one rollout request for every tenant",
+            ));
+        }
+        Zone::Tenant
+    } else {
+        Zone::Fixed
+    };
 
     let payload = match raw.payload {
         None => serde_json::Map::new(),
-        Some(table) => {
-            if target == Target::TenantMigrate && !table.is_empty() {
+        Some(map) => {
+            if target == Target::TenantMigrate && !map.is_empty() {
                 return Err(invalid(
                     &name,
                     "the built-in tenant.migrate target sends {\"code\"} and takes no payload",
                 ));
             }
-            let value = serde_json::to_value(&table)
-                .map_err(|e| invalid(&name, format!("payload: {e}")))?;
-            let serde_json::Value::Object(map) = value else {
-                return Err(invalid(&name, "payload must be a table"));
-            };
             if target == Target::TenantRollout {
                 check_rollout_payload(&name, &map)?;
             }
@@ -419,7 +538,58 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
         ));
     }
 
+    let catch_up_fields = raw.catch_up_window.is_some() || raw.catch_up_max.is_some();
+    if catch_up_fields && raw.missed.as_deref() != Some("catch_up") {
+        return Err(invalid(
+            &name,
+            "catch_up_window and catch_up_max need missed = \"catch_up\"",
+        ));
+    }
     let missed = match raw.missed.as_deref().unwrap_or("skip") {
+        "catch_up" => {
+            if raw.missed_deadline.is_some() {
+                return Err(invalid(
+                    &name,
+                    "missed_deadline needs missed = \"run_latest\" (catch_up uses catch_up_window)",
+                ));
+            }
+            let window = match raw.catch_up_window {
+                Some(d) => d
+                    .parse()
+                    .map_err(|p| invalid(&name, format!("catch_up_window: {p}")))?,
+                None => {
+                    return Err(invalid(
+                        &name,
+                        "missed = \"catch_up\" needs catch_up_window (how far back missed ticks are fired, e.g. \"6h\")",
+                    ))
+                }
+            };
+            if window > MAX_CATCH_UP_WINDOW {
+                return Err(invalid(&name, "catch_up_window may be at most 7d"));
+            }
+            let interval = cron.longest_interval();
+            if window < interval {
+                return Err(invalid(
+                    &name,
+                    format!(
+                        "catch_up_window {} is shorter than the interval between ticks ({}): it could never hold a missed tick",
+                        humantime::format_duration(window),
+                        humantime::format_duration(interval)
+                    ),
+                ));
+            }
+            let max = raw.catch_up_max.unwrap_or(DEFAULT_CATCH_UP_MAX);
+            if !(1..=MAX_CATCH_UP_MAX).contains(&max) {
+                return Err(invalid(
+                    &name,
+                    format!("catch_up_max {max} is not a number from 1 to {MAX_CATCH_UP_MAX}"),
+                ));
+            }
+            Missed::CatchUp {
+                window,
+                max: max as u32,
+            }
+        }
         "skip" => {
             if raw.missed_deadline.is_some() {
                 return Err(invalid(
@@ -441,7 +611,7 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
         other => {
             return Err(invalid(
                 &name,
-                format!("missed {other:?} is not skip or run_latest"),
+                format!("missed {other:?} is not skip, run_latest or catch_up"),
             ))
         }
     };
@@ -458,7 +628,9 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
 
     Ok(Schedule {
         name,
+        spec,
         cron,
+        zone,
         target,
         payload,
         selector: Selector {

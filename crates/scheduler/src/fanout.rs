@@ -19,7 +19,9 @@
 //! however late.
 //!
 //! Spread: job `i` of `n` is not published before `tick + spread * i / n`, so a tick's jobs are
-//! delivered evenly over the window; jobs whose slot has passed (a resumed run) go at once.
+//! delivered evenly over the window; jobs whose slot has passed (a resumed run) go at once. A
+//! catch-up or backfill run counts from when it started (`paced_from`) instead of its past tick.
+//! A `timezone = "tenant"` run fans out only to the tenants of the zones whose tick it is.
 //! A failed ack is retried with backoff (same Msg-Id); if NATS stays unreachable the run is left
 //! `running` and the leader resumes it later.
 
@@ -146,11 +148,12 @@ pub async fn fan_out(
     let trace = new_traceparent();
     let total = run.tenants_matched.max(1) as u64;
     let spread = Duration::from_millis(run.spread_ms.max(0) as u64);
+    // A catch-up or backfill run's tick is in the past: its spread counts from its start.
+    let base = run.paced_from.unwrap_or(run.tick);
     let slot = |i: u64| {
         let offset = spread.mul_f64(i.min(total) as f64 / total as f64);
-        run.tick + chrono::Duration::from_std(offset).unwrap_or_default()
+        base + chrono::Duration::from_std(offset).unwrap_or_default()
     };
-    let plans = run.plans.as_deref();
 
     let mut page: VecDeque<(Uuid, String)> = VecDeque::new();
     let mut fetch_cursor = run.cursor;
@@ -173,7 +176,8 @@ pub async fn fan_out(
         }
         if stopping.is_none() && inflight.len() < WINDOW {
             if page.is_empty() && !exhausted {
-                let rows = store::tenant_page(pg, &run.statuses, plans, fetch_cursor, PAGE).await?;
+                let rows =
+                    store::tenant_page(pg, &store::Filter::of_run(run), fetch_cursor, PAGE).await?;
                 exhausted = (rows.len() as i64) < PAGE;
                 if let Some((id, _)) = rows.last() {
                     fetch_cursor = Some(*id);

@@ -1,7 +1,9 @@
 //! The scheduler: periodic per-tenant jobs, fanned out once per tenant per tick, leader-elected.
 //!
 //! Schedules come from `[[schedules]]` in `FLEET_CONFIG` ([`config`]; an invalid one stops the
-//! process at start with one line naming it). Every replica runs [`run`]; they elect one leader on
+//! process at start with one line naming it) and from the control plane, where `fleetctl schedule
+//! apply|set|delete` manage them at run time ([`defs`]); the leader reloads those every second
+//! or when nudged ([`live`]; a name in the file wins). Every replica runs [`run`]; they elect one leader on
 //! NATS KV ([`elector`]); only the leader decides ticks ([`ticks`], [`tick_loop`]) and fans each out
 //! ([`fanout`]) as one job per matching tenant with `Nats-Msg-Id = <schedule>:<tick>:<tenant_id>`,
 //! recording the run and its progress in `fleet.schedule_runs` ([`store`]). A follower takes over
@@ -17,9 +19,12 @@
 //! Manual triggers (`fleetctl schedule trigger`) are rows in `fleet.schedule_triggers`, picked up
 //! by the leader within a second, or at once when [`WAKE_SUBJECT`] nudges it.
 
+pub mod backfill;
 pub mod config;
+pub mod defs;
 pub mod elector;
 pub mod fanout;
+pub mod live;
 pub mod metrics;
 pub mod purge;
 pub mod schedule;
@@ -50,13 +55,6 @@ pub const WAKE_SUBJECT: &str = "fleet.scheduler.wake";
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = SchedulerConfig::from_file(&fleet.settings.file)?;
-    if config.schedules.is_empty() && config.purge_after.is_none() {
-        tracing::info!(
-            "scheduler: no [[schedules]] and no [provisioner] purge_after in FLEET_CONFIG; idle"
-        );
-        shutdown.cancelled().await;
-        return Ok(());
-    }
     // Waited for like at connect: a NATS cluster that has just lost a node answers JetStream
     // requests only once it has elected new leaders.
     let wait = fleet.settings.connect_timeout;
@@ -84,16 +82,21 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         .subscribe(WAKE_SUBJECT)
         .await
         .context("Failed to subscribe to the scheduler wake subject")?;
+    let live = Arc::new(crate::live::Live::new(
+        &config,
+        fleet.settings.stream_replicas,
+    ));
     let ctx = Ctx {
         js: fleet.js.clone(),
         pg: fleet.pg.clone(),
+        live,
         config: Arc::new(config),
         metrics: metrics.clone(),
         leader_id: id.clone().into(),
     };
     tracing::info!(
         scheduler.id = %id,
-        schedules = ctx.config.schedules.len(),
+        file_schedules = ctx.config.schedules.len(),
         lease = ?ctx.config.lease,
         "scheduler started; waiting for leadership"
     );
@@ -130,6 +133,32 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
             }
         }
     }
+}
+
+/// The leader's context without an election (nothing else leads meanwhile), for tests that
+/// drive the clock with [`tick_loop::pass`].
+pub async fn context(fleet: &Fleet) -> anyhow::Result<Ctx> {
+    let config = SchedulerConfig::from_file(&fleet.settings.file)?;
+    ensure_streams(
+        &fleet.js,
+        &Topology {
+            replicas: fleet.settings.stream_replicas,
+            jobs_duplicate_window: config.jobs_duplicate_window(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(Ctx {
+        js: fleet.js.clone(),
+        pg: fleet.pg.clone(),
+        live: Arc::new(crate::live::Live::new(
+            &config,
+            fleet.settings.stream_replicas,
+        )),
+        config: Arc::new(config),
+        metrics: SchedulerMetrics::register(&fleet.metrics),
+        leader_id: "test-leader".into(),
+    })
 }
 
 /// Queues a manual tick of `schedule` (see `fleetctl schedule trigger`) and nudges the leader.

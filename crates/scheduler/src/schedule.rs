@@ -71,6 +71,39 @@ impl CronSpec {
         self.tz
     }
 
+    /// The same expression read in another zone.
+    pub fn in_zone(&self, tz: Tz) -> CronSpec {
+        CronSpec { tz, ..self.clone() }
+    }
+
+    /// The longest gap between consecutive ticks, over at most 2,000 ticks or a year from a
+    /// fixed instant (so it is the same on every machine); a day if it fires less often.
+    pub fn longest_interval(&self) -> Duration {
+        let start = Utc
+            .timestamp_opt(1_767_225_600, 0)
+            .single()
+            .unwrap_or_default(); // 2026-01-01
+        let end = start + chrono::Duration::days(366);
+        let Some(mut t) = self.next_after(start) else {
+            return Duration::from_secs(86_400);
+        };
+        let mut longest = Duration::ZERO;
+        for _ in 0..2000 {
+            match self.next_after(t) {
+                Some(n) if n <= end => {
+                    longest = longest.max((n - t).to_std().unwrap_or_default());
+                    t = n;
+                }
+                _ => break,
+            }
+        }
+        if longest.is_zero() {
+            Duration::from_secs(86_400)
+        } else {
+            longest
+        }
+    }
+
     /// The first tick strictly after `after`, or `None` if the expression never fires again.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let after = after.with_timezone(&Utc);
@@ -139,6 +172,19 @@ pub enum Missed {
     Skip,
     /// The latest missed tick runs once if it is at most `deadline` old; older ones are skipped.
     RunLatest { deadline: Duration },
+    /// Every missed tick at most `window` old runs (the latest `max` of them), oldest first and
+    /// one at a time, each spread from when it starts: a long outage never becomes a burst.
+    CatchUp { window: Duration, max: u32 },
+}
+
+/// Whose wall clock the cron expression is read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// The schedule's `timezone` (the cron's own zone).
+    Fixed,
+    /// `timezone = "tenant"`: each tenant's zone (tenant config key `timezone`); the cron's zone
+    /// is `default_timezone`, for tenants without one.
+    Tenant,
 }
 
 /// Whether a tick may start while the previous tick's jobs are still pending.
@@ -206,7 +252,11 @@ pub struct Selector {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub name: String,
+    /// The schedule as written, in its canonical JSON form (what `schedule show` prints and
+    /// `schedule apply` diffs against).
+    pub spec: serde_json::Value,
     pub cron: CronSpec,
+    pub zone: Zone,
     pub target: Target,
     /// The configured payload (a JSON object), merged into every job.
     pub payload: serde_json::Map<String, serde_json::Value>,

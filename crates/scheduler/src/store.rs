@@ -38,9 +38,103 @@ pub struct RunRow {
     /// The fan-out last stopped with every published job acknowledged and committed (nothing in
     /// doubt); false while it runs and after a crash.
     pub clean_stop: bool,
+    /// `timezone = "tenant"`: the zones whose local tick this is (`None`: every tenant).
+    pub zones: Option<Vec<String>>,
+    /// The zone of tenants without one (with `zones`).
+    pub default_zone: Option<String>,
+    /// Catch-up and backfill runs: the spread counts from here, not from the (past) tick.
+    pub paced_from: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at, updated_at, clean_stop";
+const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at, updated_at, clean_stop, zones, default_zone, paced_from";
+
+/// A tenant's zone: its `timezone` config key (a JSON string, not encrypted), else the default
+/// (`$DEFAULT`). Used with a bound parameter for the default, never a spliced string.
+fn zone_expr(default_param: &str) -> String {
+    format!(
+        "COALESCE((SELECT c.config_value #>> '{{}}' FROM fleet.tenant_configurations c
+                   WHERE c.tenant_id = t.tenant_id AND c.config_key = 'timezone' AND NOT c.is_encrypted), {default_param})"
+    )
+}
+
+/// Which tenants a run fans out to.
+#[derive(Debug, Clone, Copy)]
+pub struct Filter<'a> {
+    pub statuses: &'a [String],
+    pub plans: Option<&'a [String]>,
+    pub zones: Option<&'a [String]>,
+    pub default_zone: Option<&'a str>,
+}
+
+impl<'a> Filter<'a> {
+    pub fn of_run(run: &'a RunRow) -> Filter<'a> {
+        Filter {
+            statuses: &run.statuses,
+            plans: run.plans.as_deref(),
+            zones: run.zones.as_deref(),
+            default_zone: run.default_zone.as_deref(),
+        }
+    }
+
+    fn sql(&self) -> String {
+        format!(
+            "t.status = ANY($1) AND ($2::text[] IS NULL OR t.plan = ANY($2)) AND ($3::text[] IS NULL OR {} = ANY($3))",
+            zone_expr("$4::text")
+        )
+    }
+}
+
+/// The zones of the tenants a selector matches (tenants without one count as `default_zone`),
+/// with how many tenants each; the caller checks them (an invalid stored zone is skipped and
+/// reported, never guessed).
+pub async fn tenant_zones(
+    pg: &PgPool,
+    statuses: &[String],
+    plans: Option<&[String]>,
+    default_zone: &str,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    sqlx::query_as(&format!(
+        "SELECT zone, count(*) FROM (SELECT {} AS zone FROM fleet.tenants t
+           WHERE t.status = ANY($1) AND ($2::text[] IS NULL OR t.plan = ANY($2))) z
+         GROUP BY zone ORDER BY zone",
+        zone_expr("$3::text")
+    ))
+    .bind(statuses)
+    .bind(plans)
+    .bind(default_zone)
+    .fetch_all(pg)
+    .await
+    .context("Failed to read the tenants' time zones")
+}
+
+/// Up to `limit` codes of matching tenants whose stored zone is one of `zones`.
+pub async fn tenants_in_zones(
+    pg: &PgPool,
+    statuses: &[String],
+    plans: Option<&[String]>,
+    zones: &[String],
+    default_zone: &str,
+    limit: i64,
+) -> anyhow::Result<Vec<String>> {
+    let f = Filter {
+        statuses,
+        plans,
+        zones: Some(zones),
+        default_zone: Some(default_zone),
+    };
+    sqlx::query_scalar(&format!(
+        "SELECT t.code FROM fleet.tenants t WHERE {} ORDER BY t.code LIMIT $5",
+        f.sql()
+    ))
+    .bind(statuses)
+    .bind(plans)
+    .bind(zones)
+    .bind(default_zone)
+    .bind(limit)
+    .fetch_all(pg)
+    .await
+    .context("Failed to read tenants")
+}
 
 /// One row of `fleet.schedules`.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -59,6 +153,13 @@ pub struct NewRun<'a> {
     pub selector: &'a Selector,
     pub spread_ms: i64,
     pub leader: &'a str,
+    /// `timezone = "tenant"`: the zones whose tick this is, and the zone of tenants without one.
+    pub zones: Option<Vec<String>>,
+    pub default_zone: Option<String>,
+    /// Queue it (catch-up, backfill): started later, one run of the schedule at a time.
+    pub queued: bool,
+    /// Noted on the run (e.g. tenants skipped for an invalid time zone).
+    pub note: Option<String>,
 }
 
 /// Makes sure every configured schedule has a state row; a new one starts evaluating at `now`
@@ -102,17 +203,19 @@ pub async fn set_paused(pg: &PgPool, name: &str, paused: bool) -> anyhow::Result
     Ok(())
 }
 
-/// Tenants matching a selector now.
-pub async fn count_matching(
-    pg: &PgPool,
-    statuses: &[String],
-    plans: Option<&[String]>,
+/// Tenants a filter matches now.
+pub async fn count_matching<'e, E: sqlx::PgExecutor<'e>>(
+    pg: E,
+    f: &Filter<'_>,
 ) -> anyhow::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM fleet.tenants WHERE status = ANY($1) AND ($2::text[] IS NULL OR plan = ANY($2))",
-    )
-    .bind(statuses)
-    .bind(plans)
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM fleet.tenants t WHERE {}",
+        f.sql()
+    ))
+    .bind(f.statuses)
+    .bind(f.plans)
+    .bind(f.zones)
+    .bind(f.default_zone)
     .fetch_one(pg)
     .await
     .context("Failed to count tenants")
@@ -121,18 +224,20 @@ pub async fn count_matching(
 /// The next page of matching tenants after `after`, in tenant_id order (the fan-out order).
 pub async fn tenant_page(
     pg: &PgPool,
-    statuses: &[String],
-    plans: Option<&[String]>,
+    f: &Filter<'_>,
     after: Option<Uuid>,
     limit: i64,
 ) -> anyhow::Result<Vec<(Uuid, String)>> {
-    sqlx::query_as(
-        "SELECT tenant_id, code FROM fleet.tenants
-         WHERE status = ANY($1) AND ($2::text[] IS NULL OR plan = ANY($2)) AND ($3::uuid IS NULL OR tenant_id > $3)
-         ORDER BY tenant_id LIMIT $4",
-    )
-    .bind(statuses)
-    .bind(plans)
+    sqlx::query_as(&format!(
+        "SELECT t.tenant_id, t.code FROM fleet.tenants t
+         WHERE {} AND ($5::uuid IS NULL OR t.tenant_id > $5)
+         ORDER BY t.tenant_id LIMIT $6",
+        f.sql()
+    ))
+    .bind(f.statuses)
+    .bind(f.plans)
+    .bind(f.zones)
+    .bind(f.default_zone)
     .bind(after)
     .bind(limit)
     .fetch_all(pg)
@@ -154,20 +259,25 @@ pub async fn decide(
     let mut tx = pg.begin().await?;
     let mut created = Vec::new();
     for r in runs {
-        let matched = {
-            let plans = r.selector.plans.as_deref();
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM fleet.tenants WHERE status = ANY($1) AND ($2::text[] IS NULL OR plan = ANY($2))",
-            )
-            .bind(&r.selector.statuses)
-            .bind(plans)
-            .fetch_one(&mut *tx)
-            .await?
-        };
+        let matched = count_matching(
+            &mut *tx,
+            &Filter {
+                statuses: &r.selector.statuses,
+                plans: r.selector.plans.as_deref(),
+                zones: r.zones.as_deref(),
+                default_zone: r.default_zone.as_deref(),
+            },
+        )
+        .await?;
         let row: Option<RunRow> = sqlx::query_as(&format!(
-            "INSERT INTO fleet.schedule_runs (schedule, tick, trigger, status, statuses, plans, tenants_matched, spread_ms, leader)
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, $7, $8)
-             ON CONFLICT (schedule, tick) DO NOTHING RETURNING {RUN_COLUMNS}"
+            "INSERT INTO fleet.schedule_runs (schedule, tick, trigger, status, statuses, plans, tenants_matched, spread_ms, leader, zones, default_zone, reason)
+             VALUES ($1, $2, $3, CASE WHEN $9 THEN 'queued' ELSE 'running' END, $4, $5, $6, $7, $8, $10, $11, $12)
+             ON CONFLICT (schedule, tick) DO UPDATE SET status = 'queued', trigger = EXCLUDED.trigger,
+                 reason = NULL, statuses = EXCLUDED.statuses, plans = EXCLUDED.plans, zones = EXCLUDED.zones,
+                 default_zone = EXCLUDED.default_zone, spread_ms = EXCLUDED.spread_ms, finished_at = NULL,
+                 started_at = now(), updated_at = now()
+               WHERE $9 AND EXCLUDED.trigger = 'backfill' AND schedule_runs.status = 'skipped'
+             RETURNING {RUN_COLUMNS}"
         ))
         .bind(r.schedule)
         .bind(r.tick)
@@ -177,6 +287,10 @@ pub async fn decide(
         .bind(matched)
         .bind(r.spread_ms)
         .bind(r.leader)
+        .bind(r.queued)
+        .bind(r.zones.as_deref())
+        .bind(r.default_zone.as_deref())
+        .bind(r.note.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
         created.extend(row);
@@ -303,6 +417,78 @@ pub async fn has_running(pg: &PgPool, schedule: &str) -> anyhow::Result<bool> {
         .fetch_one(pg)
         .await
         .context("Failed to read running runs")
+}
+
+/// The oldest queued run of every schedule that has no run `running` (catch-up and backfill
+/// runs go one at a time per schedule, oldest first).
+pub async fn next_queued(pg: &PgPool) -> anyhow::Result<Vec<RunRow>> {
+    sqlx::query_as(&format!(
+        "SELECT DISTINCT ON (schedule) {RUN_COLUMNS} FROM fleet.schedule_runs q
+         WHERE status = 'queued' AND NOT EXISTS (
+             SELECT 1 FROM fleet.schedule_runs r WHERE r.schedule = q.schedule AND r.status = 'running')
+         ORDER BY schedule, tick"
+    ))
+    .fetch_all(pg)
+    .await
+    .context("Failed to read queued runs")
+}
+
+/// Starts a queued run: `running`, paced from now, with the tenants it matches now.
+pub async fn start_queued(
+    pg: &PgPool,
+    run: &RunRow,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<RunRow>> {
+    let matched = count_matching(pg, &Filter::of_run(run)).await?;
+    sqlx::query_as(&format!(
+        "UPDATE fleet.schedule_runs SET status = 'running', paced_from = $3, started_at = now(), updated_at = now(), tenants_matched = $2
+         WHERE run_id = $1 AND status = 'queued' RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(run.run_id)
+    .bind(matched)
+    .bind(now)
+    .fetch_optional(pg)
+    .await
+    .context("Failed to start a queued run")
+}
+
+/// When the schedule's latest catch-up or backfill run started (its `paced_from`).
+pub async fn last_paced(pg: &PgPool, schedule: &str) -> anyhow::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT max(paced_from) FROM fleet.schedule_runs WHERE schedule = $1 AND status IN ('running', 'done', 'failed')",
+    )
+    .bind(schedule)
+    .fetch_one(pg)
+    .await
+    .context("Failed to read fleet.schedule_runs")
+}
+
+/// How many of `ticks` already have a run that is not `skipped` (what a backfill leaves alone).
+pub async fn fired_among(
+    pg: &PgPool,
+    schedule: &str,
+    ticks: &[DateTime<Utc>],
+) -> anyhow::Result<usize> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet.schedule_runs WHERE schedule = $1 AND tick = ANY($2) AND status <> 'skipped'",
+    )
+    .bind(schedule)
+    .bind(ticks)
+    .fetch_one(pg)
+    .await
+    .context("Failed to read fleet.schedule_runs")?;
+    Ok(n as usize)
+}
+
+/// The schedule's latest tick that fired (a run that is not `skipped`).
+pub async fn last_fired(pg: &PgPool, schedule: &str) -> anyhow::Result<Option<RunRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {RUN_COLUMNS} FROM fleet.schedule_runs WHERE schedule = $1 AND status NOT IN ('skipped', 'queued') ORDER BY tick DESC LIMIT 1"
+    ))
+    .bind(schedule)
+    .fetch_optional(pg)
+    .await
+    .context("Failed to read fleet.schedule_runs")
 }
 
 /// The latest runs of a schedule, newest first.

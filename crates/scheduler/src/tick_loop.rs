@@ -1,6 +1,9 @@
-//! What the leader does, once a second or when nudged: pick up manual triggers, decide each
-//! schedule's due ticks (missed, overlap and pause policies), start their fan-outs, and resume
-//! runs left `running` (by a dead leader, a shutdown, a pause, or a failed publish).
+//! What the leader does, once a second or when nudged: reload the schedules managed at run time
+//! ([`crate::live`]), pick up manual triggers, decide each schedule's due ticks (missed, overlap
+//! and pause policies; for `timezone = "tenant"`, one clock per zone among its tenants), start
+//! their fan-outs, resume runs left `running` (by a dead leader, a shutdown, a pause, or a failed
+//! publish), and start queued catch-up and backfill runs one at a time per schedule, oldest
+//! first, at least `max(spread, 1s)` apart.
 //!
 //! Only the leader runs this, and every decision is a Postgres transaction keyed by
 //! `(schedule, tick)`, so even two processes that both believe they lead (a stalled leader waking
@@ -8,7 +11,7 @@
 //! Fan-outs run as tasks in a `JoinSet` owned by this loop: dropping or aborting the loop aborts
 //! them too, like a crash, and their runs stay `running` for the next leader.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +29,11 @@ use fleet_shared::topology::JOBS_STREAM;
 use crate::config::SchedulerConfig;
 use crate::elector::worst_takeover;
 use crate::fanout::{fan_out, End};
+use crate::live::Live;
 use crate::metrics::SchedulerMetrics;
-use crate::schedule::{Overlap, Schedule, Target};
+use crate::schedule::{CronSpec, Overlap, Schedule, Target, Zone};
 use crate::store::{self, NewRun, RunRow};
-use crate::ticks::{due_ticks, on_time_grace};
+use crate::ticks::{due_ticks, on_time_grace, TickKind};
 
 /// How often the leader looks at triggers, pause flags and interrupted runs without a nudge.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -42,6 +46,8 @@ pub struct Ctx {
     pub js: jetstream::Context,
     pub pg: PgPool,
     pub config: Arc<SchedulerConfig>,
+    /// The file's schedules plus those managed at run time, reloaded every pass.
+    pub live: Arc<Live>,
     pub metrics: SchedulerMetrics,
     pub leader_id: Arc<str>,
 }
@@ -53,6 +59,8 @@ struct Term {
     active: HashSet<i64>,
     retry_at: HashMap<i64, Instant>,
     fanouts: CancellationToken,
+    /// (schedule, zone) pairs already reported as invalid, so the log says it once.
+    reported: HashSet<(String, String)>,
 }
 
 /// Leads until `term` is cancelled (shutdown or lost lease), then stops the fan-outs, which
@@ -62,18 +70,12 @@ pub async fn run(
     term: &CancellationToken,
     wake: &mut async_nats::Subscriber,
 ) -> anyhow::Result<()> {
-    let names: Vec<String> = ctx
-        .config
-        .schedules
-        .iter()
-        .map(|s| s.name.clone())
-        .collect();
-    store::ensure_states(&ctx.pg, &names, Utc::now()).await?;
     let mut t = Term {
         tasks: JoinSet::new(),
         active: HashSet::new(),
         retry_at: HashMap::new(),
         fanouts: term.child_token(),
+        reported: HashSet::new(),
     };
     let mut next_purge = Instant::now();
     let result = loop {
@@ -91,7 +93,11 @@ pub async fn run(
                 tracing::warn!(error = %fleet_shared::errors::one_line(&format!("{e:#}")), "purge task failed; retrying later");
             }
         }
-        let next = match step(ctx, &mut t).await {
+        let now = Utc::now();
+        if let Err(e) = ctx.live.reload(&ctx.config, &ctx.pg, &ctx.js, now).await {
+            break Err(e);
+        }
+        let next = match step(ctx, &mut t, now).await {
             Ok(next) => next,
             Err(e) => break Err(e),
         };
@@ -132,10 +138,12 @@ fn spawn(ctx: &Ctx, t: &mut Term, run: RunRow) {
     let stop = t.fanouts.clone();
     t.tasks.spawn(async move {
         let run_id = run.run_id;
-        let Some(schedule) = ctx.config.get(&run.schedule).cloned() else {
+        let Some(schedule) = ctx.live.get(&run.schedule) else {
             return (run_id, run.schedule, Ok(End::Interrupted));
         };
-        let within = ctx.config.safe_resume_within(&schedule.target);
+        let within = ctx
+            .config
+            .safe_resume_within_for(&schedule.target, &ctx.live.all());
         let work = fan_out(
             &ctx.js,
             &ctx.pg,
@@ -156,9 +164,28 @@ fn spawn(ctx: &Ctx, t: &mut Term, run: RunRow) {
     });
 }
 
-/// One pass; returns when the next tick is due.
-async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
-    let now = Utc::now();
+/// One pass of the leader at `now`, for tests that drive the clock: reloads the schedules,
+/// decides and starts what is due, and waits for the fan-outs it started to finish.
+pub async fn pass(ctx: &Ctx, now: DateTime<Utc>) -> anyhow::Result<()> {
+    let mut t = Term {
+        tasks: JoinSet::new(),
+        active: HashSet::new(),
+        retry_at: HashMap::new(),
+        fanouts: CancellationToken::new(),
+        reported: HashSet::new(),
+    };
+    ctx.live.reload(&ctx.config, &ctx.pg, &ctx.js, now).await?;
+    step(ctx, &mut t, now).await?;
+    while let Some(joined) = t.tasks.join_next().await {
+        if let Ok((_, _, Err(e))) = joined {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// One pass at `now`; returns when the next tick is due.
+async fn step(ctx: &Ctx, t: &mut Term, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
     let states: HashMap<String, store::StateRow> = store::states(&ctx.pg)
         .await?
         .into_iter()
@@ -167,22 +194,23 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
     let paused = |name: &str| states.get(name).is_some_and(|s| s.paused);
 
     for (trigger_id, name) in store::pending_triggers(&ctx.pg).await? {
-        let Some(schedule) = ctx.config.get(&name) else {
+        let Some(schedule) = ctx.live.get(&name) else {
             store::pick_trigger(
                 &ctx.pg,
                 trigger_id,
                 None,
-                "no such schedule in the scheduler's FLEET_CONFIG",
+                "no such schedule (neither in the scheduler's FLEET_CONFIG nor in the control plane)",
             )
             .await?;
             continue;
         };
+        let schedule = &schedule;
         if paused(&name) {
             store::pick_trigger(&ctx.pg, trigger_id, None, "schedule is paused").await?;
             continue;
         }
         let tick = now.trunc_subsecs(0);
-        let new = new_run(ctx, schedule, tick, "manual");
+        let new = new_run(ctx, schedule, tick, "manual", None, false, None);
         let created = store::decide(&ctx.pg, &name, None, &[new], &[]).await?;
         match created.into_iter().next() {
             Some(run) => {
@@ -204,12 +232,18 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
     }
 
     let mut next_wake = now + chrono::Duration::from_std(POLL).unwrap_or_default();
-    for schedule in &ctx.config.schedules {
+    let schedules = ctx.live.all();
+    for schedule in schedules.iter() {
         let watermark = states
             .get(&schedule.name)
             .and_then(|s| s.evaluated_until)
             .unwrap_or(now);
-        match schedule.cron.next_after(watermark) {
+        let (clocks, note) = clocks(ctx, t, schedule).await?;
+        match clocks
+            .iter()
+            .filter_map(|(_, c)| c.next_after(watermark))
+            .min()
+        {
             Some(n) if n <= now => {}
             Some(n) => {
                 next_wake = next_wake.min(n);
@@ -224,21 +258,50 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
             continue;
         }
         let grace = on_time_grace(worst_takeover(ctx.config.lease), POLL);
-        let due = due_ticks(&schedule.cron, schedule.missed, grace, watermark, now);
-        if due.skipped > 0 {
+        // One tick per instant: zones whose local tick falls on the same instant share a run.
+        let mut due_at: BTreeMap<DateTime<Utc>, (TickKind, Vec<String>)> = BTreeMap::new();
+        let (mut skipped_n, mut first_skipped): (u64, Option<DateTime<Utc>>) = (0, None);
+        for (zone, clock) in &clocks {
+            let due = due_ticks(clock, schedule.missed, grace, watermark, now);
+            skipped_n += due.skipped;
+            first_skipped = match (first_skipped, due.first_skipped) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            for (tick, kind) in due.run {
+                let entry = due_at.entry(tick).or_insert((kind, Vec::new()));
+                entry.1.extend(zone.clone());
+            }
+        }
+        if skipped_n > 0 {
             ctx.metrics.run_finished(&schedule.name, "skipped_missed");
             tracing::warn!(
                 schedule = %schedule.name,
-                skipped = due.skipped,
-                first = ?due.first_skipped,
+                skipped = skipped_n,
+                first = ?first_skipped,
                 "ticks missed during a downtime were skipped (missed policy)"
             );
         }
         let mut runs = Vec::new();
         let mut skipped = Vec::new();
-        for (tick, kind) in &due.run {
+        let mut started_one = false;
+        for (tick, (kind, zones)) in due_at {
+            let zones = (schedule.zone == Zone::Tenant).then_some(zones);
+            if kind == TickKind::CatchUp {
+                // Queued: started one at a time below, paced, oldest first.
+                runs.push(new_run(
+                    ctx,
+                    schedule,
+                    tick,
+                    kind.as_str(),
+                    zones,
+                    true,
+                    note.clone(),
+                ));
+                continue;
+            }
             if schedule.overlap == Overlap::Forbid {
-                let reason = if runs.is_empty() {
+                let reason = if !started_one {
                     pending(ctx, schedule).await?
                 } else {
                     Some("overlap: an earlier tick of this pass runs".to_owned())
@@ -246,22 +309,35 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
                 if let Some(reason) = reason {
                     ctx.metrics.run_finished(&schedule.name, "skipped_overlap");
                     tracing::info!(schedule = %schedule.name, tick = %tick, %reason, "tick skipped (overlap = forbid)");
-                    skipped.push((*tick, kind.as_str(), reason));
+                    skipped.push((tick, kind.as_str(), reason));
                     continue;
                 }
             }
-            runs.push(new_run(ctx, schedule, *tick, kind.as_str()));
+            started_one = true;
+            runs.push(new_run(
+                ctx,
+                schedule,
+                tick,
+                kind.as_str(),
+                zones,
+                false,
+                note.clone(),
+            ));
         }
         let skipped: Vec<_> = skipped
             .iter()
             .map(|(t, k, r)| (*t, *k, r.as_str()))
             .collect();
         for run in store::decide(&ctx.pg, &schedule.name, Some(now), &runs, &skipped).await? {
+            if run.status == "queued" {
+                tracing::info!(schedule = %schedule.name, run.id = run.run_id, tick = %run.tick, "missed tick queued for catch-up");
+                continue;
+            }
             ctx.metrics.run_finished(&schedule.name, "started");
             tracing::info!(schedule = %schedule.name, run.id = run.run_id, tick = %run.tick, trigger = %run.trigger, tenants = run.tenants_matched, "tick: fan-out started");
             spawn(ctx, t, run);
         }
-        if let Some(n) = schedule.cron.next_after(now) {
+        if let Some(n) = clocks.iter().filter_map(|(_, c)| c.next_after(now)).min() {
             next_wake = next_wake.min(n);
         }
     }
@@ -276,7 +352,7 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
         {
             continue;
         }
-        if ctx.config.get(&run.schedule).is_none() {
+        if ctx.live.get(&run.schedule).is_none() {
             store::finish_run(
                 &ctx.pg,
                 run.run_id,
@@ -289,14 +365,84 @@ async fn step(ctx: &Ctx, t: &mut Term) -> anyhow::Result<DateTime<Utc>> {
         tracing::info!(schedule = %run.schedule, run.id = run.run_id, published = run.published, "resuming an interrupted fan-out");
         spawn(ctx, t, run);
     }
+
+    // Queued catch-up and backfill runs: one at a time per schedule, oldest first, paced.
+    for run in store::next_queued(&ctx.pg).await? {
+        if paused(&run.schedule) || t.active.contains(&run.run_id) {
+            continue;
+        }
+        let Some(schedule) = ctx.live.get(&run.schedule) else {
+            continue;
+        };
+        let gap = chrono::Duration::from_std(schedule.spread.max(Duration::from_secs(1)))
+            .unwrap_or_default();
+        if let Some(last) = store::last_paced(&ctx.pg, &run.schedule).await? {
+            if now < last + gap {
+                next_wake = next_wake.min(last + gap);
+                continue;
+            }
+        }
+        if schedule.overlap == Overlap::Forbid && pending(ctx, &schedule).await?.is_some() {
+            continue;
+        }
+        if let Some(run) = store::start_queued(&ctx.pg, &run, now).await? {
+            ctx.metrics.run_finished(&run.schedule, "started");
+            tracing::info!(schedule = %run.schedule, run.id = run.run_id, tick = %run.tick, trigger = %run.trigger, tenants = run.tenants_matched, "queued tick: fan-out started");
+            spawn(ctx, t, run);
+        }
+    }
     Ok(next_wake)
 }
 
-fn new_run<'a>(
+/// The clocks a schedule's ticks are read on: its one zone, or (`timezone = "tenant"`) one per
+/// valid zone among its tenants (tenants without one are in `default_timezone`). Tenants whose
+/// stored zone is not an IANA name are never fired at a guess: they are left out, reported once
+/// in the log, and noted on every run the schedule starts meanwhile (the returned note).
+async fn clocks(
+    ctx: &Ctx,
+    t: &mut Term,
+    schedule: &Schedule,
+) -> anyhow::Result<(Vec<(Option<String>, CronSpec)>, Option<String>)> {
+    let (clocks, invalid) = crate::live::clocks_of(&ctx.pg, schedule).await?;
+    if invalid.is_empty() {
+        return Ok((clocks, None));
+    }
+    let names: Vec<String> = invalid.iter().map(|(z, _)| z.clone()).collect();
+    let count: i64 = invalid.iter().map(|(_, n)| n).sum();
+    let codes = store::tenants_in_zones(
+        &ctx.pg,
+        &schedule.selector.statuses,
+        schedule.selector.plans.as_deref(),
+        &names,
+        schedule.cron.timezone().name(),
+        5,
+    )
+    .await?;
+    let shown: Vec<String> = names
+        .iter()
+        .map(|z| fleet_shared::errors::quoted(z))
+        .collect();
+    let note = format!(
+        "{count} tenant(s) skipped: invalid time zone {} (tenant config key timezone; e.g. {})",
+        shown.join(", "),
+        codes.join(", ")
+    );
+    for z in &names {
+        if t.reported.insert((schedule.name.clone(), z.clone())) {
+            tracing::warn!(schedule = %schedule.name, zone = %fleet_shared::errors::quoted(z), tenants = ?codes, "tenants with an invalid time zone are skipped, not fired at a guess");
+        }
+    }
+    Ok((clocks, Some(note)))
+}
+
+pub(crate) fn new_run<'a>(
     ctx: &'a Ctx,
     schedule: &'a Schedule,
     tick: DateTime<Utc>,
     trigger: &'a str,
+    zones: Option<Vec<String>>,
+    queued: bool,
+    note: Option<String>,
 ) -> NewRun<'a> {
     NewRun {
         schedule: &schedule.name,
@@ -305,13 +451,23 @@ fn new_run<'a>(
         selector: &schedule.selector,
         spread_ms: schedule.spread.as_millis() as i64,
         leader: &ctx.leader_id,
+        default_zone: zones
+            .as_ref()
+            .map(|_| schedule.cron.timezone().name().to_owned()),
+        zones,
+        queued,
+        note,
     }
 }
 
 /// Why the previous tick's jobs count as pending, if they do: its run is still publishing, or
-/// (for `jobs.` targets) messages of this schedule's subject filter are still in `FLEET_JOBS`
-/// (a work queue: a message leaves when its consumer acks it). `tenant.migrate` lands on the
-/// events stream, which keeps messages, so only the first test applies to it.
+/// (for `jobs.` targets) not every job it published is finished. A job is finished when a
+/// consumer on the job runtime recorded a final outcome for it (`done` or `dead_lettered` in
+/// `fleet.job_outcomes`). Consumers that record nothing (another language, or a lost record)
+/// are covered by the stream: when no message of the schedule's subject filter is left in
+/// `FLEET_JOBS` (a work queue: a message leaves when its consumer acks or terminates it), every
+/// job is finished too. `tenant.migrate` lands on the events stream, which keeps messages, so
+/// only the first test applies to it.
 async fn pending(ctx: &Ctx, schedule: &Schedule) -> anyhow::Result<Option<String>> {
     if store::has_running(&ctx.pg, &schedule.name).await? {
         return Ok(Some("overlap: the previous run is still publishing".into()));
@@ -320,13 +476,24 @@ async fn pending(ctx: &Ctx, schedule: &Schedule) -> anyhow::Result<Option<String
         let filter = schedule.target.filter();
         let stream = ctx.js.get_stream_no_info(JOBS_STREAM).await?;
         match stream.get_first_raw_message_by_subject(&filter, 1).await {
-            Ok(_) => {
-                return Ok(Some(format!(
-                    "overlap: jobs of an earlier tick are still pending in {JOBS_STREAM} ({filter})"
-                )))
-            }
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+            Ok(_) => {}
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
             Err(e) => return Err(anyhow::Error::from(e).context("Failed to look for pending jobs")),
+        }
+        let Some(prev) = store::last_fired(&ctx.pg, &schedule.name).await? else {
+            // No earlier tick of this schedule fired: nothing of it can be unfinished.
+            return Ok(None);
+        };
+        let (done, _failed, dead) =
+            fleet_jobs::outcomes::tick_counts(&ctx.pg, &schedule.name, prev.tick).await?;
+        let finished = done + dead;
+        if finished < prev.published {
+            return Ok(Some(format!(
+                "overlap: {} of the {} jobs of the previous tick ({}) are not finished (pending in {JOBS_STREAM} or retrying)",
+                prev.published - finished,
+                prev.published,
+                prev.tick.to_rfc3339()
+            )));
         }
     }
     Ok(None)

@@ -43,6 +43,8 @@ pub fn on_time_grace(takeover: Duration, poll: Duration) -> Duration {
 pub enum TickKind {
     Cron,
     Missed,
+    /// A missed tick fired by `missed = "catch_up"`: queued, started one at a time, oldest first.
+    CatchUp,
 }
 
 impl TickKind {
@@ -50,6 +52,7 @@ impl TickKind {
         match self {
             TickKind::Cron => "cron",
             TickKind::Missed => "missed",
+            TickKind::CatchUp => "catch_up",
         }
     }
 }
@@ -80,6 +83,9 @@ pub fn due_ticks(
         Missed::RunLatest { deadline } => chrono::Duration::from_std(deadline)
             .unwrap_or_default()
             .max(grace),
+        Missed::CatchUp { window, .. } => chrono::Duration::from_std(window)
+            .unwrap_or_default()
+            .max(grace),
     };
     let mut due = Due {
         run: Vec::new(),
@@ -96,9 +102,12 @@ pub fn due_ticks(
     }
     let mut latest_missed = None;
     let mut cursor = from;
+    let mut catch_up = Vec::new();
     while let Some(t) = spec.next_after(cursor).filter(|t| *t <= now) {
         if now - t <= grace {
             due.run.push((t, TickKind::Cron));
+        } else if let Missed::CatchUp { .. } = missed {
+            catch_up.push(t);
         } else {
             if let Some(prev) = latest_missed.replace(t) {
                 due.skipped += 1;
@@ -106,6 +115,20 @@ pub fn due_ticks(
             }
         }
         cursor = t;
+    }
+    if let Missed::CatchUp { max, .. } = missed {
+        // The latest `max` missed ticks, oldest first; older ones are skipped.
+        let keep = catch_up.len().saturating_sub(max as usize);
+        for t in catch_up.drain(..keep) {
+            due.skipped += 1;
+            due.first_skipped.get_or_insert(t);
+        }
+        let mut run: Vec<_> = catch_up
+            .into_iter()
+            .map(|t| (t, TickKind::CatchUp))
+            .collect();
+        run.append(&mut due.run);
+        due.run = run;
     }
     if let Some(t) = latest_missed {
         if due.run.is_empty() && matches!(missed, Missed::RunLatest { .. }) {
@@ -116,6 +139,26 @@ pub fn due_ticks(
         }
     }
     due
+}
+
+/// The ticks of `spec` in `[from, to]`, oldest first, at most `limit` (the last element tells
+/// the caller whether the range holds more: it returns `limit + 1` at most).
+pub fn ticks_in(
+    spec: &CronSpec,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: usize,
+) -> Vec<DateTime<Utc>> {
+    let mut out = Vec::new();
+    let mut cursor = from - chrono::Duration::seconds(1);
+    while let Some(t) = spec.next_after(cursor).filter(|t| *t <= to) {
+        out.push(t);
+        if out.len() > limit {
+            break;
+        }
+        cursor = t;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -295,6 +338,35 @@ mod tests {
         );
         assert!(due.run.is_empty());
         assert_eq!(due.first_skipped, Some(utc("2026-01-01T12:01:00Z")));
+    }
+
+    #[test]
+    fn catch_up_fires_every_missed_tick_in_the_window_oldest_first_up_to_max() {
+        let hourly = CronSpec::parse("0 * * * *", "UTC").unwrap();
+        let down = utc("2026-01-01T00:30:00Z");
+        let now = utc("2026-01-01T12:20:00Z");
+        let catch_up = Missed::CatchUp {
+            window: Duration::from_secs(6 * 3600),
+            max: 4,
+        };
+        let due = due_ticks(&hourly, catch_up, MIN_ON_TIME_GRACE, down, now);
+        let run: Vec<_> = due.run.iter().map(|(t, k)| (t.to_rfc3339(), *k)).collect();
+        assert_eq!(
+            run,
+            [9, 10, 11, 12].map(|h| (
+                utc(&format!("2026-01-01T{h:02}:00:00Z")).to_rfc3339(),
+                TickKind::CatchUp
+            ))
+        );
+        // 01:00..06:00 fell out of the window (one noted), 07:00 and 08:00 beyond max.
+        assert!(due.skipped >= 3);
+        let wide = Missed::CatchUp {
+            window: Duration::from_secs(6 * 3600),
+            max: 100,
+        };
+        let due = due_ticks(&hourly, wide, MIN_ON_TIME_GRACE, down, now);
+        assert_eq!(due.run.len(), 6, "07:00 to 12:00");
+        assert_eq!(due.run[0].0, utc("2026-01-01T07:00:00Z"));
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         "0650_job_outcomes.sql",
         include_str!("../migrations/0650_job_outcomes.sql"),
     ),
+    (
+        "0651_dynamic_schedules.sql",
+        include_str!("../migrations/0651_dynamic_schedules.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.

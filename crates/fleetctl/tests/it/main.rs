@@ -8,6 +8,7 @@ mod nats_auth;
 mod replicas;
 mod run;
 mod schedule;
+mod schedules;
 mod tenant_lifecycle;
 mod tenant_portability;
 mod up;

@@ -121,6 +121,74 @@ subject = "jobs.overlapping.{tenant_code}"
     replica.stop().await;
 }
 
+/// With a consumer on the job runtime, `forbid` waits for the previous tick's jobs to be
+/// finished (their outcomes), not for the stream to be empty: a stray job of the same subject
+/// that keeps failing does not hold the schedule back.
+#[tokio::test]
+async fn overlap_forbid_waits_for_the_previous_ticks_outcomes() {
+    let s = Setup::new(
+        r#"
+[[schedules]]
+name = "excl"
+cron = "* * * * * *"
+subject = "jobs.excl.{tenant_code}"
+overlap = "forbid"
+"#,
+    )
+    .await;
+    s.tenants("t", 3, "basic", "active").await;
+    let js = s.js().await;
+    js.publish("jobs.excl.stray", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    struct FailStray;
+    impl fleet_jobs::JobHandler for FailStray {
+        async fn handle(&self, job: &fleet_jobs::Job) -> Result<(), fleet_jobs::HandleError> {
+            if job.tenant_code.as_str() == "stray" {
+                return Err(fleet_jobs::HandleError::Transient(anyhow::anyhow!(
+                    "not yet"
+                )));
+            }
+            Ok(())
+        }
+    }
+    let fleet = s.fleet().await;
+    let mut spec = fleet_jobs::RuntimeSpec::for_fleet(&fleet, "excl-consumer", "excl").unwrap();
+    spec.worker.retry_base = Duration::from_secs(60);
+    spec.worker.retry_max = Duration::from_secs(60);
+    let consumer = fleet_testkit::Running::spawn(move |t| async move {
+        fleet_jobs::run_fleet(&fleet, spec, std::sync::Arc::new(FailStray), t).await
+    });
+    let replica = s.replica().await;
+    eventually(
+        LIMIT,
+        "three ticks done while the stray job stays",
+        || async {
+            let done = s
+                .runs("excl")
+                .await
+                .iter()
+                .filter(|r| r.status == "done")
+                .count();
+            (done >= 3).then_some(())
+        },
+    )
+    .await;
+    replica.stop().await;
+    consumer.stop().await;
+    let outcomes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet.job_outcomes WHERE schedule = 'excl' AND status = 'done'",
+    )
+    .fetch_one(&s.pg)
+    .await
+    .unwrap();
+    assert!(outcomes >= 9, "{outcomes}");
+    let stray = jobs(&js, "FLEET_JOBS", "jobs.excl.stray").await;
+    assert_eq!(stray.len(), 1, "the stray job is still there");
+}
+
 #[tokio::test]
 async fn a_paused_schedule_skips_its_ticks_and_triggers_until_resumed() {
     let s = Setup::new(
