@@ -124,6 +124,8 @@ struct TenantRow {
     status: String,
     schema_name: String,
     schema_version: i64,
+    /// The `[databases.<name>]` holding the schema.
+    database: String,
     created_at: chrono::DateTime<chrono::Utc>,
     provisioned_at: Option<chrono::DateTime<chrono::Utc>>,
     suspend_reason: Option<String>,
@@ -146,7 +148,7 @@ struct MigrationRow {
     applied_at: chrono::DateTime<chrono::Utc>,
 }
 
-const SELECT: &str = "SELECT tenant_id, code, name, plan, org_code, status, schema_name, schema_version, created_at, provisioned_at, suspend_reason, deleted_at FROM fleet.tenants";
+const SELECT: &str = "SELECT tenant_id, code, name, plan, org_code, status, schema_name, schema_version, database, created_at, provisioned_at, suspend_reason, deleted_at FROM fleet.tenants";
 
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
@@ -192,12 +194,15 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 json,
                 &rows,
                 "no tenants",
-                &["CODE", "STATUS", "PLAN", "SCHEMA", "VERSION", "ORG", "NAME"],
+                &[
+                    "CODE", "STATUS", "PLAN", "DATABASE", "SCHEMA", "VERSION", "ORG", "NAME",
+                ],
                 |t| {
                     vec![
                         t.code.clone(),
                         t.status.clone(),
                         t.plan.clone(),
+                        t.database.clone(),
                         t.schema_name.clone(),
                         t.schema_version.to_string(),
                         t.org_code.clone().unwrap_or_default(),
@@ -262,10 +267,17 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             } else {
                 ""
             };
+            // The ledger is in the tenant's schema, on the database the registry names.
+            let pools = fleet_shared::databases::DatabasePools::new(
+                settings.databases.clone(),
+                pg.clone(),
+                1,
+            );
+            let tenant_pg = pools.get(&tenant.database)?;
             let migrations: Vec<MigrationRow> = sqlx::query(&format!(
                 "SELECT version, name, checksum, applied_at FROM \"{schema}\".schema_migrations ORDER BY version"
             ))
-            .fetch_all(&pg)
+            .fetch_all(&tenant_pg)
             .await
             .unwrap_or_default()
             .into_iter()
@@ -293,6 +305,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             if let Some(d) = &tenant.deleted_at {
                 outln!("deleted_at:     {d}");
             }
+            outln!("database:       {}", tenant.database);
             outln!("schema:         {}", tenant.schema_name);
             outln!("schema_version: {}", tenant.schema_version);
             outln!("created_at:     {}", tenant.created_at);

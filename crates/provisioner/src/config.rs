@@ -24,6 +24,8 @@ pub struct ProvisionerConfig {
     /// How long an archived tenant is kept before the scheduler's purge task drops it
     /// (e.g. `"30d"`); unset: archived tenants are kept until purged by hand.
     pub purge_after: Option<String>,
+    /// Per-plan placement: plan → `[databases.<name>]` (a tenant home) for its new tenants.
+    pub plan_databases: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ProvisionerConfig {
@@ -35,6 +37,7 @@ impl Default for ProvisionerConfig {
             max_attempts: 20,
             warm_pool: 0,
             purge_after: None,
+            plan_databases: Default::default(),
         }
     }
 }

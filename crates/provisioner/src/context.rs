@@ -15,6 +15,8 @@ use crate::plans::Plans;
 /// The provisioner worker: one per process, shared by every in-flight message.
 pub struct Provisioner {
     pub pg: PgPool,
+    /// Where new tenants go, and every database's pool.
+    pub placement: crate::placement::Placement,
     pub js: jetstream::Context,
     pub plans: Plans,
     pub migrations: Arc<Vec<Migration>>,

@@ -58,7 +58,7 @@ impl Provisioner {
 
         let started = Instant::now();
         let cause = crate::lifecycle::Cause::from_msg(msg);
-        let done = provision(&self.pg, &self.migrations, &req, &configs, &cause).await?;
+        let done = provision(&self.placement, &self.migrations, &req, &configs, &cause).await?;
         let took = self.observe(TENANT_CREATED, started);
         if done.created {
             self.metrics
@@ -93,8 +93,12 @@ impl Provisioner {
         let req: TenantMigrate = parse_json(TENANT_MIGRATE, &msg.payload)?;
         record_code(req.code.as_str());
         let started = Instant::now();
-        let done =
-            crate::migrate_tenant::migrate_tenant(&self.pg, &self.migrations, &req.code).await?;
+        let done = crate::migrate_tenant::migrate_tenant(
+            &self.placement.pools,
+            &self.migrations,
+            &req.code,
+        )
+        .await?;
         let took = self.observe(TENANT_MIGRATE, started);
         self.metrics
             .migrations_applied
@@ -119,6 +123,7 @@ impl Provisioner {
             schema: t.schema_name.clone(),
             schema_version: t.schema_version,
             plan: t.plan.clone(),
+            database: t.database.clone(),
         };
         let id = provisioned_msg_id(t);
         fleet_shared::publish::publish_json(

@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod migrate_tenant;
 pub mod migrations;
+pub mod placement;
 pub mod plans;
 pub mod pool;
 pub mod provision;
@@ -66,6 +67,18 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         concurrency = config.concurrency,
         "provisioner starting"
     );
+    let pools = fleet_shared::databases::DatabasePools::new(
+        fleet.settings.databases.clone(),
+        fleet.pg.clone(),
+        placement::POOL_CONNECTIONS,
+    );
+    for (plan, _) in &config.plan_databases {
+        if plans.resolve(plan, None).is_none() {
+            anyhow::bail!("FLEET_CONFIG [provisioner] plan_databases: unknown plan {plan:?}");
+        }
+    }
+    let placement = placement::Placement::new(pools.clone(), &config.plan_databases)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let metrics = ProvisionerMetrics::register(&fleet.metrics);
     let migrations = Arc::new(migrations);
     let refiller = pool::Refiller {
@@ -79,6 +92,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     let refill = tokio::spawn(pool::run(refiller, refill_stop.clone()));
     let rollouts = rollout::Runner {
         pg: fleet.pg.clone(),
+        pools: pools.clone(),
         js: fleet.js.clone(),
         migrations: migrations.clone(),
         metrics: rollout::metrics::RolloutMetrics::register(&fleet.metrics),
@@ -86,6 +100,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     let rollout_task = tokio::spawn(rollouts.run(shutdown.clone()));
     let handler = Provisioner {
         pg: fleet.pg.clone(),
+        placement,
         js: fleet.js.clone(),
         plans,
         migrations,

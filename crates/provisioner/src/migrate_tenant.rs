@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use fleet_shared::migrate::{self, ApplyReport, Migration, Start};
 use fleet_shared::Code;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::error::ProvisionError;
-use crate::provision::TenantRow;
+use crate::provision::{TenantRow, TENANT_ROW};
 use crate::tenant_lock::lock_tenant;
+use fleet_shared::databases::{DatabasePools, CONTROL};
 
 /// `lock_timeout` of a `tenant.migrate` transaction (rollouts take theirs from `--lock-timeout`).
 pub const MIGRATE_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,10 +50,9 @@ pub async fn lock_row(
     con: &mut PgConnection,
     code: &str,
 ) -> Result<Option<TenantRow>, ProvisionError> {
-    sqlx::query_as(
-        "SELECT tenant_id, code, plan, status, schema_name, schema_version
-           FROM fleet.tenants WHERE code = $1 AND status <> 'deleted' FOR UPDATE",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {TENANT_ROW} FROM fleet.tenants WHERE code = $1 AND status <> 'deleted' FOR UPDATE"
+    ))
     .bind(code)
     .fetch_optional(&mut *con)
     .await
@@ -61,16 +61,49 @@ pub async fn lock_row(
 
 /// Brings `row`'s schema to `target` and records the version reached in the registry. The caller
 /// holds the tenant's lock and its row lock, and commits.
+///
+/// A tenant on another database (`row.database`, see [`crate::placement`]) is migrated there in
+/// a transaction of its own, under the same per-tenant lock and `lock_timeout`, committed before
+/// the caller's registry update: the ledger in the schema is the record, so if the registry
+/// update is lost (a crash between the two commits) the next delivery applies nothing and
+/// records the version the ledger has.
 pub async fn move_tenant(
     con: &mut PgConnection,
+    pools: &DatabasePools,
     row: &TenantRow,
     migrations: &[Migration],
     target: i64,
+    lock_timeout: Duration,
 ) -> Result<ApplyReport, ProvisionError> {
     // The stored schema name is the one the provisioner wrote (tenant_<code>); migrate_to checks
     // it is a plain identifier before using it.
-    let report =
-        migrate::migrate_to(con, &row.schema_name, migrations, target, Start::Existing).await?;
+    let report = if row.database == CONTROL {
+        migrate::migrate_to(con, &row.schema_name, migrations, target, Start::Existing).await?
+    } else {
+        let pool = pools.get(&row.database).map_err(|e| {
+            ProvisionError::BadInput(fleet_shared::events::BadInput::new(format!(
+                "tenant {}: {e}",
+                row.code
+            )))
+        })?;
+        let mut ttx = pool.begin().await.map_err(ProvisionError::db(
+            "begin a transaction on the tenant database",
+        ))?;
+        set_lock_timeout(&mut ttx, lock_timeout).await?;
+        lock_tenant(&mut ttx, &row.code).await?;
+        let report = migrate::migrate_to(
+            &mut ttx,
+            &row.schema_name,
+            migrations,
+            target,
+            Start::Existing,
+        )
+        .await?;
+        ttx.commit().await.map_err(ProvisionError::db(
+            "commit the migration on the tenant database",
+        ))?;
+        report
+    };
     if report.version != row.schema_version {
         sqlx::query(
             "UPDATE fleet.tenants SET schema_version = $2, updated_at = now() WHERE tenant_id = $1",
@@ -85,11 +118,12 @@ pub async fn move_tenant(
 }
 
 pub async fn migrate_tenant(
-    pg: &PgPool,
+    pools: &DatabasePools,
     migrations: &[Migration],
     code: &Code,
 ) -> Result<Migrated, ProvisionError> {
-    let mut tx = pg
+    let mut tx = pools
+        .control()
         .begin()
         .await
         .map_err(ProvisionError::db("begin a transaction"))?;
@@ -106,9 +140,11 @@ pub async fn migrate_tenant(
     }
     let report = move_tenant(
         &mut tx,
+        pools,
         &row,
         migrations,
         migrate::latest_version(migrations),
+        MIGRATE_LOCK_TIMEOUT,
     )
     .await?;
     tx.commit()

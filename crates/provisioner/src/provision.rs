@@ -18,11 +18,13 @@ use std::collections::BTreeMap;
 use fleet_shared::events::TenantCreated;
 use fleet_shared::migrate::{self, Migration, Start};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::ProvisionError;
 use crate::lifecycle::Cause;
+use crate::placement::Placement;
+use fleet_shared::databases::CONTROL;
 
 /// The registry row of a tenant as the provisioner reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -33,7 +35,12 @@ pub struct TenantRow {
     pub status: String,
     pub schema_name: String,
     pub schema_version: i64,
+    /// The database holding the schema (`control`: `DATABASE_URL`).
+    pub database: String,
 }
+
+/// The columns of [`TenantRow`], for `SELECT` and `RETURNING`.
+pub const TENANT_ROW: &str = "tenant_id, code, plan, status, schema_name, schema_version, database";
 
 /// What a `tenant.created` delivery did.
 #[derive(Debug, Clone)]
@@ -49,12 +56,13 @@ pub struct Provisioned {
 
 /// Provisions `req` with `configs` (its plan's defaults merged with its overrides).
 pub async fn provision(
-    pg: &PgPool,
+    placement: &Placement,
     migrations: &[Migration],
     req: &TenantCreated,
     configs: &BTreeMap<String, Value>,
     cause: &Cause,
 ) -> Result<Provisioned, ProvisionError> {
+    let pg = placement.pools.control();
     let code = req.code.as_str();
     let schema = req.code.schema_name();
     let mut tx = pg
@@ -63,11 +71,11 @@ pub async fn provision(
         .map_err(ProvisionError::db("begin a transaction"))?;
     crate::tenant_lock::lock_tenant(&mut tx, code).await?;
 
-    let existing: Vec<TenantRow> = sqlx::query_as(
-        "SELECT tenant_id, code, plan, status, schema_name, schema_version
+    let existing: Vec<TenantRow> = sqlx::query_as(&format!(
+        "SELECT {TENANT_ROW}
            FROM fleet.tenants WHERE (code = $1 AND status <> 'deleted') OR tenant_id = $2
-            FOR UPDATE",
-    )
+            FOR UPDATE"
+    ))
     .bind(code)
     .bind(req.tenant_id)
     .fetch_all(&mut *tx)
@@ -112,6 +120,22 @@ pub async fn provision(
             // `provisioning` or `failed` left by an operator or an older version: finish it.
             _ => resume = true,
         }
+    }
+
+    // A tenant being provisioned keeps the database it was registered with; a new one is placed.
+    let database = match existing.iter().find(|r| r.tenant_id == req.tenant_id) {
+        Some(row) => row.database.clone(),
+        None => {
+            placement
+                .choose(&mut tx, req.database.as_deref(), &req.plan)
+                .await?
+        }
+    };
+    if database != CONTROL {
+        return provision_elsewhere(
+            placement, tx, migrations, req, configs, cause, resume, &database,
+        )
+        .await;
     }
 
     let latest = migrate::latest_version(migrations);
@@ -223,7 +247,7 @@ async fn activate(
          UPDATE fleet.tenants
             SET status = 'active', schema_version = $2, provisioned_at = now(), updated_at = now()
           WHERE tenant_id = $1
-         RETURNING tenant_id, code, plan, status, schema_name, schema_version",
+         RETURNING tenant_id, code, plan, status, schema_name, schema_version, database",
     )
     .bind(req.tenant_id)
     .bind(version)
@@ -237,4 +261,139 @@ async fn activate(
     .map_err(ProvisionError::db(
         "write the configurations and activate the tenant",
     ))
+}
+
+/// Provisioning on a database other than the control plane's: the registry and the schema are
+/// on two servers, so it is three transactions, each redone or skipped on redelivery:
+///
+/// 1. control plane: the tenant row, `provisioning`, with its `database` (committed first, so a
+///    schema on the tenant database always has a registry row that names it);
+/// 2. tenant database: the schema and its migrations with their ledger, under the same per-tenant
+///    advisory lock (all or nothing, as on one server);
+/// 3. control plane: configs, audit row, `active`.
+///
+/// A crash after 1 leaves a `provisioning` row: the redelivery finds it, keeps its database and
+/// completes the schema from its ledger (`Start::Existing`). A crash after 2 finds the ledger
+/// complete and only activates. A schema that exists on the tenant database before this tenant
+/// was registered is somebody else's: the row from step 1 is removed again and the event is
+/// refused, as on the control plane.
+#[allow(clippy::too_many_arguments)]
+async fn provision_elsewhere(
+    placement: &Placement,
+    mut tx: Transaction<'static, Postgres>,
+    migrations: &[Migration],
+    req: &TenantCreated,
+    configs: &BTreeMap<String, Value>,
+    cause: &Cause,
+    resume: bool,
+    database: &str,
+) -> Result<Provisioned, ProvisionError> {
+    let code = req.code.as_str();
+    let schema = req.code.schema_name();
+    if resume {
+        sqlx::query(
+            "UPDATE fleet.tenants SET name = $2, plan = $3, org_code = $4,
+                    status = 'provisioning', updated_at = now()
+              WHERE tenant_id = $1",
+        )
+        .bind(req.tenant_id)
+        .bind(req.name.trim())
+        .bind(&req.plan)
+        .bind(req.org_code.as_ref().map(|c| c.as_str()))
+        .execute(&mut *tx)
+        .await
+        .map_err(ProvisionError::db("update the tenant row"))?;
+    } else {
+        sqlx::query(
+            "INSERT INTO fleet.tenants (tenant_id, code, name, plan, org_code, status, schema_name, database)
+             VALUES ($1, $2, $3, $4, $5, 'provisioning', $6, $7)",
+        )
+        .bind(req.tenant_id)
+        .bind(code)
+        .bind(req.name.trim())
+        .bind(&req.plan)
+        .bind(req.org_code.as_ref().map(|c| c.as_str()))
+        .bind(&schema)
+        .bind(database)
+        .execute(&mut *tx)
+        .await
+        .map_err(ProvisionError::db("insert the tenant row"))?;
+    }
+    tx.commit()
+        .await
+        .map_err(ProvisionError::db("commit the tenant registration"))?;
+
+    let target = placement.pools.get(database).map_err(|e| {
+        ProvisionError::BadInput(fleet_shared::events::BadInput::new(e.to_string()))
+    })?;
+    let latest = migrate::latest_version(migrations);
+    let mut ttx = target.begin().await.map_err(ProvisionError::db(
+        "begin a transaction on the tenant database",
+    ))?;
+    crate::tenant_lock::lock_tenant(&mut ttx, code).await?;
+    let start = if resume {
+        Start::Existing
+    } else {
+        Start::Fresh
+    };
+    let report = match migrate::migrate_to(&mut ttx, &schema, migrations, latest, start).await {
+        Err(e) if e.sqlstate().as_deref() == Some("42P06") => {
+            drop(ttx);
+            // Not ours: forget the registration of step 1 so no later delivery adopts it.
+            sqlx::query(
+                "DELETE FROM fleet.tenants WHERE tenant_id = $1 AND status = 'provisioning'",
+            )
+            .bind(req.tenant_id)
+            .execute(placement.pools.control())
+            .await
+            .map_err(ProvisionError::db("remove the refused registration"))?;
+            return Err(ProvisionError::OrphanSchema(format!(
+                "{schema} (database {database})"
+            )));
+        }
+        other => other?,
+    };
+    ttx.commit().await.map_err(ProvisionError::db(
+        "commit the schema on the tenant database",
+    ))?;
+
+    let mut tx = placement
+        .pools
+        .control()
+        .begin()
+        .await
+        .map_err(ProvisionError::db("begin a transaction"))?;
+    crate::tenant_lock::lock_tenant(&mut tx, code).await?;
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE tenant_id = $1 FOR UPDATE")
+            .bind(req.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(ProvisionError::db("read the tenant registry"))?;
+    if status.as_deref() != Some("provisioning") {
+        // Another delivery finished (or an operator changed) the tenant meanwhile.
+        let row: TenantRow = sqlx::query_as(&format!(
+            "SELECT {TENANT_ROW} FROM fleet.tenants WHERE tenant_id = $1"
+        ))
+        .bind(req.tenant_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(ProvisionError::db("read the tenant registry"))?;
+        return Ok(Provisioned {
+            tenant: row,
+            applied: Vec::new(),
+            created: false,
+            from_pool: false,
+        });
+    }
+    let tenant = activate(&mut tx, req, report.version, configs, cause).await?;
+    tx.commit()
+        .await
+        .map_err(ProvisionError::db("commit the provisioning transaction"))?;
+    Ok(Provisioned {
+        tenant,
+        applied: report.applied,
+        created: true,
+        from_pool: false,
+    })
 }

@@ -55,6 +55,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         "0651_dynamic_schedules.sql",
         include_str!("../migrations/0651_dynamic_schedules.sql"),
     ),
+    (
+        "0750_tenant_placement.sql",
+        include_str!("../migrations/0750_tenant_placement.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.

@@ -142,6 +142,10 @@ pub struct TenantCreated {
     pub org_code: Option<Code>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_overrides: Option<BTreeMap<String, serde_json::Value>>,
+    /// The `[databases.<name>]` (a tenant home) to place the tenant on; unset: the provisioner
+    /// chooses (docs/SCALING.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 impl TenantCreated {
@@ -182,6 +186,13 @@ pub struct TenantProvisioned {
     pub schema: String,
     pub schema_version: i64,
     pub plan: String,
+    /// The `[databases.<name>]` holding the schema (`control`: `DATABASE_URL`).
+    #[serde(default = "control_database")]
+    pub database: String,
+}
+
+fn control_database() -> String {
+    crate::databases::CONTROL.to_owned()
 }
 
 /// `tenant.updated`: any of name, org code and plan; absent fields stay as they are.

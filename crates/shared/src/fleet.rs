@@ -106,6 +106,18 @@ impl Fleet {
         if redis {
             probes.push(Probe::Redis(self.redis.clone()));
         }
+        // Tenant homes other than the control plane: named on /readyz (`database <name>`).
+        for db in self.settings.databases.tenant_homes() {
+            if db.is_control() {
+                continue;
+            }
+            if let Ok(pool) = crate::db::lazy_pool(&db.url, 1) {
+                probes.push(Probe::Database {
+                    line: format!("database {}", db.name),
+                    pool,
+                });
+            }
+        }
         HttpState {
             metrics: self.metrics.clone(),
             probes,

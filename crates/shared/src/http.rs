@@ -21,15 +21,28 @@ pub enum Probe {
     Nats(async_nats::Client),
     Postgres(sqlx::PgPool),
     Redis(RedisTarget),
+    /// A `[databases.<name>]` other than the control plane: reported by name, but its outage
+    /// leaves the process ready, since it stalls only the work on that database (its tenants'
+    /// events are retried with backoff) while everything else goes on.
+    Database {
+        line: String,
+        pool: sqlx::PgPool,
+    },
 }
 
 impl Probe {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         match self {
             Probe::Nats(_) => "nats",
             Probe::Postgres(_) => "postgres",
             Probe::Redis(_) => "redis",
+            Probe::Database { line, .. } => line,
         }
+    }
+
+    /// Whether an outage of this dependency makes the process unready.
+    fn required(&self) -> bool {
+        !matches!(self, Probe::Database { .. })
     }
 
     async fn check(&self) -> Result<(), String> {
@@ -39,7 +52,7 @@ impl Probe {
                 async_nats::connection::State::Connected => Ok(()),
                 other => Err(format!("{other}")),
             },
-            Probe::Postgres(pool) => {
+            Probe::Postgres(pool) | Probe::Database { pool, .. } => {
                 let q = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
                 match tokio::time::timeout(LIMIT, q).await {
                     Ok(Ok(_)) => Ok(()),
@@ -93,17 +106,22 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         state
             .probes
             .iter()
-            .map(|p| async move { (p.name(), p.check().await) }),
+            .map(|p| async move { (p.name(), p.required(), p.check().await) }),
     )
     .await;
     let mut body = String::new();
     let mut ready = true;
-    for (name, res) in checks {
+    for (name, required, res) in checks {
         match res {
             Ok(()) => body.push_str(&format!("{name} ok\n")),
             Err(e) => {
-                ready = false;
-                body.push_str(&format!("{name} unavailable: {e}\n"));
+                ready &= !required;
+                let note = if required {
+                    ""
+                } else {
+                    " (only its tenants wait)"
+                };
+                body.push_str(&format!("{name} unavailable{note}: {e}\n"));
             }
         }
     }

@@ -6,6 +6,8 @@
 //!   killed (`kill -9`) and restarted.
 //! - [`RedisServer`]: a private `redis-server` likewise.
 //! - [`TestDb`]: a fresh database on the machine's Postgres, dropped when the test ends.
+//! - [`PgServer`]: a private PostgreSQL server (`initdb`, `wal_level = logical`) on a free
+//!   loopback port, stoppable and restartable: a second database server for placement tests.
 //! - [`TcpProxy`]: a loopback proxy that can cut and restore every connection through it, to
 //!   make Postgres, Redis or NATS "unreachable for a while" without killing the server.
 //! - [`Running`]: a worker's `run` spawned in-process, stopped gracefully or killed.
@@ -18,6 +20,7 @@
 mod cluster;
 mod db;
 mod jwt;
+mod postgres;
 mod proxy;
 mod running;
 mod servers;
@@ -26,6 +29,7 @@ mod tls;
 pub use cluster::NatsCluster;
 pub use db::TestDb;
 pub use jwt::{creds_file, TestOperator};
+pub use postgres::PgServer;
 pub use proxy::TcpProxy;
 pub use running::Running;
 pub use servers::{find_binary, free_port, wait_for_port, NatsServer, RedisServer};

@@ -86,6 +86,14 @@ pub async fn delete(
         None => live_tenant(&mut tx, TENANT_DELETED, code).await?,
     };
     let schema = checked_ident(&t.schema_name)?.to_owned();
+    if t.database != fleet_shared::databases::CONTROL {
+        // Renaming or dropping a schema on another server cannot share the registry's
+        // transaction; until that is made crash-safe here it is refused, never half-done.
+        return Err(LifecycleError::NotAllowed(format!(
+            "{TENANT_DELETED}: tenant {} lives on database {}; archive and purge of tenants outside the control database are not supported yet",
+            t.code, t.database
+        )));
+    }
 
     let (after, old, new) = match (t.status.as_str(), req.mode) {
         ("deleted", DeleteMode::Archive) => {

@@ -92,10 +92,12 @@ pub struct Tenant {
     pub org_code: Option<String>,
     pub status: String,
     pub schema_name: String,
+    /// The database holding the schema (see [`crate::placement`]).
+    pub database: String,
 }
 
 pub(crate) const TENANT_COLUMNS: &str =
-    "tenant_id, code, name, plan, org_code, status, schema_name";
+    "tenant_id, code, name, plan, org_code, status, schema_name, database";
 
 /// What a lifecycle event did.
 #[derive(Debug, Clone)]

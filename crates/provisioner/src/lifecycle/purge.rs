@@ -99,6 +99,12 @@ pub async fn purge_archived(
     let Some(t) = t else {
         return Ok(None);
     };
+    if t.database != fleet_shared::databases::CONTROL {
+        return Err(LifecycleError::NotAllowed(format!(
+            "purge: tenant {} lives on database {}; purge of tenants outside the control database is not supported yet",
+            t.code, t.database
+        )));
+    }
     drop_schema(&mut tx, &t.schema_name).await?;
     purge_rows(&mut tx, t.tenant_id).await?;
     let after = Tenant {

@@ -16,6 +16,8 @@ use super::metrics::RolloutMetrics;
 #[derive(Clone)]
 pub struct Runner {
     pub pg: PgPool,
+    /// Every database's pool: tenants on another database are migrated there.
+    pub pools: fleet_shared::databases::DatabasePools,
     pub js: jetstream::Context,
     pub migrations: Arc<Vec<Migration>>,
     pub metrics: RolloutMetrics,

@@ -63,6 +63,7 @@ async fn attempt(
     con: &mut PgConnection,
     runner: &Runner,
     c: &Claimed,
+    lock_timeout: std::time::Duration,
 ) -> Result<Attempt, ProvisionError> {
     lock_tenant(con, &c.code).await?;
     let Some(row) = lock_row(con, &c.code).await? else {
@@ -76,7 +77,15 @@ async fn attempt(
     if row.status != "active" {
         return Ok(Attempt::NotActive(format!("tenant is {}", row.status)));
     }
-    let report = move_tenant(con, &row, &runner.migrations, c.target_version).await?;
+    let report = move_tenant(
+        con,
+        &runner.pools,
+        &row,
+        &runner.migrations,
+        c.target_version,
+        lock_timeout,
+    )
+    .await?;
     Ok(Attempt::Moved(row, report))
 }
 
@@ -132,7 +141,7 @@ pub async fn step(runner: &Runner, a: &Active) -> Result<Outcome, ProvisionError
     let result = loop {
         attempts += 1;
         exec(&mut tx, &format!("SAVEPOINT {SAVEPOINT}")).await?;
-        match attempt(&mut tx, runner, &c).await {
+        match attempt(&mut tx, runner, &c, a.lock_timeout).await {
             Ok(r) => {
                 exec(&mut tx, &format!("RELEASE SAVEPOINT {SAVEPOINT}")).await?;
                 break Ok(r);
@@ -260,6 +269,7 @@ async fn announce_version(runner: &Runner, row: &TenantRow, version: i64) {
         schema: row.schema_name.clone(),
         schema_version: version,
         plan: row.plan.clone(),
+        database: row.database.clone(),
     };
     let id = format!("{TENANT_PROVISIONED}:{}:{version}", row.tenant_id);
     if let Err(e) =

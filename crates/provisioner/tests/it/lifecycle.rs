@@ -654,6 +654,9 @@ async fn redelivery_of_every_lifecycle_event_is_harmless() {
     let fleet = env.fleet(&[("FLEET_CONFIG_KEYS", K1)]).await;
     let handler = provisioner::context::Provisioner {
         pg: fleet.pg.clone(),
+        placement: provisioner::placement::Placement::control_only(
+            fleet_shared::databases::DatabasePools::control_only(fleet.pg.clone()),
+        ),
         js: fleet.js.clone(),
         plans: provisioner::plans::Plans::from_settings(&fleet.settings).unwrap(),
         migrations: std::sync::Arc::new(provisioner::migrations::load(&fleet.settings).unwrap()),
