@@ -72,7 +72,7 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         fleet.pg.clone(),
         placement::POOL_CONNECTIONS,
     );
-    for (plan, _) in &config.plan_databases {
+    for plan in config.plan_databases.keys() {
         if plans.resolve(plan, None).is_none() {
             anyhow::bail!("FLEET_CONFIG [provisioner] plan_databases: unknown plan {plan:?}");
         }
