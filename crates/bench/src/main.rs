@@ -4,6 +4,7 @@
 //! as its real binary (built alongside this one) so its RSS can be read.
 
 mod backfill;
+mod cluster;
 mod common;
 mod fanout;
 mod invalidate;
@@ -36,6 +37,8 @@ enum Cmd {
     Backfill(backfill::Args),
     /// Scheduler fan-out jobs/s vs a bare pipelined JetStream publisher
     Fanout(fanout::Args),
+    /// On 3-node NATS clusters: provisioning and invalidation at R3 vs R1; 1/2/3 provisioners
+    Cluster(cluster::Args),
 }
 
 fn main() {
@@ -58,6 +61,7 @@ fn main() {
             Cmd::Invalidate(a) => invalidate::run(a).await,
             Cmd::Backfill(a) => backfill::run(a).await,
             Cmd::Fanout(a) => fanout::run(a).await,
+            Cmd::Cluster(a) => cluster::run(a).await,
         }
     });
     if let Err(e) = res {

@@ -143,7 +143,7 @@ async fn tenant_provisioned_is_announced_with_a_deterministic_id_and_child_trace
     let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(
         v,
-        json!({"tenant_id": id, "code": "acme", "schema": "tenant_acme", "schema_version": 5, "plan": "premium"})
+        json!({"tenant_id": id, "code": "acme", "schema": "tenant_acme", "schema_version": 5, "plan": "premium", "database": "control"})
     );
     let h = msg.headers.unwrap();
     assert_eq!(
