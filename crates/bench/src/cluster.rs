@@ -248,7 +248,10 @@ async fn invalidate_chunk(
             if !name.starts_with("cache-invalidator") {
                 continue;
             }
-            let mut c: jetstream::consumer::PullConsumer = stream.get_consumer(&name).await?;
+            let mut c: jetstream::consumer::PullConsumer = stream
+                .get_consumer(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))?;
             let info = c.info().await?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {
                 idle = false;
