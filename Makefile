@@ -29,6 +29,7 @@ run: toolchain stack
 	./target/release/fleetctl up
 
 test: toolchain stack
+	@$(STACK) test-tools
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -5,6 +5,7 @@
 #   deploy/local/stack.sh down    stop the private servers this script started
 #   deploy/local/stack.sh status  say what answers where
 #   deploy/local/stack.sh deps    install missing server binaries (Debian packages; root only)
+#   deploy/local/stack.sh test-tools  install chromium, chromedriver and promtool (for make test)
 #
 # For each service: if a server answers at the configured URL it is used as it is. Otherwise a
 # private one is started from the installed binaries, on loopback at the URL's port, with its data
@@ -54,9 +55,11 @@ ensure_bin() {
     if [[ ! -e /var/lib/apt/lists/lock || -z "$(ls /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]]; then
       DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2 || {
-      DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >&2
+    # Several checkouts on one machine may install at once: apt takes one at a time.
+    local lock=(); command -v flock >/dev/null 2>&1 && lock=(flock /tmp/apt.lock)
+    DEBIAN_FRONTEND=noninteractive "${lock[@]}" apt-get install -y -qq "$pkg" >&2 || {
+      DEBIAN_FRONTEND=noninteractive "${lock[@]}" apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive "${lock[@]}" apt-get install -y -qq "$pkg" >&2
     }
     find_bin "$name" && return 0
   fi
@@ -133,15 +136,25 @@ status() {
   answers "$h" "$p" && say "Redis      $h:$p up" || say "Redis      $h:$p down"
 }
 
+# What the tests need beyond the servers: a browser and its WebDriver for the console's browser
+# tests, promtool to check the alerting rules in deploy/observability.
+test_tools() {
+  ensure_bin chromium chromium >/dev/null
+  ensure_bin chromedriver chromium-driver >/dev/null
+  ensure_bin promtool prometheus >/dev/null
+  say "test tools present (chromium, chromedriver, promtool)"
+}
+
 case "${1:-up}" in
   up) start_nats; start_postgres; start_redis ;;
   down) stop_private ;;
   status) status ;;
+  test-tools) test_tools ;;
   deps)
     ensure_bin nats-server nats-server >/dev/null
     ensure_bin redis-server redis-server >/dev/null
     ensure_bin redis-cli redis-tools >/dev/null
     ensure_bin initdb postgresql >/dev/null
     say "server binaries present" ;;
-  *) die "usage: $0 up|down|status|deps" ;;
+  *) die "usage: $0 up|down|status|deps|test-tools" ;;
 esac

@@ -10,6 +10,7 @@ mod output;
 
 mod backfill;
 mod cache;
+mod console;
 mod dlq;
 mod jobs;
 mod migrate;
@@ -33,6 +34,8 @@ struct Cli {
 enum Cmd {
     /// Run every worker of the fleet in one process (health and metrics on FLEET_HTTP_ADDR)
     Up(up::Args),
+    /// The operator console in the browser (on FLEET_CONSOLE_ADDR; actions need FLEET_CONSOLE_TOKEN)
+    Console(console::Args),
     /// Publish an event (JSON body) with a Nats-Msg-Id
     Publish(publish::Args),
     /// The tenant registry
@@ -79,7 +82,7 @@ fn main() {
     };
     // Library diagnostics only (warnings by default, RUST_LOG to see more); `up` installs the
     // workers' own format. Secrets are masked at every level either way.
-    if !matches!(cli.cmd, Cmd::Up(_)) {
+    if !matches!(cli.cmd, Cmd::Up(_) | Cmd::Console(_)) {
         fleet_shared::telemetry::init_with_default(fleet_shared::config::LogFormat::Pretty, "warn");
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -95,6 +98,7 @@ fn main() {
     let res = rt.block_on(async move {
         match cli.cmd {
             Cmd::Up(a) => up::run(a).await,
+            Cmd::Console(a) => console::run(a).await,
             Cmd::Publish(a) => publish::run(a).await,
             Cmd::Tenants(c) => tenants::run(c).await,
             Cmd::Dlq(c) => dlq::run(c).await,

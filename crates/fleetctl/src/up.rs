@@ -22,6 +22,9 @@ pub struct Args {
     /// Run only these workers (comma-separated); default: all of them
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Do not serve the operator console (FLEET_CONSOLE_ADDR)
+    #[arg(long)]
+    no_console: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -46,6 +49,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
+
+    let console = if args.no_console {
+        None
+    } else {
+        let c = fleet_console::Console::new(
+            fleet.nats.clone(),
+            fleet.pg.clone(),
+            (*fleet.settings).clone(),
+        )?;
+        // The console is a window on the fleet, not part of it: a taken port is logged and the
+        // workers run anyway.
+        match fleet_console::serve(c, fleet.settings.console_addr, shutdown.clone()).await {
+            Ok((_, handle)) => Some(handle),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "operator console not started; the fleet runs without it");
+                None
+            }
+        }
+    };
 
     let mut set: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
     macro_rules! start {
@@ -81,6 +103,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let _ = http.await;
+    if let Some(c) = console {
+        let _ = c.await;
+    }
     let _ = fleet.nats.drain().await;
     match failed {
         Some(e) => Err(e),

@@ -55,7 +55,14 @@ pub struct Settings {
     pub nats: crate::nats_settings::NatsSettings,
     /// `[databases.<name>]` of `FLEET_CONFIG`, plus `control` (= `DATABASE_URL`).
     pub databases: crate::databases::Databases,
+    /// `FLEET_CONSOLE_ADDR` (default `127.0.0.1:9191`): where the operator console listens.
+    pub console_addr: SocketAddr,
+    /// `FLEET_CONSOLE_TOKEN`: the token the console's actions need (unset: read-only).
+    pub console_token: Option<crate::secret::SecretString>,
 }
+
+/// Where the console listens unless `FLEET_CONSOLE_ADDR` says otherwise: loopback only.
+pub const DEFAULT_CONSOLE_ADDR: &str = "127.0.0.1:9191";
 
 impl Settings {
     /// Reads the environment; `default_http_addr` differs for binaries (`0.0.0.0:9090`) and tests.
@@ -171,6 +178,30 @@ impl Settings {
             &get,
         )?;
 
+        let console_raw = var("FLEET_CONSOLE_ADDR", DEFAULT_CONSOLE_ADDR);
+        let console_addr = console_raw.parse().map_err(|_| {
+            ConfigError::invalid(
+                "FLEET_CONSOLE_ADDR",
+                format!("{console_raw:?} is not a socket address"),
+                "ip:port, e.g. 127.0.0.1:9191",
+            )
+        })?;
+        let console_token = match get("FLEET_CONSOLE_TOKEN").map(|t| t.trim().to_owned()) {
+            None => None,
+            Some(t) if t.is_empty() => None,
+            Some(t) if t.len() < 16 => {
+                return Err(ConfigError::invalid(
+                    "FLEET_CONSOLE_TOKEN",
+                    format!("a token of {} characters is too short", t.len()),
+                    "at least 16 characters, e.g. `openssl rand -hex 32`",
+                ))
+            }
+            Some(t) => {
+                crate::telemetry::redact_secret(&t);
+                Some(crate::secret::SecretString::from(t))
+            }
+        };
+
         let config_keys = get(crate::config_keys::VAR)
             .filter(|v| !v.trim().is_empty())
             .map(|v| crate::config_keys::ConfigKeys::parse(&v))
@@ -191,6 +222,8 @@ impl Settings {
             config_keys,
             nats,
             databases,
+            console_addr,
+            console_token,
         })
     }
 }

@@ -56,6 +56,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         include_str!("../migrations/0651_dynamic_schedules.sql"),
     ),
     (
+        "0700_console.sql",
+        include_str!("../migrations/0700_console.sql"),
+    ),
+    (
         "0750_tenant_placement.sql",
         include_str!("../migrations/0750_tenant_placement.sql"),
     ),

@@ -14,17 +14,21 @@
 //! - [`TestEnv`]: the three together, with [`Settings`] pointing at them.
 //! - [`TestCerts`], [`user_nkey`]: a throwaway PKI and nkeys for servers started with
 //!   [`NatsServer::start_with_config`] (users, a token, nkeys, TLS, limits).
+//! - [`http::request`]: a minimal HTTP/1.1 client; [`webdriver::Browser`]: headless chromium
+//!   over WebDriver, for the console's browser tests.
 //! - [`TestOperator`]: an operator, a JetStream account and `.creds` files for a server in
 //!   operator (JWT) mode.
 
 mod cluster;
 mod db;
+pub mod http;
 mod jwt;
 mod postgres;
 mod proxy;
 mod running;
 mod servers;
 mod tls;
+pub mod webdriver;
 
 pub use cluster::NatsCluster;
 pub use db::TestDb;

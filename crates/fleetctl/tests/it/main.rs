@@ -2,6 +2,7 @@
 
 mod cache;
 mod cli;
+mod console;
 mod dlq;
 mod migrate;
 mod nats_auth;
