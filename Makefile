@@ -44,6 +44,7 @@ bench: toolchain stack
 	./target/release/fleet-bench invalidate
 	./target/release/fleet-bench backfill
 	./target/release/fleet-bench fanout
+	./target/release/fleet-bench consume
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

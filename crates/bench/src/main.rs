@@ -6,6 +6,7 @@
 mod backfill;
 mod cluster;
 mod common;
+mod consume;
 mod fanout;
 mod invalidate;
 mod provision;
@@ -39,6 +40,8 @@ enum Cmd {
     Fanout(fanout::Args),
     /// On 3-node NATS clusters: provisioning and invalidation at R3 vs R1; 1/2/3 provisioners
     Cluster(cluster::Args),
+    /// Job runtime jobs/s on no-op jobs vs a bare pull consumer; the per-tenant fairness figure
+    Consume(consume::Args),
 }
 
 fn main() {
@@ -62,6 +65,7 @@ fn main() {
             Cmd::Backfill(a) => backfill::run(a).await,
             Cmd::Fanout(a) => fanout::run(a).await,
             Cmd::Cluster(a) => cluster::run(a).await,
+            Cmd::Consume(a) => consume::run(a).await,
         }
     });
     if let Err(e) = res {

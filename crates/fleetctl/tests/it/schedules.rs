@@ -168,6 +168,23 @@ async fn schedules_are_applied_with_a_diff_and_bad_input_changes_nothing() {
     assert!(out.contains("update") && out.contains("create"), "{out}");
     let o = run(&["schedule", "history", "nightly", "--tenant", "acme"]);
     assert!(stdout(&o).contains("no job outcomes"), "{o:?}");
+    // Outcomes recorded by a consumer on the job runtime show per tenant and per run.
+    let pg = env.db.pool().await;
+    sqlx::query(
+        "INSERT INTO fleet.job_outcomes (schedule, tick, tenant_id, tenant_code, task, subject, status, attempts, reason, worker)
+         VALUES ('nightly', '2026-03-01T01:00:00Z', gen_random_uuid(), 'acme', 'nightly', 'jobs.nightly.acme', 'dead_lettered', 1, 'no such mentorship', 'digest-consumer')",
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    let o = run(&["schedule", "history", "nightly", "--tenant", "acme"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("dead_lettered")
+            && out.contains("no such mentorship")
+            && out.contains("digest-consumer"),
+        "{out}"
+    );
 
     let o = run(&["schedule", "delete", "hourly"]);
     assert!(stdout(&o).contains("hourly deleted"), "{o:?}");
