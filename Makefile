@@ -6,13 +6,14 @@ CARGO ?= cargo
 export FLEET_CONFIG ?= $(CURDIR)/deploy/local/fleet.toml
 STACK := deploy/local/stack.sh
 
-.PHONY: help run test bench lint stack stack-down toolchain
+.PHONY: help run test bench lint stack stack-down toolchain deploy-test
 
 help:
 	@echo "make run     start NATS/Postgres/Redis if needed, then every worker (fleetctl up)"
 	@echo "make test    start the services if needed, then run every test (nextest)"
 	@echo "make bench   run every fleet-bench benchmark (release build)"
 	@echo "make lint    rustfmt check and clippy -D warnings"
+	@echo "make deploy-test  run the compose stack in containers and check its effects; validate the k8s manifests"
 	@echo "make stack-down  stop the private servers make run/test started"
 
 toolchain:
@@ -49,3 +50,9 @@ bench: toolchain stack
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Not part of `make test`: it builds release binaries and container images (about 10 minutes
+# on a fresh machine). Needs podman (installed when run as root) and python3.
+deploy-test: toolchain
+	deploy/test/k8s.sh
+	deploy/test/compose.sh
