@@ -107,9 +107,19 @@ files+=(-f "$DEV/compose.test.yaml")
 down() {
   say "tearing the stack down"
   "${COMPOSE[@]}" "${files[@]}" down -v -t 40 >/dev/null 2>&1 || true
+  # `down` only knows the scale written in the files: scaled-up replicas, and anything a failed
+  # `up` left, go by the project's label.
+  local ids
+  ids=$(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT")
+  [[ -z $ids ]] || podman rm -f -t 40 $ids >/dev/null 2>&1 || true
+  ids=$(podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT")
+  [[ -z $ids ]] || podman volume rm -f $ids >/dev/null 2>&1 || true
+  podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
+  left=$(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT" | wc -l)
+  (( left == 0 )) || say "warning: $left containers of $PROJECT are still there"
 }
+down  # what an earlier run left
 trap down EXIT
-"${COMPOSE[@]}" "${files[@]}" down -v >/dev/null 2>&1 || true
 say "compose up (provisioner=3; ports nats $FLEET_NATS_PORT, postgres $FLEET_PG_PORT, redis $FLEET_REDIS_PORT)"
 "${COMPOSE[@]}" "${files[@]}" up -d --scale provisioner=3 >"$DEV/compose-up.log" 2>&1 \
   || fail "compose up (see $DEV/compose-up.log)"
