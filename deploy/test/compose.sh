@@ -4,10 +4,10 @@
 # cache, runs a backfill through the containers, checks every effect, and tears everything down.
 # Exits non-zero on the first failure, naming it.
 #
-# Engine: podman (with podman-compose from PyPI) or docker (with `docker compose`), whichever
-# works. Images: where a registry is reachable the official nats/postgres/redis images and
-# deploy/Dockerfile are used; with FLEET_DEPLOY_IMAGES=debian (the default here, where no registry
-# is reachable) the stack comes from Debian packages: a `debootstrap --variant=minbase bookworm`
+# Engine: podman, with podman-compose from PyPI. Images: FLEET_DEPLOY_IMAGES=official uses the
+# official nats/postgres/redis images and builds deploy/Dockerfile (needs a registry);
+# FLEET_DEPLOY_IMAGES=debian (the default, for machines that reach no registry) builds the stack
+# from Debian packages: a `debootstrap --variant=minbase bookworm`
 # root imported as an image, and the host's release binaries on top (deploy/compose.debian.yaml).
 # As root it installs what is missing (podman, runc, iptables for netavark's bridge, debootstrap,
 # netavark, aardvark-dns).
@@ -89,8 +89,10 @@ if [[ $IMAGES == debian ]]; then
   done
   say "building localhost/tenant-fleet:debian"
   podman build --quiet -t localhost/tenant-fleet:debian "$ctx" >/dev/null
+  up_extra=()
 else
-  say "building the fleet image from deploy/Dockerfile"
+  say "the fleet image is built from deploy/Dockerfile by compose up --build"
+  up_extra=(--build)
 fi
 
 # --- up ----------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ down() {
 down  # what an earlier run left
 trap down EXIT
 say "compose up (provisioner=3; ports nats $FLEET_NATS_PORT, postgres $FLEET_PG_PORT, redis $FLEET_REDIS_PORT)"
-"${COMPOSE[@]}" "${files[@]}" up -d --scale provisioner=3 >"$DEV/compose-up.log" 2>&1 \
+"${COMPOSE[@]}" "${files[@]}" up -d "${up_extra[@]}" --scale provisioner=3 >"$DEV/compose-up.log" 2>&1 \
   || fail "compose up (see $DEV/compose-up.log)"
 
 export NATS_URL=nats://127.0.0.1:$FLEET_NATS_PORT
