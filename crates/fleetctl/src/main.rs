@@ -16,6 +16,7 @@ mod jobs;
 mod migrate;
 mod publish;
 mod schedule;
+mod schedule_catalog;
 mod schedule_edit;
 mod tenants;
 mod up;

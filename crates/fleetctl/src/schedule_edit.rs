@@ -22,7 +22,7 @@ use scheduler::schedule::Schedule;
 use scheduler::store;
 
 use crate::output;
-use crate::schedule::{who, Catalog};
+use crate::schedule_catalog::{who, Catalog};
 
 #[derive(Subcommand)]
 pub enum EditCmd {
