@@ -84,6 +84,30 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("FLEET_HTTP_ADDR: cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
+    // The fleet's state as gauges (crate::fleet_gauges), from this process's own connections.
+    let nats = state.probes.iter().find_map(|p| match p {
+        Probe::Nats(c) => Some(c.clone()),
+        _ => None,
+    });
+    if let Some(nats) = nats {
+        let pg = state.probes.iter().find_map(|p| match p {
+            Probe::Postgres(pool) => Some(pool.clone()),
+            _ => None,
+        });
+        let gauges = crate::fleet_gauges::FleetGauges::register(&state.metrics);
+        let probe_state = state.clone();
+        let ready = Arc::new(move || {
+            let st = probe_state.clone();
+            async move { ready_now(&st).await.0 }
+        });
+        tokio::spawn(crate::fleet_gauges::run(
+            gauges,
+            nats,
+            pg,
+            ready,
+            shutdown.clone(),
+        ));
+    }
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -102,6 +126,17 @@ pub async fn serve(
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let (ready, body) = ready_now(&state).await;
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+/// Whether every required probe passes, and the `/readyz` body.
+async fn ready_now(state: &HttpState) -> (bool, String) {
     let checks = futures::future::join_all(
         state
             .probes
@@ -125,12 +160,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
             }
         }
     }
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, body)
+    (ready, body)
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

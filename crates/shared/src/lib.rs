@@ -19,6 +19,7 @@ pub mod duration;
 pub mod errors;
 pub mod events;
 pub mod fleet;
+pub mod fleet_gauges;
 pub mod http;
 pub mod metrics;
 pub mod migrate;

@@ -6,6 +6,7 @@ mod console;
 mod dlq;
 mod migrate;
 mod nats_auth;
+mod observability;
 mod replicas;
 mod run;
 mod schedule;
