@@ -433,6 +433,20 @@ pub async fn next_queued(pg: &PgPool) -> anyhow::Result<Vec<RunRow>> {
     .context("Failed to read queued runs")
 }
 
+/// Fails every queued run of a schedule (it was deleted), with `reason`.
+pub async fn drop_queued(pg: &PgPool, schedule: &str, reason: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE fleet.schedule_runs SET status = 'failed', reason = $2, finished_at = now(), updated_at = now()
+         WHERE schedule = $1 AND status = 'queued'",
+    )
+    .bind(schedule)
+    .bind(reason)
+    .execute(pg)
+    .await
+    .context("Failed to drop queued runs")?;
+    Ok(())
+}
+
 /// Starts a queued run: `running`, paced from now, with the tenants it matches now.
 pub async fn start_queued(
     pg: &PgPool,

@@ -372,6 +372,7 @@ async fn step(ctx: &Ctx, t: &mut Term, now: DateTime<Utc>) -> anyhow::Result<Dat
             continue;
         }
         let Some(schedule) = ctx.live.get(&run.schedule) else {
+            store::drop_queued(&ctx.pg, &run.schedule, "schedule is no longer configured").await?;
             continue;
         };
         let gap = chrono::Duration::from_std(schedule.spread.max(Duration::from_secs(1)))
