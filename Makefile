@@ -39,13 +39,14 @@ test: toolchain stack
 	fi
 
 bench: toolchain stack
-	$(CARGO) build --release -p fleet-bench -p provisioner -p cache-invalidator -p backfill-worker -p scheduler
+	$(CARGO) build --release -p fleet-bench -p provisioner -p cache-invalidator -p backfill-worker -p scheduler -p fleetctl
 	./target/release/fleet-bench provision --tenants 200 --concurrency 1
 	./target/release/fleet-bench provision --tenants 200 --concurrency 4
 	./target/release/fleet-bench invalidate
 	./target/release/fleet-bench backfill
 	./target/release/fleet-bench fanout
 	./target/release/fleet-bench consume
+	./target/release/fleet-bench console
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

@@ -6,6 +6,7 @@
 mod backfill;
 mod cluster;
 mod common;
+mod console;
 mod consume;
 mod fanout;
 mod invalidate;
@@ -40,6 +41,8 @@ enum Cmd {
     Fanout(fanout::Args),
     /// On 3-node NATS clusters: provisioning and invalidation at R3 vs R1; 1/2/3 provisioners
     Cluster(cluster::Args),
+    /// Every console page at 10,000 tenants and 1,000 dead letters (p99 per page), and the RSS the console adds to fleetctl up
+    Console(console::Args),
     /// Job runtime jobs/s on no-op jobs vs a bare pull consumer; the per-tenant fairness figure
     Consume(consume::Args),
 }
@@ -66,6 +69,7 @@ fn main() {
             Cmd::Fanout(a) => fanout::run(a).await,
             Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::Consume(a) => consume::run(a).await,
+            Cmd::Console(a) => console::run(a).await,
         }
     });
     if let Err(e) = res {
