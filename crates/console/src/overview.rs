@@ -10,6 +10,10 @@ use crate::{layout, Page, Shared, Visitor};
 const WORKERS: &[&str] = &["provisioner", "cache-invalidator", "backfill-worker"];
 
 fn worker_of(consumer: &str) -> &str {
+    // The backfill-worker's durables are named for their subjects.
+    if consumer.starts_with("backfill-") {
+        return "backfill-worker";
+    }
     WORKERS
         .iter()
         .find(|w| {
