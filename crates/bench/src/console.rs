@@ -93,7 +93,7 @@ async fn seed(
     .await?;
     sqlx::query(
         "INSERT INTO fleet.backfill_jobs (job_id, submit_key, kind, spec, state, rows_estimated, rows_done)
-         SELECT gen_random_uuid(), 'bench' || n, 'tenant_codes', '{}', (ARRAY['running','paused','succeeded','failed'])[1 + n % 4], 1000000, n * 1000
+         SELECT gen_random_uuid(), 'bench' || n, 'tenant_codes', '{}', (ARRAY['paused','succeeded','failed','cancelled'])[1 + n % 4], 1000000, n * 1000
            FROM generate_series(1, 20) n",
     )
     .execute(pg)
