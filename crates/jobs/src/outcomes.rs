@@ -1,11 +1,13 @@
 //! Job outcomes in the control plane (`fleet.job_outcomes`, migration `0650_job_outcomes.sql`).
 //!
 //! The runtime records one row per scheduled job (a job whose body has `schedule`, `tick` and
-//! `tenant_id`) after acting on its verdict: `done`, `failed` (a transient failure; it will be
-//! retried) or `dead_lettered`. A final outcome is never replaced by a late `failed` (a
-//! redelivery racing the first delivery's record). Recording is after the ack, best effort: a
-//! lost record only makes the job look unfinished to `overlap = "forbid"` until the jobs stream
-//! has no job of the schedule left (see the scheduler's overlap docs).
+//! `tenant_id`): `done` right after the handler succeeded and before the ack (a crash in between
+//! redelivers the job, which records it again), `failed` (a transient failure; it will be
+//! retried) or `dead_lettered` after the NAK or the dead letter. A final outcome is never
+//! replaced by a late `failed` (a redelivery racing the first delivery's record). Recording is
+//! best effort: a record that fails is logged, and only makes the job look unfinished to
+//! `overlap = "forbid"` until the jobs stream has no job of the schedule left (see the
+//! scheduler's overlap docs).
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};

@@ -208,7 +208,10 @@ pub async fn run<J: JobHandler>(
         js.clone(),
         metrics.clone(),
         spec.worker.clone(),
-        Arc::new(Adapter(handler)),
+        Arc::new(Adapter {
+            handler,
+            outcomes: pg.clone().map(|pg| (pg, spec.worker.name.clone())),
+        }),
     ));
     let Some(consumer) = open(&js, &consumer_spec, &shutdown).await else {
         return Ok(());
@@ -246,7 +249,9 @@ pub async fn run<J: JobHandler>(
             tasks.spawn(async move {
                 let work = async {
                     let (incoming, outcome) = processor.process(b.msg).await;
-                    if let (Some(pg), Ok(job)) = (&pg, Job::parse(&incoming)) {
+                    // `done` was recorded by the handler adapter before the ack.
+                    let record = outcome != Outcome::Acked;
+                    if let (true, Some(pg), Ok(job)) = (record, &pg, Job::parse(&incoming)) {
                         if let Err(e) =
                             outcomes::record(pg, &worker, &job, incoming.delivered, &outcome).await
                         {
