@@ -1,4 +1,4 @@
-//! Adaptive chunk size and the rows-per-second throttle.
+//! Adaptive chunk size.
 //!
 //! Chunk size is counted in key values (chunks are key ranges). After each chunk the size moves
 //! toward the one that would have taken `target_chunk` at the observed speed
@@ -52,22 +52,6 @@ impl Adapt {
     }
 }
 
-/// How long a lane should pause after a chunk of `rows` that took `elapsed`, so that
-/// `lanes` lanes together stay under `max_rows_per_sec`.
-pub fn throttle_pause(
-    rows: i64,
-    elapsed: Duration,
-    max_rows_per_sec: Option<f64>,
-    lanes: usize,
-) -> Duration {
-    let Some(max) = max_rows_per_sec else {
-        return Duration::ZERO;
-    };
-    let per_lane = max / lanes.max(1) as f64;
-    let needed = Duration::from_secs_f64(rows.max(0) as f64 / per_lane);
-    needed.saturating_sub(elapsed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,18 +69,5 @@ mod tests {
         assert_eq!(a.size(), 250, "at most halves per step");
         a.shrink();
         assert_eq!(a.size(), 125);
-    }
-
-    #[test]
-    fn throttle_spreads_the_rate_over_lanes() {
-        assert_eq!(throttle_pause(100, Duration::ZERO, None, 1), Duration::ZERO);
-        assert_eq!(
-            throttle_pause(100, Duration::ZERO, Some(100.0), 2),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            throttle_pause(100, Duration::from_secs(3), Some(100.0), 2),
-            Duration::ZERO
-        );
     }
 }

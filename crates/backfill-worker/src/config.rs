@@ -45,6 +45,11 @@ pub struct BackfillConfig {
     pub mapping_dir: Option<std::path::PathBuf>,
     /// Largest mapping file read.
     pub mapping_max_bytes: u64,
+    /// When a job's lanes wait for the target database (see `fleet_shared::health`); a job's
+    /// spec may override each threshold.
+    pub health: fleet_shared::health::HealthLimits,
+    /// How often each job's target is checked.
+    pub health_interval: Duration,
 }
 
 impl Default for BackfillConfig {
@@ -63,6 +68,8 @@ impl Default for BackfillConfig {
             max_jobs: 4,
             mapping_dir: None,
             mapping_max_bytes: crate::mapping_file::DEFAULT_MAX_BYTES,
+            health: fleet_shared::health::HealthLimits::default(),
+            health_interval: Duration::from_secs(1),
         }
     }
 }
@@ -94,6 +101,14 @@ struct Raw {
     max_jobs: Option<usize>,
     mapping_dir: Option<std::path::PathBuf>,
     mapping_max_bytes: Option<u64>,
+    #[serde(default, with = "duration::serde::option")]
+    max_replica_lag: Option<Duration>,
+    max_lock_waiters: Option<i64>,
+    throttle_on_vacuum: Option<bool>,
+    #[serde(default, with = "duration::serde::option")]
+    max_transaction_age: Option<Duration>,
+    #[serde(default, with = "duration::serde::option")]
+    health_interval: Option<Duration>,
 }
 
 impl BackfillConfig {
@@ -156,6 +171,26 @@ impl BackfillConfig {
             max_jobs: raw.max_jobs.unwrap_or(d.max_jobs),
             mapping_dir: raw.mapping_dir,
             mapping_max_bytes: raw.mapping_max_bytes.unwrap_or(d.mapping_max_bytes),
+            health: fleet_shared::health::HealthLimits {
+                // "0s" (or a negative waiter count) turns a check off.
+                max_replica_lag: match raw.max_replica_lag {
+                    Some(t) => timeout(Some(t)),
+                    None => d.health.max_replica_lag,
+                },
+                max_lock_waiters: match raw.max_lock_waiters {
+                    Some(n) if n < 0 => None,
+                    Some(n) => Some(u32::try_from(n).map_err(|_| {
+                        anyhow::anyhow!("FLEET_CONFIG: [backfill]: max_lock_waiters = {n} is out of range (-1 to 4294967295; -1: not checked)")
+                    })?),
+                    None => d.health.max_lock_waiters,
+                },
+                throttle_on_vacuum: raw.throttle_on_vacuum.unwrap_or(d.health.throttle_on_vacuum),
+                max_transaction_age: match raw.max_transaction_age {
+                    Some(t) => timeout(Some(t)),
+                    None => d.health.max_transaction_age,
+                },
+            },
+            health_interval: raw.health_interval.unwrap_or(d.health_interval),
         };
         anyhow::ensure!(
             cfg.chunk_size >= 1
@@ -164,8 +199,9 @@ impl BackfillConfig {
                 && cfg.target_chunk >= ms
                 && cfg.parallelism >= 1
                 && cfg.max_jobs >= 1
-                && cfg.poll_interval >= Duration::from_millis(10),
-            "FLEET_CONFIG: [backfill]: sizes, parallelism, max_jobs must be >= 1, max_chunk_size >= min_chunk_size, target_chunk >= 1ms, poll_interval >= 10ms"
+                && cfg.poll_interval >= Duration::from_millis(10)
+                && (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&cfg.health_interval),
+            "FLEET_CONFIG: [backfill]: sizes, parallelism, max_jobs must be >= 1, max_chunk_size >= min_chunk_size, target_chunk >= 1ms, poll_interval >= 10ms, health_interval 100ms to 60s"
         );
         Ok(cfg)
     }

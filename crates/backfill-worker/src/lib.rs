@@ -38,6 +38,7 @@ pub mod runner;
 pub mod spec;
 pub mod store;
 pub mod target;
+pub mod throttle;
 pub mod validate;
 
 use std::sync::Arc;

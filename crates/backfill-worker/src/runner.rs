@@ -43,13 +43,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::adapt::{throttle_pause, Adapt};
+use crate::adapt::Adapt;
 use crate::config::BackfillConfig;
 use crate::metrics::BackfillMetrics;
 use crate::plan::{self, TableReport};
 use crate::spec::{Effective, JobSpec, Kind, MappingSource};
 use crate::store;
 use crate::target::{self, Target};
+use crate::throttle;
 use crate::validate::ValidateError;
 use fleet_shared::databases::DatabasePools;
 
@@ -81,11 +82,7 @@ struct Part {
 
 /// What one lane step did.
 enum Step {
-    Did {
-        rows: i64,
-        keys: i64,
-        elapsed: Duration,
-    },
+    Did { keys: i64, elapsed: Duration },
     Split,
     Failed,
     Carved,
@@ -93,8 +90,19 @@ enum Step {
     Stopped,
 }
 
+/// What the job's health monitor last found (see [`crate::throttle`]).
+#[derive(Debug, Clone, PartialEq)]
+enum Health {
+    Ok,
+    Throttled(String),
+    /// The job is no longer running (paused, cancelled, finished): lanes stop.
+    Stopped,
+}
+
 /// Shared by the lanes of one job on this replica.
 struct JobCtx {
+    health: tokio::sync::watch::Sender<Health>,
+    monitor: fleet_shared::health::HealthMonitor,
     job_id: Uuid,
     target: Target,
     eff: Effective,
@@ -324,18 +332,25 @@ impl Runner {
         } else {
             eff.chunk_size
         };
+        let max_chunk = match eff.max_rows_per_sec {
+            Some(rate) => eff
+                .max_chunk_size
+                .min(throttle::max_chunk_for_rate(rate, eff.parallelism))
+                .max(eff.min_chunk_size),
+            None => eff.max_chunk_size,
+        };
+        let tables = self.job_tables(job_id, &spec).await?;
+        let monitor = fleet_shared::health::HealthMonitor::new(eff.health.clone());
+        let first = self.health(job_id, &target, &monitor, &tables).await;
         let ctx = Arc::new(JobCtx {
+            health: tokio::sync::watch::channel(first).0,
+            monitor,
             job_id,
             target: target.clone(),
             parts,
             search_path: matches!(spec.kind, Kind::Sql(_))
                 .then(|| format!("{}, public", spec.schema.quoted())),
-            adapt: Adapt::new(
-                initial,
-                eff.target_chunk,
-                eff.min_chunk_size,
-                eff.max_chunk_size,
-            ),
+            adapt: Adapt::new(initial, eff.target_chunk, eff.min_chunk_size, max_chunk),
             eff,
             last_progress: Mutex::new(Instant::now() - Duration::from_secs(3600)),
         });
@@ -343,7 +358,17 @@ impl Runner {
         for _ in 0..ctx.eff.parallelism.max(1) {
             lanes.spawn(self.clone().lane(ctx.clone(), shutdown.clone()));
         }
+        let lanes_done = shutdown.child_token();
+        let monitor = tokio::spawn(
+            self.clone()
+                .monitor(ctx.clone(), tables, lanes_done.clone()),
+        );
         while lanes.join_next().await.is_some() {}
+        lanes_done.cancel();
+        let _ = monitor.await;
+        if let Err(e) = throttle::set_reason(&self.pool, job_id, None).await {
+            tracing::debug!(error = %one_line(&e), "cannot clear the throttle reason");
+        }
         self.progress(job_id, Some(ctx.adapt.size())).await;
         if !shutdown.is_cancelled() {
             self.finalize(job_id, &spec, &target).await?;
@@ -485,30 +510,119 @@ impl Runner {
         anyhow::Error::new(e).context(reason)
     }
 
+    /// The tables a job writes, qualified and quoted (what the health check watches).
+    async fn job_tables(&self, job_id: Uuid, spec: &JobSpec) -> anyhow::Result<Vec<String>> {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT name FROM fleet.backfill_parts WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await
+                .context("Failed to read the job's parts")?;
+        let mut tables = Vec::new();
+        for n in names {
+            if let Ok(t) = crate::ident::Ident::parse("table", &n) {
+                tables.push(crate::ident::qualified(&spec.schema, &t));
+                if let Kind::CopyToTenant(c) = &spec.kind {
+                    if let Ok(ts) =
+                        crate::ident::Ident::parse("schema", &c.tenant_code.schema_name())
+                    {
+                        tables.push(crate::ident::qualified(&ts, &t));
+                    }
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    /// One health reading of the job's target (an unreadable target counts as healthy: the
+    /// chunks' own errors handle an outage).
+    async fn health(
+        &self,
+        job_id: Uuid,
+        target: &Target,
+        monitor: &fleet_shared::health::HealthMonitor,
+        tables: &[String],
+    ) -> Health {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM fleet.backfill_jobs WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await
+                .unwrap_or(Some("running".into()));
+        if state.as_deref() != Some("running") {
+            return Health::Stopped;
+        }
+        match monitor.check(&target.pool, tables).await {
+            Ok(Some(reason)) => Health::Throttled(reason),
+            Ok(None) => Health::Ok,
+            Err(e) => {
+                tracing::debug!(error = %one_line(&e), "cannot read the target's health");
+                Health::Ok
+            }
+        }
+    }
+
+    /// Reads the job's health every `health_interval` until its lanes are done; a change is
+    /// stored on the job row and published.
+    async fn monitor(
+        self: Arc<Self>,
+        ctx: Arc<JobCtx>,
+        tables: Vec<String>,
+        done: CancellationToken,
+    ) {
+        let mut shown: Option<String> = None;
+        loop {
+            let h = self
+                .health(ctx.job_id, &ctx.target, &ctx.monitor, &tables)
+                .await;
+            let reason = match &h {
+                Health::Throttled(r) => Some(r.clone()),
+                _ => None,
+            };
+            if reason != shown
+                && throttle::set_reason(&self.pool, ctx.job_id, reason.as_deref())
+                    .await
+                    .is_ok()
+            {
+                shown = reason;
+                self.progress(ctx.job_id, Some(ctx.adapt.size())).await;
+            }
+            ctx.health.send_replace(h);
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(self.cfg.health_interval) => {}
+            }
+        }
+    }
+
+    /// Waits while the job is throttled; false when the lane should stop.
+    async fn wait_healthy(&self, ctx: &JobCtx, shutdown: &CancellationToken) -> bool {
+        let mut rx = ctx.health.subscribe();
+        loop {
+            let h = rx.borrow_and_update().clone();
+            match h {
+                Health::Ok => return true,
+                Health::Stopped => return false,
+                Health::Throttled(_) => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                r = rx.changed() => if r.is_err() { return false },
+            }
+        }
+    }
+
     async fn lane(self: Arc<Self>, ctx: Arc<JobCtx>, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
+            if !self.wait_healthy(&ctx, &shutdown).await {
+                break;
+            }
             match self.step(&ctx).await {
-                Ok(Step::Did {
-                    rows,
-                    keys,
-                    elapsed,
-                }) => {
+                Ok(Step::Did { keys, elapsed }) => {
                     failures = 0;
                     ctx.adapt.observe(keys, elapsed);
-                    let pause = throttle_pause(
-                        rows,
-                        elapsed,
-                        ctx.eff.max_rows_per_sec,
-                        ctx.eff.parallelism,
-                    );
                     self.maybe_progress(&ctx).await;
-                    if !pause.is_zero() {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                    }
                 }
                 Ok(Step::Split | Step::Failed | Step::Carved) => failures = 0,
                 Ok(Step::Idle | Step::Stopped) => break,
@@ -592,15 +706,35 @@ impl Runner {
             }
             ttx = Some(t);
         }
+        // The rate limit: reserve the chunk's keys (an upper bound of its rows) in the job's
+        // shared bucket, and wait until they are covered.
+        let reserved = match ctx.eff.max_rows_per_sec {
+            Some(rate) => {
+                let n = (hi - lo) as f64;
+                let wait = throttle::reserve(&self.pool, ctx.job_id, rate, n).await?;
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                Some((rate, n))
+            }
+            None => None,
+        };
+        let started = Instant::now();
         let result = match ttx.as_mut() {
             Some(t) => exec_chunk(t, p, &settings, lo, hi).await,
             None => exec_chunk(&mut tx, p, &settings, lo, hi).await,
+        };
+        let give_back = |rows: i64| async move {
+            if let Some((rate, n)) = reserved {
+                let _ = throttle::give_back(&self.pool, ctx.job_id, rate, n - rows as f64).await;
+            }
         };
         let run = match result {
             Ok(r) => r,
             Err(e) => {
                 drop(ttx);
                 drop(tx);
+                give_back(0).await;
                 return self.chunk_error(ctx, chunk_id, lo, hi, e).await;
             }
         };
@@ -609,6 +743,7 @@ impl Runner {
             // the operator resolved the collisions starts from a clean range.
             drop(ttx);
             tx.rollback().await?;
+            give_back(0).await;
             let keys = run
                 .unsettled
                 .iter()
@@ -638,6 +773,7 @@ impl Runner {
         self.mark_done(&mut tx, chunk_id, rows, started.elapsed())
             .await?;
         tx.commit().await?;
+        give_back(rows).await;
         let elapsed = started.elapsed();
         self.metrics.outcome("done");
         self.metrics.rows.inc_by(rows.max(0) as u64);
@@ -651,7 +787,6 @@ impl Runner {
             "chunk done"
         );
         Ok(Step::Did {
-            rows,
             keys: hi - lo,
             elapsed,
         })
@@ -667,7 +802,7 @@ impl Runner {
         Box::pin(async move {
             sqlx::query(
             "UPDATE fleet.backfill_chunks SET state = 'done', rows = $2, attempts = attempts + 1, error = NULL,
-                    duration_ms = $3, worker = $4, finished_at = now() WHERE chunk_id = $1",
+                    duration_ms = $3, worker = $4, finished_at = clock_timestamp() WHERE chunk_id = $1",
         )
         .bind(chunk_id)
         .bind(rows)
@@ -922,7 +1057,7 @@ impl Runner {
             "succeeded"
         };
         sqlx::query(
-            "UPDATE fleet.backfill_jobs SET state = $2, error = $3, report = $4, finished_at = now(), updated_at = now() WHERE job_id = $1",
+            "UPDATE fleet.backfill_jobs SET state = $2, error = $3, report = $4, throttled = NULL, finished_at = now(), updated_at = now() WHERE job_id = $1",
         )
         .bind(job_id)
         .bind(state)

@@ -114,6 +114,15 @@ pub struct RawSpec {
     pub statement_timeout: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    // throttle thresholds (see fleet_shared::health)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_lag: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lock_waiters: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_on_vacuum: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_transaction_age: Option<serde_json::Value>,
     // sql + copy_to_tenant
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
@@ -154,6 +163,10 @@ pub struct Options {
     pub lock_timeout: Option<Duration>,
     pub statement_timeout: Option<Duration>,
     pub dry_run: bool,
+    pub max_replica_lag: Option<Duration>,
+    pub max_lock_waiters: Option<u32>,
+    pub throttle_on_vacuum: Option<bool>,
+    pub max_transaction_age: Option<Duration>,
 }
 
 /// Options with every default filled in.
@@ -168,6 +181,8 @@ pub struct Effective {
     pub lock_timeout: Option<Duration>,
     pub statement_timeout: Option<Duration>,
     pub dry_run: bool,
+    /// When the lanes wait for the target database.
+    pub health: fleet_shared::health::HealthLimits,
 }
 
 impl Options {
@@ -185,6 +200,14 @@ impl Options {
             lock_timeout: self.lock_timeout.or(cfg.lock_timeout),
             statement_timeout: self.statement_timeout.or(cfg.statement_timeout),
             dry_run: self.dry_run,
+            health: fleet_shared::health::HealthLimits {
+                max_replica_lag: self.max_replica_lag.or(cfg.health.max_replica_lag),
+                max_lock_waiters: self.max_lock_waiters.or(cfg.health.max_lock_waiters),
+                throttle_on_vacuum: self
+                    .throttle_on_vacuum
+                    .unwrap_or(cfg.health.throttle_on_vacuum),
+                max_transaction_age: self.max_transaction_age.or(cfg.health.max_transaction_age),
+            },
         }
     }
 }
@@ -435,7 +458,21 @@ impl JobSpec {
                 source,
             )?,
             dry_run: raw.dry_run,
+            max_replica_lag: duration_opt("max_replica_lag", &raw.max_replica_lag, DAY, source)?,
+            max_lock_waiters: raw.max_lock_waiters,
+            throttle_on_vacuum: raw.throttle_on_vacuum,
+            max_transaction_age: duration_opt(
+                "max_transaction_age",
+                &raw.max_transaction_age,
+                7 * DAY,
+                source,
+            )?,
         };
+        if options.max_lock_waiters.is_some_and(|n| n > 10_000) {
+            return Err(SpecError::Option(
+                "max_lock_waiters: must be between 0 and 10000".into(),
+            ));
+        }
         if options
             .chunk_size
             .is_some_and(|c| !(1..=10_000_000).contains(&c))

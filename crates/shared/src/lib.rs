@@ -20,6 +20,7 @@ pub mod errors;
 pub mod events;
 pub mod fleet;
 pub mod fleet_gauges;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod migrate;

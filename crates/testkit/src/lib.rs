@@ -8,6 +8,7 @@
 //! - [`TestDb`]: a fresh database on the machine's Postgres, dropped when the test ends.
 //! - [`PgServer`]: a private PostgreSQL server (`initdb`, `wal_level = logical`) on a free
 //!   loopback port, stoppable and restartable: a second database server for placement tests.
+//! - [`PgReplicaPair`]: a private Postgres primary with a streaming replica (replica lag tests).
 //! - [`TcpProxy`]: a loopback proxy that can cut and restore every connection through it, to
 //!   make Postgres, Redis or NATS "unreachable for a while" without killing the server.
 //! - [`Running`]: a worker's `run` spawned in-process, stopped gracefully or killed.
@@ -24,6 +25,7 @@ mod db;
 pub mod http;
 mod jwt;
 mod postgres;
+mod pg_replica;
 mod proxy;
 mod running;
 mod servers;
@@ -34,6 +36,7 @@ pub use cluster::NatsCluster;
 pub use db::TestDb;
 pub use jwt::{creds_file, TestOperator};
 pub use postgres::PgServer;
+pub use pg_replica::PgReplicaPair;
 pub use proxy::TcpProxy;
 pub use running::Running;
 pub use servers::{find_binary, free_port, wait_for_port, NatsServer, RedisServer};

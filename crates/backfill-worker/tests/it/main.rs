@@ -10,3 +10,4 @@ mod mapping_files;
 mod named_database;
 mod reports;
 mod tenant_codes;
+mod throttle;
