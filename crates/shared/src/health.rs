@@ -12,8 +12,9 @@
 //!   slowest replica has not replayed (or `replay_lag`, if larger); a replica that has replayed
 //!   everything counts as 0;
 //! - **lock waiters** on the job's tables: sessions waiting for a lock (of the table, a row, a
-//!   transaction) while they hold or want a lock on one of them: someone is queued behind the
-//!   bulk writes, or the bulk writes behind someone;
+//!   transaction) while they hold or want a lock on one of them: the application is queued
+//!   behind the bulk writes. The fleet's own sessions (`application_name = 'tenant-fleet'`) do
+//!   not count: a bulk statement waiting for the application is bounded by its `lock_timeout`;
 //! - **vacuum** running on one of the tables (`pg_stat_progress_vacuum`): let it finish first;
 //! - **long transactions** in the database (other sessions'): they hold back vacuum, so every
 //!   dead tuple the job leaves stays until they end.
@@ -201,6 +202,7 @@ pub async fn check(
                 "SELECT count(DISTINCT a.pid), min(l.relation::regclass::text)
                  FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
                  WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()
+                   AND a.application_name IS DISTINCT FROM 'tenant-fleet'
                    AND l.relation::bigint = ANY($1)",
             )
             .bind(&oids)

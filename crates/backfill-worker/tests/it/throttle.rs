@@ -1,5 +1,5 @@
-//! The throttle that protects the primary: a lagging streaming replica and a lock held on a
-//! job's table make the job wait, say why, and go on by itself once the cause is gone; and
+//! The throttle that protects the primary: a lagging streaming replica and an application
+//! session waiting behind the job's row locks make the job wait, say why, and go on by itself once the cause is gone; and
 //! `max_rows_per_sec` holds in every one-second window, with two replicas sharing the job.
 
 use std::time::Duration;
@@ -129,27 +129,57 @@ async fn a_lagging_replica_throttles_the_job_until_it_catches_up() {
 }
 
 #[tokio::test]
-async fn a_lock_held_on_the_table_throttles_then_the_job_proceeds() {
+async fn an_application_waiting_behind_the_job_throttles_it_then_it_proceeds() {
     let env = TestEnv::new().await;
     let pool = env.db.pool().await;
     items(&pool, 2000).await;
-    let cfg = config_file(HEALTH_CONFIG);
-    let worker = Replica::start(&env, &cfg).await;
-    // An application transaction holds a row lock the job's UPDATE must wait for.
-    let mut app = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM items WHERE id = 2000 FOR UPDATE")
-        .execute(&mut *app)
+    // After updating each row, a chunk passes a gate (a shared advisory lock) the test holds
+    // closed: the first chunk's transaction keeps its row locks until the test opens it.
+    sqlx::raw_sql(
+        "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4545); RETURN NEW; END $$;
+         CREATE TRIGGER gate AFTER UPDATE OF c ON items FOR EACH ROW EXECUTE FUNCTION gate();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut gate = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(4545)")
+        .execute(&mut *gate)
         .await
         .unwrap();
+    let cfg = config_file(HEALTH_CONFIG);
+    let worker = Replica::start(&env, &cfg).await;
     let id = submit(
         &pool,
         json!({"kind": "sql", "table": "items", "chunk_size": 100, "lock_timeout": "60s",
                "statement": "UPDATE items SET c = c + 1 WHERE id > $1 AND id <= $2"}),
     )
     .await;
+    eventually(Duration::from_secs(60), "a chunk at the gate", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = 4545",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n >= 1).then_some(())
+    })
+    .await;
+    // The application wants a row the first chunk holds: it waits behind the job.
+    let app_pool = pool.clone();
+    let app = tokio::spawn(async move {
+        sqlx::query("UPDATE items SET d = 1 WHERE id = 1")
+            .execute(&app_pool)
+            .await
+            .unwrap();
+    });
     let shown = throttled_for(&pool, id, "lock waiter").await;
     assert!(shown.contains("lock waiter(s) on items > 0"), "{shown}");
-    app.rollback().await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock(4545)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    app.await.unwrap();
     let done = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await;
     assert_eq!(done.state, "succeeded", "{:?}", done.error);
     assert_eq!(counters(&pool).await, (0, 2000, 0));
