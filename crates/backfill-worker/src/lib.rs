@@ -6,16 +6,18 @@
 //! their chunks live in Postgres (`fleet.backfill_*`): the database is the queue, because the
 //! guarantee that matters, *each chunk's effect happens exactly once*, needs the chunk's
 //! statement and its checkpoint in one transaction, and only the database that holds the data
-//! can give that. NATS carries commands in (`backfill.submit`, `backfill.control`, consumed from
+//! can give that (a job on another database, `"database": "<name>"`, keeps a marker there in
+//! the chunk's transaction instead: [`target`]). NATS carries commands in (`backfill.submit`, `backfill.control`, consumed from
 //! FLEET_JOBS with one durable per subject) and progress out (`backfill.progress.<job_id>`, core
 //! NATS: snapshots are also persisted on the job row, so none needs to be stored in a stream).
 //!
 //! Module map: [`spec`] (parsing, static checks) → [`validate`] (catalog checks) → [`store`]
 //! (jobs, control transitions, progress) → [`plan`] (integrity check, DDL, parts) →
-//! [`runner`] (chunk claiming, timeouts and splits, finishing) with [`adapt`] (chunk size,
-//! throttle); [`handler`] is the NATS side.
+//! [`runner`] (chunk claiming, timeouts and splits, finishing) with [`adapt`] (chunk size),
+//! [`throttle`] (target health, the shared rate bucket) and [`target`] (the job's database and
+//! its chunk markers); [`handler`] is the NATS side.
 //!
-//! Design choices beyond the brief, and why:
+//! How it is built, and why (user-facing behaviour: [docs/backfill.md](../../../docs/backfill.md)):
 //! - Chunks are carved on demand from a per-table cursor instead of being planned up front, so
 //!   the chunk size can grow as well as shrink while the job runs.
 //! - Job counters are derived from chunk rows (not incremented in each chunk transaction), so

@@ -1,4 +1,4 @@
-//! The organization mapping of a `tenant_codes` job: seed 000's `data_codes.csv`
+//! The organization mapping of a `tenant_codes` job: the `data_codes.csv`
 //! (`organization_id,organization_code,tenant_code`).
 //!
 //! Parsed strictly, because a wrong mapping silently writes the wrong tenant into millions of

@@ -445,7 +445,7 @@ pub fn settle_statement(
     )
 }
 
-/// Seed 000's pre-migration check: every `organization_id` in the org-direct tables and in
+/// The integrity check before any row is touched: every `organization_id` in the org-direct tables and in
 /// `user_extensions` must be in the mapping. Fails listing (up to 20 of) the unmapped ids.
 async fn integrity_check(
     con: &mut PgConnection,
@@ -498,7 +498,7 @@ async fn integrity_check(
     )))
 }
 
-/// Seed 000's post-migration check, per filled table: rows left without codes.
+/// The verification after the fill, per filled table: rows left without codes.
 pub fn verify<'a>(
     con: &'a mut PgConnection,
     schema: &'a Ident,

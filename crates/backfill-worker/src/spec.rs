@@ -59,7 +59,8 @@ pub enum SpecError {
     Database(String),
 }
 
-/// A table linked to its organization by its own column (seed 000's 10 org-direct tables).
+/// A table linked to its organization by its own column (the default org-direct tables are
+/// listed in docs/backfill.md#tenant_codes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrgTableSpec {
@@ -71,7 +72,7 @@ pub struct OrgTableSpec {
 }
 
 /// A table linked through a user (`user_column` → `user_extensions.user_id`) or through a
-/// session (`session_column` → `sessions.id` → `sessions.created_by`): seed 000's 13 tables.
+/// session (`session_column` → `sessions.id` → `sessions.created_by`) (defaults: docs/backfill.md#tenant_codes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserTableSpec {
@@ -291,7 +292,8 @@ pub struct JobSpec {
     pub raw: RawSpec,
 }
 
-/// Seed 000's tables linked by their own `organization_id`.
+/// The default org-direct tables of a `tenant_codes` job: the mentoring tables linked by their
+/// own `organization_id` (docs/backfill.md#tenant_codes).
 pub const SEED_ORG_TABLES: &[&str] = &[
     "availabilities",
     "default_rules",
@@ -305,7 +307,8 @@ pub const SEED_ORG_TABLES: &[&str] = &[
     "role_extensions",
 ];
 
-/// Seed 000's tables linked through a user (column) or, for `post_session_details`, a session.
+/// The default user-linked tables: through a user column or, for `post_session_details`, a
+/// session (docs/backfill.md#tenant_codes).
 pub const SEED_USER_TABLES: &[(&str, &str, &str)] = &[
     ("user_extensions", "user_id", "user_id"),
     ("sessions", "id", "created_by"),
