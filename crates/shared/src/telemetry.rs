@@ -109,6 +109,7 @@ pub fn init(format: LogFormat) {
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
     let filter = quiet_notices(
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        std::env::var("RUST_LOG").ok().as_deref(),
     );
     let builder = fmt().with_env_filter(filter).with_writer(RedactingStderr);
     let _ = match format {
@@ -124,11 +125,11 @@ pub fn init_with_default(format: LogFormat, default_filter: &str) {
 /// Postgres NOTICEs (`column … already exists, skipping` from idempotent DDL) are debug
 /// detail: sqlx emits them at INFO, so below DEBUG they are filtered out; `RUST_LOG=debug` (or
 /// a directive naming `sqlx::postgres::notice`) shows them.
-fn quiet_notices(filter: EnvFilter) -> EnvFilter {
+fn quiet_notices(filter: EnvFilter, rust_log: Option<&str>) -> EnvFilter {
     let verbose = filter
         .max_level_hint()
         .is_some_and(|l| l >= tracing_subscriber::filter::LevelFilter::DEBUG);
-    let named = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("sqlx::postgres::notice"));
+    let named = rust_log.is_some_and(|v| v.contains("sqlx::postgres::notice"));
     if verbose || named {
         return filter;
     }
@@ -160,4 +161,23 @@ pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
         src = e.source();
     }
     crate::errors::one_line(&out)
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use super::quiet_notices;
+    use tracing_subscriber::EnvFilter;
+
+    #[test]
+    fn postgres_notices_show_only_at_debug() {
+        let quiet = |f: &str| quiet_notices(EnvFilter::new(f), Some(f)).to_string();
+        assert!(quiet("info").contains("sqlx::postgres::notice=warn"));
+        assert!(quiet("warn,fleet=info").contains("sqlx::postgres::notice=warn"));
+        assert!(!quiet("debug").contains("sqlx::postgres::notice"));
+        assert!(!quiet("info,fleet_shared=debug").contains("sqlx::postgres::notice=warn"));
+        assert_eq!(
+            quiet("info,sqlx::postgres::notice=info"),
+            EnvFilter::new("info,sqlx::postgres::notice=info").to_string()
+        );
+    }
 }
