@@ -67,7 +67,9 @@ pub async fn purge(older_than: Option<Duration>, dry_run: bool, json: bool) -> a
         }
         return Ok(());
     }
-    let rows = purge::purge_older_than(&pg, &actor(), older_than, |a, row| {
+    let pools =
+        fleet_shared::databases::DatabasePools::new(settings.databases.clone(), pg.clone(), 2);
+    let rows = purge::purge_older_than(&pools, &actor(), older_than, |a, row| {
         // A progress line only: a reader that went away must not stop the purge half-way.
         if !json {
             let _ = output::write(

@@ -16,12 +16,15 @@
 use chrono::{DateTime, Utc};
 use fleet_shared::events::{BadInput, DeleteMode, TenantDeleted, TENANT_DELETED};
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::purge::{checked_ident, drop_schema, purge_rows, MAX_IDENT};
+use super::purge::{
+    archive_schema_on, checked_ident, drop_schema, drop_schema_on, purge_rows, MAX_IDENT,
+};
 use super::{begin, finish, live_tenant, Begun, Cause, LifecycleError, Outcome};
 use super::{Tenant, TENANT_COLUMNS};
+use fleet_shared::databases::{DatabasePools, CONTROL};
 
 /// `archived_<code>_<yyyymmddhhmmss>`, or, for a code too long for that to fit in 63 bytes,
 /// `archived_<first 30 of code>_<first 8 hex of tenant_id>_<yyyymmddhhmmss>` (exactly 63).
@@ -41,6 +44,15 @@ fn hashed_name(code: &str, tenant_id: Uuid, at: DateTime<Utc>) -> String {
     format!("archived_{short}_{}_{ts}", &id[..8])
 }
 
+/// The archive name on a tenant database other than the control plane's:
+/// `archived_<first 30 of code>_<first 16 hex of tenant_id>` (at most 56 bytes). It depends only on
+/// the tenant, so the step that renames there and the registry update here always agree.
+pub fn remote_archive_name(code: &str, tenant_id: Uuid) -> String {
+    let short: String = code.chars().take(30).collect();
+    let id = tenant_id.simple().to_string();
+    format!("archived_{short}_{}", &id[..16])
+}
+
 /// Whether a schema exists.
 pub async fn schema_exists(con: &mut PgConnection, schema: &str) -> Result<bool, LifecycleError> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
@@ -51,12 +63,12 @@ pub async fn schema_exists(con: &mut PgConnection, schema: &str) -> Result<bool,
 }
 
 pub async fn delete(
-    pg: &PgPool,
+    pools: &DatabasePools,
     cause: &Cause,
     req: &TenantDeleted,
 ) -> Result<Outcome, LifecycleError> {
     let code = req.code.as_str();
-    let mut tx = match begin(pg, code, cause).await? {
+    let mut tx = match begin(pools.control(), code, cause).await? {
         Begun::Fresh(tx) => tx,
         Begun::Repeat(a) => return Ok(Outcome::Repeat(a)),
     };
@@ -86,14 +98,10 @@ pub async fn delete(
         None => live_tenant(&mut tx, TENANT_DELETED, code).await?,
     };
     let schema = checked_ident(&t.schema_name)?.to_owned();
-    if t.database != fleet_shared::databases::CONTROL {
-        // Renaming or dropping a schema on another server cannot share the registry's
-        // transaction; until that is made crash-safe here it is refused, never half-done.
-        return Err(LifecycleError::NotAllowed(format!(
-            "{TENANT_DELETED}: tenant {} lives on database {}; archive and purge of tenants outside the control database are not supported yet",
-            t.code, t.database
-        )));
-    }
+    // On another database the schema is renamed or dropped there first, in its own transaction
+    // (idempotent, see purge.rs), then the registry changes here; the archive name there does
+    // not depend on the time, so a redelivery after a crash in between finds what it renamed.
+    let remote = t.database != CONTROL;
 
     let (after, old, new) = match (t.status.as_str(), req.mode) {
         ("deleted", DeleteMode::Archive) => {
@@ -103,7 +111,11 @@ pub async fn delete(
             )))
         }
         ("deleted", DeleteMode::Purge) => {
-            drop_schema(&mut tx, &schema).await?;
+            if remote {
+                drop_schema_on(pools, &t.database, &t.code, &schema).await?;
+            } else {
+                drop_schema(&mut tx, &schema).await?;
+            }
             purge_rows(&mut tx, t.tenant_id).await?;
             let after = Tenant {
                 status: "purged".into(),
@@ -114,7 +126,11 @@ pub async fn delete(
             (after, old, new)
         }
         (_, DeleteMode::Purge) => {
-            drop_schema(&mut tx, &schema).await?;
+            if remote {
+                drop_schema_on(pools, &t.database, &t.code, &schema).await?;
+            } else {
+                drop_schema(&mut tx, &schema).await?;
+            }
             purge_rows(&mut tx, t.tenant_id).await?;
             let after = Tenant {
                 status: "purged".into(),
@@ -127,11 +143,14 @@ pub async fn delete(
         (_, DeleteMode::Archive) => {
             let now = Utc::now();
             let mut archived = archive_schema_name(&t.code, t.tenant_id, now);
-            if schema_exists(&mut tx, &archived).await? {
+            if remote {
+                archived = remote_archive_name(&t.code, t.tenant_id);
+                archive_schema_on(pools, &t.database, &t.code, &schema, &archived).await?;
+            } else if schema_exists(&mut tx, &archived).await? {
                 // The same code archived twice within a second: the id-qualified name is unique.
                 archived = hashed_name(&t.code, t.tenant_id, now);
             }
-            if schema_exists(&mut tx, &schema).await? {
+            if !remote && schema_exists(&mut tx, &schema).await? {
                 fleet_shared::migrate::exec_simple(
                     &mut tx,
                     &format!("ALTER SCHEMA \"{schema}\" RENAME TO \"{archived}\""),

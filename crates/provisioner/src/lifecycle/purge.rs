@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{begin, finish, AuditRow, Begun, Cause, LifecycleError, Tenant, TENANT_COLUMNS};
+use fleet_shared::databases::{DatabasePools, CONTROL};
 
 /// Postgres truncates identifiers longer than this many bytes.
 pub const MAX_IDENT: usize = 63;
@@ -44,6 +45,84 @@ pub async fn drop_schema(con: &mut PgConnection, schema: &str) -> Result<(), Lif
     )
     .await
     .map_err(LifecycleError::db("drop the tenant's schema"))
+}
+
+/// The pool of a tenant's database (`control` is the control plane's own).
+pub fn tenant_pool(pools: &DatabasePools, database: &str) -> Result<PgPool, LifecycleError> {
+    pools
+        .get(database)
+        .map_err(|e| LifecycleError::NotAllowed(format!("the tenant's database: {e}")))
+}
+
+/// Drops `schema` on a tenant database other than the control plane's, in a transaction of its
+/// own under the tenant's lock there, committed before the registry changes: `IF EXISTS` makes
+/// a redelivery after a crash between the two a no-op here.
+pub async fn drop_schema_on(
+    pools: &DatabasePools,
+    database: &str,
+    code: &str,
+    schema: &str,
+) -> Result<(), LifecycleError> {
+    let pool = tenant_pool(pools, database)?;
+    let mut tx = pool.begin().await.map_err(LifecycleError::db(
+        "begin a transaction on the tenant database",
+    ))?;
+    crate::tenant_lock::lock_tenant(&mut tx, code).await?;
+    drop_schema(&mut tx, schema).await?;
+    tx.commit()
+        .await
+        .map_err(LifecycleError::db("commit the drop on the tenant database"))
+}
+
+/// Renames `schema` to `archived` on a tenant database other than the control plane's, in its
+/// own transaction before the registry changes. Idempotent: when only `archived` exists, an
+/// earlier delivery did it; when neither does, there is nothing to rename.
+pub async fn archive_schema_on(
+    pools: &DatabasePools,
+    database: &str,
+    code: &str,
+    schema: &str,
+    archived: &str,
+) -> Result<(), LifecycleError> {
+    let (schema, archived) = (checked_ident(schema)?, checked_ident(archived)?);
+    let pool = tenant_pool(pools, database)?;
+    let mut tx = pool.begin().await.map_err(LifecycleError::db(
+        "begin a transaction on the tenant database",
+    ))?;
+    crate::tenant_lock::lock_tenant(&mut tx, code).await?;
+    let exists = |name: &str| {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+        )
+        .bind(name.to_owned())
+    };
+    let live = exists(schema)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(LifecycleError::db("look up a schema"))?;
+    let done = exists(archived)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(LifecycleError::db("look up a schema"))?;
+    match (live, done) {
+        (true, false) => {
+            fleet_shared::migrate::exec_simple(
+                &mut tx,
+                &format!("ALTER SCHEMA \"{schema}\" RENAME TO \"{archived}\""),
+            )
+            .await
+            .map_err(LifecycleError::db("rename the schema to its archive name"))?;
+        }
+        (true, true) => {
+            return Err(LifecycleError::NotAllowed(format!(
+                "both {schema} and {archived} exist on database {database}; refusing to archive over an archive"
+            )))
+        }
+        _ => {}
+    }
+    tx.commit().await.map_err(LifecycleError::db(
+        "commit the archive on the tenant database",
+    ))
 }
 
 /// Deletes the registry row and (by cascade) its configs.
@@ -80,12 +159,12 @@ pub async fn due(pg: &PgPool, older_than: Duration) -> Result<Vec<Archived>, Lif
 
 /// Purges one archived tenant by id; `None` when it is gone already or no longer archived.
 pub async fn purge_archived(
-    pg: &PgPool,
+    pools: &DatabasePools,
     cause: &Cause,
     tenant_id: Uuid,
     code: &Code,
 ) -> Result<Option<AuditRow>, LifecycleError> {
-    let mut tx = match begin(pg, code.as_str(), cause).await? {
+    let mut tx = match begin(pools.control(), code.as_str(), cause).await? {
         Begun::Fresh(tx) => tx,
         Begun::Repeat(_) => return Ok(None),
     };
@@ -99,13 +178,11 @@ pub async fn purge_archived(
     let Some(t) = t else {
         return Ok(None);
     };
-    if t.database != fleet_shared::databases::CONTROL {
-        return Err(LifecycleError::NotAllowed(format!(
-            "purge: tenant {} lives on database {}; purge of tenants outside the control database is not supported yet",
-            t.code, t.database
-        )));
+    if t.database == CONTROL {
+        drop_schema(&mut tx, &t.schema_name).await?;
+    } else {
+        drop_schema_on(pools, &t.database, &t.code, &t.schema_name).await?;
     }
-    drop_schema(&mut tx, &t.schema_name).await?;
     purge_rows(&mut tx, t.tenant_id).await?;
     let after = Tenant {
         status: "purged".into(),
@@ -125,18 +202,18 @@ pub async fn purge_archived(
 /// Purges every tenant archived longer than `older_than`, one transaction each; `progress` is
 /// called after each. Stops at the first failure (what is purged stays purged).
 pub async fn purge_older_than(
-    pg: &PgPool,
+    pools: &DatabasePools,
     actor: &str,
     older_than: Duration,
     mut progress: impl FnMut(&Archived, &AuditRow),
 ) -> Result<Vec<AuditRow>, LifecycleError> {
     let mut done = Vec::new();
-    for a in due(pg, older_than).await? {
+    for a in due(pools.control(), older_than).await? {
         let code = Code::parse(&a.code).map_err(|e| {
             LifecycleError::NotAllowed(format!("the registry holds a bad code: {e}"))
         })?;
         let cause = Cause::direct("fleetctl.tenants.purge", actor);
-        if let Some(row) = purge_archived(pg, &cause, a.tenant_id, &code).await? {
+        if let Some(row) = purge_archived(pools, &cause, a.tenant_id, &code).await? {
             progress(&a, &row);
             done.push(row);
         }

@@ -50,7 +50,7 @@ impl Provisioner {
             }
             TENANT_DELETED => {
                 let req = parse_json(s, p)?;
-                super::delete::delete(&self.pg, &cause, &req).await
+                super::delete::delete(&self.placement.pools, &cause, &req).await
             }
             other => {
                 tracing::debug!(subject = other, "not a lifecycle subject; ignored");

@@ -609,9 +609,14 @@ async fn purge_older_than_drops_only_old_archives() {
     assert_eq!(due.len(), 1);
     let old_schema = due[0].schema_name.clone();
     let mut seen = Vec::new();
-    let rows = purge::purge_older_than(&pool, "test", month, |a, _| seen.push(a.code.clone()))
-        .await
-        .unwrap();
+    let rows = purge::purge_older_than(
+        &fleet_shared::databases::DatabasePools::control_only(pool.clone()),
+        "test",
+        month,
+        |a, _| seen.push(a.code.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!((rows.len(), seen), (1, vec!["old1".to_string()]));
     assert!(!schema_exists(&pool, &old_schema).await);
     assert_eq!(
@@ -630,10 +635,15 @@ async fn purge_older_than_drops_only_old_archives() {
         .await,
         1
     );
-    assert!(purge::purge_older_than(&pool, "test", month, |_, _| {})
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(purge::purge_older_than(
+        &fleet_shared::databases::DatabasePools::control_only(pool.clone()),
+        "test",
+        month,
+        |_, _| {}
+    )
+    .await
+    .unwrap()
+    .is_empty());
     worker.stop().await;
 }
 

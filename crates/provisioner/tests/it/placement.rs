@@ -226,3 +226,69 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+#[tokio::test]
+async fn archive_and_purge_of_tenants_on_another_server_including_a_redelivery_after_a_crash() {
+    let s = TwoServers::new("").await;
+    let pool = s.env.db.pool().await;
+    let shard = s.shard_pool().await;
+    let js = js(&s.env).await;
+    let worker = s.worker().await;
+    for code in ["arc", "gone"] {
+        let (_, mut body) = created(code, "basic");
+        body["database"] = json!("shard_b");
+        publish_json(&js, "tenant.created", &body).await;
+        wait_active(&pool, code).await;
+    }
+    let arc = tenant(&pool, "arc").await.unwrap();
+    let archived = provisioner::lifecycle::delete::remote_archive_name("arc", arc.tenant_id);
+
+    // A crash after the rename on shard_b, before the registry changed: the schema is already
+    // renamed there when the (re)delivery comes; it finishes the archive without renaming again.
+    sqlx::raw_sql(&format!("ALTER SCHEMA tenant_arc RENAME TO \"{archived}\""))
+        .execute(&shard)
+        .await
+        .unwrap();
+    publish_json(
+        &js,
+        "tenant.deleted",
+        &json!({"code": "arc", "mode": "archive"}),
+    )
+    .await;
+    eventually(WAIT, "arc archived", || async {
+        let t = tenant(&pool, "arc").await?;
+        (t.status == "deleted").then_some(())
+    })
+    .await;
+    let t = tenant(&pool, "arc").await.unwrap();
+    assert_eq!(t.schema_name, archived);
+    assert!(schema_exists(&shard, &archived).await);
+    assert!(!schema_exists(&shard, "tenant_arc").await);
+    assert!(
+        !schema_exists(&pool, &archived).await,
+        "nothing on the control database"
+    );
+
+    // Purge of the archived tenant, and of a live one: dropped on shard_b, rows gone.
+    publish_json(
+        &js,
+        "tenant.deleted",
+        &json!({"code": "arc", "tenant_id": arc.tenant_id, "mode": "purge"}),
+    )
+    .await;
+    publish_json(
+        &js,
+        "tenant.deleted",
+        &json!({"code": "gone", "mode": "purge"}),
+    )
+    .await;
+    eventually(WAIT, "both purged", || async {
+        (tenant_rows(&pool).await == 0).then_some(())
+    })
+    .await;
+    assert!(!schema_exists(&shard, &archived).await);
+    assert!(!schema_exists(&shard, "tenant_gone").await);
+    wait_idle(&js).await;
+    assert!(dead_letters(&js).await.is_empty());
+    worker.stop().await;
+}
