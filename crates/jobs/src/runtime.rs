@@ -45,11 +45,11 @@ use tokio_util::sync::CancellationToken;
 use fleet_shared::metrics::{Metrics, WorkerLabels};
 use fleet_shared::retry::RetryPolicy;
 use fleet_shared::topology::{ensure_consumer, ConsumerSpec, JOBS_STREAM};
-use fleet_shared::worker::{Outcome, Processor, WorkerSpec};
+use fleet_shared::worker::{HandleError, Incoming, Outcome, Processor, WorkerSpec};
 use fleet_shared::{Fleet, Name};
 
 use crate::fair::FairQueue;
-use crate::job::{Adapter, Job, JobHandler};
+use crate::job::{Job, JobHandler};
 use crate::outcomes;
 
 /// How long a fetch waits for the next message when the consumer has none.
@@ -419,5 +419,29 @@ async fn collect(out: &mut Vec<jetstream::Message>, mut batch: jetstream::consum
                 break;
             }
         }
+    }
+}
+
+/// Adapts a [`JobHandler`] to the shared worker loop's handler. With a pool, a successful job's
+/// `done` outcome is recorded before the loop acks it, so a crash between the two leaves the
+/// record (the redelivered job is handled again and records it again) rather than losing it.
+pub(crate) struct Adapter<J> {
+    pub handler: std::sync::Arc<J>,
+    pub outcomes: Option<(sqlx::PgPool, String)>,
+}
+
+impl<J: JobHandler> fleet_shared::worker::Handler for Adapter<J> {
+    async fn handle(&self, msg: &Incoming) -> Result<(), HandleError> {
+        let job = Job::parse(msg)?;
+        tracing::Span::current().record("tenant.code", job.tenant_code.as_str());
+        self.handler.handle(&job).await?;
+        if let Some((pg, worker)) = &self.outcomes {
+            let done = fleet_shared::worker::Outcome::Acked;
+            if let Err(e) = crate::outcomes::record(pg, worker, &job, msg.delivered, &done).await {
+                // The effect is committed; a missing record only delays `overlap = "forbid"`.
+                tracing::warn!(error = %fleet_shared::errors::one_line(&format!("{e:#}")), "job outcome not recorded");
+            }
+        }
+        Ok(())
     }
 }
