@@ -142,18 +142,7 @@ pub async fn provision(
     let version;
     let applied;
     if resume {
-        sqlx::query(
-            "UPDATE fleet.tenants SET name = $2, plan = $3, org_code = $4,
-                    status = 'provisioning', updated_at = now()
-              WHERE tenant_id = $1",
-        )
-        .bind(req.tenant_id)
-        .bind(req.name.trim())
-        .bind(&req.plan)
-        .bind(req.org_code.as_ref().map(|c| c.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(ProvisionError::db("update the tenant row"))?;
+        provisioning_again(&mut tx, req).await?;
         // The schema may exist, with part of a ledger: the ledger is read, checked and completed.
         let report =
             migrate::migrate_to(&mut tx, &schema, migrations, latest, Start::Existing).await?;
@@ -291,18 +280,7 @@ async fn provision_elsewhere(
     let code = req.code.as_str();
     let schema = req.code.schema_name();
     if resume {
-        sqlx::query(
-            "UPDATE fleet.tenants SET name = $2, plan = $3, org_code = $4,
-                    status = 'provisioning', updated_at = now()
-              WHERE tenant_id = $1",
-        )
-        .bind(req.tenant_id)
-        .bind(req.name.trim())
-        .bind(&req.plan)
-        .bind(req.org_code.as_ref().map(|c| c.as_str()))
-        .execute(&mut *tx)
-        .await
-        .map_err(ProvisionError::db("update the tenant row"))?;
+        provisioning_again(&mut tx, req).await?;
     } else {
         sqlx::query(
             "INSERT INTO fleet.tenants (tenant_id, code, name, plan, org_code, status, schema_name, database)
@@ -396,4 +374,25 @@ async fn provision_elsewhere(
         created: true,
         from_pool: false,
     })
+}
+
+/// A redelivered `tenant.created` for a tenant whose earlier attempt stopped half-way: the row
+/// takes the event's name, plan and org code and is `provisioning` again.
+async fn provisioning_again(
+    con: &mut PgConnection,
+    req: &TenantCreated,
+) -> Result<(), ProvisionError> {
+    sqlx::query(
+        "UPDATE fleet.tenants SET name = $2, plan = $3, org_code = $4,
+                status = 'provisioning', updated_at = now()
+          WHERE tenant_id = $1",
+    )
+    .bind(req.tenant_id)
+    .bind(req.name.trim())
+    .bind(&req.plan)
+    .bind(req.org_code.as_ref().map(|c| c.as_str()))
+    .execute(&mut *con)
+    .await
+    .map_err(ProvisionError::db("update the tenant row"))?;
+    Ok(())
 }
