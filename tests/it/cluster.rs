@@ -7,10 +7,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::HeaderMap;
 use fleet_shared::topology::{Topology, EVENTS_STREAM, JOBS_STREAM};
 use fleet_shared::Fleet;
-use fleet_testkit::{eventually, NatsCluster, Running, TestDb};
+use fleet_testkit::{eventually, publish_retrying, NatsCluster, Running, TestDb};
 use redis::AsyncCommands as _;
 use serde_json::json;
 use sqlx::PgPool;
@@ -62,25 +61,6 @@ impl ClusterEnv {
         self.cluster.kill(leader);
         leader
     }
-}
-
-/// Publishes until the cluster acknowledges it, under a fixed `Nats-Msg-Id`: a publish whose
-/// ack was lost with a node is repeated and deduplicated, as a careful upstream service does.
-async fn publish_retrying(js: &jetstream::Context, subject: &str, msg_id: &str, body: Vec<u8>) {
-    for _ in 0..300 {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        if let Ok(ack) = js
-            .publish_with_headers(subject.to_owned(), headers, body.clone().into())
-            .await
-        {
-            if ack.await.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{subject} {msg_id}: never acknowledged");
 }
 
 /// Every stored message of `stream` under `prefix`, per subject.

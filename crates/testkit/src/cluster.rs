@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use async_nats::{jetstream, HeaderMap};
 
 use crate::servers::{find_binary, free_port, wait_for_port};
 
@@ -224,4 +225,23 @@ impl NatsCluster {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Publishes until the cluster acknowledges it, under a fixed `Nats-Msg-Id`: a publish whose
+/// ack was lost with a node is repeated and deduplicated, as a careful upstream service does.
+pub async fn publish_retrying(js: &jetstream::Context, subject: &str, msg_id: &str, body: Vec<u8>) {
+    for _ in 0..300 {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        if let Ok(ack) = js
+            .publish_with_headers(subject.to_owned(), headers, body.clone().into())
+            .await
+        {
+            if ack.await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{subject} {msg_id}: never acknowledged");
 }

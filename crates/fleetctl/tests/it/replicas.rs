@@ -8,8 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::HeaderMap;
-use fleet_testkit::{eventually, NatsCluster, RedisServer, TestDb};
+use fleet_testkit::{eventually, publish_retrying, NatsCluster, RedisServer, TestDb};
 use redis::AsyncCommands as _;
 use serde_json::json;
 use sqlx::PgPool;
@@ -82,23 +81,6 @@ fn spawn(worker: &str, nats: &str, db: &str, redis: &str, config: &str) -> Proc 
         .spawn()
         .expect("spawn fleetctl up --only");
     Proc(child)
-}
-
-async fn publish_retrying(js: &jetstream::Context, subject: &str, msg_id: &str, body: Vec<u8>) {
-    for _ in 0..300 {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        if let Ok(ack) = js
-            .publish_with_headers(subject.to_owned(), headers, body.clone().into())
-            .await
-        {
-            if ack.await.is_ok() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{subject} {msg_id}: never acknowledged");
 }
 
 async fn count(pool: &PgPool, sql: &str) -> i64 {
