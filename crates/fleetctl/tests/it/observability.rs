@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use fleet_testkit::http::request;
-use fleet_testkit::{eventually, find_binary, free_port, wait_for_port, TestEnv};
+use fleet_testkit::{find_binary, free_port, wait_for_port, TestEnv};
 
 fn kit(file: &str) -> (String, String) {
     let path = format!(
@@ -86,33 +86,41 @@ async fn every_metric_the_kit_names_is_served_and_the_rules_check() {
         .unwrap();
     wait_for_port(port, Duration::from_secs(60)).unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let served: BTreeSet<String> =
-        eventually(Duration::from_secs(60), "a ready fleet's metrics", || {
-            let addr = addr.clone();
-            async move {
-                let text = request(&addr, "GET", "/metrics", &[], b"")
-                    .await
-                    .ok()?
-                    .text();
-                // The state gauges have values once the fleet is ready and sampled.
-                if !text.contains("fleet_ready 1") || !text.contains("fleet_consumer_pending{") {
-                    return None;
-                }
-                Some(
-                    text.lines()
-                        .filter_map(|l| l.strip_prefix("# TYPE "))
-                        .filter_map(|l| l.split(' ').next())
-                        .map(str::to_owned)
-                        .collect(),
-                )
-            }
-        })
-        .await;
+    // Each worker registers its families when it starts, so a ready fleet may still be
+    // starting its scheduler: poll until every named family is served or the minute is up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (sampled, missing) = loop {
+        let text = match request(&addr, "GET", "/metrics", &[], b"").await {
+            Ok(r) => r.text(),
+            Err(_) => String::new(),
+        };
+        let served: BTreeSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|m| !served.contains(m.as_str()))
+            .collect();
+        // The state gauges have values once the fleet is ready and sampled.
+        let sampled = text.contains("fleet_ready 1") && text.contains("fleet_consumer_pending{");
+        if (sampled && missing.is_empty()) || tokio::time::Instant::now() > deadline {
+            break (
+                sampled,
+                missing.into_iter().cloned().collect::<Vec<String>>(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let _ = up.kill();
     let _ = up.wait();
-    let missing: Vec<&String> = wanted.iter().filter(|m| !served.contains(*m)).collect();
+    assert!(
+        sampled,
+        "the fleet was not ready and sampled within a minute"
+    );
     assert!(
         missing.is_empty(),
-        "named by the kit but not served: {missing:?}"
+        "named by the kit but not served within a minute: {missing:?}"
     );
 }
