@@ -74,6 +74,9 @@ pub struct SetArgs {
     /// Tenant plans, comma-separated
     #[arg(long, value_delimiter = ',')]
     plans: Option<Vec<String>>,
+    /// Only tenants on these [databases.<name>], comma-separated
+    #[arg(long, value_delimiter = ',')]
+    database: Option<Vec<String>>,
     #[arg(long)]
     spread: Option<String>,
     /// skip, run_latest or catch_up
@@ -161,6 +164,9 @@ pub async fn run(cmd: EditCmd, settings: &Settings, config: SchedulerConfig) -> 
                     );
                 }
                 refuse_file_schedule(&config, &s.name)?;
+                s.selector
+                    .check_databases(&s.name, &settings.databases)
+                    .map_err(|e| anyhow::anyhow!(e))?;
                 parsed.push(s);
             }
             let pg = output::pg(settings).await?;
@@ -219,7 +225,7 @@ pub async fn run(cmd: EditCmd, settings: &Settings, config: SchedulerConfig) -> 
                     obj.insert(k.to_owned(), v);
                 }
             }
-            if a.status.is_some() || a.plans.is_some() {
+            if a.status.is_some() || a.plans.is_some() || a.database.is_some() {
                 let tenants = obj
                     .entry("tenants")
                     .or_insert_with(|| serde_json::json!({}));
@@ -230,9 +236,15 @@ pub async fn run(cmd: EditCmd, settings: &Settings, config: SchedulerConfig) -> 
                     if let Some(p) = &a.plans {
                         t.insert("plans".into(), serde_json::json!(p));
                     }
+                    if let Some(d) = &a.database {
+                        t.insert("database".into(), serde_json::json!(d));
+                    }
                 }
             }
             let s = scheduler::config::parse_json(&spec, config.lease)?;
+            s.selector
+                .check_databases(&s.name, &settings.databases)
+                .map_err(|e| anyhow::anyhow!(e))?;
             apply(settings, &pg, vec![s], a.dry_run).await
         }
         EditCmd::Delete { name } => {

@@ -66,6 +66,22 @@ impl Placement {
         }
     }
 
+    /// Checks a database named by an operator: configured and a tenant home; else one line.
+    pub fn check_home(&self, name: &str) -> Result<(), String> {
+        home(&self.pools, name).map(|_| ())
+    }
+
+    /// Why [`Placement::choose`] picks what it picks for `named` and `plan`, for messages.
+    pub fn reason(&self, named: Option<&str>, plan: &str) -> &'static str {
+        if named.is_some() {
+            "named"
+        } else if self.plan_databases.contains_key(plan) {
+            "the plan's database"
+        } else {
+            "fewest tenants relative to capacity"
+        }
+    }
+
     /// Checks a database named by an event: configured and a tenant home.
     pub fn check_named(&self, name: &str) -> Result<(), BadInput> {
         home(&self.pools, name)

@@ -107,6 +107,8 @@ struct RawSelector {
     plans: Option<OneOrMany>,
     #[serde(skip_serializing_if = "Option::is_none")]
     codes: Option<OneOrMany>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<OneOrMany>,
 }
 
 impl RawSelector {
@@ -495,6 +497,23 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
             "tenants.plans: a tenant.rollout selects at most one plan (its \"plan\"); use one schedule per plan",
         ));
     }
+    let databases = match raw.tenants.database.map(OneOrMany::into_vec) {
+        None => None,
+        Some(_) if target == Target::TenantRollout => {
+            return Err(invalid(
+                &name,
+                "tenants.database does not apply to tenant.rollout (a rollout selects by plan or codes and migrates each tenant where the registry says it is)",
+            ))
+        }
+        Some(d) if d.is_empty() => return Err(invalid(&name, "tenants.database is empty")),
+        Some(d) => {
+            for db in &d {
+                fleet_shared::Name::parse(db)
+                    .map_err(|e| invalid(&name, format!("tenants.database: {e}")))?;
+            }
+            Some(d)
+        }
+    };
     let codes = match raw.tenants.codes.map(OneOrMany::into_vec) {
         None => None,
         Some(_) if target != Target::TenantRollout => {
@@ -636,6 +655,7 @@ fn validate(raw: RawSchedule, lease: Duration) -> Result<Schedule, ScheduleError
         selector: Selector {
             statuses,
             plans,
+            databases,
             codes,
         },
         spread,
@@ -727,6 +747,87 @@ name = "migrate-nightly"
 cron = "30 2 * * *"
 subject = "tenant.migrate"
 "#;
+
+    #[test]
+    fn a_database_selector_parses_and_is_checked_against_the_configured_databases() {
+        let c = parse(
+            r#"
+[[schedules]]
+name = "a"
+cron = "0 0 * * *"
+subject = "jobs.a.{tenant_code}"
+tenants = { database = "shard_b" }
+
+[[schedules]]
+name = "b"
+cron = "0 0 * * *"
+subject = "tenant.migrate"
+tenants = { database = ["control", "shard_b"] }
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.get("a").unwrap().selector.databases.as_deref(),
+            Some(&["shard_b".to_owned()][..])
+        );
+        let dbs = fleet_shared::databases::Databases::from_file(
+            None,
+            &FileConfig::parse(
+                "[databases.shard_b]\nurl = \"postgres://x/y\"\ntenants = true\n",
+                None,
+            )
+            .unwrap()
+            .table,
+            &fleet_shared::secret::SecretUrl::new("postgres://c/d"),
+            |_| None,
+        )
+        .unwrap();
+        for s in &c.schedules {
+            s.selector.check_databases(&s.name, &dbs).unwrap();
+        }
+        let only_control = fleet_shared::databases::Databases::control_only(
+            &fleet_shared::secret::SecretUrl::new("postgres://c/d"),
+        );
+        let err = c
+            .get("b")
+            .unwrap()
+            .selector
+            .check_databases("b", &only_control)
+            .unwrap_err();
+        assert!(
+            err.starts_with("schedule \"b\": tenants.database: unknown database \"shard_b\"")
+                && err.contains("configured: control")
+                && !err.contains('\n'),
+            "{err}"
+        );
+        for (tenants, subject, wants) in [
+            (
+                "{ database = [] }",
+                "jobs.x.{tenant_code}",
+                "tenants.database is empty",
+            ),
+            (
+                "{ database = \"Bad Name\" }",
+                "jobs.x.{tenant_code}",
+                "tenants.database",
+            ),
+            (
+                "{ database = \"shard_b\" }",
+                "tenant.rollout",
+                "does not apply to tenant.rollout",
+            ),
+        ] {
+            let err = parse(&format!(
+                "[[schedules]]\nname = \"x\"\ncron = \"0 0 * * *\"\nsubject = \"{subject}\"\ntenants = {tenants}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(wants) && !err.contains('\n'),
+                "{tenants}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn a_good_file_parses() {

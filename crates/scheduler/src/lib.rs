@@ -55,6 +55,11 @@ pub const WAKE_SUBJECT: &str = "fleet.scheduler.wake";
 /// Runs the worker until `shutdown` is cancelled.
 pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = SchedulerConfig::from_file(&fleet.settings.file)?;
+    for s in &config.schedules {
+        s.selector
+            .check_databases(&s.name, &fleet.settings.databases)
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
     // Waited for like at connect: a NATS cluster that has just lost a node answers JetStream
     // requests only once it has elected new leaders.
     let wait = fleet.settings.connect_timeout;

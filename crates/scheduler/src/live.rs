@@ -149,13 +149,7 @@ pub async fn clocks_of(
         return Ok((vec![(None, schedule.cron.clone())], Vec::new()));
     }
     let default = schedule.cron.timezone().name().to_owned();
-    let zones = store::tenant_zones(
-        pg,
-        &schedule.selector.statuses,
-        schedule.selector.plans.as_deref(),
-        &default,
-    )
-    .await?;
+    let zones = store::tenant_zones(pg, &schedule.selector, &default).await?;
     let mut clocks = Vec::new();
     let mut invalid = Vec::new();
     for (zone, n) in zones {

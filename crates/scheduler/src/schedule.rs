@@ -243,9 +243,32 @@ pub struct Selector {
     pub statuses: Vec<String>,
     /// `None`: every plan.
     pub plans: Option<Vec<String>>,
+    /// `tenants.database`: only tenants whose schema is on one of these `[databases.<name>]`
+    /// (the registry's `fleet.tenants.database`); `None`: every database.
+    pub databases: Option<Vec<String>>,
     /// `tenants.codes`, only on a `tenant.rollout` schedule (the rollout's `codes`); `None`: every
     /// tenant the plan selects.
     pub codes: Option<Vec<Code>>,
+}
+
+impl Selector {
+    /// Every `tenants.database` is configured (`[databases.<name>]` or `control`); else one line
+    /// naming the schedule and listing the configured databases.
+    pub fn check_databases(
+        &self,
+        schedule: &str,
+        databases: &fleet_shared::databases::Databases,
+    ) -> Result<(), String> {
+        for db in self.databases.iter().flatten() {
+            databases.get(db).map_err(|e| {
+                format!(
+                    "schedule {}: tenants.database: {e}",
+                    fleet_shared::errors::quoted(schedule)
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// One validated schedule.

@@ -25,6 +25,8 @@ pub struct RunRow {
     pub reason: Option<String>,
     pub statuses: Vec<String>,
     pub plans: Option<Vec<String>>,
+    /// `tenants.database`: the `[databases.<name>]` whose tenants it selects (`None`: all).
+    pub databases: Option<Vec<String>>,
     pub tenants_matched: i64,
     pub published: i64,
     pub cursor: Option<Uuid>,
@@ -46,7 +48,7 @@ pub struct RunRow {
     pub paced_from: Option<DateTime<Utc>>,
 }
 
-const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at, updated_at, clean_stop, zones, default_zone, paced_from";
+const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, databases, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at, updated_at, clean_stop, zones, default_zone, paced_from";
 
 /// A tenant's zone: its `timezone` config key (a JSON string, not encrypted), else the default
 /// (`$DEFAULT`). Used with a bound parameter for the default, never a spliced string.
@@ -62,6 +64,7 @@ fn zone_expr(default_param: &str) -> String {
 pub struct Filter<'a> {
     pub statuses: &'a [String],
     pub plans: Option<&'a [String]>,
+    pub databases: Option<&'a [String]>,
     pub zones: Option<&'a [String]>,
     pub default_zone: Option<&'a str>,
 }
@@ -71,16 +74,33 @@ impl<'a> Filter<'a> {
         Filter {
             statuses: &run.statuses,
             plans: run.plans.as_deref(),
+            databases: run.databases.as_deref(),
             zones: run.zones.as_deref(),
             default_zone: run.default_zone.as_deref(),
         }
     }
 
+    /// The condition, with the filter's values bound as `$1`..`$5` (see [`Filter::bind`]).
     fn sql(&self) -> String {
         format!(
-            "t.status = ANY($1) AND ($2::text[] IS NULL OR t.plan = ANY($2)) AND ($3::text[] IS NULL OR {} = ANY($3))",
+            "t.status = ANY($1) AND ($2::text[] IS NULL OR t.plan = ANY($2)) AND ($3::text[] IS NULL OR {} = ANY($3)) AND ($5::text[] IS NULL OR t.database = ANY($5))",
             zone_expr("$4::text")
         )
+    }
+
+    /// Binds `$1`..`$5` of [`Filter::sql`].
+    fn bind<'q, O>(
+        &self,
+        q: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        q.bind(self.statuses)
+            .bind(self.plans)
+            .bind(self.zones)
+            .bind(self.default_zone)
+            .bind(self.databases)
     }
 }
 
@@ -89,19 +109,20 @@ impl<'a> Filter<'a> {
 /// reported, never guessed).
 pub async fn tenant_zones(
     pg: &PgPool,
-    statuses: &[String],
-    plans: Option<&[String]>,
+    selector: &Selector,
     default_zone: &str,
 ) -> anyhow::Result<Vec<(String, i64)>> {
     sqlx::query_as(&format!(
         "SELECT zone, count(*) FROM (SELECT {} AS zone FROM fleet.tenants t
-           WHERE t.status = ANY($1) AND ($2::text[] IS NULL OR t.plan = ANY($2))) z
+           WHERE t.status = ANY($1) AND ($2::text[] IS NULL OR t.plan = ANY($2))
+             AND ($4::text[] IS NULL OR t.database = ANY($4))) z
          GROUP BY zone ORDER BY zone",
         zone_expr("$3::text")
     ))
-    .bind(statuses)
-    .bind(plans)
+    .bind(&selector.statuses)
+    .bind(selector.plans.as_deref())
     .bind(default_zone)
+    .bind(selector.databases.as_deref())
     .fetch_all(pg)
     .await
     .context("Failed to read the tenants' time zones")
@@ -110,30 +131,29 @@ pub async fn tenant_zones(
 /// Up to `limit` codes of matching tenants whose stored zone is one of `zones`.
 pub async fn tenants_in_zones(
     pg: &PgPool,
-    statuses: &[String],
-    plans: Option<&[String]>,
+    selector: &Selector,
     zones: &[String],
     default_zone: &str,
     limit: i64,
 ) -> anyhow::Result<Vec<String>> {
     let f = Filter {
-        statuses,
-        plans,
+        statuses: &selector.statuses,
+        plans: selector.plans.as_deref(),
+        databases: selector.databases.as_deref(),
         zones: Some(zones),
         default_zone: Some(default_zone),
     };
-    sqlx::query_scalar(&format!(
-        "SELECT t.code FROM fleet.tenants t WHERE {} ORDER BY t.code LIMIT $5",
+    let sql = format!(
+        "SELECT t.code FROM fleet.tenants t WHERE {} ORDER BY t.code LIMIT $6",
         f.sql()
-    ))
-    .bind(statuses)
-    .bind(plans)
-    .bind(zones)
-    .bind(default_zone)
-    .bind(limit)
-    .fetch_all(pg)
-    .await
-    .context("Failed to read tenants")
+    );
+    let rows: Vec<(String,)> = f
+        .bind(sqlx::query_as(&sql))
+        .bind(limit)
+        .fetch_all(pg)
+        .await
+        .context("Failed to read tenants")?;
+    Ok(rows.into_iter().map(|(c,)| c).collect())
 }
 
 /// One row of `fleet.schedules`.
@@ -208,17 +228,13 @@ pub async fn count_matching<'e, E: sqlx::PgExecutor<'e>>(
     pg: E,
     f: &Filter<'_>,
 ) -> anyhow::Result<i64> {
-    sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM fleet.tenants t WHERE {}",
-        f.sql()
-    ))
-    .bind(f.statuses)
-    .bind(f.plans)
-    .bind(f.zones)
-    .bind(f.default_zone)
-    .fetch_one(pg)
-    .await
-    .context("Failed to count tenants")
+    let sql = format!("SELECT count(*) FROM fleet.tenants t WHERE {}", f.sql());
+    let (n,): (i64,) = f
+        .bind(sqlx::query_as(&sql))
+        .fetch_one(pg)
+        .await
+        .context("Failed to count tenants")?;
+    Ok(n)
 }
 
 /// The next page of matching tenants after `after`, in tenant_id order (the fan-out order).
@@ -228,21 +244,18 @@ pub async fn tenant_page(
     after: Option<Uuid>,
     limit: i64,
 ) -> anyhow::Result<Vec<(Uuid, String)>> {
-    sqlx::query_as(&format!(
+    let sql = format!(
         "SELECT t.tenant_id, t.code FROM fleet.tenants t
-         WHERE {} AND ($5::uuid IS NULL OR t.tenant_id > $5)
-         ORDER BY t.tenant_id LIMIT $6",
+         WHERE {} AND ($6::uuid IS NULL OR t.tenant_id > $6)
+         ORDER BY t.tenant_id LIMIT $7",
         f.sql()
-    ))
-    .bind(f.statuses)
-    .bind(f.plans)
-    .bind(f.zones)
-    .bind(f.default_zone)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pg)
-    .await
-    .context("Failed to read tenants")
+    );
+    f.bind(sqlx::query_as(&sql))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pg)
+        .await
+        .context("Failed to read tenants")
 }
 
 /// Records the decision for one schedule's ticks: starts `runs` (a tick that already has a run
@@ -264,16 +277,17 @@ pub async fn decide(
             &Filter {
                 statuses: &r.selector.statuses,
                 plans: r.selector.plans.as_deref(),
+                databases: r.selector.databases.as_deref(),
                 zones: r.zones.as_deref(),
                 default_zone: r.default_zone.as_deref(),
             },
         )
         .await?;
         let row: Option<RunRow> = sqlx::query_as(&format!(
-            "INSERT INTO fleet.schedule_runs (schedule, tick, trigger, status, statuses, plans, tenants_matched, spread_ms, leader, zones, default_zone, reason)
-             VALUES ($1, $2, $3, CASE WHEN $9 THEN 'queued' ELSE 'running' END, $4, $5, $6, $7, $8, $10, $11, $12)
+            "INSERT INTO fleet.schedule_runs (schedule, tick, trigger, status, statuses, plans, tenants_matched, spread_ms, leader, zones, default_zone, reason, databases)
+             VALUES ($1, $2, $3, CASE WHEN $9 THEN 'queued' ELSE 'running' END, $4, $5, $6, $7, $8, $10, $11, $12, $13)
              ON CONFLICT (schedule, tick) DO UPDATE SET status = 'queued', trigger = EXCLUDED.trigger,
-                 reason = NULL, statuses = EXCLUDED.statuses, plans = EXCLUDED.plans, zones = EXCLUDED.zones,
+                 reason = NULL, statuses = EXCLUDED.statuses, plans = EXCLUDED.plans, databases = EXCLUDED.databases, zones = EXCLUDED.zones,
                  default_zone = EXCLUDED.default_zone, spread_ms = EXCLUDED.spread_ms, finished_at = NULL,
                  started_at = now(), updated_at = now()
                WHERE $9 AND EXCLUDED.trigger = 'backfill' AND schedule_runs.status = 'skipped'
@@ -291,6 +305,7 @@ pub async fn decide(
         .bind(r.zones.as_deref())
         .bind(r.default_zone.as_deref())
         .bind(r.note.as_deref())
+        .bind(r.selector.databases.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
         created.extend(row);

@@ -412,8 +412,7 @@ async fn clocks(
     let count: i64 = invalid.iter().map(|(_, n)| n).sum();
     let codes = store::tenants_in_zones(
         &ctx.pg,
-        &schedule.selector.statuses,
-        schedule.selector.plans.as_deref(),
+        &schedule.selector,
         &names,
         schedule.cron.timezone().name(),
         5,

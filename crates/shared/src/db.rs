@@ -63,6 +63,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         "0750_tenant_placement.sql",
         include_str!("../migrations/0750_tenant_placement.sql"),
     ),
+    (
+        "0820_schedule_run_databases.sql",
+        include_str!("../migrations/0820_schedule_run_databases.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.

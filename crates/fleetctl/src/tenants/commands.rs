@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use fleet_shared::databases::DatabasePools;
 use fleet_shared::{Code, Settings};
 use sqlx::PgPool;
 
@@ -30,6 +31,10 @@ pub enum Cmd {
         /// Also move the clone to this organisation (org_code and organization_code columns)
         #[arg(long = "org-code")]
         org_code: Option<String>,
+        /// The [databases.<name>] (a tenant home) to restore onto; default: where a new tenant
+        /// of its plan would be placed
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Isolation check: every row of the tenant's tables holds the tenant's own tenant_code
     Verify {
@@ -54,11 +59,13 @@ pub enum Cmd {
 }
 
 pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<()> {
+    // Each tenant's schema is on the database the registry names (`fleet.tenants.database`).
+    let pools = DatabasePools::new(settings.databases.clone(), pg.clone(), 2);
     match cmd {
         Cmd::Export { code, out } => {
             let code = Code::parse(&code)?;
             outln!("exporting {code} to {}", out.display());
-            let m = super::export::export(&settings.database_url, &code, &out).await?;
+            let m = super::export::export(&settings.databases, &code, &out).await?;
             let rows: u64 = m.tables.iter().map(|t| t.rows).sum();
             outln!(
                 "exported {code} (schema version {}, {} tables, {rows} rows) to {}",
@@ -72,6 +79,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
             dir,
             code,
             org_code,
+            database,
         } => {
             let code = code.as_deref().map(Code::parse).transpose()?;
             let org = org_code.as_deref().map(Code::parse).transpose()?;
@@ -79,12 +87,22 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                 org.is_none() || code.is_some(),
                 "--org-code needs --code (it applies to a clone)"
             );
-            let done = super::import::import(&settings.database_url, &dir, code, org).await?;
+            let config = provisioner::config::ProvisionerConfig::from_settings(settings)?;
+            let placement =
+                provisioner::placement::Placement::new(pools.clone(), &config.plan_databases)
+                    .map_err(|e| anyhow::anyhow!(e))?;
+            let target = super::import::Target {
+                placement: &placement,
+                named: database.as_deref(),
+            };
+            let done = super::import::import(target, &dir, code, org).await?;
             outln!(
-                "imported {} as tenant {} ({}): {} tables, {} rows, {} configs, schema version {}",
+                "imported {} as tenant {} ({}) on database {} ({}): {} tables, {} rows, {} configs, schema version {}",
                 dir.display(),
                 done.code,
                 done.tenant_id,
+                done.database,
+                done.placed_by,
                 done.tables,
                 done.rows,
                 done.configs,
@@ -103,8 +121,8 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
         Cmd::Verify { code, all, json } => {
             let code = code.as_deref().map(Code::parse).transpose()?;
             let targets =
-                super::verify::targets(pg, if all { None } else { code.as_ref() }).await?;
-            let report = super::verify::verify(pg, &targets).await?;
+                super::verify::targets(&pools, if all { None } else { code.as_ref() }).await?;
+            let report = super::verify::verify(&pools, &targets).await?;
             if json {
                 output::print_json(&report)?;
             } else if report.offenders.is_empty() {
@@ -144,7 +162,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
         }
         Cmd::Usage { code, json } => {
             let code = code.as_deref().map(Code::parse).transpose()?;
-            let usage = super::usage::usage(pg, code.as_ref()).await?;
+            let usage = super::usage::usage(&pools, code.as_ref()).await?;
             if json {
                 return output::print_json(&usage);
             }
@@ -158,6 +176,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                     vec![
                         u.code.clone(),
                         u.status.clone(),
+                        u.database.clone(),
                         super::usage::human_bytes(u.schema_bytes),
                         u.tables.len().to_string(),
                         u.rows.to_string(),
@@ -173,6 +192,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                 &[
                     "CODE",
                     "STATUS",
+                    "DATABASE",
                     "SIZE",
                     "TABLES",
                     "ROWS~",
@@ -196,7 +216,7 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
             let code = Code::parse(&code)?;
             let migrations =
                 provisioner::migrations::load(settings).context("Failed to load the migrations")?;
-            let h = super::health::health(pg, &settings.redis, &migrations, &code).await?;
+            let h = super::health::health(&pools, &settings.redis, &migrations, &code).await?;
             output::print_json(&h)?;
             if h.status == "healthy" {
                 return Ok(());

@@ -1,7 +1,7 @@
 //! A tenant schema's DDL: taken with the real `pg_dump`, and renamed for an import.
 //!
 //! `pg_dump` is found on `PATH` (a clear error when it is not). It gets its connection through
-//! `PG*` environment variables built from `DATABASE_URL`; the password travels in `PGPASSWORD`,
+//! `PG*` environment variables built from the database's URL; the password travels in `PGPASSWORD`,
 //! never on its command line, and its stderr is reported with the URL redacted. `--snapshot`
 //! makes it read the same snapshot as the data export, so DDL and rows match.
 //!
@@ -36,10 +36,10 @@ fn is_executable(p: &Path) -> bool {
 /// The `PG*` variables that make libpq tools connect where `database_url` points.
 fn pg_env(database_url: &SecretUrl) -> anyhow::Result<Vec<(&'static str, String)>> {
     let url = url::Url::parse(database_url.expose_secret())
-        .map_err(|e| anyhow::anyhow!("DATABASE_URL {database_url}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("database URL {database_url}: {e}"))?;
     let decode = |s: &str| {
         percent_decode(s)
-            .with_context(|| format!("DATABASE_URL {database_url}: bad percent-encoding"))
+            .with_context(|| format!("database URL {database_url}: bad percent-encoding"))
     };
     let mut env = Vec::new();
     if let Some(host) = url.host_str() {

@@ -7,10 +7,17 @@
 //! from `COPY ... TO STDOUT` straight to its file, hashed on the way, so memory stays bounded
 //! whatever the table's size. The bundle is written to `DIR.partial-<id>` and renamed to `DIR`
 //! only when complete, so a failed export leaves no half-bundle behind.
+//!
+//! The schema is read on the database the registry names (`fleet.tenants.database`), with that
+//! database's URL (handed to `pg_dump` in its environment, never printed). On the control
+//! database, registry and data share the one snapshot; on another server they are two
+//! `REPEATABLE READ` snapshots, the registry's taken first (the tenant's lock is not taken, so a
+//! config changed in between is the only thing that can differ).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use fleet_shared::databases::{Databases, CONTROL};
 use fleet_shared::secret::{ExposeSecret, SecretUrl};
 use fleet_shared::Code;
 use futures::StreamExt as _;
@@ -23,7 +30,7 @@ use super::catalog::{self, qualified, quote_ident};
 use super::ddl;
 
 /// Exports `code` to `out`; returns the manifest written.
-pub async fn export(database_url: &SecretUrl, code: &Code, out: &Path) -> anyhow::Result<Manifest> {
+pub async fn export(databases: &Databases, code: &Code, out: &Path) -> anyhow::Result<Manifest> {
     if out.exists() {
         let empty = out.is_dir() && std::fs::read_dir(out)?.next().is_none();
         anyhow::ensure!(
@@ -35,7 +42,7 @@ pub async fn export(database_url: &SecretUrl, code: &Code, out: &Path) -> anyhow
     let partial = partial_dir(out)?;
     std::fs::create_dir_all(partial.join("data"))
         .with_context(|| format!("cannot create {}", partial.display()))?;
-    let res = write_bundle(database_url, code, &partial).await;
+    let res = write_bundle(databases, code, &partial).await;
     match res {
         Ok(manifest) => {
             if out.exists() {
@@ -62,111 +69,34 @@ fn partial_dir(out: &Path) -> anyhow::Result<PathBuf> {
     Ok(out.with_file_name(partial))
 }
 
-async fn write_bundle(
-    database_url: &SecretUrl,
-    code: &Code,
-    dir: &Path,
-) -> anyhow::Result<Manifest> {
-    let mut con = PgConnection::connect(database_url.expose_secret())
+async fn write_bundle(databases: &Databases, code: &Code, dir: &Path) -> anyhow::Result<Manifest> {
+    let control_url = &databases.control().url;
+    let mut con = PgConnection::connect(control_url.expose_secret())
         .await
         .context("Failed to connect to the database")?;
-    let mut tx = con.begin().await?;
-    sqlx::Executor::execute(
-        &mut *tx,
-        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    )
-    .await?;
+    let mut tx = snapshot(&mut con).await?;
 
-    let tenant: Option<(
-        serde_json::Value,
-        uuid::Uuid,
-        String,
-        i64,
-        Option<String>,
-        String,
-    )> = sqlx::query_as(
-        "SELECT to_jsonb(t), tenant_id, schema_name, schema_version, org_code, status
+    let tenant: Option<Registered> = sqlx::query_as(
+        "SELECT to_jsonb(t) AS row, tenant_id, schema_name, schema_version, org_code, status, database
                FROM fleet.tenants t WHERE code = $1 AND status <> 'deleted'",
     )
     .bind(code.as_str())
     .fetch_optional(&mut *tx)
     .await
     .context("Failed to read fleet.tenants")?;
-    let (row, tenant_id, schema, version, org_code, status) =
-        tenant.with_context(|| format!("no tenant with code {code}"))?;
+    let Registered {
+        row,
+        tenant_id,
+        schema_name: schema,
+        schema_version: version,
+        org_code,
+        status,
+        database,
+    } = tenant.with_context(|| format!("no tenant with code {code}"))?;
     anyhow::ensure!(
         matches!(status.as_str(), "active" | "suspended"),
         "tenant {code} is {status}; only an active or suspended tenant can be exported"
     );
-    anyhow::ensure!(
-        schema == code.schema_name() && catalog::schema_exists(&mut tx, &schema).await?,
-        "tenant {code}'s schema {schema} does not exist"
-    );
-    let server_version: String = sqlx::query_scalar("SHOW server_version")
-        .fetch_one(&mut *tx)
-        .await?;
-    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-        .fetch_one(&mut *tx)
-        .await?;
-
-    let mut files: Vec<FileEntry> = Vec::new();
-    for (section, name) in [
-        ("pre-data", bundle::SCHEMA_PRE),
-        ("post-data", bundle::SCHEMA_POST),
-    ] {
-        let sql = ddl::pg_dump(database_url, &schema, section, &snapshot).await?;
-        files.push(bundle::write_bytes(dir, name, sql.into_bytes()).await?);
-    }
-
-    let mut tables = Vec::new();
-    let names = catalog::tables(&mut tx, &schema).await?;
-    for (i, table) in names.iter().enumerate() {
-        let columns = catalog::columns(&mut tx, &schema, table).await?;
-        let file = bundle::data_file(i + 1);
-        let (entry, rows) = copy_out(&mut tx, dir, &file, &schema, table, &columns).await?;
-        outln!("  {table}: {rows} rows");
-        files.push(entry);
-        tables.push(TableEntry {
-            name: table.clone(),
-            columns,
-            rows,
-            file,
-        });
-    }
-
-    let ledger: Vec<LedgerRow> = sqlx::query_as::<_, (i64, String, String)>(&format!(
-        "SELECT version, name, checksum FROM {} ORDER BY version",
-        qualified(&schema, "schema_migrations")
-    ))
-    .fetch_all(&mut *tx)
-    .await
-    .context("Failed to read the migration ledger")?
-    .into_iter()
-    .map(|(version, name, checksum)| LedgerRow {
-        version,
-        name,
-        checksum,
-    })
-    .collect();
-    files.push(bundle::write_json(dir, bundle::LEDGER, &ledger).await?);
-
-    let mut sequences = Vec::new();
-    for seq in catalog::sequences(&mut tx, &schema).await? {
-        let (last_value, is_called): (i64, bool) = sqlx::query_as(&format!(
-            "SELECT last_value, is_called FROM {}",
-            qualified(&schema, &seq)
-        ))
-        .fetch_one(&mut *tx)
-        .await
-        .with_context(|| format!("Failed to read sequence {seq}"))?;
-        sequences.push(SequenceRow {
-            name: seq,
-            last_value,
-            is_called,
-        });
-    }
-    files.push(bundle::write_json(dir, bundle::SEQUENCES, &sequences).await?);
-
     // As stored: an encrypted value stays ciphertext (with its key id), never decrypted here.
     let configs: Vec<serde_json::Value> = sqlx::query_scalar(
         "SELECT to_jsonb(c) - 'id' - 'tenant_id' FROM fleet.tenant_configurations c
@@ -176,6 +106,22 @@ async fn write_bundle(
     .fetch_all(&mut *tx)
     .await
     .context("Failed to read the tenant's configs")?;
+
+    let data = if database == CONTROL {
+        dump_schema(&mut tx, control_url, code, &schema, dir).await?
+    } else {
+        let db = databases
+            .get(&database)
+            .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
+        let mut tcon = PgConnection::connect(db.url.expose_secret())
+            .await
+            .with_context(|| format!("Failed to connect to database {database}"))?;
+        let mut ttx = snapshot(&mut tcon).await?;
+        let data = dump_schema(&mut ttx, &db.url, code, &schema, dir).await?;
+        ttx.commit().await?;
+        data
+    };
+    let mut files = data.files;
     files.push(bundle::write_json(dir, bundle::CONFIGS, &configs).await?);
     files.push(bundle::write_json(dir, bundle::TENANT, &row).await?);
     tx.commit().await?;
@@ -188,12 +134,126 @@ async fn write_bundle(
         schema_version: version,
         org_code,
         exported_at: chrono::Utc::now(),
-        server_version,
+        server_version: data.server_version,
         files,
-        tables,
+        tables: data.tables,
     };
     bundle::write_json(dir, bundle::MANIFEST, &manifest).await?;
     Ok(manifest)
+}
+
+/// The registry row of the exported tenant: as JSON (for `tenant.json`) and the fields used here.
+#[derive(sqlx::FromRow)]
+struct Registered {
+    row: serde_json::Value,
+    tenant_id: uuid::Uuid,
+    schema_name: String,
+    schema_version: i64,
+    org_code: Option<String>,
+    status: String,
+    database: String,
+}
+
+/// A `REPEATABLE READ READ ONLY` transaction: one snapshot for everything read in it.
+async fn snapshot(con: &mut PgConnection) -> anyhow::Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+    let mut tx = con.begin().await?;
+    sqlx::Executor::execute(
+        &mut *tx,
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .await?;
+    Ok(tx)
+}
+
+/// What the tenant's database contributes to a bundle.
+struct Dumped {
+    files: Vec<FileEntry>,
+    tables: Vec<TableEntry>,
+    server_version: String,
+}
+
+/// The schema's DDL (`pg_dump` on `url`, reading this transaction's snapshot), every table's
+/// rows, the ledger and the sequences, all from `con`'s snapshot.
+async fn dump_schema(
+    con: &mut PgConnection,
+    url: &SecretUrl,
+    code: &Code,
+    schema: &str,
+    dir: &Path,
+) -> anyhow::Result<Dumped> {
+    anyhow::ensure!(
+        schema == code.schema_name() && catalog::schema_exists(&mut *con, schema).await?,
+        "tenant {code}'s schema {schema} does not exist"
+    );
+    let server_version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(&mut *con)
+        .await?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *con)
+        .await?;
+
+    let mut files: Vec<FileEntry> = Vec::new();
+    for (section, name) in [
+        ("pre-data", bundle::SCHEMA_PRE),
+        ("post-data", bundle::SCHEMA_POST),
+    ] {
+        let sql = ddl::pg_dump(url, schema, section, &snapshot).await?;
+        files.push(bundle::write_bytes(dir, name, sql.into_bytes()).await?);
+    }
+
+    let mut tables = Vec::new();
+    let names = catalog::tables(&mut *con, schema).await?;
+    for (i, table) in names.iter().enumerate() {
+        let columns = catalog::columns(&mut *con, schema, table).await?;
+        let file = bundle::data_file(i + 1);
+        let (entry, rows) = copy_out(&mut *con, dir, &file, schema, table, &columns).await?;
+        outln!("  {table}: {rows} rows");
+        files.push(entry);
+        tables.push(TableEntry {
+            name: table.clone(),
+            columns,
+            rows,
+            file,
+        });
+    }
+
+    let ledger: Vec<LedgerRow> = sqlx::query_as::<_, (i64, String, String)>(&format!(
+        "SELECT version, name, checksum FROM {} ORDER BY version",
+        qualified(schema, "schema_migrations")
+    ))
+    .fetch_all(&mut *con)
+    .await
+    .context("Failed to read the migration ledger")?
+    .into_iter()
+    .map(|(version, name, checksum)| LedgerRow {
+        version,
+        name,
+        checksum,
+    })
+    .collect();
+    files.push(bundle::write_json(dir, bundle::LEDGER, &ledger).await?);
+
+    let mut sequences = Vec::new();
+    for seq in catalog::sequences(&mut *con, schema).await? {
+        let (last_value, is_called): (i64, bool) = sqlx::query_as(&format!(
+            "SELECT last_value, is_called FROM {}",
+            qualified(schema, &seq)
+        ))
+        .fetch_one(&mut *con)
+        .await
+        .with_context(|| format!("Failed to read sequence {seq}"))?;
+        sequences.push(SequenceRow {
+            name: seq,
+            last_value,
+            is_called,
+        });
+    }
+    files.push(bundle::write_json(dir, bundle::SEQUENCES, &sequences).await?);
+    Ok(Dumped {
+        files,
+        tables,
+        server_version,
+    })
 }
 
 /// Streams one table's rows to `dir/file` as CSV with a header; returns the file's entry and the

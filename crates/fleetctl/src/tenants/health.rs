@@ -7,15 +7,19 @@
 //! the set lacks), `redis` (`REDIS_URL` answers `PING` within 2 s). `status` is `healthy` when
 //! all pass, `degraded` when only Redis fails, else `unhealthy`; `details` says why for each
 //! failing check.
+//!
+//! The registry row is read on the control plane, the schema and its ledger on the database the
+//! registry names (`fleet.tenants.database`); a tenant database that cannot be reached fails the
+//! `schema` check with the reason instead of failing the command.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fleet_shared::databases::DatabasePools;
 use fleet_shared::migrate::{latest_version, Migration};
 use fleet_shared::redis_target::RedisTarget;
 use fleet_shared::Code;
 use serde::Serialize;
-use sqlx::PgPool;
 
 use super::catalog::qualified;
 
@@ -30,30 +34,51 @@ pub struct Health {
 }
 
 pub async fn health(
-    pg: &PgPool,
+    pools: &DatabasePools,
     redis: &RedisTarget,
     migrations: &[Migration],
     code: &Code,
 ) -> anyhow::Result<Health> {
-    let row: Option<(String, i64)> = sqlx::query_as(
-        "SELECT schema_name, schema_version FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'",
+    let row: Option<(String, i64, String)> = sqlx::query_as(
+        "SELECT schema_name, schema_version, database FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'",
     )
     .bind(code.as_str())
-    .fetch_optional(pg)
+    .fetch_optional(pools.control())
     .await?;
-    let (schema, version) = row.ok_or_else(|| anyhow::anyhow!("no tenant with code {code}"))?;
+    let (schema, version, database) =
+        row.ok_or_else(|| anyhow::anyhow!("no tenant with code {code}"))?;
+    let pg = pools
+        .get(&database)
+        .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
+    let pg = &pg;
     let mut checks = BTreeMap::new();
     let mut details = BTreeMap::new();
 
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-            .bind(&schema)
-            .fetch_one(pg)
-            .await?;
+    let exists = sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+    )
+    .bind(&schema)
+    .fetch_one(pg)
+    .await;
+    let exists = match exists {
+        Ok(e) => {
+            if !e {
+                details.insert(
+                    "schema",
+                    format!("schema {schema} does not exist on database {database}"),
+                );
+            }
+            e
+        }
+        Err(e) => {
+            details.insert(
+                "schema",
+                fleet_shared::errors::one_line(&format!("database {database} unavailable: {e}")),
+            );
+            false
+        }
+    };
     checks.insert("schema", exists);
-    if !exists {
-        details.insert("schema", format!("schema {schema} does not exist"));
-    }
 
     let ledger: Vec<(i64, String)> = if exists {
         sqlx::query_as(&format!(

@@ -22,12 +22,19 @@
 //! Without `--code` the tenant keeps its code and its `tenant_id` (the second half of a move to
 //! another server); with it, the clone gets a fresh `tenant_id`. Encrypted configs are copied as
 //! stored: they decrypt wherever the same `FLEET_CONFIG_KEYS` are set.
+//!
+//! Where the tenant goes: `--database NAME` (a configured tenant home), else where a new tenant
+//! of its plan would go (`[provisioner] plan_databases`, else the home with the fewest live
+//! tenants relative to its capacity), never the bundle's own `database`, which names a database
+//! of the fleet it came from. On another database the schema is restored there and the
+//! registry row, naming it, on the control plane; the command prints where and why.
 
 use std::path::Path;
 
 use anyhow::Context as _;
+use fleet_shared::databases::CONTROL;
 use fleet_shared::migrate::exec_simple;
-use fleet_shared::secret::{ExposeSecret, SecretUrl};
+use fleet_shared::secret::ExposeSecret;
 use fleet_shared::Code;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -38,6 +45,13 @@ use super::bundle::{self, LedgerRow, Manifest, SequenceRow};
 use super::catalog::{self, qualified, quote_ident};
 use super::ddl;
 
+/// Where an import puts the tenant: `--database`, else the placement of a new tenant.
+pub struct Target<'a> {
+    pub placement: &'a provisioner::placement::Placement,
+    /// `--database NAME` (a configured tenant home).
+    pub named: Option<&'a str>,
+}
+
 pub struct Imported {
     pub code: Code,
     pub tenant_id: uuid::Uuid,
@@ -45,10 +59,28 @@ pub struct Imported {
     pub rows: u64,
     pub configs: usize,
     pub schema_version: i64,
+    /// The `[databases.<name>]` the tenant was placed on, and why.
+    pub database: String,
+    pub placed_by: &'static str,
+}
+
+/// What the schema restore needs from the bundle.
+struct Restore<'a> {
+    dir: &'a Path,
+    manifest: &'a Manifest,
+    pre: &'a str,
+    post: &'a str,
+    ledger: &'a [LedgerRow],
+    sequences: &'a [SequenceRow],
+    schema: &'a str,
+    /// `Some(exported code)` for a clone: `tenant_code` columns are rewritten from it.
+    clone_from: Option<&'a Code>,
+    code: &'a Code,
+    new_org: Option<&'a Code>,
 }
 
 pub async fn import(
-    database_url: &SecretUrl,
+    target: Target<'_>,
     dir: &Path,
     new_code: Option<Code>,
     new_org: Option<Code>,
@@ -83,8 +115,21 @@ pub async fn import(
             .and_then(|s| s.parse().ok())
             .context("tenant.json has no tenant_id")?
     };
+    let plan = tenant
+        .get("plan")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let placement = target.placement;
+    if let Some(n) = target.named {
+        placement
+            .check_home(n)
+            .map_err(|e| anyhow::anyhow!("--database: {e}"))?;
+    }
 
-    let mut con = PgConnection::connect(database_url.expose_secret())
+    let pools = &placement.pools;
+    let control_url = &pools.databases().control().url;
+    let mut con = PgConnection::connect(control_url.expose_secret())
         .await
         .context("Failed to connect to the database")?;
     let mut tx = con.begin().await?;
@@ -104,120 +149,57 @@ pub async fn import(
             "tenant_id {tenant_id} already exists as tenant {existing}; import with --code NEW to clone it"
         );
     }
-    anyhow::ensure!(
-        !catalog::schema_exists(&mut tx, &schema).await?,
-        "schema {schema} already exists but no live tenant owns it; drop or rename it first"
-    );
+    let placed_by = placement.reason(target.named, &plan);
+    let database = placement
+        .choose(&mut tx, target.named, &plan)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot place the tenant: {e}"))?;
 
-    exec_simple(
-        &mut tx,
-        &ddl::rename_schema(&pre, &manifest.schema, &schema),
-    )
-    .await
-    .context("the bundle's schema DDL failed")?;
-    // pg_dump's preamble empties search_path for the session; nothing below relies on it.
-    let mut rows = 0u64;
-    for t in &manifest.tables {
-        let have = catalog::columns(&mut tx, &schema, &t.name).await?;
-        anyhow::ensure!(
-            t.columns.iter().all(|c| have.contains(c)),
-            "bundle {} refused: table {} in the manifest does not match its DDL",
-            dir.display(),
-            t.name
-        );
-        let entry = manifest
-            .file(&t.file)
-            .context("table data file missing from the manifest")?;
-        let n = copy_in(
-            &mut tx,
-            dir,
-            &entry.path,
-            &entry.sha256,
-            &schema,
-            &t.name,
-            &t.columns,
-        )
-        .await?;
-        anyhow::ensure!(
-            n == t.rows,
-            "bundle {} refused: {} holds {n} rows, the manifest says {}",
-            dir.display(),
-            t.name,
-            t.rows
-        );
-        rows += n;
-    }
-
-    if clone {
-        for table in catalog::tables_with_column(&mut tx, &schema, "tenant_code").await? {
-            sqlx::query(&format!(
-                "UPDATE {} SET tenant_code = $1 WHERE tenant_code = $2",
-                qualified(&schema, &table)
-            ))
-            .bind(code.as_str())
-            .bind(source.as_str())
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("Failed to rewrite tenant_code in {table}"))?;
-        }
-    }
-    let old_org = manifest.org_code.clone();
-    if let (Some(new), Some(old)) = (&new_org, &old_org) {
-        if new.as_str() != old {
-            for table in catalog::tables_with_column(&mut tx, &schema, "organization_code").await? {
-                sqlx::query(&format!(
-                    "UPDATE {} SET organization_code = $1 WHERE organization_code = $2",
-                    qualified(&schema, &table)
-                ))
-                .bind(new.as_str())
-                .bind(old)
-                .execute(&mut *tx)
+    let restore = Restore {
+        dir,
+        manifest: &manifest,
+        pre: &pre,
+        post: &post,
+        ledger: &ledger,
+        sequences: &sequences,
+        schema: &schema,
+        clone_from: clone.then_some(&source),
+        code: &code,
+        new_org: new_org.as_ref(),
+    };
+    // On another database the schema is restored there, in a transaction of its own under the
+    // tenant's lock there, and committed just before the registry: a failure before that commit
+    // leaves nothing anywhere; a failed registry commit drops the restored schema again.
+    let mut tcon = None;
+    if database != CONTROL {
+        let db = pools
+            .databases()
+            .get(&database)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tcon = Some(
+            PgConnection::connect(db.url.expose_secret())
                 .await
-                .with_context(|| format!("Failed to rewrite organization_code in {table}"))?;
-            }
+                .with_context(|| format!("Failed to connect to database {database}"))?,
+        );
+    }
+    let mut ttx = match tcon.as_mut() {
+        Some(c) => Some(c.begin().await?),
+        None => None,
+    };
+    let rows = match ttx.as_mut() {
+        Some(ttx) => {
+            provisioner::tenant_lock::lock_tenant(ttx, code.as_str()).await?;
+            restore_schema(ttx, &restore)
+                .await
+                .with_context(|| format!("on database {database}"))?
         }
-    }
-
-    for s in &sequences {
-        sqlx::query("SELECT setval($1::regclass, $2, $3)")
-            .bind(qualified(&schema, &s.name))
-            .bind(s.last_value)
-            .bind(s.is_called)
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("Failed to set sequence {}", s.name))?;
-    }
-    exec_simple(
-        &mut tx,
-        &ddl::rename_schema(&post, &manifest.schema, &schema),
-    )
-    .await
-    .context("the bundle's index and constraint DDL failed")?;
-
-    let restored: Vec<(i64, String, String)> = sqlx::query_as(&format!(
-        "SELECT version, name, checksum FROM {} ORDER BY version",
-        qualified(&schema, "schema_migrations")
-    ))
-    .fetch_all(&mut *tx)
-    .await
-    .context("the bundle restored no migration ledger")?;
-    let restored: Vec<LedgerRow> = restored
-        .into_iter()
-        .map(|(version, name, checksum)| LedgerRow {
-            version,
-            name,
-            checksum,
-        })
-        .collect();
-    anyhow::ensure!(
-        restored == ledger,
-        "bundle {} refused: the restored ledger differs from ledger.json",
-        dir.display()
-    );
+        None => restore_schema(&mut tx, &restore).await?,
+    };
 
     tenant.insert("tenant_id".into(), Value::String(tenant_id.to_string()));
     tenant.insert("code".into(), Value::String(code.as_str().into()));
     tenant.insert("schema_name".into(), Value::String(schema.clone()));
+    tenant.insert("database".into(), Value::String(database.clone()));
     tenant.insert(
         "updated_at".into(),
         Value::String(chrono::Utc::now().to_rfc3339()),
@@ -243,7 +225,36 @@ pub async fn import(
         .collect();
     insert_json(&mut tx, "tenant_configurations", &configs).await?;
     record_event(&mut tx, tenant_id, &code, &source, dir).await?;
-    tx.commit().await.context("Failed to commit the import")?;
+    let remote = {
+        let ttx = ttx;
+        match ttx {
+            Some(ttx) => {
+                ttx.commit().await.with_context(|| {
+                    format!("Failed to commit the schema on database {database}")
+                })?;
+                true
+            }
+            None => false,
+        }
+    };
+    if let Err(e) = tx.commit().await {
+        let Some(tcon) = tcon.as_mut().filter(|_| remote) else {
+            return Err(anyhow::Error::from(e).context("Failed to commit the import"));
+        };
+        let undo = exec_simple(
+            tcon,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&schema)),
+        )
+        .await;
+        return Err(anyhow::Error::from(e).context(match undo {
+            Ok(()) => format!(
+                "Failed to commit the import (the schema restored on {database} was dropped again)"
+            ),
+            Err(_) => format!(
+                "Failed to commit the import; drop schema {schema} on database {database} by hand"
+            ),
+        }));
+    }
     Ok(Imported {
         code,
         tenant_id,
@@ -251,7 +262,126 @@ pub async fn import(
         rows,
         configs: configs.len(),
         schema_version: manifest.schema_version,
+        database,
+        placed_by,
     })
+}
+
+/// The schema from the bundle, in `con`'s transaction: DDL, rows, code rewrites, sequences,
+/// indexes and constraints, and the ledger checked against `ledger.json`. Returns the rows loaded.
+async fn restore_schema(con: &mut PgConnection, r: &Restore<'_>) -> anyhow::Result<u64> {
+    let (dir, manifest, schema) = (r.dir, r.manifest, r.schema);
+    anyhow::ensure!(
+        !catalog::schema_exists(&mut *con, schema).await?,
+        "schema {schema} already exists but no live tenant owns it; drop or rename it first"
+    );
+
+    exec_simple(
+        &mut *con,
+        &ddl::rename_schema(r.pre, &manifest.schema, schema),
+    )
+    .await
+    .context("the bundle's schema DDL failed")?;
+    // pg_dump's preamble empties search_path for the session; nothing below relies on it.
+    let mut rows = 0u64;
+    for t in &manifest.tables {
+        let have = catalog::columns(&mut *con, schema, &t.name).await?;
+        anyhow::ensure!(
+            t.columns.iter().all(|c| have.contains(c)),
+            "bundle {} refused: table {} in the manifest does not match its DDL",
+            dir.display(),
+            t.name
+        );
+        let entry = manifest
+            .file(&t.file)
+            .context("table data file missing from the manifest")?;
+        let n = copy_in(
+            &mut *con,
+            dir,
+            &entry.path,
+            &entry.sha256,
+            schema,
+            &t.name,
+            &t.columns,
+        )
+        .await?;
+        anyhow::ensure!(
+            n == t.rows,
+            "bundle {} refused: {} holds {n} rows, the manifest says {}",
+            dir.display(),
+            t.name,
+            t.rows
+        );
+        rows += n;
+    }
+
+    if let Some(source) = r.clone_from {
+        for table in catalog::tables_with_column(&mut *con, schema, "tenant_code").await? {
+            sqlx::query(&format!(
+                "UPDATE {} SET tenant_code = $1 WHERE tenant_code = $2",
+                qualified(schema, &table)
+            ))
+            .bind(r.code.as_str())
+            .bind(source.as_str())
+            .execute(&mut *con)
+            .await
+            .with_context(|| format!("Failed to rewrite tenant_code in {table}"))?;
+        }
+    }
+    if let (Some(new), Some(old)) = (r.new_org, &manifest.org_code) {
+        if new.as_str() != old {
+            for table in catalog::tables_with_column(&mut *con, schema, "organization_code").await?
+            {
+                sqlx::query(&format!(
+                    "UPDATE {} SET organization_code = $1 WHERE organization_code = $2",
+                    qualified(schema, &table)
+                ))
+                .bind(new.as_str())
+                .bind(old)
+                .execute(&mut *con)
+                .await
+                .with_context(|| format!("Failed to rewrite organization_code in {table}"))?;
+            }
+        }
+    }
+
+    for s in r.sequences {
+        sqlx::query("SELECT setval($1::regclass, $2, $3)")
+            .bind(qualified(schema, &s.name))
+            .bind(s.last_value)
+            .bind(s.is_called)
+            .execute(&mut *con)
+            .await
+            .with_context(|| format!("Failed to set sequence {}", s.name))?;
+    }
+    exec_simple(
+        &mut *con,
+        &ddl::rename_schema(r.post, &manifest.schema, schema),
+    )
+    .await
+    .context("the bundle's index and constraint DDL failed")?;
+
+    let restored: Vec<(i64, String, String)> = sqlx::query_as(&format!(
+        "SELECT version, name, checksum FROM {} ORDER BY version",
+        qualified(schema, "schema_migrations")
+    ))
+    .fetch_all(&mut *con)
+    .await
+    .context("the bundle restored no migration ledger")?;
+    let restored: Vec<LedgerRow> = restored
+        .into_iter()
+        .map(|(version, name, checksum)| LedgerRow {
+            version,
+            name,
+            checksum,
+        })
+        .collect();
+    anyhow::ensure!(
+        restored == r.ledger,
+        "bundle {} refused: the restored ledger differs from ledger.json",
+        dir.display()
+    );
+    Ok(rows)
 }
 
 /// Streams a data file into its table, hashing it again; a file that changed since the

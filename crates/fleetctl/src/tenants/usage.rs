@@ -5,11 +5,14 @@
 //! command stays cheap on large tenants; they lag behind recent writes until autovacuum or
 //! `ANALYZE` runs. The last lifecycle event comes from the audit trail (`fleet.tenant_events`)
 //! where the control plane has one.
+//!
+//! The registry (`fleet.tenants`, configs, audit trail) is read on the control plane; sizes and
+//! row counts on the database the registry names for each tenant (`fleet.tenants.database`).
 
 use anyhow::Context as _;
+use fleet_shared::databases::DatabasePools;
 use fleet_shared::Code;
 use serde::Serialize;
-use sqlx::PgPool;
 
 #[derive(Debug, Serialize)]
 pub struct TableRows {
@@ -27,6 +30,8 @@ pub struct LastEvent {
 pub struct Usage {
     pub code: String,
     pub status: String,
+    /// The `[databases.<name>]` holding the schema.
+    pub database: String,
     pub schema: String,
     pub schema_bytes: i64,
     pub rows: i64,
@@ -35,9 +40,10 @@ pub struct Usage {
     pub last_event: Option<LastEvent>,
 }
 
-pub async fn usage(pg: &PgPool, code: Option<&Code>) -> anyhow::Result<Vec<Usage>> {
-    let tenants: Vec<(uuid::Uuid, String, String, String)> = sqlx::query_as(
-        "SELECT tenant_id, code, status, schema_name FROM fleet.tenants
+pub async fn usage(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Result<Vec<Usage>> {
+    let pg = pools.control();
+    let tenants: Vec<(uuid::Uuid, String, String, String, String)> = sqlx::query_as(
+        "SELECT tenant_id, code, status, schema_name, database FROM fleet.tenants
           WHERE status <> 'deleted' AND ($1::text IS NULL OR code = $1) ORDER BY code",
     )
     .bind(code.map(Code::as_str))
@@ -52,22 +58,27 @@ pub async fn usage(pg: &PgPool, code: Option<&Code>) -> anyhow::Result<Vec<Usage
             .fetch_one(pg)
             .await?;
     let mut out = Vec::new();
-    for (tenant_id, code, status, schema) in tenants {
+    for (tenant_id, code, status, schema, database) in tenants {
+        let home = pools
+            .get(&database)
+            .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
         let schema_bytes: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relkind IN ('r', 'm')",
         )
         .bind(&schema)
-        .fetch_one(pg)
-        .await?;
+        .fetch_one(&home)
+        .await
+        .with_context(|| format!("tenant {code}: cannot read database {database}"))?;
         let tables: Vec<TableRows> = sqlx::query_as::<_, (String, i64)>(
             "SELECT relname::text, n_live_tup FROM pg_stat_user_tables
               WHERE schemaname = $1 ORDER BY relname",
         )
         .bind(&schema)
-        .fetch_all(pg)
-        .await?
+        .fetch_all(&home)
+        .await
+        .with_context(|| format!("tenant {code}: cannot read database {database}"))?
         .into_iter()
         .map(|(table, rows)| TableRows { table, rows })
         .collect();
@@ -93,6 +104,7 @@ pub async fn usage(pg: &PgPool, code: Option<&Code>) -> anyhow::Result<Vec<Usage
         out.push(Usage {
             code,
             status,
+            database,
             schema,
             schema_bytes,
             rows: tables.iter().map(|t| t.rows).sum(),

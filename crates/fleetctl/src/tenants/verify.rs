@@ -4,11 +4,12 @@
 //! `tenant_code` is that tenant's code; a row with another code or with none (NULL) is an
 //! offender. Tables and schemas come from the catalog and are quoted; the code is a bound value.
 //! Each check is one `GROUP BY` per table, so a report names every foreign code with its count.
+//! Each tenant's tables are read on the database the registry names (`fleet.tenants.database`).
 
 use anyhow::Context as _;
+use fleet_shared::databases::DatabasePools;
 use fleet_shared::Code;
 use serde::Serialize;
-use sqlx::PgPool;
 
 use super::catalog::{self, qualified};
 
@@ -29,15 +30,34 @@ pub struct Report {
     pub offenders: Vec<Offender>,
 }
 
-/// Checks `codes` (each with its schema) and returns every offending (table, code) pair.
-pub async fn verify(pg: &PgPool, tenants: &[(Code, String)]) -> anyhow::Result<Report> {
-    let mut con = pg.acquire().await?;
+/// A tenant to check: its code, schema and the database holding it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub code: Code,
+    pub schema: String,
+    pub database: String,
+}
+
+/// Checks `tenants` and returns every offending (table, code) pair.
+pub async fn verify(pools: &DatabasePools, tenants: &[Target]) -> anyhow::Result<Report> {
     let mut report = Report {
         tenants: tenants.len(),
         tables_checked: 0,
         offenders: Vec::new(),
     };
-    for (code, schema) in tenants {
+    for Target {
+        code,
+        schema,
+        database,
+    } in tenants
+    {
+        let pg = pools
+            .get(database)
+            .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
+        let mut con = pg
+            .acquire()
+            .await
+            .with_context(|| format!("tenant {code}: cannot connect to database {database}"))?;
         for table in catalog::tables_with_column(&mut con, schema, "tenant_code").await? {
             report.tables_checked += 1;
             let rows: Vec<(Option<String>, i64)> = sqlx::query_as(&format!(
@@ -63,25 +83,40 @@ pub async fn verify(pg: &PgPool, tenants: &[(Code, String)]) -> anyhow::Result<R
     Ok(report)
 }
 
-/// The tenants to check: one code, or every live tenant whose schema exists.
-pub async fn targets(pg: &PgPool, code: Option<&Code>) -> anyhow::Result<Vec<(Code, String)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT t.code, t.schema_name FROM fleet.tenants t
+/// The tenants to check: one code, or every live tenant whose schema exists on its database.
+pub async fn targets(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Result<Vec<Target>> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT t.code, t.schema_name, t.database FROM fleet.tenants t
           WHERE t.status <> 'deleted' AND ($1::text IS NULL OR t.code = $1)
-            AND EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = t.schema_name)
           ORDER BY t.code",
     )
     .bind(code.map(Code::as_str))
-    .fetch_all(pg)
+    .fetch_all(pools.control())
     .await
     .context("Failed to read fleet.tenants")?;
+    let mut out = Vec::new();
+    for (c, schema, database) in rows {
+        let code = Code::parse(&c)?;
+        let pg = pools
+            .get(&database)
+            .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
+        let mut con = pg
+            .acquire()
+            .await
+            .with_context(|| format!("tenant {code}: cannot connect to database {database}"))?;
+        if catalog::schema_exists(&mut con, &schema).await? {
+            out.push(Target {
+                code,
+                schema,
+                database,
+            });
+        }
+    }
     if let Some(c) = code {
         anyhow::ensure!(
-            !rows.is_empty(),
+            !out.is_empty(),
             "no tenant with code {c} (or its schema is missing)"
         );
     }
-    rows.into_iter()
-        .map(|(c, s)| Ok((Code::parse(&c)?, s)))
-        .collect()
+    Ok(out)
 }

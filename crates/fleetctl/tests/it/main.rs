@@ -11,6 +11,7 @@ mod replicas;
 mod run;
 mod schedule;
 mod schedules;
+mod tenant_databases;
 mod tenant_lifecycle;
 mod tenant_portability;
 mod up;

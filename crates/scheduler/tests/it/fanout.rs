@@ -232,3 +232,61 @@ async fn a_fan_out_resumed_after_the_duplicate_window_says_which_jobs_may_be_dou
     assert!(reason.contains("beyond the 570s"), "{reason}");
     assert_eq!(clean.reason, None);
 }
+
+#[tokio::test]
+async fn a_database_selector_fans_out_only_to_the_tenants_on_those_databases() {
+    // The scheduler reads the registry only; the shard's URL is never connected to.
+    let s = Setup::new(
+        r#"
+[databases.shard_b]
+url = "postgres://postgres@127.0.0.1:1/unused"
+tenants = true
+
+[[schedules]]
+name = "on-shard"
+cron = "0 0 0 1 1 *"
+subject = "jobs.onshard.{tenant_code}"
+tenants = { database = "shard_b", plans = ["premium", "basic"] }
+
+[[schedules]]
+name = "on-control"
+cron = "0 0 0 1 1 *"
+subject = "jobs.oncontrol.{tenant_code}"
+tenants = { database = ["control"] }
+"#,
+    )
+    .await;
+    s.tenants("p", 12, "premium", "active").await;
+    s.tenants("e", 4, "enterprise", "active").await;
+    sqlx::query(
+        "UPDATE fleet.tenants SET database = 'shard_b'
+          WHERE code IN ('p1', 'p2', 'p3', 'p4', 'p5', 'e1', 'e2')",
+    )
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    let replica = s.replica().await;
+
+    s.trigger("on-shard").await;
+    let run = s.wait_run("on-shard", "done").await;
+    assert_eq!(run.databases.as_deref(), Some(&["shard_b".to_owned()][..]));
+    assert_eq!((run.tenants_matched, run.published), (5, 5));
+    let js = s.js().await;
+    let codes: HashSet<String> = jobs(&js, "FLEET_JOBS", "jobs.onshard.")
+        .await
+        .iter()
+        .map(|j| j.body["tenant_code"].as_str().unwrap().to_owned())
+        .collect();
+    let want: HashSet<String> = (1..=5).map(|i| format!("p{i}")).collect();
+    assert_eq!(codes, want, "premium tenants on shard_b only");
+
+    s.trigger("on-control").await;
+    let run = s.wait_run("on-control", "done").await;
+    assert_eq!((run.tenants_matched, run.published), (9, 9));
+    let got = jobs(&js, "FLEET_JOBS", "jobs.oncontrol.").await;
+    assert!(got.iter().all(|j| {
+        let c = j.body["tenant_code"].as_str().unwrap();
+        !["p1", "p2", "p3", "p4", "p5", "e1", "e2"].contains(&c)
+    }));
+    replica.stop().await;
+}

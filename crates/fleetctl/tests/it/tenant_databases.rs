@@ -1,0 +1,284 @@
+//! `fleetctl tenants export | import | usage | health | verify` for a tenant whose schema is on a
+//! second database (`[databases.shard]`, a fresh database of its own): every command reads the
+//! schema where the registry says it is, never the control database; import places by
+//! `--database` or by the placement rules.
+
+use std::process::Output;
+use std::time::Duration;
+
+use fleet_testkit::{eventually, Running, TestDb, TestEnv};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::run::{assert_one_line_error, fleetctl, stderr, stdout};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(sql)
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+async fn scalar<T>(pool: &PgPool, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+async fn schema_exists(pool: &PgPool, schema: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn portability_commands_follow_the_registry_to_a_second_database() {
+    let env = TestEnv::new().await;
+    let pool = env.db.pool().await;
+    let shard_db = TestDb::create().await.unwrap();
+    let shard = shard_db.pool().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[databases.shard]\nurl = \"{}\"\ntenants = true\n",
+            shard_db.url
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let with_cfg = [("FLEET_CONFIG", cfg.as_str())];
+
+    // The real provisioner places "far" on the shard.
+    let fleet = env.fleet(&with_cfg).await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let running = Running::spawn(|t| provisioner::run(fleet, t));
+    let body = json!({"tenant_id": uuid::Uuid::new_v4(), "code": "far", "name": "Far",
+                      "plan": "premium", "org_code": "far_org", "database": "shard"});
+    js.publish("tenant.created", serde_json::to_vec(&body).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(WAIT, "far active", || async {
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = 'far'")
+                .bind("far")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        (s.as_deref() == Some("active")).then_some(())
+    })
+    .await;
+    running.stop().await;
+    assert!(schema_exists(&shard, "tenant_far").await);
+    assert!(!schema_exists(&pool, "tenant_far").await);
+    exec(
+        &shard,
+        "INSERT INTO tenant_far.user_extensions (user_id, tenant_code, organization_code, name)
+         SELECT 'u' || i, 'far', 'far_org', 'User ' || i FROM generate_series(1, 50) i;
+         ANALYZE tenant_far.user_extensions;
+         SELECT pg_stat_force_next_flush();",
+    )
+    .await;
+
+    // usage and health read the shard.
+    let o = fleetctl(&env, &["tenants", "usage", "far", "--json"], &with_cfg);
+    assert_ok(&o);
+    let u: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(u[0]["database"], "shard");
+    assert!(u[0]["schema_bytes"].as_i64().unwrap() > 0, "{u}");
+    let ue = u[0]["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "user_extensions")
+        .cloned()
+        .unwrap();
+    assert_eq!(ue["rows"], 50, "{u}");
+    let o = fleetctl(&env, &["tenants", "health", "far"], &with_cfg);
+    assert_ok(&o);
+    let h: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        h["checks"],
+        json!({"drift": true, "redis": true, "schema": true, "version": true})
+    );
+    // Without the configuration the shard is unknown: one line naming what is configured.
+    let o = fleetctl(&env, &["tenants", "health", "far"], &[]);
+    assert_one_line_error(&o, "unknown database \"shard\" (configured: control");
+
+    // verify checks the shard's tables (a foreign row there fails it).
+    let o = fleetctl(&env, &["tenants", "verify", "--all"], &with_cfg);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with("isolation ok: 1 tenants"),
+        "{}",
+        stdout(&o)
+    );
+    exec(
+        &shard,
+        "INSERT INTO tenant_far.user_extensions (user_id, tenant_code, organization_code)
+         VALUES ('intruder', 'other', 'far_org')",
+    )
+    .await;
+    let o = fleetctl(&env, &["tenants", "verify", "far"], &with_cfg);
+    assert_one_line_error(&o, "isolation check failed: 1 foreign rows in 1 tables");
+    exec(
+        &shard,
+        "DELETE FROM tenant_far.user_extensions WHERE user_id = 'intruder'",
+    )
+    .await;
+
+    // export reads the shard (pg_dump with the shard's URL).
+    let out = dir.path().join("far.bundle");
+    let o = fleetctl(
+        &env,
+        &["tenants", "export", "far", "--out", out.to_str().unwrap()],
+        &with_cfg,
+    );
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("user_extensions: 50 rows"),
+        "{}",
+        stdout(&o)
+    );
+    let ddl = std::fs::read_to_string(out.join("schema-pre.sql")).unwrap();
+    assert!(ddl.contains("CREATE TABLE tenant_far.sessions"), "{ddl}");
+    assert!(
+        !stdout(&o).contains(&shard_db.url) && !stderr(&o).contains(&shard_db.url),
+        "the URL is never printed"
+    );
+
+    // import: by the placement rules (control has fewer tenants), and onto a named database.
+    let o = fleetctl(
+        &env,
+        &["tenants", "import", out.to_str().unwrap(), "--code", "near"],
+        &with_cfg,
+    );
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("on database control (fewest tenants relative to capacity)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = fleetctl(
+        &env,
+        &[
+            "tenants",
+            "import",
+            out.to_str().unwrap(),
+            "--code",
+            "far2",
+            "--database",
+            "shard",
+        ],
+        &with_cfg,
+    );
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("on database shard (named)"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        schema_exists(&pool, "tenant_near").await && !schema_exists(&shard, "tenant_near").await
+    );
+    assert!(
+        schema_exists(&shard, "tenant_far2").await && !schema_exists(&pool, "tenant_far2").await
+    );
+    let dbs: Vec<(String, String)> =
+        sqlx::query_as("SELECT code, database FROM fleet.tenants ORDER BY code")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        dbs,
+        [
+            ("far".to_owned(), "shard".to_owned()),
+            ("far2".to_owned(), "shard".to_owned()),
+            ("near".to_owned(), "control".to_owned())
+        ]
+    );
+    let n: i64 = scalar(
+        &shard,
+        "SELECT count(*) FROM tenant_far2.user_extensions WHERE tenant_code = 'far2'",
+    )
+    .await;
+    assert_eq!(n, 50);
+    let n: i64 = scalar(
+        &pool,
+        "SELECT count(*) FROM tenant_near.user_extensions WHERE tenant_code = 'near'",
+    )
+    .await;
+    assert_eq!(n, 50);
+    let o = fleetctl(&env, &["tenants", "verify", "--all"], &with_cfg);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with("isolation ok: 3 tenants"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A database that is not configured, or not a tenant home: one line, nothing written.
+    let o = fleetctl(
+        &env,
+        &[
+            "tenants",
+            "import",
+            out.to_str().unwrap(),
+            "--code",
+            "lost",
+            "--database",
+            "nowhere",
+        ],
+        &with_cfg,
+    );
+    assert_one_line_error(&o, "--database: unknown database \"nowhere\"");
+    let n: i64 = scalar(
+        &pool,
+        "SELECT count(*) FROM fleet.tenants WHERE code = 'lost'",
+    )
+    .await;
+    assert_eq!(n, 0);
+    // Importing onto the shard while a schema of that name is already there: refused, and the
+    // registry is untouched.
+    exec(&shard, "CREATE SCHEMA tenant_taken").await;
+    let o = fleetctl(
+        &env,
+        &[
+            "tenants",
+            "import",
+            out.to_str().unwrap(),
+            "--code",
+            "taken",
+            "--database",
+            "shard",
+        ],
+        &with_cfg,
+    );
+    assert_one_line_error(&o, "schema tenant_taken already exists");
+    let n: i64 = scalar(
+        &pool,
+        "SELECT count(*) FROM fleet.tenants WHERE code = 'taken'",
+    )
+    .await;
+    assert_eq!(n, 0);
+}
