@@ -11,11 +11,13 @@
 //! FLEET_JOBS with one durable per subject) and progress out (`backfill.progress.<job_id>`, core
 //! NATS: snapshots are also persisted on the job row, so none needs to be stored in a stream).
 //!
-//! Module map: [`spec`] (parsing, static checks) → [`validate`] (catalog checks) → [`store`]
-//! (jobs, control transitions, progress) → [`plan`] (integrity check, DDL, parts) →
-//! [`runner`] (chunk claiming, timeouts and splits, finishing) with [`adapt`] (chunk size),
-//! [`throttle`] (target health, the shared rate bucket) and [`target`] (the job's database and
-//! its chunk markers); [`handler`] is the NATS side.
+//! Module map: [`spec`] (parsing: [`options`] common to every kind, the kind's own fields) →
+//! [`kind`] (one file per job kind behind [`kind::JobKind`]: its checks against the catalog
+//! built from [`validate`], its plan built from [`plan`], its chunk statements and its finish)
+//! → [`store`] (jobs, control transitions, progress; [`store::chunks`] is every part and chunk
+//! query) → [`runner`] (chunk claiming, timeouts and splits, finishing) with [`adapt`] (chunk
+//! size), [`throttle`] (target health, the shared rate bucket) and [`target`] (the job's
+//! database and its chunk markers); [`state`] is a job's state; [`handler`] is the NATS side.
 //!
 //! How it is built, and why (user-facing behaviour: [docs/backfill.md](../../../docs/backfill.md)):
 //! - Chunks are carved on demand from a per-table cursor instead of being planned up front, so
@@ -30,14 +32,18 @@
 pub mod adapt;
 pub mod catalog;
 pub mod config;
+pub mod error;
 pub mod handler;
 pub mod ident;
+pub mod kind;
 pub mod mapping;
 pub mod mapping_file;
 pub mod metrics;
+pub mod options;
 pub mod plan;
 pub mod runner;
 pub mod spec;
+pub mod state;
 pub mod store;
 pub mod target;
 pub mod throttle;
@@ -51,6 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub use config::BackfillConfig;
+pub use state::JobState;
 pub use store::{
     control, delete_job, get_job, list_jobs, submit_json, submit_json_on, Action, ControlError,
     JobRow, SubmitError, Submitted,

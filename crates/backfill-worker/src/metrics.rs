@@ -1,5 +1,5 @@
 //! The backfill-worker's own metric families (registered once per process), bumped next to the
-//! log line of the same event in [`crate::runner`].
+//! log line of the same event in the runner.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fleet_shared::errors::{is_transient, sqlstate};
 use fleet_shared::retry::RetryPolicy;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -45,11 +45,12 @@ use uuid::Uuid;
 
 use crate::adapt::Adapt;
 use crate::config::BackfillConfig;
+use crate::kind::{FinishCtx, PlanCtx};
 use crate::metrics::BackfillMetrics;
-use crate::plan::{self, TableReport};
-use crate::spec::{Effective, JobSpec, Kind, MappingSource};
-use crate::store;
-use crate::target::{self, Target};
+use crate::spec::{Effective, JobSpec, MappingSource};
+use crate::state::JobState;
+use crate::store::{self, chunks, chunks::Part};
+use crate::target::{self, Target, TargetAccess};
 use crate::throttle;
 use crate::validate::ValidateError;
 use fleet_shared::databases::DatabasePools;
@@ -71,13 +72,6 @@ pub struct Runner {
     /// Wakes the poller at once (a job was submitted or resumed through this replica).
     pub wake: Arc<Notify>,
     pub metrics: BackfillMetrics,
-}
-
-#[derive(Debug, Clone)]
-struct Part {
-    statement: String,
-    then_statement: Option<String>,
-    count: bool,
 }
 
 /// What one lane step did.
@@ -186,7 +180,7 @@ impl Runner {
         loop {
             tasks.retain(|_, h| !h.is_finished());
             if tasks.len() < self.cfg.max_jobs {
-                match self.runnable_jobs().await {
+                match store::runnable_jobs(&self.pool).await {
                     Ok(ids) => {
                         for id in ids {
                             if tasks.len() >= self.cfg.max_jobs {
@@ -218,14 +212,6 @@ impl Runner {
         }
     }
 
-    async fn runnable_jobs(&self) -> sqlx::Result<Vec<Uuid>> {
-        sqlx::query_scalar(
-            "SELECT job_id FROM fleet.backfill_jobs WHERE state IN ('pending', 'running') ORDER BY created_at LIMIT 64",
-        )
-        .fetch_all(&self.pool)
-        .await
-    }
-
     async fn run_job(self: Arc<Self>, job_id: Uuid, shutdown: CancellationToken) {
         let span = tracing::info_span!("backfill_job", job.id = %job_id, worker = %self.worker_id);
         let _ = tracing::Instrument::instrument(
@@ -239,16 +225,8 @@ impl Runner {
         .await;
     }
 
-    async fn fail_job(&self, job_id: Uuid, from: &str, reason: &str) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE fleet.backfill_jobs SET state = 'failed', error = $3, finished_at = now(), updated_at = now()
-             WHERE job_id = $1 AND state = $2",
-        )
-        .bind(job_id)
-        .bind(from)
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
+    async fn fail_job(&self, job_id: Uuid, from: JobState, reason: &str) -> sqlx::Result<()> {
+        store::fail_job(&self.pool, job_id, from, reason).await?;
         tracing::warn!(reason, "backfill job failed");
         self.progress(job_id, None).await;
         Ok(())
@@ -259,37 +237,28 @@ impl Runner {
         job_id: Uuid,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let row = sqlx::query(
-            "SELECT state, spec, chunk_size FROM fleet.backfill_jobs WHERE job_id = $1",
-        )
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await
-        .context("Failed to read the job")?;
-        let Some(row) = row else { return Ok(()) };
-        let state: String = row.get(0);
-        let spec_json: serde_json::Value = row.get(1);
-        let stored_size: i64 = row.get(2);
-        let spec = match serde_json::from_value(spec_json)
-            .map_err(|e| one_line(&e))
-            .and_then(|raw| {
-                JobSpec::from_raw(raw, true, MappingSource::Stored).map_err(|e| one_line(&e))
-            }) {
+        let row = store::job_to_run(&self.pool, job_id)
+            .await
+            .context("Failed to read the job")?;
+        let Some((state, spec_json, stored_size)) = row else {
+            return Ok(());
+        };
+        let spec = match JobSpec::from_value(spec_json, true, MappingSource::Stored) {
             Ok(s) => s,
-            Err(reason) => {
+            Err(e) => {
                 self.fail_job(
                     job_id,
-                    &state,
-                    &format!("stored spec no longer parses: {reason}"),
+                    state,
+                    &format!("stored spec no longer parses: {}", one_line(&e)),
                 )
                 .await?;
                 return Ok(());
             }
         };
-        if matches!(spec.kind, Kind::Sql(_)) && !self.allow_sql {
+        if spec.kind.job().runs_operator_sql() && !self.allow_sql {
             self.fail_job(
                 job_id,
-                &state,
+                state,
                 "sql jobs are not enabled on this worker (FLEET_BACKFILL_ALLOW_SQL=1)",
             )
             .await?;
@@ -304,28 +273,20 @@ impl Runner {
             }
         };
         let eff = spec.options.effective(&self.cfg);
-        match state.as_str() {
-            "pending" => {
+        match state {
+            JobState::Pending => {
                 if !self.plan_job(job_id, &spec, &eff, &target).await? {
                     return Ok(());
                 }
             }
-            "running" => {}
+            JobState::Running => {}
             _ => return Ok(()),
         }
 
-        let parts: HashMap<i32, Part> = sqlx::query("SELECT part, statement, then_statement, mode FROM fleet.backfill_parts WHERE job_id = $1")
-            .bind(job_id)
-            .fetch_all(&self.pool)
+        let parts: HashMap<i32, Part> = chunks::parts(&self.pool, job_id)
             .await
             .context("Failed to read the job's parts")?
             .into_iter()
-            .map(|r| {
-                (
-                    r.get::<i32, _>(0),
-                    Part { statement: r.get(1), then_statement: r.get(2), count: r.get::<String, _>(3) == "count" },
-                )
-            })
             .collect();
         let initial = if stored_size > 0 {
             stored_size
@@ -348,8 +309,7 @@ impl Runner {
             job_id,
             target: target.clone(),
             parts,
-            search_path: matches!(spec.kind, Kind::Sql(_))
-                .then(|| format!("{}, public", spec.schema.quoted())),
+            search_path: spec.kind.job().search_path(&spec.schema),
             adapt: Adapt::new(initial, eff.target_chunk, eff.min_chunk_size, max_chunk),
             eff,
             last_progress: Mutex::new(Instant::now() - Duration::from_secs(3600)),
@@ -371,7 +331,7 @@ impl Runner {
         }
         self.progress(job_id, Some(ctx.adapt.size())).await;
         if !shutdown.is_cancelled() {
-            self.finalize(job_id, &spec, &target).await?;
+            self.finish_job(job_id, &spec, &target).await?;
         }
         Ok(())
     }
@@ -385,15 +345,9 @@ impl Runner {
         target: &Target,
     ) -> anyhow::Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> = sqlx::query_scalar(
-            "SELECT state FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match state.as_deref() {
-            Some("pending") => {}
-            Some("running") => return Ok(true),
+        match store::lock_to_plan(&mut tx, job_id).await? {
+            Some(JobState::Pending) => {}
+            Some(JobState::Running) => return Ok(true),
             _ => return Ok(false),
         }
         let lock_ms = eff
@@ -427,20 +381,27 @@ impl Runner {
             }
             if !target.is_control {
                 target::ensure_schema(con).await?;
-                if matches!(spec.kind, Kind::TenantCodes(_)) {
-                    target::copy_mapping(&self.pool, con, job_id).await?;
-                }
+                spec.kind
+                    .job()
+                    .prepare_target(&self.pool, con, job_id)
+                    .await?;
             }
         }
         let con: &mut sqlx::PgConnection = match ttx.as_mut() {
             Some(t) => t,
             None => &mut tx,
         };
-        let plan = match plan::plan(con, job_id, spec, eff, target.map_table()).await {
+        let ctx = PlanCtx {
+            job_id,
+            schema: &spec.schema,
+            eff,
+            map_table: target.map_table(),
+        };
+        let plan = match spec.kind.job().plan(con, ctx).await {
             Ok(p) => p,
             Err(ValidateError::Refused(reason)) => {
                 drop(tx);
-                self.fail_job(job_id, "pending", &reason).await?;
+                self.fail_job(job_id, JobState::Pending, &reason).await?;
                 return Ok(false);
             }
             Err(ValidateError::Db(e)) if is_transient(&e) => {
@@ -452,7 +413,7 @@ impl Runner {
                 drop(tx);
                 self.fail_job(
                     job_id,
-                    "pending",
+                    JobState::Pending,
                     &format!("planning failed: {}", db_message(&e)),
                 )
                 .await?;
@@ -463,33 +424,9 @@ impl Runner {
             t.commit().await?;
         }
         for (i, p) in plan.parts.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO fleet.backfill_parts (job_id, part, name, statement, then_statement, mode, lo, hi, next_lo, rows_estimate)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, $9)",
-            )
-            .bind(job_id)
-            .bind(i as i32)
-            .bind(&p.name)
-            .bind(&p.statement)
-            .bind(&p.then_statement)
-            .bind(p.mode)
-            .bind(p.lo)
-            .bind(p.hi)
-            .bind(p.rows_estimate)
-            .execute(&mut *tx)
-            .await?;
+            chunks::insert_part(&mut tx, job_id, i as i32, p).await?;
         }
-        let report =
-            (!plan.tables.is_empty()).then(|| serde_json::json!({ "tables": plan.tables }));
-        sqlx::query(
-            "UPDATE fleet.backfill_jobs SET state = 'running', started_at = coalesce(started_at, now()), chunk_size = $2,
-                    report = $3, updated_at = now() WHERE job_id = $1",
-        )
-        .bind(job_id)
-        .bind(eff.chunk_size)
-        .bind(report)
-        .execute(&mut *tx)
-        .await?;
+        store::mark_planned(&mut tx, job_id, eff.chunk_size, plan.report.as_ref()).await?;
         tx.commit().await?;
         tracing::info!(parts = plan.parts.len(), "backfill job planned");
         self.progress(job_id, Some(eff.chunk_size)).await;
@@ -500,35 +437,19 @@ impl Runner {
     /// row; it is planned once the database answers (the poller tries again).
     async fn waiting(&self, job_id: Uuid, target: &Target, e: sqlx::Error) -> anyhow::Error {
         let reason = format!("waiting for database {}: {}", target.name, db_message(&e));
-        let _ = sqlx::query(
-            "UPDATE fleet.backfill_jobs SET error = $2, updated_at = now() WHERE job_id = $1 AND state = 'pending'",
-        )
-        .bind(job_id)
-        .bind(&reason)
-        .execute(&self.pool)
-        .await;
+        let _ = store::set_waiting(&self.pool, job_id, &reason).await;
         anyhow::Error::new(e).context(reason)
     }
 
     /// The tables a job writes, qualified and quoted (what the health check watches).
     async fn job_tables(&self, job_id: Uuid, spec: &JobSpec) -> anyhow::Result<Vec<String>> {
-        let names: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT name FROM fleet.backfill_parts WHERE job_id = $1")
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await
-                .context("Failed to read the job's parts")?;
+        let names = chunks::part_names(&self.pool, job_id)
+            .await
+            .context("Failed to read the job's parts")?;
         let mut tables = Vec::new();
         for n in names {
             if let Ok(t) = crate::ident::Ident::parse("table", &n) {
-                tables.push(crate::ident::qualified(&spec.schema, &t));
-                if let Kind::CopyToTenant(c) = &spec.kind {
-                    if let Ok(ts) =
-                        crate::ident::Ident::parse("schema", &c.tenant_code.schema_name())
-                    {
-                        tables.push(crate::ident::qualified(&ts, &t));
-                    }
-                }
+                tables.extend(spec.kind.job().watched_tables(&spec.schema, &t));
             }
         }
         Ok(tables)
@@ -543,13 +464,10 @@ impl Runner {
         monitor: &fleet_shared::health::HealthMonitor,
         tables: &[String],
     ) -> Health {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM fleet.backfill_jobs WHERE job_id = $1")
-                .bind(job_id)
-                .fetch_optional(&self.pool)
-                .await
-                .unwrap_or(Some("running".into()));
-        if state.as_deref() != Some("running") {
+        let state = store::job_state(&self.pool, job_id)
+            .await
+            .unwrap_or(Some(JobState::Running));
+        if state != Some(JobState::Running) {
             return Health::Stopped;
         }
         match monitor.check(&target.pool, tables).await {
@@ -651,22 +569,16 @@ impl Runner {
 
     async fn step_inner(&self, ctx: &JobCtx) -> sqlx::Result<Step> {
         let mut tx = self.pool.begin().await?;
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state FROM fleet.backfill_jobs WHERE job_id = $1")
-                .bind(ctx.job_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if state.as_deref() != Some("running") {
+        if store::job_state(&mut *tx, ctx.job_id).await? != Some(JobState::Running) {
             return Ok(Step::Stopped);
         }
-        let chunk: Option<(i64, i32, i64, i64)> = sqlx::query_as(
-            "SELECT chunk_id, part, lo, hi FROM fleet.backfill_chunks
-             WHERE job_id = $1 AND state = 'pending' ORDER BY part, lo LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(ctx.job_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((chunk_id, part, lo, hi)) = chunk else {
+        let Some(chunks::Claimed {
+            chunk_id,
+            part,
+            lo,
+            hi,
+        }) = chunks::claim(&mut tx, ctx.job_id).await?
+        else {
             tx.rollback().await?;
             return self.carve(ctx).await;
         };
@@ -792,26 +704,14 @@ impl Runner {
         })
     }
 
-    fn mark_done<'a>(
-        &'a self,
-        tx: &'a mut sqlx::PgConnection,
+    async fn mark_done(
+        &self,
+        tx: &mut sqlx::PgConnection,
         chunk_id: i64,
         rows: i64,
         elapsed: Duration,
-    ) -> futures::future::BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(async move {
-            sqlx::query(
-            "UPDATE fleet.backfill_chunks SET state = 'done', rows = $2, attempts = attempts + 1, error = NULL,
-                    duration_ms = $3, worker = $4, finished_at = clock_timestamp() WHERE chunk_id = $1",
-        )
-        .bind(chunk_id)
-        .bind(rows)
-        .bind(elapsed.as_secs_f64() * 1000.0)
-        .bind(&self.worker_id)
-        .execute(&mut *tx)
-        .await?;
-            Ok(())
-        })
+    ) -> sqlx::Result<()> {
+        chunks::mark_done(tx, chunk_id, rows, elapsed, &self.worker_id).await
     }
 
     /// Handles a chunk whose transaction failed (and was rolled back): split on timeout, fail
@@ -833,31 +733,14 @@ impl Runner {
         if timed_out && hi - lo > 1 {
             ctx.adapt.shrink();
             let mid = lo + (hi - lo) / 2;
-            let mut tx = self.pool.begin().await?;
-            let moved = sqlx::query(
-                "UPDATE fleet.backfill_chunks SET hi = $2, attempts = attempts + 1, error = $4
-                 WHERE chunk_id = $1 AND state = 'pending' AND hi = $3",
+            chunks::split(
+                &self.pool,
+                chunk_id,
+                mid,
+                hi,
+                &format!("split after: {msg}"),
             )
-            .bind(chunk_id)
-            .bind(mid)
-            .bind(hi)
-            .bind(format!("split after: {msg}"))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if moved == 1 {
-                sqlx::query(
-                    "INSERT INTO fleet.backfill_chunks (job_id, part, lo, hi, error)
-                     SELECT job_id, part, $2, $3, $4 FROM fleet.backfill_chunks WHERE chunk_id = $1",
-                )
-                .bind(chunk_id)
-                .bind(mid)
-                .bind(hi)
-                .bind(format!("split after: {msg}"))
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
+            .await?;
             self.metrics.outcome("split");
             tracing::info!(chunk.id = chunk_id, chunk.lo = lo, chunk.hi = hi, mid, error = %msg, "chunk timed out; split in two");
             return Ok(Step::Split);
@@ -868,15 +751,7 @@ impl Runner {
 
     /// Marks a pending chunk failed, keeping `msg` as its error (`retry` re-runs it).
     async fn fail_chunk(&self, chunk_id: i64, lo: i64, hi: i64, msg: &str) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE fleet.backfill_chunks SET state = 'failed', attempts = attempts + 1, error = $2, worker = $3, finished_at = now()
-             WHERE chunk_id = $1 AND state = 'pending'",
-        )
-        .bind(chunk_id)
-        .bind(msg)
-        .bind(&self.worker_id)
-        .execute(&self.pool)
-        .await?;
+        chunks::fail(&self.pool, chunk_id, msg, &self.worker_id).await?;
         self.metrics.outcome("failed");
         tracing::warn!(chunk.id = chunk_id, chunk.lo = lo, chunk.hi = hi, error = %msg, "chunk failed");
         Ok(())
@@ -885,32 +760,10 @@ impl Runner {
     /// Carves the next chunk of the first part with uncarved keys.
     async fn carve(&self, ctx: &JobCtx) -> sqlx::Result<Step> {
         let size = ctx.adapt.size().max(1);
-        let carved: Option<i64> = sqlx::query_scalar(
-            "WITH p AS (
-                SELECT part, next_lo FROM fleet.backfill_parts
-                WHERE job_id = $1 AND next_lo < hi ORDER BY part LIMIT 1 FOR UPDATE SKIP LOCKED),
-             u AS (
-                UPDATE fleet.backfill_parts bp
-                SET next_lo = CASE WHEN bp.hi - bp.next_lo <= $2 THEN bp.hi ELSE bp.next_lo + $2 END
-                FROM p WHERE bp.job_id = $1 AND bp.part = p.part
-                RETURNING bp.part, p.next_lo AS lo, bp.next_lo AS hi)
-             INSERT INTO fleet.backfill_chunks (job_id, part, lo, hi)
-             SELECT $1, part, lo, hi FROM u RETURNING chunk_id",
-        )
-        .bind(ctx.job_id)
-        .bind(size)
-        .fetch_optional(&self.pool)
-        .await?;
-        if carved.is_some() {
+        if chunks::carve(&self.pool, ctx.job_id, size).await?.is_some() {
             return Ok(Step::Carved);
         }
-        let more: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM fleet.backfill_parts WHERE job_id = $1 AND next_lo < hi)",
-        )
-        .bind(ctx.job_id)
-        .fetch_one(&self.pool)
-        .await?;
-        if more {
+        if chunks::uncarved(&self.pool, ctx.job_id).await? {
             // Another lane holds the part for a moment.
             tokio::time::sleep(Duration::from_millis(5)).await;
             Ok(Step::Carved)
@@ -954,121 +807,52 @@ impl Runner {
         }
     }
 
-    /// Ends a job whose chunks are all finished (see the module docs).
-    async fn finalize(&self, job_id: Uuid, spec: &JobSpec, target: &Target) -> anyhow::Result<()> {
+    /// Ends a job whose chunks are all finished (see the module docs): the kind has its last
+    /// word ([`crate::kind::JobKind::finish`]), under the job row's lock.
+    async fn finish_job(
+        &self,
+        job_id: Uuid,
+        spec: &JobSpec,
+        target: &Target,
+    ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT state, report, dry_run FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
-        )
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else { return Ok(()) };
-        if row.get::<String, _>(0) != "running" {
+        let Some((state, report, dry_run)) = store::lock_to_finish(&mut tx, job_id).await? else {
+            return Ok(());
+        };
+        if state != JobState::Running || chunks::open(&mut tx, job_id).await? {
             return Ok(());
         }
-        let open: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM fleet.backfill_chunks WHERE job_id = $1 AND state = 'pending')
-                 OR EXISTS (SELECT 1 FROM fleet.backfill_parts WHERE job_id = $1 AND next_lo < hi)",
-        )
-        .bind(job_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if open {
-            return Ok(());
-        }
-        let report: Option<serde_json::Value> = row.get(1);
-        let dry_run: bool = row.get(2);
-        let mut error: Option<String> = None;
-        let failed: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
-            "SELECT lo, hi, error FROM fleet.backfill_chunks WHERE job_id = $1 AND state = 'failed' ORDER BY part, lo",
-        )
-        .bind(job_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        if let Some((lo, hi, e)) = failed.first() {
-            error = Some(format!(
+        let failed = chunks::failed_ranges(&mut tx, job_id).await?;
+        let error = failed.first().map(|(lo, hi, e)| {
+            format!(
                 "{} chunk(s) failed (fleetctl backfill retry re-runs them); first ({lo}, {hi}]: {}",
                 failed.len(),
                 e.as_deref().unwrap_or("unknown error")
-            ));
-        }
-        let mut new_report = report.clone();
-        if let (Kind::TenantCodes(_), Some(rep)) = (&spec.kind, &report) {
-            let mut tables: Vec<TableReport> =
-                serde_json::from_value(rep.get("tables").cloned().unwrap_or_default())
-                    .unwrap_or_default();
-            let per_part: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT p.name, coalesce(sum(c.rows) FILTER (WHERE c.state = 'done'), 0)::bigint
-                 FROM fleet.backfill_parts p LEFT JOIN fleet.backfill_chunks c ON c.job_id = p.job_id AND c.part = p.part
-                 WHERE p.job_id = $1 GROUP BY p.name",
             )
-            .bind(job_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            for t in tables.iter_mut() {
-                if let Some((_, n)) = per_part.iter().find(|(name, _)| *name == t.table) {
-                    if dry_run {
-                        t.total_rows = *n;
-                    } else {
-                        t.rows_updated = *n;
-                    }
-                }
-            }
-            if !dry_run && error.is_none() {
-                sqlx::query("SET LOCAL statement_timeout = 0")
-                    .execute(&mut *tx)
-                    .await?;
-                if target.is_control {
-                    plan::verify(&mut tx, &spec.schema, &mut tables).await?;
-                } else {
-                    let mut con = target.pool.acquire().await?;
-                    sqlx::query("SET statement_timeout = 0")
-                        .execute(&mut *con)
-                        .await?;
-                    let res = plan::verify(&mut con, &spec.schema, &mut tables).await;
-                    let _ = sqlx::query("RESET statement_timeout")
-                        .execute(&mut *con)
-                        .await;
-                    res?;
-                }
-                let left: Vec<String> = tables
-                    .iter()
-                    .filter(|t| t.status == "nulls_left")
-                    .map(|t| {
-                        format!(
-                            "{} ({} tenant_code, {} organization_code)",
-                            t.table, t.null_tenant_code, t.null_organization_code
-                        )
-                    })
-                    .collect();
-                if !left.is_empty() {
-                    error = Some(format!(
-                        "verification failed: rows left without codes (their organization or user is not in the mapping or user_extensions): {}",
-                        left.join(", ")
-                    ));
-                }
-            }
-            new_report = Some(serde_json::json!({ "tables": tables }));
-        }
-        let state = if error.is_some() {
-            "failed"
-        } else {
-            "succeeded"
+        });
+        let rows_per_part = chunks::rows_per_part(&mut *tx, job_id).await?;
+        let ctx = FinishCtx {
+            schema: &spec.schema,
+            dry_run,
+            report,
+            rows_per_part,
+            error,
         };
-        sqlx::query(
-            "UPDATE fleet.backfill_jobs SET state = $2, error = $3, report = $4, throttled = NULL, finished_at = now(), updated_at = now() WHERE job_id = $1",
+        let mut access = TargetAccess::new(&mut tx, target);
+        let finished = spec.kind.job().finish(&mut access, ctx).await;
+        access.release().await;
+        let finished = finished?;
+        let state = store::finish_job(
+            &mut tx,
+            job_id,
+            finished.error.as_deref(),
+            finished.report.as_ref(),
         )
-        .bind(job_id)
-        .bind(state)
-        .bind(&error)
-        .bind(&new_report)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         tracing::info!(
-            state,
-            error = error.as_deref().unwrap_or(""),
+            state = state.as_str(),
+            error = finished.error.as_deref().unwrap_or(""),
             "backfill job finished"
         );
         self.progress(job_id, None).await;

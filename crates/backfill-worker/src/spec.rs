@@ -1,281 +1,117 @@
 //! Job specs: the JSON an operator submits (`fleetctl backfill submit job.json` or a
 //! `backfill.submit` message), parsed into a typed [`JobSpec`].
 //!
-//! This module checks everything that can be checked without a database: the kind, unknown
-//! fields (a typo like `chunksize` must not silently run with defaults), identifiers
-//! ([`Ident`]), the `$1`/`$2` bounds of a `sql` statement, option ranges and the mapping CSV.
-//! [`crate::validate`] then checks the spec against the target database's catalog. Every
-//! error is one line that says what to fix.
+//! Everything that can be checked without a database is checked here: the kind, the fields
+//! (serde owns them: each kind's wire struct and the common options refuse unknown fields, so
+//! a typo like `chunksize` must not silently run with defaults), identifiers ([`Ident`]), the
+//! option ranges ([`crate::options`]) and each kind's own rules ([`crate::kind`]). The kind
+//! then checks the spec against the target database's catalog ([`JobSpec::validate`]). Every
+//! error is one line that says what to fix and names the field.
 
-use std::time::Duration;
-
-use fleet_shared::Code;
-use serde::{Deserialize, Serialize};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::config::BackfillConfig;
-use crate::ident::{BadIdent, Ident};
-use crate::mapping::{self, Mapping, MappingError};
+pub use crate::error::SpecError;
+use crate::ident::Ident;
+pub use crate::kind::{Kind, KindSpec, KINDS};
+use crate::options::{CommonSpec, COMMON_FIELDS};
+pub use crate::options::{Effective, MappingSource, Options};
+use crate::validate::ValidateError;
 
-pub const KINDS: &[&str] = &["sql", "tenant_codes", "copy_to_tenant"];
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SpecError {
-    #[error("job spec is not valid JSON: {0}")]
-    Json(String),
-    #[error("unknown kind {0} (accepted: sql, tenant_codes, copy_to_tenant)")]
-    UnknownKind(String),
-    #[error("{kind} job: missing field {field:?}")]
-    Missing {
-        kind: &'static str,
-        field: &'static str,
-    },
-    #[error("{kind} job: field {field:?} does not apply to this kind")]
-    NotForKind {
-        kind: &'static str,
-        field: &'static str,
-    },
-    #[error(transparent)]
-    Ident(#[from] BadIdent),
-    #[error("sql job: the statement must use both range bounds $1 (exclusive lower) and $2 (inclusive upper) on the key; {0}")]
-    Bounds(String),
-    #[error(
-        "sql jobs are not enabled (set FLEET_BACKFILL_ALLOW_SQL=1 on the workers and fleetctl)"
-    )]
-    SqlNotAllowed,
-    #[error("option {0}")]
-    Option(String),
-    #[error(transparent)]
-    Mapping(#[from] MappingError),
-    #[error("tenant_codes job: give the mapping either inline (mapping_csv) or as a file (mapping_path), not both")]
-    MappingTwice,
-    #[error("tenant_codes job: cannot read mapping_path {path}: {problem}")]
-    MappingFile { path: String, problem: String },
-    #[error("copy_to_tenant job: tenant_code: {0}")]
-    TenantCode(String),
-    #[error("{0}")]
-    Tables(String),
-    #[error("database: {0}")]
-    Database(String),
-}
-
-/// A table linked to its organization by its own column (the default org-direct tables are
-/// listed in docs/backfill.md#tenant_codes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrgTableSpec {
-    pub table: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub org_column: Option<String>,
-}
-
-/// A table linked through a user (`user_column` → `user_extensions.user_id`) or through a
-/// session (`session_column` → `sessions.id` → `sessions.created_by`) (defaults: docs/backfill.md#tenant_codes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserTableSpec {
-    pub table: String,
-    #[serde(default)]
-    pub key: Option<String>,
-    #[serde(default)]
-    pub user_column: Option<String>,
-    #[serde(default)]
-    pub session_column: Option<String>,
-}
-
-/// The wire form, kept (normalized) in `fleet.backfill_jobs.spec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The wire form, kept (normalized: without a mapping) in `fleet.backfill_jobs.spec`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RawSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job_id: Option<Uuid>,
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<String>,
-    /// A `[databases.<name>]` entry the job's statements run on (default: the control plane).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
-    // options
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chunk_size: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_chunk: Option<serde_json::Value>,
-    /// Deprecated spelling of `target_chunk` in milliseconds; read for one more release.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_chunk_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_rows_per_sec: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parallelism: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lock_timeout: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement_timeout: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dry_run: bool,
-    // throttle thresholds (see fleet_shared::health)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_replica_lag: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_lock_waiters: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle_on_vacuum: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_transaction_age: Option<serde_json::Value>,
-    // sql + copy_to_tenant
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub table: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    // sql
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement: Option<String>,
-    // tenant_codes
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mapping_csv: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mapping_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub org_tables: Option<Vec<OrgTableSpec>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_tables: Option<Vec<UserTableSpec>>,
-    // copy_to_tenant
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_code: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_column: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant_value: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub delete_source: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub create_target: Option<bool>,
+    #[serde(flatten)]
+    pub common: CommonSpec,
+    #[serde(flatten)]
+    pub kind: KindSpec,
 }
 
-/// Options as given (unset ones take the `[backfill]` defaults when the job runs).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Options {
-    pub chunk_size: Option<i64>,
-    pub target_chunk: Option<Duration>,
-    pub max_rows_per_sec: Option<f64>,
-    pub parallelism: Option<usize>,
-    pub lock_timeout: Option<Duration>,
-    pub statement_timeout: Option<Duration>,
-    pub dry_run: bool,
-    pub max_replica_lag: Option<Duration>,
-    pub max_lock_waiters: Option<u32>,
-    pub throttle_on_vacuum: Option<bool>,
-    pub max_transaction_age: Option<Duration>,
-}
-
-/// Options with every default filled in.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Effective {
-    pub chunk_size: i64,
-    pub target_chunk: Duration,
-    pub min_chunk_size: i64,
-    pub max_chunk_size: i64,
-    pub max_rows_per_sec: Option<f64>,
-    pub parallelism: usize,
-    pub lock_timeout: Option<Duration>,
-    pub statement_timeout: Option<Duration>,
-    pub dry_run: bool,
-    /// When the lanes wait for the target database.
-    pub health: fleet_shared::health::HealthLimits,
-}
-
-impl Options {
-    pub fn effective(&self, cfg: &BackfillConfig) -> Effective {
-        Effective {
-            chunk_size: self
-                .chunk_size
-                .unwrap_or(cfg.chunk_size)
-                .clamp(cfg.min_chunk_size, cfg.max_chunk_size),
-            target_chunk: self.target_chunk.unwrap_or(cfg.target_chunk),
-            min_chunk_size: cfg.min_chunk_size,
-            max_chunk_size: cfg.max_chunk_size,
-            max_rows_per_sec: self.max_rows_per_sec.or(cfg.max_rows_per_sec),
-            parallelism: self.parallelism.unwrap_or(cfg.parallelism),
-            lock_timeout: self.lock_timeout.or(cfg.lock_timeout),
-            statement_timeout: self.statement_timeout.or(cfg.statement_timeout),
-            dry_run: self.dry_run,
-            health: fleet_shared::health::HealthLimits {
-                max_replica_lag: self.max_replica_lag.or(cfg.health.max_replica_lag),
-                max_lock_waiters: self.max_lock_waiters.or(cfg.health.max_lock_waiters),
-                throttle_on_vacuum: self
-                    .throttle_on_vacuum
-                    .unwrap_or(cfg.health.throttle_on_vacuum),
-                max_transaction_age: self.max_transaction_age.or(cfg.health.max_transaction_age),
-            },
+fn refused_field(kind: &str, e: serde_path_to_error::Error<serde_json::Error>) -> SpecError {
+    let path = e.path().to_string();
+    let inner = fleet_shared::events::shorten_quotes(&fleet_shared::errors::one_line(
+        &e.into_inner().to_string(),
+    ));
+    let kind_name = KINDS.iter().find(|k| **k == kind).copied().unwrap_or("job");
+    if let Some(field) = inner
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        if KINDS
+            .iter()
+            .any(|k| *k != kind && KindSpec::fields(k).contains(&field))
+        {
+            return SpecError::NotForKind {
+                kind: kind_name,
+                field: field.to_owned(),
+            };
         }
+        let own = KindSpec::fields(kind);
+        return SpecError::Field {
+            kind: kind.to_owned(),
+            problem: format!(
+                "unknown field `{field}` (accepted: {}{}{})",
+                own.join(", "),
+                if own.is_empty() { "" } else { ", " },
+                COMMON_FIELDS.join(", ")
+            ),
+        };
+    }
+    SpecError::Field {
+        kind: kind.to_owned(),
+        problem: if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        },
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SqlJob {
-    pub table: Ident,
-    pub key: Ident,
-    pub statement: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrgTable {
-    pub table: Ident,
-    pub key: Ident,
-    pub org_column: Ident,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Link {
-    /// `user_extensions.user_id = t.<column>`
-    User(Ident),
-    /// `sessions.id = t.<column>`, then the session's creator.
-    Session(Ident),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserTable {
-    pub table: Ident,
-    pub key: Ident,
-    pub link: Link,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct TenantCodesJob {
-    /// `None` once stored: the mapping then lives in `fleet.backfill_org_map`.
-    pub mapping: Option<Mapping>,
-    pub org_tables: Vec<OrgTable>,
-    pub user_tables: Vec<UserTable>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct CopyJob {
-    pub table: Ident,
-    pub key: Ident,
-    pub tenant_column: Ident,
-    pub tenant_code: Code,
-    /// What the tenant column holds for this tenant (default: the tenant code).
-    pub tenant_value: String,
-    pub delete_source: bool,
-    pub create_target: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
-    Sql(SqlJob),
-    TenantCodes(TenantCodesJob),
-    CopyToTenant(CopyJob),
-}
-
-impl Kind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Kind::Sql(_) => "sql",
-            Kind::TenantCodes(_) => "tenant_codes",
-            Kind::CopyToTenant(_) => "copy_to_tenant",
+impl RawSpec {
+    /// Splits a spec into its common options and its kind's fields, each deserialized by serde.
+    /// An unknown kind is named before any field error: it is the likelier mistake.
+    pub fn from_value(v: serde_json::Value) -> Result<RawSpec, SpecError> {
+        let serde_json::Value::Object(mut fields) = v else {
+            return Err(SpecError::Json(format!(
+                "a job spec is a JSON object, not {}",
+                fleet_shared::events::shorten_quotes(&v.to_string())
+            )));
+        };
+        let kind = match fields.remove("kind") {
+            Some(serde_json::Value::String(k)) => k,
+            Some(other) => {
+                return Err(SpecError::Json(format!(
+                    "kind must be a string, not {}",
+                    fleet_shared::events::shorten_quotes(&other.to_string())
+                )))
+            }
+            None => return Err(SpecError::Json("missing field `kind`".into())),
+        };
+        let unknown = || SpecError::UnknownKind {
+            kind: fleet_shared::events::quoted(&kind),
+            accepted: KINDS.join(", "),
+        };
+        if !KINDS.contains(&kind.as_str()) {
+            return Err(unknown());
         }
+        let mut common = serde_json::Map::new();
+        for f in COMMON_FIELDS {
+            if let Some(v) = fields.remove(*f) {
+                common.insert((*f).to_owned(), v);
+            }
+        }
+        let common: CommonSpec =
+            serde_path_to_error::deserialize(serde_json::Value::Object(common))
+                .map_err(|e| refused_field(&kind, e))?;
+        let kind_spec = KindSpec::from_fields(&kind, serde_json::Value::Object(fields))
+            .ok_or_else(unknown)?
+            .map_err(|e| refused_field(&kind, e))?;
+        Ok(RawSpec {
+            common,
+            kind: kind_spec,
+        })
     }
 }
 
@@ -292,113 +128,6 @@ pub struct JobSpec {
     pub raw: RawSpec,
 }
 
-/// The default org-direct tables of a `tenant_codes` job: the mentoring tables linked by their
-/// own `organization_id` (docs/backfill.md#tenant_codes).
-pub const SEED_ORG_TABLES: &[&str] = &[
-    "availabilities",
-    "default_rules",
-    "entity_types",
-    "file_uploads",
-    "forms",
-    "notification_templates",
-    "organization_extension",
-    "report_queries",
-    "reports",
-    "role_extensions",
-];
-
-/// The default user-linked tables: through a user column or, for `post_session_details`, a
-/// session (docs/backfill.md#tenant_codes).
-pub const SEED_USER_TABLES: &[(&str, &str, &str)] = &[
-    ("user_extensions", "user_id", "user_id"),
-    ("sessions", "id", "created_by"),
-    ("session_attendees", "id", "mentee_id"),
-    ("feedbacks", "id", "user_id"),
-    ("connection_requests", "id", "created_by"),
-    ("connections", "id", "created_by"),
-    ("entities", "id", "created_by"),
-    ("issues", "id", "user_id"),
-    ("resources", "id", "created_by"),
-    ("session_request", "id", "created_by"),
-    ("question_sets", "id", "created_by"),
-    ("questions", "id", "created_by"),
-    ("post_session_details", "id", "session:session_id"),
-];
-
-/// Where a stored spec's mapping comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MappingSource {
-    /// At submit: inline or a file, required.
-    Required,
-    /// From the database: the spec no longer carries it.
-    Stored,
-}
-
-/// Parses a duration option written in the fleet's one syntax (`"500ms"`, `"2s"`, `"5m"`), at
-/// most `max`. A bare number is refused at submit; a stored spec from the previous release may
-/// still hold one (milliseconds then), so `source` [`MappingSource::Stored`] reads it that way.
-fn duration_opt(
-    name: &str,
-    v: &Option<serde_json::Value>,
-    max: Duration,
-    source: MappingSource,
-) -> Result<Option<Duration>, SpecError> {
-    let Some(v) = v else { return Ok(None) };
-    let d = match (v, source) {
-        (serde_json::Value::String(s), _) => fleet_shared::duration::parse(s),
-        (serde_json::Value::Number(n), MappingSource::Stored) if n.is_u64() => {
-            Ok(Duration::from_millis(n.as_u64().unwrap_or_default()))
-        }
-        (other, _) => fleet_shared::duration::parse(&other.to_string()),
-    }
-    .map_err(|e| SpecError::Option(format!("{name}: {e}")))?;
-    if d.is_zero() || d > max {
-        return Err(SpecError::Option(format!(
-            "{name}: must be between 1ms and {}",
-            fleet_shared::duration::format(max)
-        )));
-    }
-    Ok(Some(d))
-}
-
-/// Checks that `statement` uses `$1` and `$2` and no other parameter.
-pub fn check_bounds(statement: &str) -> Result<(), SpecError> {
-    let b = statement.as_bytes();
-    let (mut one, mut two) = (false, false);
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' {
-            let start = i + 1;
-            let mut j = start;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
-            }
-            if j > start {
-                match &statement[start..j] {
-                    "1" => one = true,
-                    "2" => two = true,
-                    other => {
-                        return Err(SpecError::Bounds(format!(
-                            "${other} is not allowed (only $1 and $2)"
-                        )))
-                    }
-                }
-            }
-            i = j.max(i + 1);
-        } else {
-            i += 1;
-        }
-    }
-    match (one, two) {
-        (true, true) => Ok(()),
-        (false, _) => Err(SpecError::Bounds("$1 is missing".into())),
-        (_, false) => Err(SpecError::Bounds("$2 is missing".into())),
-    }
-}
-
-const DAY: Duration = Duration::from_secs(24 * 3600);
-const TEN_MINUTES: Duration = Duration::from_secs(600);
-
 impl JobSpec {
     /// Parses submitted JSON. `allow_sql` is the FLEET_BACKFILL_ALLOW_SQL setting.
     pub fn parse(
@@ -406,20 +135,21 @@ impl JobSpec {
         allow_sql: bool,
         source: MappingSource,
     ) -> Result<JobSpec, SpecError> {
-        let raw: RawSpec = serde_json::from_slice(json).map_err(|e| {
-            // Name an unknown kind before any field error: it is the likelier mistake.
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) {
-                if let Some(k) = v.get("kind").and_then(|k| k.as_str()) {
-                    if !KINDS.contains(&k) {
-                        return SpecError::UnknownKind(fleet_shared::events::quoted(k));
-                    }
-                }
-            }
+        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
             SpecError::Json(fleet_shared::events::shorten_quotes(
                 &fleet_shared::errors::one_line(&e.to_string()),
             ))
         })?;
-        Self::from_raw(raw, allow_sql, source)
+        Self::from_value(v, allow_sql, source)
+    }
+
+    /// Parses a spec already read as JSON (a stored one: [`MappingSource::Stored`]).
+    pub fn from_value(
+        v: serde_json::Value,
+        allow_sql: bool,
+        source: MappingSource,
+    ) -> Result<JobSpec, SpecError> {
+        Self::from_raw(RawSpec::from_value(v)?, allow_sql, source)
     }
 
     pub fn from_raw(
@@ -427,292 +157,18 @@ impl JobSpec {
         allow_sql: bool,
         source: MappingSource,
     ) -> Result<JobSpec, SpecError> {
-        let kind_name: &'static str = match raw.kind.as_str() {
-            "sql" => "sql",
-            "tenant_codes" => "tenant_codes",
-            "copy_to_tenant" => "copy_to_tenant",
-            other => return Err(SpecError::UnknownKind(fleet_shared::events::quoted(other))),
-        };
-        let schema = Ident::parse("schema", raw.schema.as_deref().unwrap_or("public"))?;
+        let schema = Ident::parse("schema", raw.common.schema.as_deref().unwrap_or("public"))?;
         let database = fleet_shared::Name::parse(
-            raw.database
+            raw.common
+                .database
                 .as_deref()
                 .unwrap_or(fleet_shared::databases::CONTROL),
         )
         .map_err(|e| SpecError::Database(e.to_string()))?;
-        let options = Options {
-            chunk_size: raw.chunk_size,
-            target_chunk: fleet_shared::duration::renamed(
-                "backfill spec",
-                "target_chunk",
-                duration_opt("target_chunk", &raw.target_chunk, TEN_MINUTES, source)?,
-                "target_chunk_ms",
-                raw.target_chunk_ms,
-                Duration::from_millis(1),
-            )
-            .map_err(SpecError::Option)?,
-            max_rows_per_sec: raw.max_rows_per_sec,
-            parallelism: raw.parallelism,
-            lock_timeout: duration_opt("lock_timeout", &raw.lock_timeout, DAY, source)?,
-            statement_timeout: duration_opt(
-                "statement_timeout",
-                &raw.statement_timeout,
-                DAY,
-                source,
-            )?,
-            dry_run: raw.dry_run,
-            max_replica_lag: duration_opt("max_replica_lag", &raw.max_replica_lag, DAY, source)?,
-            max_lock_waiters: raw.max_lock_waiters,
-            throttle_on_vacuum: raw.throttle_on_vacuum,
-            max_transaction_age: duration_opt(
-                "max_transaction_age",
-                &raw.max_transaction_age,
-                7 * DAY,
-                source,
-            )?,
-        };
-        if options.max_lock_waiters.is_some_and(|n| n > 10_000) {
-            return Err(SpecError::Option(
-                "max_lock_waiters: must be between 0 and 10000".into(),
-            ));
-        }
-        if options
-            .chunk_size
-            .is_some_and(|c| !(1..=10_000_000).contains(&c))
-        {
-            return Err(SpecError::Option(
-                "chunk_size: must be between 1 and 10000000".into(),
-            ));
-        }
-        if options
-            .target_chunk
-            .is_some_and(|t| t.is_zero() || t > TEN_MINUTES)
-        {
-            return Err(SpecError::Option(
-                "target_chunk: must be between 1ms and 10m".into(),
-            ));
-        }
-        if options.parallelism.is_some_and(|p| !(1..=64).contains(&p)) {
-            return Err(SpecError::Option(
-                "parallelism: must be between 1 and 64".into(),
-            ));
-        }
-        if options
-            .max_rows_per_sec
-            .is_some_and(|r| !(r.is_finite() && r > 0.0))
-        {
-            return Err(SpecError::Option(
-                "max_rows_per_sec: must be a positive number".into(),
-            ));
-        }
-
-        let req = |v: &Option<String>, field: &'static str| {
-            v.clone().ok_or(SpecError::Missing {
-                kind: kind_name,
-                field,
-            })
-        };
-        let not_for = |set: bool, field: &'static str| {
-            if set {
-                Err(SpecError::NotForKind {
-                    kind: kind_name,
-                    field,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        let kind = match kind_name {
-            "sql" => {
-                for (set, f) in [
-                    (raw.mapping_csv.is_some(), "mapping_csv"),
-                    (raw.mapping_path.is_some(), "mapping_path"),
-                    (raw.org_tables.is_some(), "org_tables"),
-                    (raw.user_tables.is_some(), "user_tables"),
-                    (raw.tenant_code.is_some(), "tenant_code"),
-                    (raw.tenant_column.is_some(), "tenant_column"),
-                    (raw.delete_source, "delete_source"),
-                ] {
-                    not_for(set, f)?;
-                }
-                let table = Ident::parse("table", &req(&raw.table, "table")?)?;
-                let key = Ident::parse("key", raw.key.as_deref().unwrap_or("id"))?;
-                let statement = req(&raw.statement, "statement")?;
-                check_bounds(&statement)?;
-                if !allow_sql {
-                    return Err(SpecError::SqlNotAllowed);
-                }
-                Kind::Sql(SqlJob {
-                    table,
-                    key,
-                    statement,
-                })
-            }
-            "tenant_codes" => {
-                for (set, f) in [
-                    (raw.statement.is_some(), "statement"),
-                    (raw.table.is_some(), "table"),
-                    (raw.tenant_code.is_some(), "tenant_code"),
-                    (raw.tenant_column.is_some(), "tenant_column"),
-                    (raw.delete_source, "delete_source"),
-                ] {
-                    not_for(set, f)?;
-                }
-                let mapping = match source {
-                    MappingSource::Stored => None,
-                    MappingSource::Required => {
-                        let text = match (raw.mapping_csv.take(), raw.mapping_path.take()) {
-                            (Some(_), Some(_)) => return Err(SpecError::MappingTwice),
-                            (Some(t), None) => t,
-                            // `crate::mapping_file::inline` turns a readable one into mapping_csv
-                            // first; one left here was not allowed to be read.
-                            (None, Some(p)) => {
-                                return Err(SpecError::MappingFile {
-                                    path: fleet_shared::events::quoted(&p),
-                                    problem: "files are read only through the mapping_dir rules (inline the CSV as mapping_csv)".into(),
-                                })
-                            }
-                            (None, None) => {
-                                return Err(SpecError::Missing {
-                                    kind: kind_name,
-                                    field: "mapping_csv or mapping_path",
-                                })
-                            }
-                        };
-                        Some(mapping::parse(&text)?)
-                    }
-                };
-                let org_specs = raw.org_tables.clone().unwrap_or_else(|| {
-                    SEED_ORG_TABLES
-                        .iter()
-                        .map(|t| OrgTableSpec {
-                            table: (*t).into(),
-                            key: None,
-                            org_column: None,
-                        })
-                        .collect()
-                });
-                let user_specs = raw.user_tables.clone().unwrap_or_else(|| {
-                    SEED_USER_TABLES
-                        .iter()
-                        .map(|(t, k, link)| {
-                            let (user_column, session_column) = match link.strip_prefix("session:")
-                            {
-                                Some(c) => (None, Some(c.to_string())),
-                                None => (Some(link.to_string()), None),
-                            };
-                            UserTableSpec {
-                                table: (*t).into(),
-                                key: Some((*k).into()),
-                                user_column,
-                                session_column,
-                            }
-                        })
-                        .collect()
-                });
-                let mut seen = std::collections::BTreeSet::new();
-                let mut org_tables = Vec::new();
-                for o in &org_specs {
-                    let t = OrgTable {
-                        table: Ident::parse("org_tables.table", &o.table)?,
-                        key: Ident::parse("org_tables.key", o.key.as_deref().unwrap_or("id"))?,
-                        org_column: Ident::parse(
-                            "org_tables.org_column",
-                            o.org_column.as_deref().unwrap_or("organization_id"),
-                        )?,
-                    };
-                    if !seen.insert(t.table.clone()) {
-                        return Err(SpecError::Tables(format!(
-                            "tenant_codes job: table {} is listed twice",
-                            t.table
-                        )));
-                    }
-                    org_tables.push(t);
-                }
-                let mut user_tables = Vec::new();
-                for u in &user_specs {
-                    let link = match (&u.user_column, &u.session_column) {
-                        (Some(c), None) => Link::User(Ident::parse("user_tables.user_column", c)?),
-                        (None, Some(c)) => {
-                            Link::Session(Ident::parse("user_tables.session_column", c)?)
-                        }
-                        _ => {
-                            return Err(SpecError::Tables(format!(
-                                "tenant_codes job: user_tables entry {} needs exactly one of user_column, session_column",
-                                fleet_shared::events::quoted(&u.table)
-                            )))
-                        }
-                    };
-                    let t = UserTable {
-                        table: Ident::parse("user_tables.table", &u.table)?,
-                        key: Ident::parse("user_tables.key", u.key.as_deref().unwrap_or("id"))?,
-                        link,
-                    };
-                    if !seen.insert(t.table.clone()) {
-                        return Err(SpecError::Tables(format!(
-                            "tenant_codes job: table {} is listed twice",
-                            t.table
-                        )));
-                    }
-                    user_tables.push(t);
-                }
-                if org_tables.is_empty() && user_tables.is_empty() {
-                    return Err(SpecError::Tables(
-                        "tenant_codes job: no tables to fill".into(),
-                    ));
-                }
-                Kind::TenantCodes(TenantCodesJob {
-                    mapping,
-                    org_tables,
-                    user_tables,
-                })
-            }
-            _ => {
-                for (set, f) in [
-                    (raw.statement.is_some(), "statement"),
-                    (raw.mapping_csv.is_some(), "mapping_csv"),
-                    (raw.mapping_path.is_some(), "mapping_path"),
-                    (raw.org_tables.is_some(), "org_tables"),
-                    (raw.user_tables.is_some(), "user_tables"),
-                ] {
-                    not_for(set, f)?;
-                }
-                let table = Ident::parse("table", &req(&raw.table, "table")?)?;
-                let key = Ident::parse("key", raw.key.as_deref().unwrap_or("id"))?;
-                let tenant_column = Ident::parse(
-                    "tenant_column",
-                    raw.tenant_column.as_deref().unwrap_or("tenant_code"),
-                )?;
-                let code = req(&raw.tenant_code, "tenant_code")?;
-                let tenant_code =
-                    Code::parse(&code).map_err(|e| SpecError::TenantCode(e.to_string()))?;
-                let tenant_value = raw
-                    .tenant_value
-                    .clone()
-                    .unwrap_or_else(|| tenant_code.as_str().to_owned());
-                if tenant_value.is_empty()
-                    || tenant_value.len() > 200
-                    || tenant_value.contains('\0')
-                {
-                    return Err(SpecError::Option(
-                        "tenant_value: must be 1 to 200 characters".into(),
-                    ));
-                }
-                Kind::CopyToTenant(CopyJob {
-                    table,
-                    key,
-                    tenant_column,
-                    tenant_code,
-                    tenant_value,
-                    delete_source: raw.delete_source,
-                    create_target: raw.create_target.unwrap_or(true),
-                })
-            }
-        };
-        raw.mapping_csv = None;
-        raw.mapping_path = None;
+        let options = Options::parse(&raw.common, source)?;
+        let kind = Kind::check(&mut raw.kind, allow_sql, source)?;
         Ok(JobSpec {
-            job_id: raw.job_id,
+            job_id: raw.common.job_id,
             database,
             schema,
             options,
@@ -720,10 +176,20 @@ impl JobSpec {
             raw,
         })
     }
+
+    /// Checks the spec against the database `con` is connected to (see [`crate::validate`]).
+    pub fn validate<'a>(
+        &'a self,
+        con: &'a mut PgConnection,
+    ) -> BoxFuture<'a, Result<(), ValidateError>> {
+        self.kind.job().validate(con, &self.schema)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn parse(j: &str, allow: bool) -> Result<JobSpec, SpecError> {
@@ -773,6 +239,24 @@ mod tests {
                 r#"{"kind":"sql","table":"t","statement":"x $1 $2","target_chunk":"20m"}"#,
                 "target_chunk: must be between 1ms and 10m",
             ),
+            (
+                r#"{"kind":"sql","table":"t","statement":"x $1 $2","mapping_csv":"a"}"#,
+                "sql job: field \"mapping_csv\" does not apply to this kind",
+            ),
+            (
+                r#"{"kind":"copy_to_tenant","tenant_code":"acme"}"#,
+                "copy_to_tenant job: missing field `table`",
+            ),
+            (
+                r#"{"kind":"sql","table":5,"statement":"x $1 $2"}"#,
+                "sql job: table: invalid type: integer `5`, expected a string",
+            ),
+            (
+                r#"{"kind":"sql","table":"t","statement":"x $1 $2","chunk_size":"big"}"#,
+                "sql job: chunk_size: invalid type",
+            ),
+            (r#"{"table":"t"}"#, "missing field `kind`"),
+            (r#"[1]"#, "a job spec is a JSON object"),
         ] {
             let e = parse(j, true).unwrap_err().to_string();
             assert!(e.contains(needle), "{j}: {e}");
@@ -780,6 +264,23 @@ mod tests {
         }
         let e = parse(r#"{"kind":"sql","table":"t","statement":"x $1 $2"}"#, false).unwrap_err();
         assert_eq!(e, SpecError::SqlNotAllowed);
+    }
+
+    /// What is stored is what was submitted, less the mapping, and parses again as stored.
+    #[test]
+    fn stored_specs_round_trip() {
+        let s = parse(
+            r#"{"kind":"copy_to_tenant","table":"notes","tenant_code":"acme","delete_source":true,"chunk_size":5,"lock_timeout":"2s"}"#,
+            false,
+        )
+        .unwrap();
+        let stored = serde_json::to_value(&s.raw).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::json!({"kind":"copy_to_tenant","table":"notes","tenant_code":"acme","delete_source":true,"chunk_size":5,"lock_timeout":"2s"})
+        );
+        let again = JobSpec::from_value(stored, false, MappingSource::Stored).unwrap();
+        assert_eq!(again, s);
     }
 
     #[test]
@@ -799,7 +300,10 @@ mod tests {
             s.options.statement_timeout,
             Some(Duration::from_millis(800))
         );
-        assert!(s.raw.mapping_csv.is_none());
+        let KindSpec::TenantCodes(wire) = &s.raw.kind else {
+            panic!()
+        };
+        assert!(wire.mapping_csv.is_none());
     }
 
     #[test]

@@ -30,7 +30,8 @@
 use fleet_shared::databases::{DatabasePools, UnknownDatabase};
 use fleet_shared::Name;
 use futures::future::BoxFuture;
-use sqlx::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 /// Advisory lock serializing the creation of `fleet_backfill` on a target.
@@ -61,6 +62,60 @@ impl Target {
             "fleet.backfill_org_map"
         } else {
             "fleet_backfill.org_map"
+        }
+    }
+}
+
+/// The job's database while the job finishes: the control plane's own transaction (the one
+/// that holds the job row) when it is the target, else a connection from the target's pool
+/// taken on first use; either way without a statement timeout (a verification scans whole
+/// tables).
+pub struct TargetAccess<'a> {
+    control_tx: &'a mut PgConnection,
+    target: &'a Target,
+    held: Option<PoolConnection<Postgres>>,
+    untimed: bool,
+}
+
+impl<'a> TargetAccess<'a> {
+    pub fn new(control_tx: &'a mut PgConnection, target: &'a Target) -> Self {
+        TargetAccess {
+            control_tx,
+            target,
+            held: None,
+            untimed: false,
+        }
+    }
+
+    pub async fn con(&mut self) -> sqlx::Result<&mut PgConnection> {
+        if self.target.is_control {
+            if !self.untimed {
+                sqlx::query("SET LOCAL statement_timeout = 0")
+                    .execute(&mut *self.control_tx)
+                    .await?;
+                self.untimed = true;
+            }
+            return Ok(&mut *self.control_tx);
+        }
+        let con = match &mut self.held {
+            Some(c) => c,
+            held @ None => {
+                let mut c = self.target.pool.acquire().await?;
+                sqlx::query("SET statement_timeout = 0")
+                    .execute(&mut *c)
+                    .await?;
+                held.insert(c)
+            }
+        };
+        Ok(&mut **con)
+    }
+
+    /// Gives a target connection back with its usual statement timeout.
+    pub async fn release(self) {
+        if let Some(mut c) = self.held {
+            let _ = sqlx::query("RESET statement_timeout")
+                .execute(&mut *c)
+                .await;
         }
     }
 }

@@ -135,12 +135,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // --- the limit: the same statement, looped inside Postgres, COMMIT per 10k-row chunk ---
     let schema = backfill_worker::ident::Ident::parse("schema", "public")?;
-    let statement = backfill_worker::plan::fill_statement(
+    let statement = backfill_worker::kind::tenant_codes::fill_statement(
         &schema,
         job_id,
         &backfill_worker::ident::Ident::parse("table", "sessions")?,
         &backfill_worker::ident::Ident::parse("key", "id")?,
-        &backfill_worker::plan::Via::User(backfill_worker::ident::Ident::parse(
+        &backfill_worker::kind::tenant_codes::Via::User(backfill_worker::ident::Ident::parse(
             "column",
             "created_by",
         )?),

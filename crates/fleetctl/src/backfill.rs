@@ -103,13 +103,15 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            if let Some(s) = &state {
-                anyhow::ensure!(
-                    backfill_worker::store::STATES.contains(&s.as_str()),
-                    "--state {s:?} is not a job state (pending, running, paused, succeeded, failed, cancelled)"
-                );
-            }
-            let jobs = backfill_worker::list_jobs(&pg, state.as_deref(), older_than, limit)
+            let state = match &state {
+                Some(s) => Some(backfill_worker::JobState::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--state {s:?} is not a job state (pending, running, paused, succeeded, failed, cancelled)"
+                    )
+                })?),
+                None => None,
+            };
+            let jobs = backfill_worker::list_jobs(&pg, state, older_than, limit)
                 .await
                 .context("Failed to read fleet.backfill_jobs")?;
             if json {

@@ -54,7 +54,7 @@ async fn a_failed_job_shows_the_share_it_did_and_can_then_be_deleted() {
         .await
         .unwrap();
     assert!(old.is_empty(), "the job is not an hour old");
-    let all = backfill_worker::list_jobs(&pool, Some("failed"), None, 10)
+    let all = backfill_worker::list_jobs(&pool, Some(backfill_worker::JobState::Failed), None, 10)
         .await
         .unwrap();
     assert_eq!(all.len(), 1);

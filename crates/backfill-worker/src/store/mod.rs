@@ -13,18 +13,14 @@ use uuid::Uuid;
 
 use fleet_shared::databases::DatabasePools;
 
-use crate::spec::{JobSpec, Kind, MappingSource, SpecError};
+use crate::spec::{JobSpec, MappingSource, SpecError};
+use crate::state::JobState;
 use crate::target::Target;
-use crate::validate::{self, ValidateError};
+use crate::validate::ValidateError;
 
-pub const STATES: &[&str] = &[
-    "pending",
-    "running",
-    "paused",
-    "succeeded",
-    "failed",
-    "cancelled",
-];
+pub mod chunks;
+
+pub use chunks::{failed_chunks, FailedChunk};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -118,7 +114,7 @@ pub async fn submit(
                     .context(format!("Failed to connect to database {}", target.name)),
             )
         })?;
-        validate::check(&mut con, spec).await?;
+        spec.validate(&mut con).await?;
     }
     let mut tx = pool.begin().await.map_err(db("Failed to begin"))?;
     let spec_json = serde_json::to_value(&spec.raw).map_err(|e| SubmitError::Db(e.into()))?;
@@ -147,38 +143,11 @@ pub async fn submit(
             ))),
         };
     };
-    if let Kind::TenantCodes(t) = &spec.kind {
-        let mapping = t
-            .mapping
-            .as_ref()
-            .ok_or_else(|| SubmitError::Refused("tenant_codes job: no mapping".into()))?;
-        let (ids, orgs, tenants): (Vec<&str>, Vec<&str>, Vec<&str>) = mapping
-            .iter()
-            .map(|(id, c)| {
-                (
-                    id.as_str(),
-                    c.organization_code.as_str(),
-                    c.tenant_code.as_str(),
-                )
-            })
-            .fold((vec![], vec![], vec![]), |mut acc, (a, b, c)| {
-                acc.0.push(a);
-                acc.1.push(b);
-                acc.2.push(c);
-                acc
-            });
-        sqlx::query(
-            "INSERT INTO fleet.backfill_org_map (job_id, organization_id, organization_code, tenant_code)
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[])",
-        )
-        .bind(job_id)
-        .bind(&ids)
-        .bind(&orgs)
-        .bind(&tenants)
-        .execute(&mut *tx)
+    spec.kind
+        .job()
+        .store(&mut tx, job_id)
         .await
-        .map_err(db("Failed to store the mapping"))?;
-    }
+        .map_err(db("Failed to store the job's data"))?;
     tx.commit().await.map_err(db("Failed to commit the job"))?;
     Ok(Submitted {
         job_id,
@@ -235,17 +204,22 @@ pub enum ControlError {
     Illegal {
         action: &'static str,
         job_id: Uuid,
-        state: String,
+        state: JobState,
     },
     #[error("Failed to {0} the job: {1}")]
     Db(&'static str, sqlx::Error),
 }
 
 /// Applies `action`; returns the job's state afterwards. Repeating an action is a no-op.
-pub async fn control(pool: &PgPool, job_id: Uuid, action: Action) -> Result<String, ControlError> {
+pub async fn control(
+    pool: &PgPool,
+    job_id: Uuid,
+    action: Action,
+) -> Result<JobState, ControlError> {
+    use JobState::*;
     let dbe = |e| ControlError::Db(action.as_str(), e);
     let mut tx = pool.begin().await.map_err(dbe)?;
-    let state: Option<String> =
+    let state: Option<JobState> =
         sqlx::query_scalar("SELECT state FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE")
             .bind(job_id)
             .fetch_optional(&mut *tx)
@@ -255,19 +229,19 @@ pub async fn control(pool: &PgPool, job_id: Uuid, action: Action) -> Result<Stri
     let illegal = || ControlError::Illegal {
         action: action.as_str(),
         job_id,
-        state: state.clone(),
+        state,
     };
-    let new_state: String = match (action, state.as_str()) {
-        (Action::Pause, "pending" | "running") => {
+    let new_state = match (action, state) {
+        (Action::Pause, Pending | Running) => {
             sqlx::query("UPDATE fleet.backfill_jobs SET state = 'paused', resume_state = state, updated_at = now() WHERE job_id = $1")
                 .bind(job_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(dbe)?;
-            "paused".into()
+            Paused
         }
-        (Action::Pause, "paused") => state.clone(),
-        (Action::Resume, "paused") => sqlx::query_scalar(
+        (Action::Pause, Paused) => state,
+        (Action::Resume, Paused) => sqlx::query_scalar(
             "UPDATE fleet.backfill_jobs SET state = coalesce(resume_state, 'pending'), resume_state = NULL, updated_at = now()
              WHERE job_id = $1 RETURNING state",
         )
@@ -275,8 +249,8 @@ pub async fn control(pool: &PgPool, job_id: Uuid, action: Action) -> Result<Stri
         .fetch_one(&mut *tx)
         .await
         .map_err(dbe)?,
-        (Action::Resume, "pending" | "running") => state.clone(),
-        (Action::Cancel, "pending" | "running" | "paused") => {
+        (Action::Resume, Pending | Running) => state,
+        (Action::Cancel, Pending | Running | Paused) => {
             sqlx::query(
                 "UPDATE fleet.backfill_jobs SET state = 'cancelled', resume_state = NULL, finished_at = now(), updated_at = now() WHERE job_id = $1",
             )
@@ -284,16 +258,16 @@ pub async fn control(pool: &PgPool, job_id: Uuid, action: Action) -> Result<Stri
             .execute(&mut *tx)
             .await
             .map_err(dbe)?;
-            "cancelled".into()
+            Cancelled
         }
-        (Action::Cancel, "cancelled") => state.clone(),
-        (Action::Retry, "failed" | "cancelled" | "running" | "paused" | "pending") => {
+        (Action::Cancel, Cancelled) => state,
+        (Action::Retry, Failed | Cancelled | Running | Paused | Pending) => {
             sqlx::query("UPDATE fleet.backfill_chunks SET state = 'pending' WHERE job_id = $1 AND state = 'failed'")
                 .bind(job_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(dbe)?;
-            if matches!(state.as_str(), "failed" | "cancelled") {
+            if matches!(state, Failed | Cancelled) {
                 // Planned jobs continue where they stopped; a job that failed planning plans again.
                 sqlx::query_scalar(
                     "UPDATE fleet.backfill_jobs SET
@@ -306,7 +280,7 @@ pub async fn control(pool: &PgPool, job_id: Uuid, action: Action) -> Result<Stri
                 .await
                 .map_err(dbe)?
             } else {
-                state.clone()
+                state
             }
         }
         _ => return Err(illegal()),
@@ -324,7 +298,7 @@ pub async fn control(pool: &PgPool, job_id: Uuid, action: Action) -> Result<Stri
 pub struct JobRow {
     pub job_id: Uuid,
     pub kind: String,
-    pub state: String,
+    pub state: JobState,
     pub error: Option<String>,
     pub dry_run: bool,
     pub rows_done: i64,
@@ -355,7 +329,7 @@ impl JobRow {
     /// Rows done / rows estimated, 0..=100: a failed chunk's rows are not done, and only a
     /// job that succeeded shows 100 (others stop at 99.9).
     pub fn percent(&self) -> f64 {
-        if self.state == "succeeded" {
+        if self.state == JobState::Succeeded {
             return 100.0;
         }
         let p = if self.rows_estimated > 0 {
@@ -370,14 +344,14 @@ impl JobRow {
 
     /// The state as shown: `throttled: <why>` while a running job's lanes wait.
     pub fn shown_state(&self) -> String {
-        match (&self.throttled, self.state.as_str()) {
-            (Some(why), "running") => format!("throttled: {why}"),
-            _ => self.state.clone(),
+        match (&self.throttled, self.state) {
+            (Some(why), JobState::Running) => format!("throttled: {why}"),
+            _ => self.state.to_string(),
         }
     }
 
     pub fn is_terminal(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+        self.state.is_terminal()
     }
 }
 
@@ -401,14 +375,7 @@ pub async fn get_job(pool: &PgPool, job_id: Uuid) -> sqlx::Result<Option<JobRow>
         .and_then(|r| r.get_mut("tables"))
         .and_then(|t| t.as_array_mut())
     {
-        let per_part: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT p.name, coalesce(sum(c.rows) FILTER (WHERE c.state = 'done'), 0)::bigint
-             FROM fleet.backfill_parts p LEFT JOIN fleet.backfill_chunks c ON c.job_id = p.job_id AND c.part = p.part
-             WHERE p.job_id = $1 GROUP BY p.name",
-        )
-        .bind(job_id)
-        .fetch_all(pool)
-        .await?;
+        let per_part = chunks::rows_per_part(pool, job_id).await?;
         for t in tables.iter_mut() {
             let name = t.get("table").and_then(|v| v.as_str()).unwrap_or_default();
             if let Some((_, n)) = per_part.iter().find(|(p, _)| p == name) {
@@ -427,7 +394,7 @@ pub async fn get_job(pool: &PgPool, job_id: Uuid) -> sqlx::Result<Option<JobRow>
 /// Jobs, newest first: in `state` if given, created longer than `older_than` ago if given.
 pub async fn list_jobs(
     pool: &PgPool,
-    state: Option<&str>,
+    state: Option<JobState>,
     older_than: Option<std::time::Duration>,
     limit: i64,
 ) -> sqlx::Result<Vec<JobRow>> {
@@ -449,7 +416,7 @@ pub async fn delete_job(pools: &DatabasePools, job_id: Uuid) -> Result<(), Contr
     let dbe = |e| ControlError::Db("delete", e);
     let pool = pools.control();
     let mut tx = pool.begin().await.map_err(dbe)?;
-    let row: Option<(String, String)> = sqlx::query_as(
+    let row: Option<(JobState, String)> = sqlx::query_as(
         "SELECT state, database FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
     )
     .bind(job_id)
@@ -457,7 +424,7 @@ pub async fn delete_job(pools: &DatabasePools, job_id: Uuid) -> Result<(), Contr
     .await
     .map_err(dbe)?;
     let (state, database) = row.ok_or(ControlError::NotFound(job_id))?;
-    if !matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
+    if !state.is_terminal() {
         return Err(ControlError::Illegal {
             action: "delete",
             job_id,
@@ -479,32 +446,6 @@ pub async fn delete_job(pools: &DatabasePools, job_id: Uuid) -> Result<(), Contr
         }
     }
     Ok(())
-}
-
-/// A chunk that failed, with its error.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct FailedChunk {
-    pub chunk_id: i64,
-    pub part: i32,
-    pub lo: i64,
-    pub hi: i64,
-    pub attempts: i32,
-    pub error: Option<String>,
-}
-
-pub async fn failed_chunks(
-    pool: &PgPool,
-    job_id: Uuid,
-    limit: i64,
-) -> sqlx::Result<Vec<FailedChunk>> {
-    sqlx::query_as(
-        "SELECT chunk_id, part, lo, hi, attempts, error FROM fleet.backfill_chunks
-         WHERE job_id = $1 AND state = 'failed' ORDER BY part, lo LIMIT $2",
-    )
-    .bind(job_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
 }
 
 /// Recomputes the job's progress from its chunks and parts, stores it on the job row and
@@ -563,4 +504,135 @@ pub async fn refresh_progress(
         Some(r) => get_job(pool, r.get::<Uuid, _>(0)).await,
         None => Ok(None),
     }
+}
+
+/// Jobs some replica should be running (pending or running), oldest first.
+pub async fn runnable_jobs(pool: &PgPool) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT job_id FROM fleet.backfill_jobs WHERE state IN ('pending', 'running') ORDER BY created_at LIMIT 64",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// What a replica needs to start running a job: its state, stored spec and chunk size.
+pub async fn job_to_run(
+    pool: &PgPool,
+    job_id: Uuid,
+) -> sqlx::Result<Option<(JobState, serde_json::Value, i64)>> {
+    sqlx::query_as("SELECT state, spec, chunk_size FROM fleet.backfill_jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The job's state (`None`: deleted), read in `ex`'s snapshot.
+pub async fn job_state<'e>(
+    ex: impl sqlx::PgExecutor<'e>,
+    job_id: Uuid,
+) -> sqlx::Result<Option<JobState>> {
+    sqlx::query_scalar("SELECT state FROM fleet.backfill_jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(ex)
+        .await
+}
+
+/// Fails a job that is still in `from`, with `reason`.
+pub async fn fail_job(
+    pool: &PgPool,
+    job_id: Uuid,
+    from: JobState,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET state = 'failed', error = $3, finished_at = now(), updated_at = now()
+         WHERE job_id = $1 AND state = $2",
+    )
+    .bind(job_id)
+    .bind(from)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Locks the job row for planning; `None` when another replica holds it (or it is gone).
+pub async fn lock_to_plan(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+) -> sqlx::Result<Option<JobState>> {
+    sqlx::query_scalar(
+        "SELECT state FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// A planned job runs, with its initial chunk size and planned report.
+pub async fn mark_planned(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    chunk_size: i64,
+    report: Option<&serde_json::Value>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET state = 'running', started_at = coalesce(started_at, now()), chunk_size = $2,
+                report = $3, updated_at = now() WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .bind(chunk_size)
+    .bind(report)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Why a pending job waits (its database does not answer).
+pub async fn set_waiting(pool: &PgPool, job_id: Uuid, reason: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET error = $2, updated_at = now() WHERE job_id = $1 AND state = 'pending'",
+    )
+    .bind(job_id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Locks the job row to finish it: its state, report and whether it is a dry run.
+pub async fn lock_to_finish(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+) -> sqlx::Result<Option<(JobState, Option<serde_json::Value>, bool)>> {
+    sqlx::query_as(
+        "SELECT state, report, dry_run FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
+    )
+    .bind(job_id)
+    .fetch_optional(&mut *tx)
+    .await
+}
+
+/// Ends a job: `succeeded` without an error, `failed` with one.
+pub async fn finish_job(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    error: Option<&str>,
+    report: Option<&serde_json::Value>,
+) -> sqlx::Result<JobState> {
+    let state = if error.is_some() {
+        JobState::Failed
+    } else {
+        JobState::Succeeded
+    };
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET state = $2, error = $3, report = $4, throttled = NULL, finished_at = now(), updated_at = now() WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .bind(state)
+    .bind(error)
+    .bind(report)
+    .execute(&mut *tx)
+    .await?;
+    Ok(state)
 }
