@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet_shared::topology::{EVENTS_STREAM, JOBS_STREAM};
-use futures::StreamExt as _;
+use fleet_shared::topology::durable_consumers;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -97,30 +96,21 @@ impl Sampler {
 
 /// Reads every consumer of the work streams once.
 pub async fn sample(js: &async_nats::jetstream::Context) -> anyhow::Result<Vec<ConsumerRow>> {
-    let mut rows = Vec::new();
-    for stream_name in [EVENTS_STREAM, JOBS_STREAM] {
-        let Ok(stream) = js.get_stream(stream_name).await else {
-            continue;
-        };
-        let mut infos = stream.consumers();
-        while let Some(info) = infos.next().await {
-            let i = info?;
-            if i.config.durable_name.is_none() {
-                continue;
-            }
-            rows.push(ConsumerRow {
-                stream: stream_name.to_owned(),
-                name: i.name.clone(),
-                filter: i.config.filter_subject.clone(),
-                num_pending: i.num_pending,
-                num_ack_pending: i.num_ack_pending,
-                num_redelivered: i.num_redelivered,
-                num_waiting: i.num_waiting,
-                acked: i.ack_floor.consumer_sequence,
-                ack_rate: 0.0,
-            });
-        }
-    }
+    let mut rows: Vec<ConsumerRow> = durable_consumers(js)
+        .await?
+        .into_iter()
+        .map(|(stream_name, i)| ConsumerRow {
+            stream: stream_name.to_owned(),
+            name: i.name.clone(),
+            filter: i.config.filter_subject.clone(),
+            num_pending: i.num_pending,
+            num_ack_pending: i.num_ack_pending,
+            num_redelivered: i.num_redelivered,
+            num_waiting: i.num_waiting,
+            acked: i.ack_floor.consumer_sequence,
+            ack_rate: 0.0,
+        })
+        .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
 }

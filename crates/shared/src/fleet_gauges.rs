@@ -15,14 +15,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::topology::{EVENTS_STREAM, JOBS_STREAM};
+use crate::topology::durable_consumers;
 
 pub const PERIOD: Duration = Duration::from_secs(15);
 
@@ -130,28 +129,18 @@ pub async fn run<F, Fut>(
 }
 
 async fn consumers(g: &FleetGauges, js: &async_nats::jetstream::Context) -> anyhow::Result<()> {
-    for stream_name in [EVENTS_STREAM, JOBS_STREAM] {
-        let Ok(stream) = js.get_stream(stream_name).await else {
-            continue;
+    for (stream_name, i) in durable_consumers(js).await? {
+        let l = ConsumerLabels {
+            stream: stream_name.to_owned(),
+            consumer: i.name.clone(),
         };
-        let mut infos = stream.consumers();
-        while let Some(info) = infos.next().await {
-            let i = info?;
-            if i.config.durable_name.is_none() {
-                continue;
-            }
-            let l = ConsumerLabels {
-                stream: stream_name.to_owned(),
-                consumer: i.name.clone(),
-            };
-            g.pending.get_or_create(&l).set(i.num_pending as i64);
-            g.ack_pending
-                .get_or_create(&l)
-                .set(i.num_ack_pending as i64);
-            g.redelivered
-                .get_or_create(&l)
-                .set(i.num_redelivered as i64);
-        }
+        g.pending.get_or_create(&l).set(i.num_pending as i64);
+        g.ack_pending
+            .get_or_create(&l)
+            .set(i.num_ack_pending as i64);
+        g.redelivered
+            .get_or_create(&l)
+            .set(i.num_redelivered as i64);
     }
     Ok(())
 }

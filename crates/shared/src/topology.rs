@@ -221,3 +221,25 @@ pub async fn ensure_consumer(
             )
         })
 }
+
+/// Every durable consumer of the work streams (`FLEET_EVENTS`, `FLEET_JOBS`) with its stream's
+/// name, as JetStream reports them now. A stream that does not exist yet has none.
+pub async fn durable_consumers(
+    js: &jetstream::Context,
+) -> anyhow::Result<Vec<(&'static str, consumer::Info)>> {
+    use futures::StreamExt as _;
+    let mut out = Vec::new();
+    for stream_name in [EVENTS_STREAM, JOBS_STREAM] {
+        let Ok(stream) = js.get_stream(stream_name).await else {
+            continue;
+        };
+        let mut infos = stream.consumers();
+        while let Some(info) = infos.next().await {
+            let info = info?;
+            if info.config.durable_name.is_some() {
+                out.push((stream_name, info));
+            }
+        }
+    }
+    Ok(out)
+}
