@@ -3,11 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let res = fleet_shared::fleet::worker_main(
-        fleet_shared::topology::Topology::default(),
-        cache_invalidator::USES_REDIS,
-        cache_invalidator::run,
-    )
-    .await;
-    fleet_shared::fleet::exit_code(res)
+    fleet_shared::fleet::worker_main(cache_invalidator::USES_REDIS, cache_invalidator::run).await
 }

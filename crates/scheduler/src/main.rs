@@ -3,11 +3,5 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let res = fleet_shared::fleet::worker_main(
-        fleet_shared::topology::Topology::default(),
-        scheduler::USES_REDIS,
-        scheduler::run,
-    )
-    .await;
-    fleet_shared::fleet::exit_code(res)
+    fleet_shared::fleet::worker_main(scheduler::USES_REDIS, scheduler::run).await
 }

@@ -272,7 +272,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 
 /// Turns a worker's result into the process exit code, printing a failure as one line on
 /// stderr (`error: a: b: c`) rather than `anyhow`'s multi-line debug form.
-pub fn exit_code(res: anyhow::Result<()>) -> std::process::ExitCode {
+fn exit_code(res: anyhow::Result<()>) -> std::process::ExitCode {
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -286,9 +286,18 @@ pub fn exit_code(res: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// The whole `main` of a worker binary: settings, telemetry, connections, HTTP, signals, run.
-/// Exits non-zero with one line on stderr when the configuration is bad.
-pub async fn worker_main<F, Fut>(topology: Topology, uses_redis: bool, run: F) -> anyhow::Result<()>
+/// The whole `main` of a worker binary: settings, telemetry, connections, HTTP, signals, run,
+/// on the default topology. Exits non-zero with one line on stderr when the configuration is bad
+/// or the worker stops with an error.
+pub async fn worker_main<F, Fut>(uses_redis: bool, run: F) -> std::process::ExitCode
+where
+    F: FnOnce(Fleet, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    exit_code(run_worker(Topology::default(), uses_redis, run).await)
+}
+
+async fn run_worker<F, Fut>(topology: Topology, uses_redis: bool, run: F) -> anyhow::Result<()>
 where
     F: FnOnce(Fleet, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
