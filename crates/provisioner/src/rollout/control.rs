@@ -9,7 +9,7 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::create::{refuse_if_active, CreateError, CREATE_LOCK};
+use super::create::{locked_tx, refuse_if_active, CreateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -32,15 +32,7 @@ impl Control {
 
 /// Applies `c` to rollout `id`; returns the new state.
 pub async fn control(pg: &PgPool, id: Uuid, c: Control) -> Result<String, CreateError> {
-    let mut tx = pg
-        .begin()
-        .await
-        .map_err(CreateError::db("begin a transaction"))?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CREATE_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(CreateError::db("take the rollout lock"))?;
+    let mut tx = locked_tx(pg).await?;
     let state: Option<String> =
         sqlx::query_scalar("SELECT state FROM fleet.rollouts WHERE rollout_id = $1 FOR UPDATE")
             .bind(id)

@@ -23,7 +23,24 @@ use uuid::Uuid;
 use super::spec::{Canary, Direction, Parsed, RolloutRequest, Size};
 
 /// Advisory-lock key serializing rollout creation, retry and resume.
-pub const CREATE_LOCK: i64 = 0x726f_6c6c_6f75;
+const CREATE_LOCK: i64 = 0x726f_6c6c_6f75;
+
+/// A transaction holding the rollout lock ([`CREATE_LOCK`]): creating and controlling rollouts
+/// take it so that two of them never decide on the same tenants at once.
+pub async fn locked_tx(
+    pg: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, CreateError> {
+    let mut tx = pg
+        .begin()
+        .await
+        .map_err(CreateError::db("begin a transaction"))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CREATE_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(CreateError::db("take the rollout lock"))?;
+    Ok(tx)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -132,15 +149,7 @@ pub async fn create(
             )));
         }
     }
-    let mut tx = pg
-        .begin()
-        .await
-        .map_err(CreateError::db("begin a transaction"))?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(CREATE_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(CreateError::db("take the rollout lock"))?;
+    let mut tx = locked_tx(pg).await?;
     if let Some(key) = &opts.request_key {
         let id: Option<Uuid> =
             sqlx::query_scalar("SELECT rollout_id FROM fleet.rollouts WHERE request_key = $1")
