@@ -287,20 +287,9 @@ async fn step(ctx: &Ctx, t: &mut Term, now: DateTime<Utc>) -> anyhow::Result<Dat
         let mut started_one = false;
         for (tick, (kind, zones)) in due_at {
             let zones = (schedule.zone == Zone::Tenant).then_some(zones);
-            if kind == TickKind::CatchUp {
-                // Queued: started one at a time below, paced, oldest first.
-                runs.push(new_run(
-                    ctx,
-                    schedule,
-                    tick,
-                    kind.as_str(),
-                    zones,
-                    true,
-                    note.clone(),
-                ));
-                continue;
-            }
-            if schedule.overlap == Overlap::Forbid {
+            // Catch-up ticks are queued: started one at a time below, paced, oldest first.
+            let queued = kind == TickKind::CatchUp;
+            if !queued && schedule.overlap == Overlap::Forbid {
                 let reason = if !started_one {
                     pending(ctx, schedule).await?
                 } else {
@@ -313,14 +302,14 @@ async fn step(ctx: &Ctx, t: &mut Term, now: DateTime<Utc>) -> anyhow::Result<Dat
                     continue;
                 }
             }
-            started_one = true;
+            started_one |= !queued;
             runs.push(new_run(
                 ctx,
                 schedule,
                 tick,
                 kind.as_str(),
                 zones,
-                false,
+                queued,
                 note.clone(),
             ));
         }
