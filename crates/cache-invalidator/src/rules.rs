@@ -494,53 +494,23 @@ mod tests {
 
     #[test]
     fn config_errors_name_the_rule_in_one_line() {
-        for (text, needle) in [
+        for (subject, pattern, needle) in [
+            ("profile.updated", "mentors:{org_id}:*", "names {org_id}"),
+            ("org.updated", "org:{tenant_code}:*", "names {tenant_code}"),
+            ("profile.updated", "mentors:{org_code:*", "never closed"),
+            ("profile.updated", "mentors:[{org_code}]:*", "not allowed"),
+            ("profile.updated", "mentors:*", "no {placeholder}"),
             (
-                r#"name = "p"
-                subject = "profile.updated"
-                patterns = ["mentors:{org_id}:*"]"#,
-                "names {org_id}",
-            ),
-            (
-                r#"name = "p"
-                subject = "org.updated"
-                patterns = ["org:{tenant_code}:*"]"#,
-                "names {tenant_code}",
-            ),
-            (
-                r#"name = "p"
-                subject = "profile.updated"
-                patterns = ["mentors:{org_code:*"]"#,
-                "never closed",
-            ),
-            (
-                r#"name = "p"
-                subject = "profile.updated"
-                patterns = ["mentors:[{org_code}]:*"]"#,
-                "not allowed",
-            ),
-            (
-                r#"name = "p"
-                subject = "profile.updated"
-                patterns = ["mentors:*"]"#,
-                "no {placeholder}",
-            ),
-            (
-                r#"name = "p"
-                subject = "profile.updated"
-                patterns = ["mentors:{org_code}*"]"#,
+                "profile.updated",
+                "mentors:{org_code}*",
                 "must be separated",
             ),
-            (
-                r#"name = "p"
-                subject = "profile.*"
-                patterns = ["mentors:{org_code}:*"]"#,
-                "is not a subject",
-            ),
+            ("profile.*", "mentors:{org_code}:*", "is not a subject"),
         ] {
-            let err = RuleSet::build(&cfg(&format!("[[invalidation.rules]]\n{text}")))
-                .unwrap_err()
-                .to_string();
+            let text = format!(
+                "[[invalidation.rules]]\nname = \"p\"\nsubject = \"{subject}\"\npatterns = [\"{pattern}\"]"
+            );
+            let err = RuleSet::build(&cfg(&text)).unwrap_err().to_string();
             assert!(err.contains("rule \"p\""), "{err}");
             assert!(err.contains(needle), "{needle}: {err}");
             assert!(!err.contains('\n'));
