@@ -9,10 +9,11 @@ use std::time::Duration;
 use async_nats::jetstream;
 use fleet_shared::topology::{Topology, EVENTS_STREAM, JOBS_STREAM};
 use fleet_shared::Fleet;
-use fleet_testkit::{eventually, publish_retrying, NatsCluster, Running, TestDb};
+use fleet_testkit::{
+    count, eventually, publish_retrying, wait_for_count, NatsCluster, Running, TestDb,
+};
 use redis::AsyncCommands as _;
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -84,10 +85,6 @@ async fn stored(js: &jetstream::Context, stream: &str, prefix: &str) -> HashMap<
 async fn dead_letters(js: &jetstream::Context) -> u64 {
     let mut s = js.get_stream("FLEET_DLQ").await.unwrap();
     s.info().await.unwrap().state.messages
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 /// Waits until every durable consumer of `stream` has nothing pending and nothing unacked.
@@ -191,30 +188,26 @@ async fn provisioning_burst_survives_kill_9_of_the_stream_leader() {
         let (id, body) = publish(code);
         publish_retrying(&js, "tenant.created", &id, body).await;
     }
-    eventually(LIMIT, "a few tenants active", || async {
-        (count(
-            &pool,
-            "SELECT count(*) FROM fleet.tenants WHERE status = 'active'",
-        )
-        .await
-            >= 3)
-            .then_some(())
-    })
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "a few tenants active",
+        "SELECT count(*) FROM fleet.tenants WHERE status = 'active'",
+        |n| n >= 3,
+    )
     .await;
     let killed = env.kill_leader(EVENTS_STREAM).await;
     for code in &codes[15..] {
         let (id, body) = publish(code);
         publish_retrying(&js, "tenant.created", &id, body).await;
     }
-    eventually(LIMIT, "every tenant active", || async {
-        (count(
-            &pool,
-            "SELECT count(*) FROM fleet.tenants WHERE status = 'active'",
-        )
-        .await
-            == 30)
-            .then_some(())
-    })
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "every tenant active",
+        "SELECT count(*) FROM fleet.tenants WHERE status = 'active'",
+        |n| n == 30,
+    )
     .await;
     env.cluster.restart(killed).unwrap();
     env.cluster
@@ -332,26 +325,22 @@ async fn backfill_job_survives_kill_9_of_the_jobs_stream_leader() {
         serde_json::to_vec(&spec).unwrap(),
     )
     .await;
-    eventually(LIMIT, "the job is running", || async {
-        (count(
-            &pool,
-            "SELECT count(*) FROM fleet.backfill_chunks WHERE state = 'done'",
-        )
-        .await
-            >= 5)
-            .then_some(())
-    })
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "the job is running",
+        "SELECT count(*) FROM fleet.backfill_chunks WHERE state = 'done'",
+        |n| n >= 5,
+    )
     .await;
     let killed = env.kill_leader(JOBS_STREAM).await;
-    eventually(LIMIT, "the job succeeded", || async {
-        (count(
-            &pool,
-            "SELECT count(*) FROM fleet.backfill_jobs WHERE state = 'succeeded'",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "the job succeeded",
+        "SELECT count(*) FROM fleet.backfill_jobs WHERE state = 'succeeded'",
+        |n| n == 1,
+    )
     .await;
     env.cluster.restart(killed).unwrap();
     worker.stop().await;
@@ -390,17 +379,8 @@ async fn scheduler_fan_out_and_leader_failover_survive_kill_9_of_a_node() {
     .await
     .unwrap();
     let a = Running::spawn(|t| scheduler::run(first, t));
-    let runs_done = |pool: PgPool| async move {
-        count(
-            &pool,
-            "SELECT count(*) FROM fleet.schedule_runs WHERE status = 'done'",
-        )
-        .await
-    };
-    eventually(LIMIT, "two finished ticks", || async {
-        (runs_done(pool.clone()).await >= 2).then_some(())
-    })
-    .await;
+    const RUNS_DONE: &str = "SELECT count(*) FROM fleet.schedule_runs WHERE status = 'done'";
+    wait_for_count(&pool, LIMIT, "two finished ticks", RUNS_DONE, |n| n >= 2).await;
     let a_id: String = sqlx::query_scalar(
         "SELECT leader FROM fleet.schedule_runs WHERE status = 'done' ORDER BY tick LIMIT 1",
     )
@@ -411,10 +391,14 @@ async fn scheduler_fan_out_and_leader_failover_survive_kill_9_of_a_node() {
     let b = Running::spawn(|t| scheduler::run(second, t));
     // The node leading the leader bucket dies: the lease lives on in the other two.
     let killed = env.kill_leader("KV_fleet_scheduler").await;
-    let before = runs_done(pool.clone()).await;
-    eventually(LIMIT, "ticks go on with a node down", || async {
-        (runs_done(pool.clone()).await >= before + 3).then_some(())
-    })
+    let before = count(&pool, RUNS_DONE).await;
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "ticks go on with a node down",
+        RUNS_DONE,
+        |n| n >= before + 3,
+    )
     .await;
     // Then the scheduler leader itself dies (no release): the other replica takes over.
     let js = env.js().await;
@@ -430,10 +414,14 @@ async fn scheduler_fan_out_and_leader_failover_survive_kill_9_of_a_node() {
     };
     dead.kill().await;
     env.cluster.restart(killed).unwrap();
-    let before = runs_done(pool.clone()).await;
-    eventually(LIMIT, "three ticks after the takeover", || async {
-        (runs_done(pool.clone()).await >= before + 3).then_some(())
-    })
+    let before = count(&pool, RUNS_DONE).await;
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "three ticks after the takeover",
+        RUNS_DONE,
+        |n| n >= before + 3,
+    )
     .await;
     alive.stop().await;
 

@@ -131,6 +131,29 @@ where
     }
 }
 
+/// The one bigint `sql` returns (a `SELECT count(*) …`).
+pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Waits until the count `sql` returns satisfies `ok` and returns it; a timeout names `what`.
+pub async fn wait_for_count(
+    pool: &sqlx::PgPool,
+    limit: Duration,
+    what: &str,
+    sql: &str,
+    ok: impl Fn(i64) -> bool,
+) -> i64 {
+    eventually(limit, what, || async {
+        let n = count(pool, sql).await;
+        ok(n).then_some(n)
+    })
+    .await
+}
+
 /// Checks a worker binary's command line: `--help` and `--version` print to stdout and exit 0
 /// without connecting anywhere; an unknown argument fails with exit code 2 and one line on stderr.
 pub fn assert_worker_cli(binary: &str, name: &str) {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use fleet_testkit::{eventually, Running, TestEnv};
+use fleet_testkit::{count, eventually, Running, TestEnv};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -44,10 +44,6 @@ fn assert_refused(o: &Output, needle: &str) {
         e.starts_with("error: ") && e.contains(needle),
         "want {needle:?}: {e}"
     );
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 async fn version(pool: &PgPool, code: &str) -> i64 {

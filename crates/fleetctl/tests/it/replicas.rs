@@ -8,10 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use fleet_testkit::{eventually, publish_retrying, NatsCluster, RedisServer, TestDb};
+use fleet_testkit::{
+    count, eventually, publish_retrying, wait_for_count, NatsCluster, RedisServer, TestDb,
+};
 use redis::AsyncCommands as _;
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -81,10 +82,6 @@ fn spawn(worker: &str, nats: &str, db: &str, redis: &str, config: &str) -> Proc 
         .spawn()
         .expect("spawn fleetctl up --only");
     Proc(child)
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
 /// (subject, Nats-Msg-Id) of every stored message of `stream`.
@@ -216,30 +213,26 @@ async fn ten_replicas_of_four_kinds_with_one_of_each_killed_mid_burst() {
         }
     }
 
-    eventually(LIMIT, "every tenant active", || async {
-        (count(
-            &pool,
-            "SELECT count(*) FROM fleet.tenants WHERE status = 'active' AND plan = 'basic'",
-        )
-        .await
-            == 40)
-            .then_some(())
-    })
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "every tenant active",
+        "SELECT count(*) FROM fleet.tenants WHERE status = 'active' AND plan = 'basic'",
+        |n| n == 40,
+    )
     .await;
     eventually(LIMIT, "every org's keys deleted", || async {
         let keys: Vec<String> = con.clone().keys("org:*").await.unwrap();
         keys.is_empty().then_some(())
     })
     .await;
-    eventually(LIMIT, "the backfill job succeeded", || async {
-        (count(
-            &pool,
-            "SELECT count(*) FROM fleet.backfill_jobs WHERE state = 'succeeded'",
-        )
-        .await
-            == 1)
-            .then_some(())
-    })
+    wait_for_count(
+        &pool,
+        LIMIT,
+        "the backfill job succeeded",
+        "SELECT count(*) FROM fleet.backfill_jobs WHERE state = 'succeeded'",
+        |n| n == 1,
+    )
     .await;
     let runs_now = count(
         &pool,
