@@ -6,6 +6,7 @@
 mod admin;
 mod history;
 mod lifecycle;
+mod moving;
 mod wait;
 
 use anyhow::Context as _;
@@ -99,6 +100,9 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Move a tenant's schema to another tenant home while it stays in use (logical
+    /// replication; resumable; --abort undoes it before the cut-over)
+    Move(moving::Args),
     /// The audit trail of a code: every lifecycle change, who and when, old -> new
     History {
         code: String,
@@ -174,6 +178,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             json,
         } => return admin::purge(older_than, dry_run, json).await,
         Cmd::History { code, json } => return history::run(code, json).await,
+        Cmd::Move(a) => return moving::run(a).await,
         Cmd::RotateKeys { json } => return admin::rotate_keys(json).await,
         _ => {}
     }

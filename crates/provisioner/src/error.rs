@@ -31,6 +31,12 @@ pub enum ProvisionError {
     },
     #[error("tenant {code} is {status}; it cannot be provisioned or migrated")]
     WrongStatus { code: String, status: String },
+    /// A move to another database is running (see [`crate::moves`]): wait for it.
+    #[error("tenant {code} is {moving}")]
+    Moving {
+        code: String,
+        moving: crate::moves::InFlight,
+    },
     #[error("tenant.migrate: no tenant with code {0}")]
     UnknownTenant(String),
     #[error("schema {0} already exists but no tenant owns it; refusing to provision into it (drop or rename it first)")]
@@ -63,6 +69,7 @@ impl ProvisionError {
             }
             ProvisionError::Migration(e) => e.is_transient(),
             ProvisionError::Announce(_) => true,
+            ProvisionError::Moving { .. } => true,
             _ => false,
         }
     }

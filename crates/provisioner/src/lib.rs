@@ -25,6 +25,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod migrate_tenant;
 pub mod migrations;
+pub mod moves;
 pub mod placement;
 pub mod plans;
 pub mod pool;

@@ -138,6 +138,15 @@ pub async fn migrate_tenant(
             status: row.status,
         });
     }
+    if let Some(moving) = crate::moves::in_flight(&mut tx, row.tenant_id)
+        .await
+        .map_err(ProvisionError::db("read the tenant's moves"))?
+    {
+        return Err(ProvisionError::Moving {
+            code: code.to_string(),
+            moving,
+        });
+    }
     let report = move_tenant(
         &mut tx,
         pools,

@@ -64,6 +64,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         include_str!("../migrations/0750_tenant_placement.sql"),
     ),
     (
+        "0800_tenant_moves.sql",
+        include_str!("../migrations/0800_tenant_moves.sql"),
+    ),
+    (
         "0820_schedule_run_databases.sql",
         include_str!("../migrations/0820_schedule_run_databases.sql"),
     ),

@@ -28,6 +28,11 @@ pub const TENANT_CONFIG_UNSET: &str = "tenant.config.unset";
 pub const TENANT_SUSPENDED: &str = "tenant.suspended";
 pub const TENANT_RESUMED: &str = "tenant.resumed";
 pub const TENANT_DELETED: &str = "tenant.deleted";
+/// A tenant's schema is about to be cut over to another database (published by `fleetctl
+/// tenants move`): its writes wait for a moment, then must go to the new database.
+pub const TENANT_MOVING: &str = "tenant.moving";
+/// A tenant's schema now lives on `database` (published after the registry switched).
+pub const TENANT_MOVED: &str = "tenant.moved";
 /// Announcements of committed lifecycle changes: `tenant.lifecycle.<kind>`
 /// (see [`TenantLifecycle`]).
 pub const TENANT_LIFECYCLE_PREFIX: &str = "tenant.lifecycle";
@@ -301,6 +306,32 @@ pub struct TenantDeleted {
     pub mode: DeleteMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<Uuid>,
+}
+
+/// `tenant.moving` (published by the fleet): the cut-over of a move starts. Writes to the tenant
+/// on `from` wait until it ends, and then fail there; `tenant.moved` follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantMoving {
+    pub tenant_id: Uuid,
+    pub code: Code,
+    /// The `[databases.<name>]` the schema is moving from.
+    pub from: String,
+    /// The `[databases.<name>]` it is moving to.
+    pub to: String,
+    pub move_id: Uuid,
+}
+
+/// `tenant.moved` (published by the fleet): the registry names `database` for the tenant now;
+/// connect there. The copy on `from` is read-only and archived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantMoved {
+    pub tenant_id: Uuid,
+    pub code: Code,
+    /// The `[databases.<name>]` holding the schema from now on.
+    pub database: String,
+    pub schema: String,
+    pub from: String,
+    pub move_id: Uuid,
 }
 
 /// `tenant.lifecycle.<kind>` (published by the fleet after a lifecycle change commits): the

@@ -13,5 +13,6 @@ mod schedule;
 mod schedules;
 mod tenant_databases;
 mod tenant_lifecycle;
+mod tenant_move;
 mod tenant_portability;
 mod up;

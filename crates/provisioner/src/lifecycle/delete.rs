@@ -97,6 +97,15 @@ pub async fn delete(
         }
         None => live_tenant(&mut tx, TENANT_DELETED, code).await?,
     };
+    if let Some(moving) = crate::moves::in_flight(&mut tx, t.tenant_id)
+        .await
+        .map_err(LifecycleError::db("read the tenant's moves"))?
+    {
+        return Err(LifecycleError::NotAllowed(format!(
+            "{TENANT_DELETED}: tenant {} is {moving}",
+            t.code
+        )));
+    }
     let schema = checked_ident(&t.schema_name)?.to_owned();
     // On another database the schema is renamed or dropped there first, in its own transaction
     // (idempotent, see purge.rs), then the registry changes here; the archive name there does

@@ -77,6 +77,12 @@ async fn attempt(
     if row.status != "active" {
         return Ok(Attempt::NotActive(format!("tenant is {}", row.status)));
     }
+    if let Some(moving) = crate::moves::in_flight(con, row.tenant_id)
+        .await
+        .map_err(ProvisionError::db("read the tenant's moves"))?
+    {
+        return Ok(Attempt::NotActive(format!("tenant is {moving}")));
+    }
     let report = move_tenant(
         con,
         &runner.pools,

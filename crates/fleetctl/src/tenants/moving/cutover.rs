@@ -1,0 +1,416 @@
+//! The cut-over: the short moment in which the tenant's writes wait while the target becomes
+//! the one copy, then the announcements and the archive of the old copy.
+//!
+//! One attempt, on a connection of its own to the source (`T`) and one to the control plane
+//! (`C`):
+//!
+//! 1. `T`: `LOCK TABLE … IN EXCLUSIVE MODE` on every table of the schema (under `lock_timeout`):
+//!    reads go on, writes queue behind the lock, and writes already in flight have committed;
+//! 2. the source's WAL insert position then covers every committed write; wait until the
+//!    subscription confirmed it (`confirmed_flush_lsn` of the move's slot): lag 0;
+//! 3. count the rows of every table on both copies (the source cannot change now) and refuse to
+//!    switch unless they are equal;
+//! 4. move the target's sequences to the source's values (logical replication does not carry
+//!    sequences);
+//! 5. `T`: the guard (a trigger on every table that raises `25006 read_only_sql_transaction`,
+//!    "tenant … has moved to database …"), so a late write to the old copy fails loudly instead
+//!    of being lost;
+//! 6. `C`, under the tenant's advisory lock: the registry names the target, the move records
+//!    `switched` and an audit row is written; then `T` commits (the queued writes now fail on the
+//!    guard) and `C` commits.
+//!
+//! Any failure before the commits rolls both back: the source is writable again and nothing
+//! changed (a lock or lag timeout is retried, a count mismatch stops the move). A crash between
+//! the two commits leaves the source read-only with the registry still naming it: the tenant is
+//! served from that one database (reads only) until a re-run repeats the cut-over (every part of
+//! it is idempotent) or `--abort` lifts the guard. The registry is the single switch, so there is
+//! never a moment in which two copies take writes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fleet_shared::events::{TenantMoved, TenantMoving, TENANT_MOVED, TENANT_MOVING};
+use fleet_shared::secret::ExposeSecret as _;
+use serde_json::json;
+use sqlx::{Connection as _, PgConnection, PgPool};
+
+use super::super::catalog::quote_ident;
+use super::record::{MoveRow, Step};
+use super::sides::{quote_literal, tables, Sides};
+
+/// The guard function (in the tenant's schema on the source) and its triggers.
+pub const GUARD: &str = "fleet_moved_guard";
+const GUARD_TRUNCATE: &str = "fleet_moved_guard_truncate";
+/// How long the freeze waits for the tenant's in-flight writes before giving up (and retrying).
+const FREEZE_LOCK_TIMEOUT: &str = "2s";
+
+/// Why an attempt gave up in a way a later attempt can get past.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(pub String);
+
+/// What a committed cut-over measured.
+#[derive(Debug, Clone)]
+pub struct Cutover {
+    pub took: Duration,
+    pub counts: BTreeMap<String, i64>,
+    pub sequences: usize,
+    pub lsn: String,
+}
+
+/// `DROP FUNCTION … CASCADE` of the guard drops its triggers too.
+pub fn lift_guard_sql(s: &Sides) -> String {
+    format!(
+        "DROP FUNCTION IF EXISTS {}.{}() CASCADE",
+        s.quoted_schema(),
+        quote_ident(GUARD)
+    )
+}
+
+fn guard_sql(s: &Sides, tables: &[String]) -> String {
+    let f = format!("{}.{}", s.quoted_schema(), quote_ident(GUARD));
+    let args = format!(
+        "{}, {}",
+        quote_literal(s.code.as_str()),
+        quote_literal(s.target.name.as_str())
+    );
+    let mut sql = format!(
+        "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $fleet$
+         BEGIN
+           RAISE EXCEPTION 'tenant % has moved to database %; write there (fleet.tenants.database names it)',
+             TG_ARGV[0], TG_ARGV[1] USING ERRCODE = 'read_only_sql_transaction';
+         END $fleet$;\n"
+    );
+    for t in tables {
+        let table = s.table(t);
+        sql.push_str(&format!(
+            "CREATE OR REPLACE TRIGGER {g} BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION {f}({args});
+             CREATE OR REPLACE TRIGGER {gt} BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {f}({args});\n",
+            g = quote_ident(GUARD),
+            gt = quote_ident(GUARD_TRUNCATE),
+        ));
+    }
+    sql
+}
+
+/// Whether the guard is on the source (a crash came between the two commits of a cut-over).
+pub async fn guarded(s: &Sides) -> anyhow::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                         WHERE n.nspname = $1 AND p.proname = $2)",
+    )
+    .bind(&s.schema)
+    .bind(GUARD)
+    .fetch_one(&s.source_pg)
+    .await
+    .context("Failed to look for the move's guard")
+}
+
+/// Publishes `tenant.moving` (message id `tenant.moving:<move_id>`, so a repeat is one message).
+pub async fn announce_moving(
+    js: &async_nats::jetstream::Context,
+    s: &Sides,
+    m: &MoveRow,
+) -> anyhow::Result<()> {
+    let body = TenantMoving {
+        tenant_id: m.tenant_id,
+        code: s.code.clone(),
+        from: m.source.clone(),
+        to: m.target.clone(),
+        move_id: m.move_id,
+    };
+    let id = format!("{TENANT_MOVING}:{}", m.move_id);
+    fleet_shared::publish::publish_json(js, TENANT_MOVING, &id, &body, None).await?;
+    Ok(())
+}
+
+/// Publishes `tenant.moved` (message id `tenant.moved:<move_id>`).
+pub async fn announce_moved(
+    js: &async_nats::jetstream::Context,
+    s: &Sides,
+    m: &MoveRow,
+) -> anyhow::Result<()> {
+    let body = TenantMoved {
+        tenant_id: m.tenant_id,
+        code: s.code.clone(),
+        database: m.target.clone(),
+        schema: s.schema.clone(),
+        from: m.source.clone(),
+        move_id: m.move_id,
+    };
+    let id = format!("{TENANT_MOVED}:{}", m.move_id);
+    fleet_shared::publish::publish_json(js, TENANT_MOVED, &id, &body, None).await?;
+    Ok(())
+}
+
+async fn count_rows(
+    con: &mut PgConnection,
+    s: &Sides,
+    tables: &[String],
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", s.table(t)))
+            .fetch_one(&mut *con)
+            .await?;
+        out.insert(t.clone(), n);
+    }
+    Ok(out)
+}
+
+async fn count_on(
+    pg: &PgPool,
+    s: &Sides,
+    tables: &[String],
+) -> anyhow::Result<BTreeMap<String, i64>> {
+    let mut con = pg.acquire().await?;
+    Ok(count_rows(&mut con, s, tables).await?)
+}
+
+/// Waits until the move's slot has confirmed `lsn`.
+async fn wait_flushed(s: &Sides, slot: &str, lsn: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let done: Option<bool> = sqlx::query_scalar(
+            "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .bind(slot)
+        .bind(lsn)
+        .fetch_optional(&s.source_pg)
+        .await?
+        .flatten();
+        match done {
+            Some(true) => return Ok(()),
+            None => anyhow::bail!("the move's replication slot {slot} is gone from database {}", s.source.name),
+            Some(false) if Instant::now() >= deadline => {
+                return Err(Retry(format!(
+                    "the subscription did not confirm the source's position {lsn} within {} (is it running on database {}?)",
+                    fleet_shared::duration::format(limit),
+                    s.target.name
+                ))
+                .into())
+            }
+            Some(false) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// One attempt at the cut-over (see the module docs).
+pub async fn freeze_and_switch(
+    control: &PgPool,
+    s: &Sides,
+    m: &MoveRow,
+    actor: &str,
+    lag_limit: Duration,
+) -> anyhow::Result<Cutover> {
+    let tables = tables(&s.source_pg, &s.schema).await?;
+    let mut src = PgConnection::connect(s.source_url().expose_secret())
+        .await
+        .with_context(|| format!("cannot connect to database {}", s.source.name))?;
+    let started = Instant::now();
+    let mut t = src.begin().await?;
+    sqlx::raw_sql(&format!("SET LOCAL lock_timeout = '{FREEZE_LOCK_TIMEOUT}'"))
+        .execute(&mut *t)
+        .await?;
+    if !tables.is_empty() {
+        let list: Vec<String> = tables.iter().map(|x| s.table(x)).collect();
+        if let Err(e) = sqlx::raw_sql(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", list.join(", ")))
+            .execute(&mut *t)
+            .await
+        {
+            if fleet_shared::errors::sqlstate(&e).as_deref() == Some("55P03") {
+                return Err(Retry(format!(
+                    "the tenant's writes held its tables longer than lock_timeout {FREEZE_LOCK_TIMEOUT}"
+                ))
+                .into());
+            }
+            return Err(e).context("Failed to freeze the source's tables");
+        }
+    }
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut *t)
+        .await?;
+    wait_flushed(s, &m.replication_name(), &lsn, lag_limit).await?;
+
+    let source_counts = count_rows(&mut t, s, &tables).await?;
+    let mut target_counts = count_on(&s.target_pg, s, &tables).await?;
+    // The target has applied everything up to lsn; a difference would mean a lost change.
+    for _ in 0..10 {
+        if target_counts == source_counts {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        target_counts = count_on(&s.target_pg, s, &tables).await?;
+    }
+    if target_counts != source_counts {
+        let diff: Vec<String> = source_counts
+            .iter()
+            .filter(|(k, v)| target_counts.get(*k) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: {v} on {}, {} on {}",
+                    s.source.name,
+                    target_counts.get(k).copied().unwrap_or(0),
+                    s.target.name
+                )
+            })
+            .collect();
+        anyhow::bail!(
+            "row counts differ after the subscription caught up ({}); the registry was not switched and the source is writable again: investigate, then re-run or --abort",
+            diff.join("; ")
+        );
+    }
+
+    let sequences: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sequencename::text, last_value FROM pg_sequences WHERE schemaname = $1 AND last_value IS NOT NULL",
+    )
+    .bind(&s.schema)
+    .fetch_all(&mut *t)
+    .await?;
+    for (seq, value) in &sequences {
+        // The source's value is final while it is frozen, so setting it again is harmless.
+        sqlx::query("SELECT setval($1::regclass, $2, true)")
+            .bind(s.table(seq))
+            .bind(value)
+            .execute(&s.target_pg)
+            .await
+            .with_context(|| {
+                format!(
+                    "Failed to move sequence {seq} on database {}",
+                    s.target.name
+                )
+            })?;
+    }
+
+    sqlx::raw_sql(&guard_sql(s, &tables))
+        .execute(&mut *t)
+        .await
+        .context("Failed to make the source copy read-only")?;
+
+    let mut c = control.begin().await?;
+    sqlx::raw_sql("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *c)
+        .await?;
+    provisioner::tenant_lock::lock_tenant(&mut c, s.code.as_str()).await?;
+    let tenant: provisioner::lifecycle::Tenant = sqlx::query_as(
+        "SELECT tenant_id, code, name, plan, org_code, status, schema_name, database
+           FROM fleet.tenants WHERE tenant_id = $1 FOR UPDATE",
+    )
+    .bind(m.tenant_id)
+    .fetch_optional(&mut *c)
+    .await?
+    .with_context(|| format!("tenant {} is no longer registered", s.code))?;
+    anyhow::ensure!(
+        tenant.status != "deleted" && tenant.database == m.source,
+        "tenant {} is {} on database {}, not live on {}: the move cannot switch it",
+        s.code,
+        tenant.status,
+        tenant.database,
+        m.source
+    );
+    sqlx::query("UPDATE fleet.tenants SET database = $2, updated_at = now() WHERE tenant_id = $1")
+        .bind(m.tenant_id)
+        .bind(&m.target)
+        .execute(&mut *c)
+        .await?;
+    let took = started.elapsed();
+    sqlx::query(
+        "UPDATE fleet.tenant_moves
+            SET step = $2, switched_at = now(), step_at = now(), row_counts = $3, cutover_ms = $4, last_error = NULL
+          WHERE move_id = $1",
+    )
+    .bind(m.move_id)
+    .bind(Step::Switched.as_str())
+    .bind(json!(source_counts))
+    .bind(took.as_millis() as i64)
+    .execute(&mut *c)
+    .await?;
+    let cause = provisioner::lifecycle::Cause::direct("fleetctl.tenants.move", actor);
+    let after = provisioner::lifecycle::Tenant {
+        database: m.target.clone(),
+        ..tenant
+    };
+    provisioner::lifecycle::audit::record(
+        &mut c,
+        &cause,
+        &after,
+        json!({"database": m.source}),
+        json!({"database": m.target, "move_id": m.move_id, "rows": source_counts}),
+    )
+    .await?;
+    t.commit()
+        .await
+        .context("Failed to commit the freeze of the source (nothing was switched)")?;
+    c.commit().await.context(
+        "the source copy is read-only but the registry switch did not commit: re-run the move to finish the cut-over, or --abort to lift the guard",
+    )?;
+    src.close().await.ok();
+    Ok(Cutover {
+        took: started.elapsed(),
+        counts: source_counts,
+        sequences: sequences.len(),
+        lsn,
+    })
+}
+
+/// The name the old copy is archived under: the tenant's archive name on that database
+/// (`archived_<code>_<16 hex of tenant_id>`, as an archive there would be called), or, when a
+/// schema of that name is already there (the tenant was moved away from it before),
+/// `archived_<code>_<16 hex of move_id>`.
+pub async fn archive_name(s: &Sides, m: &MoveRow) -> anyhow::Result<String> {
+    if let Some(n) = &m.archive_name {
+        return Ok(n.clone());
+    }
+    let first = provisioner::lifecycle::delete::remote_archive_name(s.code.as_str(), m.tenant_id);
+    if !super::sides::schema_exists(&s.source_pg, &first).await? {
+        return Ok(first);
+    }
+    let short: String = s.code.as_str().chars().take(30).collect();
+    Ok(format!(
+        "archived_{short}_{}",
+        &m.move_id.simple().to_string()[..16]
+    ))
+}
+
+/// Renames the old copy (still guarded, so it stays read-only) to `name`; idempotent.
+pub async fn archive(s: &Sides, name: &str) -> anyhow::Result<()> {
+    if !super::sides::schema_exists(&s.source_pg, &s.schema).await? {
+        anyhow::ensure!(
+            super::sides::schema_exists(&s.source_pg, name).await?,
+            "neither {} nor {name} exists on database {}",
+            s.schema,
+            s.source.name
+        );
+        return Ok(());
+    }
+    let mut con = s.source_pg.acquire().await?;
+    let mut tx = con.begin().await?;
+    sqlx::raw_sql("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(&format!(
+        "ALTER SCHEMA {} RENAME TO {}",
+        s.quoted_schema(),
+        quote_ident(name)
+    ))
+    .execute(&mut *tx)
+    .await
+    .with_context(|| {
+        format!(
+            "Failed to archive the old copy on database {}",
+            s.source.name
+        )
+    })?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether a step's error is worth another attempt.
+pub fn is_retry(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Retry>())
+        || e.chain().any(|c| {
+            c.downcast_ref::<sqlx::Error>()
+                .is_some_and(fleet_shared::errors::is_transient)
+        })
+}
