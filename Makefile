@@ -47,6 +47,7 @@ bench: toolchain stack
 	./target/release/fleet-bench fanout
 	./target/release/fleet-bench consume
 	./target/release/fleet-bench console
+	./target/release/fleet-bench move
 
 lint: toolchain
 	$(CARGO) fmt --all -- --check

@@ -10,6 +10,7 @@ mod console;
 mod consume;
 mod fanout;
 mod invalidate;
+mod moving;
 mod provision;
 mod provision_warm;
 mod rollout;
@@ -43,6 +44,9 @@ enum Cmd {
     Cluster(cluster::Args),
     /// Every console page at 10,000 tenants and 1,000 dead letters (p99 per page), and the RSS the console adds to fleetctl up
     Console(console::Args),
+    /// fleetctl tenants move of a tenant with 1M rows between two Postgres servers (total and
+    /// cut-over time) vs pg_dump | psql of the same schema
+    Move(moving::Args),
     /// Job runtime jobs/s on no-op jobs vs a bare pull consumer; the per-tenant fairness figure
     Consume(consume::Args),
 }
@@ -70,6 +74,7 @@ fn main() {
             Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::Consume(a) => consume::run(a).await,
             Cmd::Console(a) => console::run(a).await,
+            Cmd::Move(a) => moving::run(a).await,
         }
     });
     if let Err(e) = res {

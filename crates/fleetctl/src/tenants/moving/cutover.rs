@@ -410,7 +410,10 @@ pub async fn archive(s: &Sides, name: &str) -> anyhow::Result<()> {
 pub fn is_retry(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<Retry>())
         || e.chain().any(|c| {
-            c.downcast_ref::<sqlx::Error>()
-                .is_some_and(fleet_shared::errors::is_transient)
+            c.downcast_ref::<sqlx::Error>().is_some_and(|e| {
+                // 55P03: lock_timeout (the control plane's tenant lock was busy).
+                fleet_shared::errors::is_transient(e)
+                    || fleet_shared::errors::sqlstate(e).as_deref() == Some("55P03")
+            })
         })
 }

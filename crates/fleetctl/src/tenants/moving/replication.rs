@@ -223,7 +223,12 @@ pub async fn wait_copied(s: &Sides, m: &MoveRow, oid: i64, report: Report) -> an
         .fetch_one(&s.target_pg)
         .await
         .unwrap_or(0);
-        let lag = lag_bytes(s, &name).await?.unwrap_or(i64::MAX);
+        let lag = lag_bytes(s, &name).await?.with_context(|| {
+            format!(
+                "the move's replication slot {name} is gone from database {}; --abort and start again",
+                s.source.name
+            )
+        })?;
         if ready == total && lag <= CAUGHT_UP_BYTES {
             report.line(
                 "copied",
