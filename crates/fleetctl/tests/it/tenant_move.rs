@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Output;
 use std::time::Duration;
 
-use fleet_testkit::{eventually, PgServer, Running, TestEnv};
+use fleet_testkit::{count, eventually, PgServer, Running, TestEnv};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -158,10 +158,6 @@ async fn exec(pool: &PgPool, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
-async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
 async fn database_of(control: &PgPool, code: &str) -> String {
     sqlx::query_scalar("SELECT database FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'")
         .bind(code)
@@ -199,7 +195,7 @@ async fn counts(pool: &PgPool, schema: &str) -> BTreeMap<String, i64> {
     for t in tables {
         out.insert(
             t.clone(),
-            scalar_i64(pool, &format!("SELECT count(*) FROM \"{schema}\".\"{t}\"")).await,
+            count(pool, &format!("SELECT count(*) FROM \"{schema}\".\"{t}\"")).await,
         );
     }
     out
@@ -209,9 +205,9 @@ async fn counts(pool: &PgPool, schema: &str) -> BTreeMap<String, i64> {
 /// subscriptions (target side).
 async fn replication_leftovers(source: &PgPool, target: &PgPool) -> (i64, i64, i64) {
     (
-        scalar_i64(source, "SELECT count(*) FROM pg_publication").await,
-        scalar_i64(source, "SELECT count(*) FROM pg_replication_slots").await,
-        scalar_i64(target, "SELECT count(*) FROM pg_subscription").await,
+        count(source, "SELECT count(*) FROM pg_publication").await,
+        count(source, "SELECT count(*) FROM pg_replication_slots").await,
+        count(target, "SELECT count(*) FROM pg_subscription").await,
     )
 }
 
@@ -307,7 +303,7 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
     ));
     // Some writes before the move starts.
     eventually(WAIT, "the application writes", || async {
-        (scalar_i64(&a, "SELECT count(*) FROM tenant_acme.app_writes").await >= 20).then_some(())
+        (count(&a, "SELECT count(*) FROM tenant_acme.app_writes").await >= 20).then_some(())
     })
     .await;
 
@@ -331,9 +327,9 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
         assert!(printed.contains(step), "{step:?} missing from:\n{printed}");
     }
     // Writes after the cut-over, on the new database.
-    let n_after = scalar_i64(&b, "SELECT count(*) FROM tenant_acme.app_writes").await;
+    let n_after = count(&b, "SELECT count(*) FROM tenant_acme.app_writes").await;
     eventually(WAIT, "the application writes to shard_b", || async {
-        (scalar_i64(&b, "SELECT count(*) FROM tenant_acme.app_writes").await >= n_after + 20)
+        (count(&b, "SELECT count(*) FROM tenant_acme.app_writes").await >= n_after + 20)
             .then_some(())
     })
     .await;
@@ -422,13 +418,13 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
     // the identity column continues past the copied rows.
     exec(&b, "INSERT INTO tenant_acme.notes (body) VALUES ('after')").await;
     assert_eq!(
-        scalar_i64(&b, "SELECT max(id) FROM tenant_acme.notes").await,
+        count(&b, "SELECT max(id) FROM tenant_acme.notes").await,
         5001
     );
 
     // The old copy is archived read-only; replication is gone from both servers.
     assert!(
-        scalar_i64(
+        count(
             &a,
             "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'"
         )
@@ -502,11 +498,11 @@ async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanw
     // Streaming now: a write on the source arrives on the target's copy.
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
     eventually(WAIT, "the write streamed to shard_b", || async {
-        (scalar_i64(&b, "SELECT count(*) FROM tenant_acme.app_writes").await == 1).then_some(())
+        (count(&b, "SELECT count(*) FROM tenant_acme.app_writes").await == 1).then_some(())
     })
     .await;
     assert_eq!(
-        scalar_i64(&b, "SELECT count(*) FROM tenant_acme.notes").await,
+        count(&b, "SELECT count(*) FROM tenant_acme.notes").await,
         300
     );
     assert_eq!(replication_leftovers(&a, &b).await, (1, 1, 1));
@@ -529,7 +525,7 @@ async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanw
     assert_eq!(database_of(&control, "acme").await, "shard_a");
     assert_eq!(replication_leftovers(&a, &b).await, (0, 0, 0));
     assert_eq!(
-        scalar_i64(
+        count(
             &b,
             "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'"
         )
@@ -540,7 +536,7 @@ async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanw
     // The source is as it was, and writable.
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (2)").await;
     assert_eq!(
-        scalar_i64(&a, "SELECT count(*) FROM tenant_acme.app_writes").await,
+        count(&a, "SELECT count(*) FROM tenant_acme.app_writes").await,
         2
     );
     refused(
@@ -586,7 +582,7 @@ async fn a_move_killed_during_its_cut_over_leaves_the_source_serving_and_a_rerun
         .spawn()
         .unwrap();
     eventually(WAIT, "the cut-over froze the source", || async {
-        (scalar_i64(
+        (count(
             &a,
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
                JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -623,7 +619,7 @@ async fn a_move_killed_during_its_cut_over_leaves_the_source_serving_and_a_rerun
     assert_eq!(database_of(&control, "acme").await, "shard_a");
     assert_eq!(move_row(&control, "acme").await["step"], "cutover");
     assert_eq!(
-        scalar_i64(
+        count(
             &a,
             "SELECT count(*) FROM pg_proc WHERE proname = 'fleet_moved_guard'"
         )
@@ -717,12 +713,12 @@ async fn bad_moves_are_refused_in_one_line_and_change_nothing() {
         refused(&h.fleetctl(&full).await, needle);
     }
     assert_eq!(
-        scalar_i64(&control, "SELECT count(*) FROM fleet.tenant_moves").await,
+        count(&control, "SELECT count(*) FROM fleet.tenant_moves").await,
         0
     );
     let b = h.pool("shard_b").await;
     assert_eq!(
-        scalar_i64(
+        count(
             &b,
             "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tenant_%'"
         )
