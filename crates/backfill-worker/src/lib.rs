@@ -33,6 +33,7 @@ pub mod adapt;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod finalize;
 pub mod handler;
 pub mod ident;
 pub mod kind;

@@ -48,6 +48,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         include_str!("../migrations/0600_backfill_reports.sql"),
     ),
     (
+        "0601_backfill_finalize.sql",
+        include_str!("../migrations/0601_backfill_finalize.sql"),
+    ),
+    (
         "0650_job_outcomes.sql",
         include_str!("../migrations/0650_job_outcomes.sql"),
     ),

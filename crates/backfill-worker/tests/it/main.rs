@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod control;
 mod exactly_once;
+mod finalize;
 mod mapping_files;
 mod named_database;
 mod reports;
