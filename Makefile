@@ -44,6 +44,7 @@ bench: toolchain stack
 	./target/release/fleet-bench provision --tenants 200 --concurrency 4
 	./target/release/fleet-bench invalidate
 	./target/release/fleet-bench backfill
+	./target/release/fleet-bench finalize
 	./target/release/fleet-bench fanout
 	./target/release/fleet-bench consume
 	./target/release/fleet-bench console

@@ -9,6 +9,7 @@ mod common;
 mod console;
 mod consume;
 mod fanout;
+mod finalize;
 mod invalidate;
 mod moving;
 mod provision;
@@ -38,6 +39,8 @@ enum Cmd {
     Invalidate(invalidate::Args),
     /// tenant_codes backfill rows/s vs an in-database DO loop
     Backfill(backfill::Args),
+    /// Backfill finalize (NOT NULL, primary keys, foreign keys, indexes) on 3M rows vs the same DDL by hand
+    Finalize(finalize::Args),
     /// Scheduler fan-out jobs/s vs a bare pipelined JetStream publisher
     Fanout(fanout::Args),
     /// On 3-node NATS clusters: provisioning and invalidation at R3 vs R1; 1/2/3 provisioners
@@ -71,6 +74,7 @@ fn main() {
             Cmd::Invalidate(a) => invalidate::run(a).await,
             Cmd::Backfill(a) => backfill::run(a).await,
             Cmd::Fanout(a) => fanout::run(a).await,
+            Cmd::Finalize(a) => finalize::run(a).await,
             Cmd::Cluster(a) => cluster::run(a).await,
             Cmd::Consume(a) => consume::run(a).await,
             Cmd::Console(a) => console::run(a).await,

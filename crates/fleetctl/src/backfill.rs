@@ -278,6 +278,37 @@ fn print_status(
             &rows,
         )?;
     }
+    if let Some(steps) = job
+        .report
+        .as_ref()
+        .and_then(|r| r.get("finalize"))
+        .and_then(|t| t.as_array())
+        .filter(|s| !s.is_empty())
+    {
+        let rows: Vec<Vec<String>> = steps
+            .iter()
+            .map(|s| {
+                let f = |k: &str| {
+                    s.get(k)
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .unwrap_or_else(|| v.to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                vec![
+                    f("table"),
+                    f("step"),
+                    f("state"),
+                    f("attempts"),
+                    f("detail"),
+                ]
+            })
+            .collect();
+        outln!();
+        output::print_table(&["TABLE", "FINALIZE", "STATE", "TRIES", "DETAIL"], &rows)?;
+    }
     if !failed.is_empty() {
         outln!();
         let rows: Vec<Vec<String>> = failed

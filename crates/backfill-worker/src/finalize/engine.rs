@@ -308,72 +308,7 @@ impl Finalize<'_> {
         con: &mut PgConnection,
         present: &[FinalizeTable],
     ) -> sqlx::Result<Result<Vec<Tab>, String>> {
-        let schema = self.schema;
-        let mut problems = Vec::new();
-        let mut nulls = Vec::new();
-        let mut tabs = Vec::new();
-        for t in present {
-            for col in [TENANT, ORG] {
-                match inspect::column_not_null(con, schema, &t.table, col).await? {
-                    None if col == TENANT => {
-                        problems.push(format!("{} has no tenant_code column", t.table))
-                    }
-                    Some(false) => {
-                        let n = inspect::nulls(con, schema, &t.table, col).await?;
-                        if n > 0 {
-                            nulls.push(format!("{} has {n} row(s) with NULL {col}", t.table));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            let base = match inspect::primary_key(con, schema, &t.table).await? {
-                Some((_, cols)) => cols
-                    .iter()
-                    .filter(|c| c.as_str() != TENANT)
-                    .map(|c| Ident::parse("column", c))
-                    .collect::<Result<Vec<_>, _>>(),
-                None => Ok(vec![t.key.clone()]),
-            };
-            match base {
-                Ok(base) if base.is_empty() => {
-                    problems.push(format!("{}: its primary key is tenant_code alone", t.table))
-                }
-                Ok(base) => tabs.push(Tab {
-                    table: t.table.clone(),
-                    base,
-                }),
-                Err(e) => problems.push(format!("{}: primary key column {e}", t.table)),
-            }
-        }
-        if !nulls.is_empty() {
-            return Ok(Err(format!(
-                "finalize refused: rows without codes are left: {}; nothing was changed",
-                nulls.join(", ")
-            )));
-        }
-        if self.steps.has(Step::PrimaryKey) {
-            let names: HashSet<&str> = tabs.iter().map(|t| t.table.as_str()).collect();
-            for t in &tabs {
-                for fk in inspect::referencing(con, schema, &t.table).await? {
-                    let inside =
-                        fk.child_schema == schema.as_str() && names.contains(fk.child.as_str());
-                    if !inside && same_set(&fk.parent_columns, &t.base) {
-                        problems.push(format!(
-                            "foreign key {} of {}.{} references {} ({}) and {}.{} is not in this job, so the primary key cannot move (add the table to the job)",
-                            fk.name, fk.child_schema, fk.child, t.table, plain(&t.base), fk.child_schema, fk.child
-                        ));
-                    }
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Ok(Err(format!(
-                "finalize refused: {}; nothing was changed",
-                problems.join("; ")
-            )));
-        }
-        Ok(Ok(tabs))
+        preflight(con, self.schema, self.steps, present).await
     }
 
     /// One step of one table, tried again after a delay while it gives up at `lock_timeout`.
@@ -407,11 +342,13 @@ impl Finalize<'_> {
                             tracing::info!(table = %t.table, %step, tries, retry_in = ?d, error = %db_message(&e), "finalize step gave up at lock_timeout; trying again");
                             tokio::time::sleep(d).await;
                         }
-                        None => return Err(StepError::Failed(format!(
+                        None => {
+                            return Err(StepError::Failed(format!(
                             "gave up after {tries} tries, each waiting at most lock_timeout {}: {}",
                             fleet_shared::duration::format(self.lock_timeout),
                             db_message(&e)
-                        ))),
+                        )))
+                        }
                     }
                 }
                 other => return other,
@@ -866,4 +803,95 @@ impl Finalize<'_> {
         .await?;
         Ok(Did::Done("distributed by tenant_code".into()))
     }
+}
+
+/// Why finalize would refuse these tables (rows with NULL codes, no `tenant_code`, a foreign key
+/// from outside onto a primary key that is to move), checked without changing anything: at
+/// submit of a `finalize` job, and before every run.
+pub async fn refusal(
+    con: &mut PgConnection,
+    schema: &Ident,
+    steps: Selection,
+    tables: &[FinalizeTable],
+) -> sqlx::Result<Option<String>> {
+    let mut present = Vec::new();
+    for t in tables {
+        if catalog::table_exists(con, schema, &t.table).await? {
+            present.push(t.clone());
+        }
+    }
+    Ok(preflight(con, schema, steps, &present).await?.err())
+}
+
+async fn preflight(
+    con: &mut PgConnection,
+    schema: &Ident,
+    steps: Selection,
+    present: &[FinalizeTable],
+) -> sqlx::Result<Result<Vec<Tab>, String>> {
+    let mut problems = Vec::new();
+    let mut nulls = Vec::new();
+    let mut tabs = Vec::new();
+    for t in present {
+        for col in [TENANT, ORG] {
+            match inspect::column_not_null(con, schema, &t.table, col).await? {
+                None if col == TENANT => {
+                    problems.push(format!("{} has no tenant_code column", t.table))
+                }
+                Some(false) => {
+                    let n = inspect::nulls(con, schema, &t.table, col).await?;
+                    if n > 0 {
+                        nulls.push(format!("{} has {n} row(s) with NULL {col}", t.table));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let base = match inspect::primary_key(con, schema, &t.table).await? {
+            Some((_, cols)) => cols
+                .iter()
+                .filter(|c| c.as_str() != TENANT)
+                .map(|c| Ident::parse("column", c))
+                .collect::<Result<Vec<_>, _>>(),
+            None => Ok(vec![t.key.clone()]),
+        };
+        match base {
+            Ok(base) if base.is_empty() => {
+                problems.push(format!("{}: its primary key is tenant_code alone", t.table))
+            }
+            Ok(base) => tabs.push(Tab {
+                table: t.table.clone(),
+                base,
+            }),
+            Err(e) => problems.push(format!("{}: primary key column {e}", t.table)),
+        }
+    }
+    if !nulls.is_empty() {
+        return Ok(Err(format!(
+            "finalize refused: rows without codes are left: {}; nothing was changed",
+            nulls.join(", ")
+        )));
+    }
+    if steps.has(Step::PrimaryKey) {
+        let names: HashSet<&str> = tabs.iter().map(|t| t.table.as_str()).collect();
+        for t in &tabs {
+            for fk in inspect::referencing(con, schema, &t.table).await? {
+                let inside =
+                    fk.child_schema == schema.as_str() && names.contains(fk.child.as_str());
+                if !inside && same_set(&fk.parent_columns, &t.base) {
+                    problems.push(format!(
+                        "foreign key {} of {}.{} references {} ({}) and {}.{} is not in this job, so the primary key cannot move (add the table to the job)",
+                        fk.name, fk.child_schema, fk.child, t.table, plain(&t.base), fk.child_schema, fk.child
+                    ));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Ok(Err(format!(
+            "finalize refused: {}; nothing was changed",
+            problems.join("; ")
+        )));
+    }
+    Ok(Ok(tabs))
 }

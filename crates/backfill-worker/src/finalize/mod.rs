@@ -9,5 +9,6 @@
 
 pub mod engine;
 pub mod inspect;
+pub mod job;
 pub mod record;
 pub mod step;

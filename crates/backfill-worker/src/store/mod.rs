@@ -388,6 +388,17 @@ pub async fn get_job(pool: &PgPool, job_id: Uuid) -> sqlx::Result<Option<JobRow>
             }
         }
     }
+    // Finalize steps, as recorded while they run (so a running finalize shows where it is).
+    let steps = crate::finalize::record::report(pool, job_id).await?;
+    if !steps.is_empty() {
+        let report = job.report.get_or_insert_with(|| serde_json::json!({}));
+        if let Some(obj) = report.as_object_mut() {
+            obj.insert(
+                "finalize".into(),
+                serde_json::to_value(&steps).unwrap_or_default(),
+            );
+        }
+    }
     Ok(Some(job))
 }
 
