@@ -1,14 +1,19 @@
 //! Finalize (docs/backfill.md#finalize) on a separate named database: the seed 000 flow fill →
 //! verify → finalize checked the way the seed checks it (no NULL, primary keys that include
-//! tenant_code, indexes, tenant-aware validated foreign keys).
+//! tenant_code, indexes, tenant-aware validated foreign keys), also with the worker killed
+//! (`kill -9`) mid-fill and mid-finalize; NULLs left refused with the count; a standalone
+//! finalize job; and an application session holding a lock that finalize waits out under
+//! lock_timeout with retries instead of queueing behind it.
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
 use crate::tenant_codes::{mentoring_data, MAPPING};
-use fleet_testkit::{TestDb, TestEnv};
-use serde_json::json;
+use fleet_testkit::{eventually, TestDb, TestEnv};
+use serde_json::{json, Value};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 /// The mentoring data plus the foreign keys a real schema has between the tables the fill
 /// gives the same tenant (a session's details and its creator; a connection's creator).
@@ -108,8 +113,130 @@ fn config(legacy: &TestDb) -> tempfile::NamedTempFile {
     ))
 }
 
+async fn submit_on(
+    env: &TestEnv,
+    cfg: &tempfile::NamedTempFile,
+    spec: Value,
+) -> Result<Uuid, String> {
+    let settings = env.settings(&[("FLEET_CONFIG", cfg.path().to_str().unwrap())]);
+    let pools = fleet_shared::databases::DatabasePools::new(
+        settings.databases.clone(),
+        env.db.pool().await,
+        2,
+    );
+    backfill_worker::submit_json_on(&pools, spec.to_string().as_bytes(), true, None)
+        .await
+        .map(|s| s.job_id)
+        .map_err(|e| e.to_string())
+}
+
+/// The finalize rows of the job's report: (table, step) → (state, detail, attempts).
+fn steps(job: &backfill_worker::JobRow) -> Vec<(String, String, String, String, i64)> {
+    job.report
+        .as_ref()
+        .and_then(|r| r.get("finalize"))
+        .and_then(Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                    (
+                        s("table"),
+                        s("step"),
+                        s("state"),
+                        s("detail"),
+                        r["attempts"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn step<'a>(
+    rows: &'a [(String, String, String, String, i64)],
+    table: &str,
+    name: &str,
+) -> &'a (String, String, String, String, i64) {
+    rows.iter()
+        .find(|r| r.0 == table && r.1 == name)
+        .unwrap_or_else(|| panic!("no {table} {name} in {rows:?}"))
+}
+
+async fn step_state(control: &PgPool, id: Uuid, table: &str, name: &str) -> Option<(String, i32)> {
+    sqlx::query_as(
+        "SELECT state, attempts FROM fleet.backfill_finalize_steps WHERE job_id = $1 AND table_name = $2 AND step = $3",
+    )
+    .bind(id)
+    .bind(table)
+    .bind(name)
+    .fetch_optional(control)
+    .await
+    .unwrap()
+}
+
+/// Sessions of the fleet (`application_name = tenant-fleet`) on the legacy database waiting
+/// for a lock on `table`.
+async fn fleet_waiting_on(target: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE NOT l.granted AND l.relation = $1::regclass AND a.application_name = 'tenant-fleet'",
+    )
+    .bind(table)
+    .fetch_one(target)
+    .await
+    .unwrap()
+}
+
+fn worker_binary(env: &TestEnv, cfg: &tempfile::NamedTempFile) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_backfill-worker"))
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("REDIS_URL", &env.redis_url)
+        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
+        .env("FLEET_CONFIG", cfg.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start backfill-worker")
+}
+
+/// `kill -9`, and the dead worker's database sessions ended as a dropped connection would end
+/// them (a backend waiting for a lock notices its client is gone only once it stops waiting).
+async fn kill_9(mut binary: Child, target: &PgPool) {
+    let _ = Command::new("kill")
+        .args(["-9", &binary.id().to_string()])
+        .status();
+    binary.wait().expect("reap the binary");
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'tenant-fleet' AND pid <> pg_backend_pid()",
+    )
+    .execute(target)
+    .await
+    .unwrap();
+}
+
+/// Sessions per tenant, as the fill must leave them: the tenant of each session's creator.
+async fn sessions_per_tenant(target: &PgPool) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+    let got: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tenant_code, count(*) FROM sessions GROUP BY 1 ORDER BY 1")
+            .fetch_all(target)
+            .await
+            .unwrap();
+    let want: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT CASE u.organization_id WHEN 1 THEN 'test_tenant_1' WHEN 2 THEN 'test_tenant_2' ELSE 'disabled_tenant' END AS t, count(*)
+         FROM sessions s JOIN user_extensions u ON u.user_id = s.created_by GROUP BY t ORDER BY t",
+    )
+    .fetch_all(target)
+    .await
+    .unwrap();
+    (got, want)
+}
+
 #[tokio::test]
-async fn engine_finalizes_filled_tables() {
+async fn seed_000_fill_verify_finalize_on_a_named_database() {
     let env = TestEnv::new().await;
     let control = env.db.pool().await;
     let legacy = TestDb::create().await.unwrap();
@@ -117,22 +244,303 @@ async fn engine_finalizes_filled_tables() {
     mentoring_data_with_keys(&target).await;
     let cfg = config(&legacy);
     let replica = Replica::start(&env, &cfg).await;
-    let pools = fleet_shared::databases::DatabasePools::new(
-        replica.fleet.settings.databases.clone(),
-        replica.fleet.pg.clone(),
-        2,
-    );
-    let id = backfill_worker::submit_json_on(
-        &pools,
-        json!({"kind": "tenant_codes", "database": "legacy", "mapping_csv": MAPPING})
-            .to_string()
-            .as_bytes(),
-        true,
-        None,
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "tenant_codes", "database": "legacy", "mapping_csv": MAPPING, "finalize": true}),
     )
     .await
-    .unwrap()
-    .job_id;
+    .unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    seed_checks(&target, TABLES).await;
+    let (got, want) = sessions_per_tenant(&target).await;
+    assert_eq!(got, want);
+
+    // The report: the fill's tables, then every finalize step of every table.
+    let rows = steps(&job);
+    assert_eq!(rows.len(), 23 * 5, "every step of the 23 tables");
+    let (_, _, state, detail, _) = step(&rows, "sessions", "primary_key");
+    assert_eq!(state, "done");
+    assert!(
+        detail.contains("(tenant_code, id)") && detail.contains("was (id)"),
+        "{detail}"
+    );
+    let (_, _, state, detail, _) = step(&rows, "post_session_details", "foreign_keys");
+    assert_eq!(state, "done");
+    assert!(
+        detail.contains("REFERENCES sessions (tenant_code, id)"),
+        "{detail}"
+    );
+    let (_, _, state, detail, _) = step(&rows, "sessions", "citus");
+    assert_eq!(
+        (state.as_str(), detail.as_str()),
+        (
+            "skipped",
+            "the citus extension is not installed in this database"
+        )
+    );
+    let (_, _, state, detail, _) = step(&rows, "feedbacks", "not_null");
+    assert_eq!(state, "skipped");
+    assert!(detail.contains("does not exist"), "{detail}");
+    assert_eq!(
+        job.report.as_ref().unwrap()["tables"][0]["status"],
+        "verified"
+    );
+
+    // The keys are tenant-aware now: a detail row under another tenant than its session's is
+    // refused.
+    let other: String = sqlx::query_scalar(
+        "SELECT CASE tenant_code WHEN 'test_tenant_1' THEN 'test_tenant_2' ELSE 'test_tenant_1' END FROM sessions WHERE id = 1",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    let refused = sqlx::query(
+        "INSERT INTO post_session_details (session_id, tenant_code, organization_code) VALUES (1, $1, 'x')",
+    )
+    .bind(&other)
+    .execute(&target)
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("foreign key"), "{refused}");
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    mentoring_data_with_keys(&target).await;
+    let cfg = config(&legacy);
+    // Long lock waits, so the lanes and the finalize wait at the application's locks for as
+    // long as the test needs.
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "tenant_codes", "database": "legacy", "mapping_csv": MAPPING, "finalize": true,
+               "chunk_size": 200, "lock_timeout": "60s", "statement_timeout": "60s"}),
+    )
+    .await
+    .unwrap();
+
+    // Mid-fill: the application holds sessions in SHARE mode, the fill's lanes queue on it.
+    let mut app = target.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN SHARE MODE")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let binary = worker_binary(&env, &cfg);
+    eventually(
+        Duration::from_secs(60),
+        "the fill waits at sessions",
+        || async { (fleet_waiting_on(&target, "sessions").await >= 1).then_some(()) },
+    )
+    .await;
+    assert!(
+        chunks_done(&control, id).await > 0,
+        "other tables were filled first"
+    );
+    kill_9(binary, &target).await;
+    app.rollback().await.unwrap();
+    let nulls: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE tenant_code IS NULL")
+        .fetch_one(&target)
+        .await
+        .unwrap();
+    assert!(nulls > 0, "the kill landed mid-fill");
+
+    // Mid-finalize: an application transaction that wrote to sessions keeps finalize's first
+    // exclusive lock on it waiting; the worker dies there.
+    let mut app = target.begin().await.unwrap();
+    sqlx::query("UPDATE sessions SET title = title WHERE false")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let binary = worker_binary(&env, &cfg);
+    eventually(
+        Duration::from_secs(90),
+        "finalize waits at sessions",
+        || async {
+            let running = step_state(&control, id, "sessions", "not_null").await;
+            (running.is_some_and(|(s, _)| s == "running")
+                && fleet_waiting_on(&target, "sessions").await >= 1)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        step_state(&control, id, "user_extensions", "not_null")
+            .await
+            .map(|s| s.0)
+            .as_deref(),
+        Some("done"),
+        "finalize was under way"
+    );
+    kill_9(binary, &target).await;
+    app.rollback().await.unwrap();
+    // What a unique index build cut short by a crash leaves: an INVALID index of the name the
+    // primary_key step builds (here made so on purpose: CONCURRENTLY fails on duplicates).
+    let _ = sqlx::raw_sql("CREATE UNIQUE INDEX CONCURRENTLY post_session_details_tenant_pkey ON post_session_details (tenant_code)")
+        .execute(&target)
+        .await;
+    let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+        .fetch_one(&target)
+        .await
+        .unwrap();
+    assert_eq!(invalid, 1);
+    let job = job(&control, id).await;
+    assert_eq!(job.state, "running", "the job waits for a replica");
+
+    let replica = Replica::start(&env, &cfg).await;
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    seed_checks(&target, TABLES).await;
+    let (got, want) = sessions_per_tenant(&target).await;
+    assert_eq!(
+        got, want,
+        "every session filled once, with its creator's tenant"
+    );
+    let marks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
+            .bind(id)
+            .fetch_one(&target)
+            .await
+            .unwrap();
+    assert_eq!(marks, job.chunks_done, "one marker per committed chunk");
+    let pk: String =
+        sqlx::query_scalar("SELECT pg_get_indexdef('post_session_details_pkey'::regclass)")
+            .fetch_one(&target)
+            .await
+            .unwrap();
+    assert!(
+        pk.contains("(tenant_code, id)"),
+        "the leftover was rebuilt: {pk}"
+    );
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn nulls_left_refuse_finalize_with_the_count_and_change_nothing() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text);
+         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 50) g;
+         UPDATE sessions SET tenant_code = NULL WHERE id IN (3, 4, 5);
+         CREATE TABLE forms (id serial PRIMARY KEY, tenant_code text, organization_code text);
+         INSERT INTO forms (tenant_code, organization_code) VALUES ('t1', 'o1');",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    let spec = json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "forms"}, {"table": "sessions"}]});
+    // At submit: one line naming the table and the count, no job.
+    let err = submit_on(&env, &cfg, spec.clone()).await.unwrap_err();
+    assert_eq!(
+        err,
+        "finalize refused: rows without codes are left: sessions has 3 row(s) with NULL tenant_code; nothing was changed"
+    );
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet.backfill_jobs")
+        .fetch_one(&control)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0);
+
+    // At run time (NULLs written after the submit): the job fails with the same line, and no
+    // table was touched, not even the clean one listed first.
+    sqlx::query("UPDATE sessions SET tenant_code = 't0' WHERE tenant_code IS NULL")
+        .execute(&target)
+        .await
+        .unwrap();
+    let id = submit_on(&env, &cfg, spec).await.unwrap();
+    sqlx::query("UPDATE sessions SET tenant_code = NULL WHERE id = 7")
+        .execute(&target)
+        .await
+        .unwrap();
+    let replica = Replica::start(&env, &cfg).await;
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "failed");
+    assert_eq!(
+        job.error.as_deref(),
+        Some("finalize refused: rows without codes are left: sessions has 1 row(s) with NULL tenant_code; nothing was changed")
+    );
+    let (not_null, pk_def): (i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM pg_attribute WHERE attrelid IN ('forms'::regclass, 'sessions'::regclass) AND attname IN ('tenant_code', 'organization_code') AND attnotnull),
+                (SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'forms'::regclass AND contype = 'p')",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert_eq!(
+        (not_null, pk_def.as_str()),
+        (0, "PRIMARY KEY (id)"),
+        "nothing half-done"
+    );
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn standalone_finalize_job_for_tables_filled_earlier() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    // Filled by hand earlier (as seed 000's script.js leaves them): codes set, keys plain.
+    sqlx::raw_sql(
+        "CREATE TABLE user_extensions (user_id bigint PRIMARY KEY, tenant_code text, organization_code text);
+         INSERT INTO user_extensions SELECT g, 't' || g % 3, 'o' || g % 3 FROM generate_series(1, 300) g;
+         CREATE TABLE sessions (id serial PRIMARY KEY, created_by bigint REFERENCES user_extensions (user_id) ON DELETE SET NULL,
+                                tenant_code text, organization_code text);
+         INSERT INTO sessions (created_by, tenant_code, organization_code) SELECT 1 + g % 300, 't' || (1 + g % 300) % 3, 'o' || (1 + g % 300) % 3 FROM generate_series(1, 3000) g;
+         CREATE TABLE post_session_details (id serial PRIMARY KEY, session_id integer REFERENCES sessions (id), tenant_code text, organization_code text);
+         INSERT INTO post_session_details (session_id, tenant_code, organization_code) SELECT id, tenant_code, organization_code FROM sessions WHERE id % 5 = 0;
+         INSERT INTO post_session_details (session_id, tenant_code, organization_code) VALUES (NULL, 't1', 'o1');",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "finalize", "database": "legacy", "steps": {"citus": false},
+               "tables": [{"table": "user_extensions", "key": "user_id"}, {"table": "sessions"}, {"table": "post_session_details"}, {"table": "reports"}]}),
+    )
+    .await
+    .unwrap();
     let job = wait_state(
         &control,
         id,
@@ -141,49 +549,134 @@ async fn engine_finalizes_filled_tables() {
     )
     .await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    seed_checks(
+        &target,
+        &["user_extensions", "sessions", "post_session_details"],
+    )
+    .await;
+    let rows = steps(&job);
+    assert_eq!(step(&rows, "sessions", "citus").3, "not selected");
+    assert!(step(&rows, "reports", "primary_key")
+        .3
+        .contains("does not exist"));
+    // ON DELETE SET NULL clears only the reference, never the tenant.
+    let fk: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'sessions'::regclass AND contype = 'f'",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert!(fk.contains("ON DELETE SET NULL (created_by)"), "{fk}");
+    sqlx::query("DELETE FROM user_extensions WHERE user_id = 1")
+        .execute(&target)
+        .await
+        .unwrap();
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE created_by IS NULL AND tenant_code IS NOT NULL",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert_eq!(kept, 10);
+
+    // Again: every step finds its work done.
+    let again = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "sessions"}]}),
+    )
+    .await
+    .unwrap();
+    let again = wait_state(
+        &control,
+        again,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(again.state, "succeeded", "{:?}", again.error);
+    let rows = steps(&again);
+    assert_eq!(
+        step(&rows, "sessions", "not_null").3,
+        "tenant_code, organization_code already NOT NULL"
+    );
+    assert_eq!(
+        step(&rows, "sessions", "primary_key").3,
+        "primary key already (tenant_code, id)"
+    );
     replica.stop().await;
-    sqlx::query("UPDATE fleet.backfill_jobs SET state = 'running' WHERE job_id = $1")
-        .bind(id)
-        .execute(&control)
+}
+
+#[tokio::test]
+async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_then_proceed() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
         .await
         .unwrap();
-    use backfill_worker::finalize::engine::*;
-    use backfill_worker::ident::Ident;
-    let schema = Ident::parse("schema", "public").unwrap();
-    let tables: Vec<FinalizeTable> = TABLES
-        .iter()
-        .map(|t| FinalizeTable {
-            table: Ident::parse("t", t).unwrap(),
-            key: Ident::parse(
-                "k",
-                if *t == "user_extensions" {
-                    "user_id"
-                } else {
-                    "id"
-                },
-            )
-            .unwrap(),
-        })
-        .collect();
-    let f = Finalize {
-        control: &control,
-        target: &target,
-        job_id: id,
-        schema: &schema,
-        tables: &tables,
-        steps: backfill_worker::finalize::step::Selection::ALL,
-        lock_timeout: Duration::from_secs(2),
-        retry: LOCK_RETRY,
-    };
-    let out = f.run().await.unwrap();
-    let report = backfill_worker::finalize::record::report(&control, id)
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text);
+         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 500) g;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    // An application transaction that wrote to sessions and stays open.
+    let mut app = target.begin().await.unwrap();
+    sqlx::query("UPDATE sessions SET title = 'busy' WHERE id = 1")
+        .execute(&mut *app)
         .await
         .unwrap();
-    for r in &report {
-        eprintln!("{} {} {:?} {:?}", r.table, r.step, r.state, r.detail);
-    }
-    assert_eq!(out, Outcome::Finished { failed: vec![] });
-    seed_checks(&target, TABLES).await;
-    let again = f.run().await.unwrap();
-    assert_eq!(again, Outcome::Finished { failed: vec![] });
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "sessions"}], "lock_timeout": "100ms"}),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "finalize gave up twice and tries again",
+        || async {
+            step_state(&control, id, "sessions", "not_null")
+                .await
+                .filter(|(_, tries)| *tries >= 2)
+        },
+    )
+    .await;
+    // Meanwhile other application sessions are not queued behind finalize's exclusive lock:
+    // each of its attempts gives up after 100ms, so a write bounded at 5s gets through.
+    let mut other = target.acquire().await.unwrap();
+    sqlx::query("SET lock_timeout = '5s'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE sessions SET title = 'other' WHERE id = 2")
+        .execute(&mut *other)
+        .await
+        .expect("another application write goes through while finalize retries");
+    assert_eq!(job(&control, id).await.state, "running");
+    app.commit().await.unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let rows = steps(&job);
+    let (_, _, state, _, tries) = step(&rows, "sessions", "not_null");
+    assert_eq!(state, "done");
+    assert!(*tries >= 2, "{tries}");
+    let pk: String = sqlx::query_scalar("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'sessions'::regclass AND contype = 'p'")
+        .fetch_one(&target)
+        .await
+        .unwrap();
+    assert_eq!(pk, "PRIMARY KEY (tenant_code, id)");
+    replica.stop().await;
 }
