@@ -842,6 +842,16 @@ impl Runner {
         let finished = spec.kind.job().finish(&mut access, ctx).await;
         access.release().await;
         let finished = finished?;
+        let finalize = match (&finished.error, dry_run) {
+            (None, false) => spec.kind.job().finalize_plan(),
+            _ => None,
+        };
+        if let Some(plan) = finalize {
+            store::keep_report(&mut tx, job_id, finished.report.as_ref()).await?;
+            tx.commit().await?;
+            self.progress(job_id, None).await;
+            return self.finalize_job(job_id, spec, target, &plan).await;
+        }
         let state = store::finish_job(
             &mut tx,
             job_id,
@@ -854,6 +864,43 @@ impl Runner {
             state = state.as_str(),
             error = finished.error.as_deref().unwrap_or(""),
             "backfill job finished"
+        );
+        self.progress(job_id, None).await;
+        Ok(())
+    }
+
+    /// Runs a finished job's finalize ([`crate::finalize::job`]; no control-plane transaction
+    /// is open meanwhile) and ends the job with its outcome.
+    async fn finalize_job(
+        &self,
+        job_id: Uuid,
+        spec: &JobSpec,
+        target: &Target,
+        plan: &crate::finalize::job::FinalizePlan,
+    ) -> anyhow::Result<()> {
+        let lock_timeout = spec
+            .options
+            .effective(&self.cfg)
+            .lock_timeout
+            .unwrap_or(Duration::from_secs(5));
+        let done = crate::finalize::job::run(
+            &self.pool,
+            &target.pool,
+            job_id,
+            &spec.schema,
+            plan,
+            lock_timeout,
+        )
+        .await
+        .context("Failed to finalize")?;
+        let crate::finalize::job::JobFinalize::Done(error) = done else {
+            return Ok(());
+        };
+        let state = store::finish_finalized(&self.pool, job_id, error.as_deref()).await?;
+        tracing::info!(
+            state = state.as_str(),
+            error = error.as_deref().unwrap_or(""),
+            "backfill job finished (finalized)"
         );
         self.progress(job_id, None).await;
         Ok(())

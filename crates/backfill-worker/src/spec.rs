@@ -167,6 +167,12 @@ impl JobSpec {
         .map_err(|e| SpecError::Database(e.to_string()))?;
         let options = Options::parse(&raw.common, source)?;
         let kind = Kind::check(&mut raw.kind, allow_sql, source)?;
+        if options.dry_run && kind.job().finalize_plan().is_some() {
+            return Err(SpecError::Option(
+                "dry_run: a dry run changes nothing, so it cannot finalize (drop dry_run or finalize)"
+                    .into(),
+            ));
+        }
         Ok(JobSpec {
             job_id: raw.common.job_id,
             database,

@@ -577,7 +577,7 @@ impl Finalize<'_> {
         };
         // One short transaction: the table is never without a primary key.
         let mut tx = sqlx::Connection::begin(&mut *con).await?;
-        exec(&mut *tx, &sql).await?;
+        exec(&mut tx, &sql).await?;
         tx.commit().await?;
         Ok(Did::Done(format!(
             "primary key ({}) through the unique index built CONCURRENTLY; {was}",

@@ -11,4 +11,5 @@ pub mod engine;
 pub mod inspect;
 pub mod job;
 pub mod record;
+pub mod spec;
 pub mod step;

@@ -125,7 +125,7 @@ impl Selection {
                         .ok_or_else(|| format!("finalize: {k} must be true or false"))?;
                     picked[step.index()] = Some(on);
                 }
-                let any_true = picked.iter().any(|p| *p == Some(true));
+                let any_true = picked.contains(&Some(true));
                 let mut sel = [false; 5];
                 for (i, p) in picked.iter().enumerate() {
                     sel[i] = p.unwrap_or(!any_true);

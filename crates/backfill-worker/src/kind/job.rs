@@ -96,6 +96,12 @@ pub trait JobKind: Send + Sync {
         vec![qualified(schema, part)]
     }
 
+    /// What finalize runs once [`JobKind::finish`] found nothing wrong (docs/backfill.md#finalize):
+    /// the runner then runs it outside the job row's lock (see [`crate::finalize::job`]).
+    fn finalize_plan(&self) -> Option<crate::finalize::job::FinalizePlan> {
+        None
+    }
+
     /// Once every chunk is finished, under the job row's lock: the kind's last word on the
     /// job (a `tenant_codes` verification; where a `finalize` step plugs in). `target` is the
     /// job's database, on a connection without statement timeout.

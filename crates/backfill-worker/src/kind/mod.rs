@@ -7,6 +7,7 @@
 //! [`Kind::check`] and [`Kind::job`]; nothing outside `kind/` names a kind.
 
 pub mod copy_to_tenant;
+pub mod finalize;
 pub mod job;
 pub mod sql;
 pub mod tenant_codes;
@@ -14,6 +15,7 @@ pub mod tenant_codes;
 use serde::{Deserialize, Serialize};
 
 pub use copy_to_tenant::{CopyJob, CopySpec};
+pub use finalize::{FinalizeJob, FinalizeSpec};
 pub use job::{FinishCtx, Finished, JobKind, PlanCtx};
 pub use sql::{SqlJob, SqlSpec};
 pub use tenant_codes::{TenantCodesJob, TenantCodesSpec};
@@ -22,7 +24,7 @@ use crate::error::SpecError;
 use crate::options::MappingSource;
 
 /// Every accepted `kind`.
-pub const KINDS: &[&str] = &["sql", "tenant_codes", "copy_to_tenant"];
+pub const KINDS: &[&str] = &["sql", "tenant_codes", "copy_to_tenant", "finalize"];
 
 /// A spec's kind-specific fields as submitted and stored (`kind` is the tag).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +33,7 @@ pub enum KindSpec {
     Sql(SqlSpec),
     TenantCodes(TenantCodesSpec),
     CopyToTenant(CopySpec),
+    Finalize(FinalizeSpec),
 }
 
 impl KindSpec {
@@ -41,6 +44,7 @@ impl KindSpec {
             "sql" => sql::FIELDS,
             "tenant_codes" => tenant_codes::FIELDS,
             "copy_to_tenant" => copy_to_tenant::FIELDS,
+            "finalize" => finalize::FIELDS,
             _ => &[],
         }
     }
@@ -60,6 +64,7 @@ impl KindSpec {
             "sql" => de(fields).map(KindSpec::Sql),
             "tenant_codes" => de(fields).map(KindSpec::TenantCodes),
             "copy_to_tenant" => de(fields).map(KindSpec::CopyToTenant),
+            "finalize" => de(fields).map(KindSpec::Finalize),
             _ => return None,
         })
     }
@@ -71,6 +76,7 @@ pub enum Kind {
     Sql(SqlJob),
     TenantCodes(TenantCodesJob),
     CopyToTenant(CopyJob),
+    Finalize(FinalizeJob),
 }
 
 impl Kind {
@@ -84,6 +90,7 @@ impl Kind {
             KindSpec::Sql(s) => Kind::Sql(SqlJob::check(s, allow_sql)?),
             KindSpec::TenantCodes(t) => Kind::TenantCodes(TenantCodesJob::check(t, source)?),
             KindSpec::CopyToTenant(c) => Kind::CopyToTenant(CopyJob::check(c)?),
+            KindSpec::Finalize(f) => Kind::Finalize(FinalizeJob::check(f)?),
         })
     }
 
@@ -92,6 +99,7 @@ impl Kind {
             Kind::Sql(k) => k,
             Kind::TenantCodes(k) => k,
             Kind::CopyToTenant(k) => k,
+            Kind::Finalize(k) => k,
         }
     }
 

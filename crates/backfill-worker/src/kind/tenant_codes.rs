@@ -15,6 +15,9 @@ use uuid::Uuid;
 use super::job::{FinishCtx, Finished, JobKind, PlanCtx};
 use crate::catalog;
 use crate::error::SpecError;
+use crate::finalize::engine::FinalizeTable;
+use crate::finalize::job::FinalizePlan;
+use crate::finalize::step::Selection;
 use crate::ident::{literal, qualified, Ident};
 use crate::mapping::{self, Mapping};
 use crate::options::MappingSource;
@@ -61,9 +64,19 @@ pub struct TenantCodesSpec {
     pub org_tables: Option<Vec<OrgTableSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_tables: Option<Vec<UserTableSpec>>,
+    /// Finalize after the verification: `true` or an object picking steps
+    /// (docs/backfill.md#finalize).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalize: Option<serde_json::Value>,
 }
 
-pub const FIELDS: &[&str] = &["mapping_csv", "mapping_path", "org_tables", "user_tables"];
+pub const FIELDS: &[&str] = &[
+    "mapping_csv",
+    "mapping_path",
+    "org_tables",
+    "user_tables",
+    "finalize",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgTable {
@@ -93,6 +106,8 @@ pub struct TenantCodesJob {
     pub mapping: Option<Mapping>,
     pub org_tables: Vec<OrgTable>,
     pub user_tables: Vec<UserTable>,
+    /// The finalize steps run after the verification (none by default).
+    pub finalize: Selection,
 }
 
 /// The default org-direct tables of a `tenant_codes` job: the mentoring tables linked by their
@@ -298,10 +313,13 @@ impl TenantCodesJob {
                 "tenant_codes job: no tables to fill".into(),
             ));
         }
+        let finalize = crate::finalize::spec::selection("finalize", spec.finalize.as_ref(), false)
+            .map_err(SpecError::Option)?;
         Ok(TenantCodesJob {
             mapping,
             org_tables,
             user_tables,
+            finalize,
         })
     }
 
@@ -567,6 +585,27 @@ impl JobKind for TenantCodesJob {
         ctx: FinishCtx<'a>,
     ) -> BoxFuture<'a, sqlx::Result<Finished>> {
         Box::pin(self.finish_inner(target, ctx))
+    }
+
+    /// The job's tables in order, each with its key, when finalize was asked for.
+    fn finalize_plan(&self) -> Option<FinalizePlan> {
+        if self.finalize.is_empty() {
+            return None;
+        }
+        let tables = self
+            .org_tables
+            .iter()
+            .map(|o| (&o.table, &o.key))
+            .chain(self.user_tables.iter().map(|u| (&u.table, &u.key)))
+            .map(|(table, key)| FinalizeTable {
+                table: table.clone(),
+                key: key.clone(),
+            })
+            .collect();
+        Some(FinalizePlan {
+            tables,
+            steps: self.finalize,
+        })
     }
 }
 

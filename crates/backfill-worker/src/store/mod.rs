@@ -624,6 +624,47 @@ pub async fn lock_to_finish(
     .await
 }
 
+/// Stores the report of a job whose chunks are done and verified, leaving it `running` for its
+/// finalize (which runs outside the job row's lock).
+pub async fn keep_report(
+    tx: &mut sqlx::PgConnection,
+    job_id: Uuid,
+    report: Option<&serde_json::Value>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET report = $2, throttled = NULL, updated_at = now() WHERE job_id = $1",
+    )
+    .bind(job_id)
+    .bind(report)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends a finalized job (if it is still `running`): `succeeded` without an error, `failed`
+/// with one.
+pub async fn finish_finalized(
+    pool: &PgPool,
+    job_id: Uuid,
+    error: Option<&str>,
+) -> sqlx::Result<JobState> {
+    let state = if error.is_some() {
+        JobState::Failed
+    } else {
+        JobState::Succeeded
+    };
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET state = $2, error = $3, finished_at = now(), updated_at = now()
+         WHERE job_id = $1 AND state = 'running'",
+    )
+    .bind(job_id)
+    .bind(state)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(state)
+}
+
 /// Ends a job: `succeeded` without an error, `failed` with one.
 pub async fn finish_job(
     tx: &mut sqlx::PgConnection,

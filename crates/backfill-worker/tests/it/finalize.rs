@@ -176,13 +176,12 @@ async fn step_state(control: &PgPool, id: Uuid, table: &str, name: &str) -> Opti
 }
 
 /// Sessions of the fleet (`application_name = tenant-fleet`) on the legacy database waiting
-/// for a lock on `table`.
-async fn fleet_waiting_on(target: &PgPool, table: &str) -> i64 {
+/// for a lock.
+async fn fleet_waiting(target: &PgPool) -> i64 {
     sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-         WHERE NOT l.granted AND l.relation = $1::regclass AND a.application_name = 'tenant-fleet'",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+           AND application_name = 'tenant-fleet' AND wait_event_type = 'Lock'",
     )
-    .bind(table)
     .fetch_one(target)
     .await
     .unwrap()
@@ -289,10 +288,14 @@ async fn seed_000_fill_verify_finalize_on_a_named_database() {
     let (_, _, state, detail, _) = step(&rows, "feedbacks", "not_null");
     assert_eq!(state, "skipped");
     assert!(detail.contains("does not exist"), "{detail}");
-    assert_eq!(
-        job.report.as_ref().unwrap()["tables"][0]["status"],
-        "verified"
-    );
+    let report = job.report.as_ref().unwrap();
+    let sessions = report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "sessions")
+        .unwrap();
+    assert_eq!(sessions["status"], "verified");
 
     // The keys are tenant-aware now: a detail row under another tenant than its session's is
     // refused.
@@ -325,32 +328,35 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
     mentoring_data_with_keys(&target).await;
     let cfg = config(&legacy);
     // Long lock waits, so the lanes and the finalize wait at the application's locks for as
-    // long as the test needs.
+    // long as the test needs; a rate limit, so the fill is still at its first tables when the
+    // application takes its lock.
     let id = submit_on(
         &env,
         &cfg,
         json!({"kind": "tenant_codes", "database": "legacy", "mapping_csv": MAPPING, "finalize": true,
-               "chunk_size": 200, "lock_timeout": "60s", "statement_timeout": "60s"}),
+               "max_rows_per_sec": 1000, "lock_timeout": "60s", "statement_timeout": "60s"}),
     )
     .await
     .unwrap();
 
-    // Mid-fill: the application holds sessions in SHARE mode, the fill's lanes queue on it.
+    // Mid-fill: once the job is planned, the application locks a session row; the lane whose
+    // chunk holds it waits there.
+    let binary = worker_binary(&env, &cfg);
+    wait_state(&control, id, &["running"], Duration::from_secs(60)).await;
     let mut app = target.begin().await.unwrap();
-    sqlx::query("LOCK TABLE sessions IN SHARE MODE")
+    sqlx::query("SELECT id FROM sessions WHERE id = 2900 FOR UPDATE")
         .execute(&mut *app)
         .await
         .unwrap();
-    let binary = worker_binary(&env, &cfg);
     eventually(
         Duration::from_secs(60),
-        "the fill waits at sessions",
-        || async { (fleet_waiting_on(&target, "sessions").await >= 1).then_some(()) },
+        "a lane waits at the locked row",
+        || async { (fleet_waiting(&target).await >= 1).then_some(()) },
     )
     .await;
     assert!(
         chunks_done(&control, id).await > 0,
-        "other tables were filled first"
+        "the fill was under way"
     );
     kill_9(binary, &target).await;
     app.rollback().await.unwrap();
@@ -373,8 +379,7 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
         "finalize waits at sessions",
         || async {
             let running = step_state(&control, id, "sessions", "not_null").await;
-            (running.is_some_and(|(s, _)| s == "running")
-                && fleet_waiting_on(&target, "sessions").await >= 1)
+            (running.is_some_and(|(s, _)| s == "running") && fleet_waiting(&target).await >= 1)
                 .then_some(())
         },
     )
