@@ -263,6 +263,38 @@ mod tests {
             ),
             (r#"{"table":"t"}"#, "missing field `kind`"),
             (r#"[1]"#, "a job spec is a JSON object"),
+            (
+                r#"{"kind":"tenant_codes","mapping_csv":"organization_id,organization_code,tenant_code\n1,o,t","finalize":"yes"}"#,
+                "finalize: must be true, false or an object of steps",
+            ),
+            (
+                r#"{"kind":"tenant_codes","mapping_csv":"organization_id,organization_code,tenant_code\n1,o,t","finalize":true,"dry_run":true}"#,
+                "a dry run changes nothing, so it cannot finalize",
+            ),
+            (
+                r#"{"kind":"tenant_codes","mapping_csv":"organization_id,organization_code,tenant_code\n1,o,t","steps":true}"#,
+                "tenant_codes job: field \"steps\" does not apply to this kind",
+            ),
+            (
+                r#"{"kind":"finalize","steps":{"nul":true}}"#,
+                "steps: unknown step \"nul\"",
+            ),
+            (
+                r#"{"kind":"finalize","steps":false}"#,
+                "steps: no step selected",
+            ),
+            (
+                r#"{"kind":"finalize","tables":[{"table":"Sessions"}]}"#,
+                "tables.table \"Sessions\" is not an identifier",
+            ),
+            (
+                r#"{"kind":"finalize","tables":[{"table":"a","keys":"id"}]}"#,
+                "unknown field `keys`",
+            ),
+            (
+                r#"{"kind":"finalize","tables":[{"table":"a"},{"table":"a"}]}"#,
+                "finalize job: table a is listed twice",
+            ),
         ] {
             let e = parse(j, true).unwrap_err().to_string();
             assert!(e.contains(needle), "{j}: {e}");
