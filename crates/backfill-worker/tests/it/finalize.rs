@@ -685,3 +685,91 @@ async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_
     assert_eq!(pk, "PRIMARY KEY (tenant_code, id)");
     replica.stop().await;
 }
+
+/// A child row under another tenant than its parent (an attendee tagged by the mentee's tenant
+/// in a session of another tenant) cannot get a tenant-aware key: the step fails with the
+/// count, the old key stays, so does the parent's old primary key; once the row is fixed,
+/// `retry` runs just what did not finish.
+#[tokio::test]
+async fn a_child_row_of_another_tenant_fails_foreign_keys_until_fixed_and_retried() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, tenant_code text, organization_code text);
+         INSERT INTO sessions (tenant_code, organization_code) SELECT 't' || g % 2, 'o' FROM generate_series(1, 100) g;
+         CREATE TABLE session_attendees (id serial PRIMARY KEY, session_id integer REFERENCES sessions (id), tenant_code text, organization_code text);
+         INSERT INTO session_attendees (session_id, tenant_code, organization_code) SELECT id, tenant_code, 'o' FROM sessions;
+         UPDATE session_attendees SET tenant_code = CASE tenant_code WHEN 't0' THEN 't1' ELSE 't0' END WHERE id IN (10, 20);",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "sessions"}, {"table": "session_attendees"}]}),
+    )
+    .await
+    .unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "failed");
+    let error = job.error.clone().unwrap();
+    assert!(
+        error.contains("2 row(s) of session_attendees point through session_attendees_session_id_fkey at a sessions row of another tenant"),
+        "{error}"
+    );
+    let rows = steps(&job);
+    assert_eq!(step(&rows, "session_attendees", "foreign_keys").2, "failed");
+    assert_eq!(step(&rows, "session_attendees", "indexes").2, "pending");
+    assert_eq!(step(&rows, "sessions", "primary_key").2, "failed");
+    assert_eq!(step(&rows, "sessions", "indexes").2, "pending");
+    assert!(step(&rows, "sessions", "primary_key")
+        .3
+        .contains("foreign key session_attendees_session_id_fkey of session_attendees still references sessions (id)"));
+    let defs: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contype IN ('f', 'p') AND connamespace = 'public'::regnamespace ORDER BY conrelid::regclass::text, contype",
+    )
+    .fetch_all(&target)
+    .await
+    .unwrap();
+    assert_eq!(
+        defs,
+        [
+            "FOREIGN KEY (session_id) REFERENCES sessions(id)",
+            "PRIMARY KEY (id)",
+            "PRIMARY KEY (id)",
+        ],
+        "the old key kept, no half-made tenant-aware one"
+    );
+
+    sqlx::query("UPDATE session_attendees a SET tenant_code = s.tenant_code FROM sessions s WHERE s.id = a.session_id")
+        .execute(&target)
+        .await
+        .unwrap();
+    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
+        .await
+        .unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    seed_checks(&target, &["sessions", "session_attendees"]).await;
+    replica.stop().await;
+}
