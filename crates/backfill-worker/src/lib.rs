@@ -1,6 +1,6 @@
 //! The backfill-worker: chunked, resumable, throttled data migrations with live progress.
 //!
-//! Jobs (`sql`, `tenant_codes`, `copy_to_tenant`; see docs/backfill.md) arrive as
+//! Jobs (`sql`, `tenant_codes`, `copy_to_tenant`, `finalize`; see docs/backfill.md) arrive as
 //! `backfill.submit` messages or straight from `fleetctl backfill submit`, which calls
 //! [`submit_json`] so a bad spec is refused with its reason before anything is created. Jobs and
 //! their chunks live in Postgres (`fleet.backfill_*`): the database is the queue, because the
@@ -17,7 +17,9 @@
 //! → [`store`] (jobs, control transitions, progress; [`store::chunks`] is every part and chunk
 //! query) → [`runner`] (chunk claiming, timeouts and splits, finishing) with [`adapt`] (chunk
 //! size), [`throttle`] (target health, the shared rate bucket) and [`target`] (the job's
-//! database and its chunk markers); [`state`] is a job's state; [`handler`] is the NATS side.
+//! database and its chunk markers); [`finalize`] runs the DDL steps a kind asks for once its
+//! chunks are done ([`kind::JobKind::finalize_plan`]), outside the job row's lock; [`state`] is
+//! a job's state; [`handler`] is the NATS side.
 //!
 //! How it is built, and why (user-facing behaviour: [docs/backfill.md](../../../docs/backfill.md)):
 //! - Chunks are carved on demand from a per-table cursor instead of being planned up front, so
