@@ -467,3 +467,82 @@ async fn kill_9_of_one_of_two_replicas_mid_rollout_moves_every_tenant_exactly_on
     f.assert_registry_matches_ledgers().await;
     let _ = Duration::ZERO;
 }
+
+/// While `fleet.tenant_moves` has a running move of a tenant (what `fleetctl tenants move`
+/// records), a rollout skips it saying why, `tenant.deleted` is refused, and `tenant.migrate`
+/// is retried until the move ends and then applies.
+#[tokio::test]
+async fn a_tenant_being_moved_is_skipped_refused_or_waited_for() {
+    let f = Fixture::new(&["m1", "m2"]).await;
+    let m1 = tenant(&f.pool, "m1").await.unwrap();
+    let move_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO fleet.tenant_moves (move_id, tenant_id, code, source, target, step, actor)
+         VALUES ($1, $2, 'm1', 'control', 'shard_b', 'copied', 'test')",
+    )
+    .bind(move_id)
+    .bind(m1.tenant_id)
+    .execute(&f.pool)
+    .await
+    .unwrap();
+    let w = f.worker().await;
+    let js = js(&f.env).await;
+
+    let id = f.create(req()).await;
+    let s = f.wait_state(id, "succeeded").await;
+    assert_eq!((s.done, s.skipped), (1, 1));
+    let o = f.outcomes(id).await;
+    let skipped = o.iter().find(|o| o.code == "m1").unwrap();
+    assert!(
+        skipped.error.as_deref().unwrap().starts_with(&format!(
+            "tenant is being moved from control to shard_b (move {move_id}, step copied)"
+        )),
+        "{:?}",
+        skipped.error
+    );
+    assert_eq!(f.runs("m1").await, 0);
+
+    publish_json(&js, "tenant.deleted", &serde_json::json!({"code": "m1"})).await;
+    let letters = wait_dead_letters(&js, 1).await;
+    assert!(
+        letters[0]
+            .error
+            .contains("tenant.deleted: tenant m1 is being moved from control to shard_b"),
+        "{}",
+        letters[0].error
+    );
+
+    publish_json(&js, "tenant.migrate", &serde_json::json!({"code": "m1"})).await;
+    let retried = || {
+        w.fleet
+            .metrics
+            .worker
+            .retried
+            .get_or_create(&fleet_shared::metrics::EventLabels {
+                worker: provisioner::NAME.into(),
+                event: "tenant.migrate".into(),
+            })
+            .get()
+    };
+    eventually(WAIT, "tenant.migrate retried", || async {
+        (retried() >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(tenant(&f.pool, "m1").await.unwrap().schema_version, 1);
+    sqlx::query("UPDATE fleet.tenant_moves SET state = 'done' WHERE move_id = $1")
+        .bind(move_id)
+        .execute(&f.pool)
+        .await
+        .unwrap();
+    eventually(WAIT, "m1 migrated after the move", || async {
+        (tenant(&f.pool, "m1").await.unwrap().schema_version == 2).then_some(())
+    })
+    .await;
+    assert_eq!(f.runs("m1").await, 1);
+    assert_eq!(
+        dead_letters(&js).await.len(),
+        1,
+        "tenant.migrate waited, not refused"
+    );
+    w.stop().await;
+}
