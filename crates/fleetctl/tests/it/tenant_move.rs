@@ -728,3 +728,67 @@ async fn bad_moves_are_refused_in_one_line_and_change_nothing() {
     assert_eq!(replication_leftovers(&a, &b).await, (0, 0, 0));
     h.stop().await;
 }
+
+/// The state a crash between the cut-over's two commits leaves (the source guarded read-only,
+/// the registry still naming it, the move at step `cutover`), made by hand with the guard's
+/// shape: `--abort` lifts the guard, and a re-run of a new move in the same state finishes.
+async fn as_if_crashed_between_the_commits(control: &PgPool, a: &PgPool) {
+    sqlx::query(
+        "UPDATE fleet.tenant_moves SET step = 'cutover' WHERE code = 'acme' AND state = 'running'",
+    )
+    .execute(control)
+    .await
+    .unwrap();
+    exec(
+        a,
+        "CREATE FUNCTION tenant_acme.fleet_moved_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'tenant % has moved to database %', TG_ARGV[0], TG_ARGV[1] USING ERRCODE = '25006'; END $$;
+         CREATE TRIGGER fleet_moved_guard BEFORE INSERT OR UPDATE OR DELETE ON tenant_acme.app_writes
+           FOR EACH ROW EXECUTE FUNCTION tenant_acme.fleet_moved_guard('acme', 'shard_b');",
+    )
+    .await;
+    let e = sqlx::raw_sql("INSERT INTO tenant_acme.app_writes (n) VALUES (99)")
+        .execute(a)
+        .await
+        .unwrap_err();
+    assert_eq!(fleet_shared::errors::sqlstate(&e).as_deref(), Some("25006"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_left_read_only_by_a_crash_is_lifted_by_abort_or_finished_by_a_rerun() {
+    let h = Homes::new(false).await;
+    h.provision("acme", "shard_a").await;
+    let control = h.pool("control").await;
+    let a = h.pool("shard_a").await;
+    let b = h.pool("shard_b").await;
+    application_tables(&a, "tenant_acme", 100).await;
+    exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
+
+    let until = [
+        "tenants", "move", "acme", "--to", "shard_b", "--until", "copied",
+    ];
+    ok(&h.fleetctl(&until).await);
+    as_if_crashed_between_the_commits(&control, &a).await;
+    ok(&h.fleetctl(&["tenants", "move", "acme", "--abort"]).await);
+    exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (2)").await;
+    assert_eq!(database_of(&control, "acme").await, "shard_a");
+    assert_eq!(replication_leftovers(&a, &b).await, (0, 0, 0));
+
+    ok(&h.fleetctl(&until).await);
+    as_if_crashed_between_the_commits(&control, &a).await;
+    let printed = ok(&h
+        .fleetctl(&["tenants", "move", "acme", "--to", "shard_b"])
+        .await);
+    assert!(
+        printed.contains("read-only since an earlier attempt"),
+        "{printed}"
+    );
+    assert_eq!(database_of(&control, "acme").await, "shard_b");
+    let on_b: Vec<i64> = sqlx::query_scalar("SELECT n FROM tenant_acme.app_writes ORDER BY n")
+        .fetch_all(&b)
+        .await
+        .unwrap();
+    assert_eq!(on_b, [1, 2]);
+    exec(&b, "INSERT INTO tenant_acme.app_writes (n) VALUES (3)").await;
+    h.stop().await;
+}
