@@ -19,7 +19,6 @@ use uuid::Uuid;
 use crate::auth::{check_action, done, CsrfForm};
 use crate::{layout, Page, Refusal, Shared, Visitor};
 
-#[derive(sqlx::FromRow)]
 struct Job {
     job_id: Uuid,
     kind: String,
@@ -37,6 +36,23 @@ struct Job {
     report: Option<serde_json::Value>,
     created_at: chrono::DateTime<chrono::Utc>,
 }
+fleet_shared::from_row!(Job {
+    job_id,
+    kind,
+    state,
+    dry_run,
+    error,
+    rows_done,
+    rows_estimated,
+    rows_per_sec,
+    eta_seconds,
+    chunks_done,
+    chunks_failed,
+    chunks_total,
+    throttled,
+    report,
+    created_at
+});
 
 async fn jobs(c: &Shared) -> anyhow::Result<Vec<Job>> {
     Ok(sqlx::query_as(

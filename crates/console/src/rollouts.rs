@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use crate::{layout, Page, Shared, Visitor};
 
-#[derive(sqlx::FromRow)]
 struct Rollout {
     rollout_id: Uuid,
     direction: String,
@@ -21,6 +20,18 @@ struct Rollout {
     done: i64,
     failed: i64,
 }
+fleet_shared::from_row!(Rollout {
+    rollout_id,
+    direction,
+    target_version,
+    state,
+    waves,
+    current_wave,
+    created_at,
+    total,
+    done,
+    failed
+});
 
 pub async fn page(State(c): State<Shared>, Extension(v): Extension<Visitor>) -> Page {
     let versions: Vec<(i64, i64)> = sqlx::query_as(

@@ -27,7 +27,6 @@ pub struct ListQuery {
     after: String,
 }
 
-#[derive(sqlx::FromRow)]
 struct Row {
     tenant_id: Uuid,
     code: String,
@@ -38,6 +37,16 @@ struct Row {
     schema_version: i64,
     created_at: chrono::DateTime<chrono::Utc>,
 }
+fleet_shared::from_row!(Row {
+    tenant_id,
+    code,
+    name,
+    plan,
+    org_code,
+    status,
+    schema_version,
+    created_at
+});
 
 /// `a%b_c\` as a `LIKE` literal.
 fn like_escape(s: &str) -> String {
@@ -149,7 +158,6 @@ fn code_of(raw: &str) -> Result<Code, Refusal> {
     Code::parse(raw).map_err(|e| Refusal::bad(format!("refused: {e}")))
 }
 
-#[derive(sqlx::FromRow)]
 struct Registry {
     tenant_id: Uuid,
     name: String,
@@ -162,8 +170,19 @@ struct Registry {
     created_at: chrono::DateTime<chrono::Utc>,
     provisioned_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+fleet_shared::from_row!(Registry {
+    tenant_id,
+    name,
+    plan,
+    org_code,
+    status,
+    schema_name,
+    schema_version,
+    suspend_reason,
+    created_at,
+    provisioned_at
+});
 
-#[derive(sqlx::FromRow)]
 struct Config {
     config_key: String,
     config_value: serde_json::Value,
@@ -171,6 +190,13 @@ struct Config {
     source: String,
     updated_at: chrono::DateTime<chrono::Utc>,
 }
+fleet_shared::from_row!(Config {
+    config_key,
+    config_value,
+    is_encrypted,
+    source,
+    updated_at
+});
 
 pub async fn show(
     State(c): State<Shared>,

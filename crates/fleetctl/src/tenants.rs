@@ -118,7 +118,7 @@ pub enum Cmd {
     Portable(commands::Cmd),
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 struct TenantRow {
     tenant_id: uuid::Uuid,
     code: String,
@@ -135,6 +135,21 @@ struct TenantRow {
     suspend_reason: Option<String>,
     deleted_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+fleet_shared::from_row!(TenantRow {
+    tenant_id,
+    code,
+    name,
+    plan,
+    org_code,
+    status,
+    schema_name,
+    schema_version,
+    database,
+    created_at,
+    provisioned_at,
+    suspend_reason,
+    deleted_at
+});
 
 #[derive(Serialize)]
 struct ConfigRow {

@@ -68,7 +68,7 @@ pub async fn record(
 }
 
 /// One row of `fleet.job_outcomes`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OutcomeRow {
     pub schedule: String,
     pub tick: DateTime<Utc>,
@@ -82,6 +82,19 @@ pub struct OutcomeRow {
     pub first_seen_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
+fleet_shared::from_row!(OutcomeRow {
+    schedule,
+    tick,
+    tenant_id,
+    tenant_code,
+    task,
+    status,
+    attempts,
+    reason,
+    worker,
+    first_seen_at,
+    updated_at
+});
 
 /// A tenant's job outcomes for a schedule, newest tick first.
 pub async fn for_tenant(

@@ -27,7 +27,7 @@ use crate::placement::Placement;
 use fleet_shared::databases::CONTROL;
 
 /// The registry row of a tenant as the provisioner reads it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct TenantRow {
     pub tenant_id: Uuid,
     pub code: String,
@@ -38,6 +38,15 @@ pub struct TenantRow {
     /// The database holding the schema (`control`: `DATABASE_URL`).
     pub database: String,
 }
+fleet_shared::from_row!(TenantRow {
+    tenant_id,
+    code,
+    plan,
+    status,
+    schema_name,
+    schema_version,
+    database
+});
 
 /// The columns of [`TenantRow`], for `SELECT` and `RETURNING`.
 pub const TENANT_ROW: &str = "tenant_id, code, plan, status, schema_name, schema_version, database";

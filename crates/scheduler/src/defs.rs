@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DefRow {
     pub name: String,
     pub spec: serde_json::Value,
@@ -22,8 +22,16 @@ pub struct DefRow {
     pub updated_at: DateTime<Utc>,
     pub updated_by: Option<String>,
 }
+fleet_shared::from_row!(DefRow {
+    name,
+    spec,
+    version,
+    created_at,
+    updated_at,
+    updated_by
+});
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChangeRow {
     pub change_id: i64,
     pub name: String,
@@ -33,6 +41,15 @@ pub struct ChangeRow {
     pub changed_by: Option<String>,
     pub changed_at: DateTime<Utc>,
 }
+fleet_shared::from_row!(ChangeRow {
+    change_id,
+    name,
+    action,
+    old,
+    new,
+    changed_by,
+    changed_at
+});
 
 pub async fn load(pg: &PgPool) -> anyhow::Result<Vec<DefRow>> {
     sqlx::query_as("SELECT name, spec, version, created_at, updated_at, updated_by FROM fleet.schedule_definitions ORDER BY name")

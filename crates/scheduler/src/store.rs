@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::schedule::Selector;
 
 /// One row of `fleet.schedule_runs`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RunRow {
     pub run_id: i64,
     pub schedule: String,
@@ -47,6 +47,29 @@ pub struct RunRow {
     /// Catch-up and backfill runs: the spread counts from here, not from the (past) tick.
     pub paced_from: Option<DateTime<Utc>>,
 }
+fleet_shared::from_row!(RunRow {
+    run_id,
+    schedule,
+    tick,
+    trigger,
+    status,
+    reason,
+    statuses,
+    plans,
+    databases,
+    tenants_matched,
+    published,
+    cursor,
+    spread_ms,
+    leader,
+    started_at,
+    finished_at,
+    updated_at,
+    clean_stop,
+    zones,
+    default_zone,
+    paced_from
+});
 
 const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, databases, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at, updated_at, clean_stop, zones, default_zone, paced_from";
 
@@ -157,13 +180,19 @@ pub async fn tenants_in_zones(
 }
 
 /// One row of `fleet.schedules`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StateRow {
     pub name: String,
     pub paused: bool,
     pub paused_at: Option<DateTime<Utc>>,
     pub evaluated_until: Option<DateTime<Utc>>,
 }
+fleet_shared::from_row!(StateRow {
+    name,
+    paused,
+    paused_at,
+    evaluated_until
+});
 
 /// A run to start (one tick of one schedule).
 pub struct NewRun<'a> {

@@ -149,3 +149,27 @@ pub async fn migrate_control_plane(pool: &PgPool) -> anyhow::Result<Vec<i64>> {
     }
     Ok(report.applied)
 }
+
+/// Implements [`sqlx::FromRow`] for a struct from the columns named like its fields (or the
+/// column given as `field = "column"`): what `#[derive(sqlx::FromRow)]` does, without sqlx's
+/// proc-macro crate, which builds a second copy of the Postgres driver for the build host on
+/// the critical path of every build. A field left out of the list is a compile error.
+///
+/// ```ignore
+/// fleet_shared::from_row!(ConfigRow { key = "config_key", value = "config_value", source });
+/// ```
+#[macro_export]
+macro_rules! from_row {
+    ($name:ident { $($field:ident $(= $column:literal)?),+ $(,)? }) => {
+        impl<'r> ::sqlx::FromRow<'r, ::sqlx::postgres::PgRow> for $name {
+            fn from_row(row: &'r ::sqlx::postgres::PgRow) -> ::sqlx::Result<Self> {
+                use ::sqlx::Row as _;
+                Ok($name {
+                    $($field: row.try_get($crate::from_row!(@column $field $($column)?))?,)+
+                })
+            }
+        }
+    };
+    (@column $field:ident) => { stringify!($field) };
+    (@column $field:ident $column:literal) => { $column };
+}

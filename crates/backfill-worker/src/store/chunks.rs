@@ -33,7 +33,7 @@ pub struct Claimed {
 }
 
 /// A chunk that failed, with its error.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FailedChunk {
     pub chunk_id: i64,
     pub part: i32,
@@ -42,6 +42,14 @@ pub struct FailedChunk {
     pub attempts: i32,
     pub error: Option<String>,
 }
+fleet_shared::from_row!(FailedChunk {
+    chunk_id,
+    part,
+    lo,
+    hi,
+    attempts,
+    error
+});
 
 pub async fn failed_chunks(
     pool: &PgPool,

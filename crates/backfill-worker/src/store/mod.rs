@@ -294,7 +294,7 @@ pub async fn control(
 }
 
 /// A job as operators see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct JobRow {
     pub job_id: Uuid,
     pub kind: String,
@@ -324,6 +324,32 @@ pub struct JobRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
+fleet_shared::from_row!(JobRow {
+    job_id,
+    kind,
+    state,
+    error,
+    dry_run,
+    rows_done,
+    rows_estimated,
+    rows_covered,
+    throttled,
+    database,
+    chunks_done,
+    chunks_failed,
+    chunks_total,
+    keys_done,
+    keys_total,
+    rows_per_sec,
+    eta_seconds,
+    chunk_size,
+    report,
+    spec,
+    created_at,
+    started_at,
+    finished_at,
+    updated_at
+});
 
 impl JobRow {
     /// Rows done / rows estimated, 0..=100: a failed chunk's rows are not done, and only a

@@ -143,7 +143,6 @@ async fn write_bundle(databases: &Databases, code: &Code, dir: &Path) -> anyhow:
 }
 
 /// The registry row of the exported tenant: as JSON (for `tenant.json`) and the fields used here.
-#[derive(sqlx::FromRow)]
 struct Registered {
     row: serde_json::Value,
     tenant_id: uuid::Uuid,
@@ -153,6 +152,15 @@ struct Registered {
     status: String,
     database: String,
 }
+fleet_shared::from_row!(Registered {
+    row,
+    tenant_id,
+    schema_name,
+    schema_version,
+    org_code,
+    status,
+    database
+});
 
 /// A `REPEATABLE READ READ ONLY` transaction: one snapshot for everything read in it.
 async fn snapshot(con: &mut PgConnection) -> anyhow::Result<sqlx::Transaction<'_, sqlx::Postgres>> {

@@ -16,7 +16,7 @@ use super::{Cause, LifecycleError, Tenant};
 pub const MASK: &str = "<encrypted>";
 
 /// A row of `fleet.tenant_events`.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct AuditRow {
     pub id: i64,
     pub tenant_id: Uuid,
@@ -30,6 +30,19 @@ pub struct AuditRow {
     pub new: Value,
     pub at: DateTime<Utc>,
 }
+fleet_shared::from_row!(AuditRow {
+    id,
+    tenant_id,
+    code,
+    org_code,
+    event,
+    event_id,
+    actor,
+    status,
+    old,
+    new,
+    at
+});
 
 const COLUMNS: &str = "id, tenant_id, code, org_code, event, event_id, actor, status, old, new, at";
 

@@ -20,15 +20,19 @@ use super::{begin, finish, live_tenant, require_status, Begun, Cause, LifecycleE
 use crate::plans::Plans;
 
 /// One row of `fleet.tenant_configurations`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ConfigRow {
-    #[sqlx(rename = "config_key")]
     pub key: String,
-    #[sqlx(rename = "config_value")]
     pub value: Value,
     pub is_encrypted: bool,
     pub source: String,
 }
+fleet_shared::from_row!(ConfigRow {
+    key = "config_key",
+    value = "config_value",
+    is_encrypted,
+    source,
+});
 
 /// A tenant's config rows, locked, by key.
 pub async fn config_rows(

@@ -83,7 +83,7 @@ fn clean_actor(s: &str) -> String {
 }
 
 /// The registry row as lifecycle changes read it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Tenant {
     pub tenant_id: Uuid,
     pub code: String,
@@ -95,6 +95,16 @@ pub struct Tenant {
     /// The database holding the schema (see [`crate::placement`]).
     pub database: String,
 }
+fleet_shared::from_row!(Tenant {
+    tenant_id,
+    code,
+    name,
+    plan,
+    org_code,
+    status,
+    schema_name,
+    database
+});
 
 pub(crate) const TENANT_COLUMNS: &str =
     "tenant_id, code, name, plan, org_code, status, schema_name, database";

@@ -136,13 +136,19 @@ pub async fn purge_rows(con: &mut PgConnection, tenant_id: Uuid) -> Result<(), L
 }
 
 /// An archived tenant due for purging.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Archived {
     pub tenant_id: Uuid,
     pub code: String,
     pub schema_name: String,
     pub deleted_at: DateTime<Utc>,
 }
+fleet_shared::from_row!(Archived {
+    tenant_id,
+    code,
+    schema_name,
+    deleted_at
+});
 
 /// Archived tenants deleted more than `older_than` ago, oldest first.
 pub async fn due(pg: &PgPool, older_than: Duration) -> Result<Vec<Archived>, LifecycleError> {

@@ -125,13 +125,18 @@ pub struct Options {
     pub known_plans: Option<Vec<String>>,
 }
 
-#[derive(sqlx::FromRow)]
 struct TenantRow {
     tenant_id: Uuid,
     code: String,
     status: String,
     schema_version: i64,
 }
+fleet_shared::from_row!(TenantRow {
+    tenant_id,
+    code,
+    status,
+    schema_version
+});
 
 /// Checks `req` against the deployed `set` and the registry and, unless a dry run, writes it.
 pub async fn create(

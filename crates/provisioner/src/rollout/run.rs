@@ -55,15 +55,17 @@ impl Runner {
     }
 
     async fn active(&self) -> Result<Option<Active>, sqlx::Error> {
-        let a: Option<Active> = sqlx::query_as(
+        let a: Option<(Uuid, i32, i64, String)> = sqlx::query_as(
             "SELECT rollout_id, concurrency, lock_timeout_ms, set_digest
                FROM fleet.rollouts WHERE state = 'running' LIMIT 1",
         )
         .fetch_optional(&self.pg)
         .await?;
-        Ok(a.map(|a| Active {
-            lock_timeout: Duration::from_millis(a.lock_timeout_ms),
-            ..a
+        Ok(a.map(|(rollout_id, concurrency, ms, set_digest)| Active {
+            rollout_id,
+            concurrency,
+            lock_timeout: Duration::from_millis(ms.max(0) as u64),
+            set_digest,
         }))
     }
 
@@ -118,13 +120,18 @@ pub async fn halt(pg: &PgPool, id: Uuid, reason: &str) -> Result<(), sqlx::Error
     Ok(())
 }
 
-#[derive(sqlx::FromRow)]
 struct Counts {
     pending: i64,
     failed: i64,
     canary_failed: i64,
     first_failure: Option<String>,
 }
+fleet_shared::from_row!(Counts {
+    pending,
+    failed,
+    canary_failed,
+    first_failure
+});
 
 /// Decides what the rollout does next (see the module docs). Safe to call from any replica at
 /// any time: it only acts on a `running` rollout, under its row lock.

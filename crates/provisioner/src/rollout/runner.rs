@@ -24,13 +24,10 @@ pub struct Runner {
 }
 
 /// The running rollout as a replica sees it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Active {
     pub rollout_id: Uuid,
     pub concurrency: i32,
-    #[sqlx(try_from = "i64")]
-    pub lock_timeout_ms: u64,
-    #[sqlx(skip)]
     pub lock_timeout: Duration,
     pub set_digest: String,
 }

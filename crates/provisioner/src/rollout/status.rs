@@ -61,7 +61,7 @@ pub struct FleetStatus {
 }
 
 /// One rollout with its per-state counts.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RolloutSummary {
     pub rollout_id: Uuid,
     pub direction: String,
@@ -82,6 +82,26 @@ pub struct RolloutSummary {
     pub failed: i64,
     pub skipped: i64,
 }
+fleet_shared::from_row!(RolloutSummary {
+    rollout_id,
+    direction,
+    target_version,
+    state,
+    current_wave,
+    waves,
+    concurrency,
+    max_failures,
+    lock_timeout_ms,
+    undo_of,
+    reason,
+    created_at,
+    finished_at,
+    total,
+    pending,
+    done,
+    failed,
+    skipped
+});
 
 impl RolloutSummary {
     pub fn is_finished(&self) -> bool {
@@ -158,7 +178,7 @@ pub async fn summary(pg: &PgPool, id: Uuid) -> Result<Option<RolloutSummary>, sq
 }
 
 /// One tenant of a rollout: where it started, where it ended, how long, why not.
-#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantOutcome {
     pub code: String,
     pub wave: i32,
@@ -171,6 +191,18 @@ pub struct TenantOutcome {
     pub error: Option<String>,
     pub finished_at: Option<String>,
 }
+fleet_shared::from_row!(TenantOutcome {
+    code,
+    wave,
+    state,
+    version_before,
+    target_version,
+    version_after,
+    attempts,
+    duration_ms,
+    error,
+    finished_at
+});
 
 pub async fn tenants(
     pg: &PgPool,

@@ -47,12 +47,16 @@ pub enum Outcome {
     Busy,
 }
 
-#[derive(sqlx::FromRow)]
 struct Claimed {
     tenant_id: Uuid,
     code: String,
     target_version: i64,
 }
+fleet_shared::from_row!(Claimed {
+    tenant_id,
+    code,
+    target_version
+});
 
 enum Attempt {
     Moved(TenantRow, ApplyReport),

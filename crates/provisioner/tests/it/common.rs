@@ -95,7 +95,7 @@ pub async fn publish_json(js: &jetstream::Context, subject: &str, body: &Value) 
     .await;
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Tenant {
     pub tenant_id: Uuid,
     pub code: String,
@@ -107,6 +107,17 @@ pub struct Tenant {
     pub schema_version: i64,
     pub provisioned_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+fleet_shared::from_row!(Tenant {
+    tenant_id,
+    code,
+    name,
+    plan,
+    org_code,
+    status,
+    schema_name,
+    schema_version,
+    provisioned_at
+});
 
 /// The live tenant with `code`, else an archived one.
 pub async fn tenant(pool: &PgPool, code: &str) -> Option<Tenant> {
