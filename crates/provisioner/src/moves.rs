@@ -18,13 +18,19 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// A running move of one tenant.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct InFlight {
     pub move_id: Uuid,
     pub source: String,
     pub target: String,
     pub step: String,
 }
+fleet_shared::from_row!(InFlight {
+    move_id,
+    source,
+    target,
+    step
+});
 
 impl std::fmt::Display for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

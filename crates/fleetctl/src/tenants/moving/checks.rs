@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::sides::{schema_comment, Sides};
 
 /// The registry row of the tenant being moved.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Tenant {
     pub tenant_id: Uuid,
     pub code: String,
@@ -25,6 +25,13 @@ pub struct Tenant {
     pub database: String,
     pub schema_name: String,
 }
+fleet_shared::from_row!(Tenant {
+    tenant_id,
+    code,
+    status,
+    database,
+    schema_name
+});
 
 /// The live tenant with `code`.
 pub async fn tenant(pg: &PgPool, code: &Code) -> anyhow::Result<Tenant> {

@@ -69,7 +69,7 @@ impl Step {
 }
 
 /// A row of `fleet.tenant_moves`.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MoveRow {
     pub move_id: Uuid,
     pub tenant_id: Uuid,
@@ -87,6 +87,23 @@ pub struct MoveRow {
     pub switched_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
+fleet_shared::from_row!(MoveRow {
+    move_id,
+    tenant_id,
+    code,
+    source,
+    target,
+    step,
+    state,
+    sub_oid,
+    row_counts,
+    cutover_ms,
+    archive_name,
+    last_error,
+    started_at,
+    switched_at,
+    finished_at
+});
 
 const COLUMNS: &str = "move_id, tenant_id, code, source, target, step, state, sub_oid, row_counts, cutover_ms, archive_name, last_error, started_at, switched_at, finished_at";
 
