@@ -13,6 +13,36 @@ use sqlx::PgConnection;
 
 use crate::ident::{literal, Ident};
 
+/// How a part's chunks run (`fleet.backfill_parts.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartMode {
+    /// The statement writes; its rows affected are the chunk's rows.
+    Exec,
+    /// A dry run: the statement counts rows.
+    Count,
+    /// The kind runs the chunk itself from what it planned into the statement
+    /// (`crate::kind::ChunkRunner`).
+    Copy,
+}
+
+impl PartMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartMode::Exec => "exec",
+            PartMode::Count => "count",
+            PartMode::Copy => "copy",
+        }
+    }
+
+    pub fn parse(s: &str) -> PartMode {
+        match s {
+            "count" => PartMode::Count,
+            "copy" => PartMode::Copy,
+            _ => PartMode::Exec,
+        }
+    }
+}
+
 /// One table's worth of chunks.
 #[derive(Debug, Clone)]
 pub struct PartPlan {
@@ -21,8 +51,7 @@ pub struct PartPlan {
     /// Run after `statement` in the chunk transaction; returns `(key, total)` rows naming rows
     /// the chunk could not settle (`copy_to_tenant`), which fail the chunk.
     pub then_statement: Option<String>,
-    /// `exec` or `count` (dry run).
-    pub mode: &'static str,
+    pub mode: PartMode,
     pub lo: i64,
     pub hi: i64,
     /// Rows the part is expected to go over (percent = rows done / rows estimated).

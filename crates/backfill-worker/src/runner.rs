@@ -45,11 +45,12 @@ use uuid::Uuid;
 
 use crate::adapt::Adapt;
 use crate::config::BackfillConfig;
-use crate::kind::{FinishCtx, PlanCtx};
+use crate::kind::{ChunkCall, ChunkOutcome, ChunkRunner, FinishCtx, PlanCtx};
 use crate::metrics::BackfillMetrics;
 use crate::spec::{Effective, JobSpec, MappingSource};
 use crate::state::JobState;
-use crate::store::{self, chunks, chunks::Part};
+use crate::store;
+use crate::store::chunks::{self, Part, PartMode};
 use crate::target::{self, Target, TargetAccess};
 use crate::throttle;
 use crate::validate::ValidateError;
@@ -102,6 +103,8 @@ struct JobCtx {
     eff: Effective,
     parts: HashMap<i32, Part>,
     search_path: Option<String>,
+    /// Runs the parts planned with mode `copy` (the kind's own chunks).
+    chunk_runner: Option<Arc<dyn ChunkRunner>>,
     adapt: Adapt,
     last_progress: Mutex<Instant>,
 }
@@ -113,6 +116,19 @@ struct ChunkRun {
     /// (`copy_to_tenant`: the target holds a different row under the key).
     unsettled: Vec<i64>,
     unsettled_total: i64,
+}
+
+impl ChunkRun {
+    fn outcome(self) -> ChunkOutcome {
+        if self.unsettled_total > 0 {
+            ChunkOutcome::Unsettled {
+                keys: self.unsettled,
+                total: self.unsettled_total,
+            }
+        } else {
+            ChunkOutcome::Done { rows: self.rows }
+        }
+    }
 }
 
 /// Runs a chunk's statements on `(lo, hi]` in the caller's transaction.
@@ -127,7 +143,7 @@ fn exec_chunk<'a>(
         for set in settings {
             sqlx::query(set).persistent(false).execute(&mut *tx).await?;
         }
-        let rows = if p.count {
+        let rows = if p.mode == PartMode::Count {
             sqlx::query_scalar::<_, i64>(&p.statement)
                 .bind(lo)
                 .bind(hi)
@@ -310,6 +326,7 @@ impl Runner {
             target: target.clone(),
             parts,
             search_path: spec.kind.job().search_path(&spec.schema),
+            chunk_runner: spec.kind.job().chunk_runner(&self.pools, &target),
             adapt: Adapt::new(initial, eff.target_chunk, eff.min_chunk_size, max_chunk),
             eff,
             last_progress: Mutex::new(Instant::now() - Duration::from_secs(3600)),
@@ -396,6 +413,8 @@ impl Runner {
             schema: &spec.schema,
             eff,
             map_table: target.map_table(),
+            pools: &self.pools,
+            target,
         };
         let plan = match spec.kind.job().plan(con, ctx).await {
             Ok(p) => p,
@@ -572,16 +591,16 @@ impl Runner {
         if store::job_state(&mut *tx, ctx.job_id).await? != Some(JobState::Running) {
             return Ok(Step::Stopped);
         }
-        let Some(chunks::Claimed {
+        let Some(claimed) = chunks::claim(&mut tx, ctx.job_id).await? else {
+            tx.rollback().await?;
+            return self.carve(ctx).await;
+        };
+        let chunks::Claimed {
             chunk_id,
             part,
             lo,
             hi,
-        }) = chunks::claim(&mut tx, ctx.job_id).await?
-        else {
-            tx.rollback().await?;
-            return self.carve(ctx).await;
-        };
+        } = claimed;
         let Some(p) = ctx.parts.get(&part) else {
             return Err(sqlx::Error::Protocol(format!(
                 "chunk {chunk_id} names unknown part {part}"
@@ -597,27 +616,6 @@ impl Runner {
         if let Some(sp) = &ctx.search_path {
             settings.push(format!("SET LOCAL search_path TO {sp}"));
         }
-        let started = Instant::now();
-        // On another database: the chunk's own transaction there (see `crate::target`).
-        let mut ttx = None;
-        if !ctx.target.is_control {
-            let mut t = ctx.target.pool.begin().await?;
-            if let Some(rows) = target::marker(&mut t, ctx.job_id, chunk_id).await? {
-                // The effect committed on the target before a crash; record it, run nothing.
-                t.rollback().await?;
-                self.mark_done(&mut tx, chunk_id, rows, started.elapsed())
-                    .await?;
-                tx.commit().await?;
-                self.metrics.outcome("done");
-                tracing::info!(
-                    chunk.id = chunk_id,
-                    rows,
-                    "chunk found done on the target; checkpoint recorded"
-                );
-                return Ok(Step::Carved);
-            }
-            ttx = Some(t);
-        }
         // The rate limit: reserve the chunk's keys (an upper bound of its rows) in the job's
         // shared bucket, and wait until they are covered.
         let reserved = match ctx.eff.max_rows_per_sec {
@@ -631,57 +629,74 @@ impl Runner {
             }
             None => None,
         };
-        let started = Instant::now();
-        let result = match ttx.as_mut() {
-            Some(t) => exec_chunk(t, p, &settings, lo, hi).await,
-            None => exec_chunk(&mut tx, p, &settings, lo, hi).await,
-        };
         let give_back = |rows: i64| async move {
             if let Some((rate, n)) = reserved {
                 let _ = throttle::give_back(&self.pool, ctx.job_id, rate, n - rows as f64).await;
             }
         };
-        let run = match result {
-            Ok(r) => r,
+        let started = Instant::now();
+        let outcome = match (&p.mode, &ctx.chunk_runner) {
+            (PartMode::Copy, Some(runner)) => {
+                let call = ChunkCall {
+                    job_id: ctx.job_id,
+                    chunk_id,
+                    lo,
+                    hi,
+                    statement: &p.statement,
+                    settings: &settings,
+                };
+                runner.run(call).await
+            }
+            (PartMode::Copy, None) => Err(sqlx::Error::Protocol(format!(
+                "part {part} of job {} is run by its kind, which has no chunk runner",
+                ctx.job_id
+            ))),
+            _ => self.own_chunk(ctx, &mut tx, p, &settings, claimed).await,
+        };
+        let rows = match outcome {
             Err(e) => {
-                drop(ttx);
                 drop(tx);
                 give_back(0).await;
                 return self.chunk_error(ctx, chunk_id, lo, hi, e).await;
             }
-        };
-        if run.unsettled_total > 0 {
-            // Roll the whole chunk back: nothing of it is copied or deleted, so a retry after
-            // the operator resolved the collisions starts from a clean range.
-            drop(ttx);
-            tx.rollback().await?;
-            give_back(0).await;
-            let keys = run
-                .unsettled
-                .iter()
-                .map(i64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            let more = if run.unsettled_total > run.unsettled.len() as i64 {
-                ", ..."
-            } else {
-                ""
-            };
-            let msg = format!(
-                "{} source row(s) not copied: the target already holds a different row under the same key or unique value (keys {keys}{more}); \
-                 the chunk was rolled back and no source row of it was deleted; resolve them and retry",
-                run.unsettled_total
-            );
-            self.fail_chunk(chunk_id, lo, hi, &msg).await?;
-            return Ok(Step::Failed);
-        }
-        let rows = run.rows;
-        if let Some(mut t) = ttx {
-            if !p.count {
-                target::mark(&mut t, ctx.job_id, chunk_id, lo, hi, rows).await?;
+            Ok(ChunkOutcome::Recorded { rows }) => {
+                // The effect committed before a crash; its checkpoint is recorded, nothing ran.
+                self.mark_done(&mut tx, chunk_id, rows, started.elapsed())
+                    .await?;
+                tx.commit().await?;
+                give_back(0).await;
+                self.metrics.outcome("done");
+                tracing::info!(
+                    chunk.id = chunk_id,
+                    rows,
+                    "chunk found done on the target; checkpoint recorded"
+                );
+                return Ok(Step::Carved);
             }
-            t.commit().await?;
-        }
+            Ok(ChunkOutcome::Unsettled { keys, total }) => {
+                // Nothing of the chunk is copied or deleted, so a retry after the operator
+                // resolved the collisions starts from a clean range.
+                tx.rollback().await?;
+                give_back(0).await;
+                let more = if total > keys.len() as i64 {
+                    ", ..."
+                } else {
+                    ""
+                };
+                let keys = keys
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let msg = format!(
+                    "{total} source row(s) not copied: the target already holds a different row under the same key or unique value (keys {keys}{more}); \
+                     the chunk was rolled back and no source row of it was deleted; resolve them and retry"
+                );
+                self.fail_chunk(chunk_id, lo, hi, &msg).await?;
+                return Ok(Step::Failed);
+            }
+            Ok(ChunkOutcome::Done { rows }) => rows,
+        };
         self.mark_done(&mut tx, chunk_id, rows, started.elapsed())
             .await?;
         tx.commit().await?;
@@ -702,6 +717,39 @@ impl Runner {
             keys: hi - lo,
             elapsed,
         })
+    }
+
+    /// A chunk of a part planned as statements on the job's database: on the control plane in
+    /// the claim's own transaction `tx` (committed by the caller with the checkpoint); on
+    /// another database in a transaction there that also writes the chunk's marker, committed
+    /// here (see [`crate::target`]).
+    async fn own_chunk(
+        &self,
+        ctx: &JobCtx,
+        tx: &mut sqlx::PgConnection,
+        p: &Part,
+        settings: &[String],
+        chunk: chunks::Claimed,
+    ) -> sqlx::Result<ChunkOutcome> {
+        let chunks::Claimed {
+            chunk_id, lo, hi, ..
+        } = chunk;
+        if ctx.target.is_control {
+            return Ok(exec_chunk(tx, p, settings, lo, hi).await?.outcome());
+        }
+        let mut t = ctx.target.pool.begin().await?;
+        if let Some(rows) = target::marker(&mut t, ctx.job_id, chunk_id).await? {
+            t.rollback().await?;
+            return Ok(ChunkOutcome::Recorded { rows });
+        }
+        let outcome = exec_chunk(&mut t, p, settings, lo, hi).await?.outcome();
+        if let ChunkOutcome::Done { rows } = outcome {
+            if p.mode != PartMode::Count {
+                target::mark(&mut t, ctx.job_id, chunk_id, lo, hi, rows).await?;
+            }
+            t.commit().await?;
+        }
+        Ok(outcome)
     }
 
     async fn mark_done(

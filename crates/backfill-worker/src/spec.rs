@@ -187,8 +187,14 @@ impl JobSpec {
     pub fn validate<'a>(
         &'a self,
         con: &'a mut PgConnection,
+        pools: &'a fleet_shared::databases::DatabasePools,
     ) -> BoxFuture<'a, Result<(), ValidateError>> {
-        self.kind.job().validate(con, &self.schema)
+        let ctx = crate::kind::CheckCtx {
+            schema: &self.schema,
+            database: &self.database,
+            pools,
+        };
+        self.kind.job().validate(con, ctx)
     }
 }
 

@@ -52,6 +52,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         include_str!("../migrations/0601_backfill_finalize.sql"),
     ),
     (
+        "0620_backfill_copy_parts.sql",
+        include_str!("../migrations/0620_backfill_copy_parts.sql"),
+    ),
+    (
         "0650_job_outcomes.sql",
         include_str!("../migrations/0650_job_outcomes.sql"),
     ),

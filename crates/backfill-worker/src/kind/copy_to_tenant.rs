@@ -1,17 +1,44 @@
 //! `copy_to_tenant`: one tenant's rows of a shared table copied into its schema
-//! (`tenant_<code>.<table>`), chunk by chunk, optionally deleting the source rows that are
-//! settled (docs/backfill.md#copy_to_tenant).
+//! (`tenant_<code>.<table>`) on the tenant's own database, chunk by chunk, optionally deleting
+//! the source rows that are settled (docs/backfill.md#copy_to_tenant).
+//!
+//! **Where.** The source is the job's `database`; the target is the database the registry
+//! (`fleet.tenants.database`) places the tenant on. A tenant the registry does not know (a
+//! schema made by hand) is looked for on the job's database.
+//!
+//! **Matching rows.** Rows are matched by a key the target has: its primary key, else its
+//! smallest unique index, whose columns the copy provides (composite allowed, e.g. the
+//! provisioner's `(tenant_code, id)`). The copy provides the columns both tables have, plus
+//! `tenant_code` / `organization_code` filled from the tenant (its code, the registry's
+//! `org_code`) when the target has them and the source does not. Identity columns are copied
+//! with `OVERRIDING SYSTEM VALUE`, and each sequence the target owns is moved past the copied
+//! maximum (see [`bump_sequence`]).
+//!
+//! **Exactly once, on one or two databases** ([`CopyRunner`]): a chunk reads its rows on the
+//! source (`FOR UPDATE` with `delete_source`, so they cannot change until the chunk ends), then
+//! on the target, in one transaction, inserts them (`ON CONFLICT DO NOTHING`), checks which are
+//! settled, moves the sequences and writes the chunk's marker (`fleet_backfill.chunk_marks`);
+//! after that commits, the settled source rows are deleted and the source transaction commits;
+//! then the runner records the checkpoint. When source and target are one database all of it
+//! is one transaction there. A crash before the target commit loses everything of the chunk; a
+//! crash after it leaves the marker: the next claimer inserts nothing (the marker's row count
+//! is the chunk's), checks again which source rows are settled and deletes exactly those, so
+//! nothing is copied twice and only settled rows are ever deleted.
 
-use fleet_shared::Code;
+use std::sync::Arc;
+
+use fleet_shared::databases::DatabasePools;
+use fleet_shared::{Code, Name};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Row};
 
-use super::job::{JobKind, PlanCtx};
+use super::job::{CheckCtx, ChunkCall, ChunkOutcome, ChunkRunner, JobKind, PlanCtx};
 use crate::catalog;
 use crate::error::SpecError;
 use crate::ident::{literal, qualified, Ident};
-use crate::plan::{count_statement, estimate_rows, key_range, PartPlan, Plan};
+use crate::plan::{count_statement, estimate_rows, key_range, PartMode, PartPlan, Plan};
+use crate::target::{self, Target};
 use crate::validate::{self, refused, ValidateError};
 
 /// The wire form of a `copy_to_tenant` spec's own fields.
@@ -88,38 +115,89 @@ impl CopyJob {
         Ident::parse("schema", &self.tenant_code.schema_name()).map_err(|e| refused(e.to_string()))
     }
 
+    /// ` AND t.<tenant_column>::text = '<tenant_value>'`: the tenant's rows of the source.
+    fn filter(&self) -> String {
+        format!(
+            " AND t.{}::text = {}",
+            self.tenant_column.quoted(),
+            literal(&self.tenant_value)
+        )
+    }
+
+    /// Source-side checks, the tenant's home, and the target's checks there.
     async fn validate_inner(
         &self,
         con: &mut PgConnection,
-        schema: &Ident,
+        ctx: CheckCtx<'_>,
     ) -> Result<(), ValidateError> {
+        let schema = ctx.schema;
         validate::require_table(con, schema, &self.table).await?;
         validate::check_key(con, schema, &self.table, &self.key).await?;
         validate::check_column(con, schema, &self.table, &self.tenant_column).await?;
-        let target_schema = self.tenant_code.schema_name();
-        if !catalog::schema_exists(con, &target_schema).await? {
+        let home = Home::find(ctx.pools, &self.tenant_code, ctx.database).await?;
+        if home.database == *ctx.database {
+            return self
+                .check_target(con, None, schema, &home)
+                .await
+                .map(|_| ());
+        }
+        let pool = home.pool(ctx.pools, &self.tenant_code)?;
+        let mut tcon = pool.acquire().await?;
+        self.check_target(con, Some(&mut tcon), schema, &home)
+            .await
+            .map(|_| ())
+    }
+
+    /// Checks the target on the tenant's database (`tcon`; `None`: the source's own `con`) and
+    /// works out the copy's shape. `Ok(None)`: the target does not exist yet and will be
+    /// created from the source.
+    async fn check_target(
+        &self,
+        con: &mut PgConnection,
+        mut tcon: Option<&mut PgConnection>,
+        schema: &Ident,
+        home: &Home,
+    ) -> Result<Option<Shape>, ValidateError> {
+        let ts = self.target_schema()?;
+        let elsewhere = tcon.is_some();
+        let on = if elsewhere {
+            format!(" on database {}", home.database)
+        } else {
+            String::new()
+        };
+        let t: &mut PgConnection = match tcon.as_deref_mut() {
+            Some(t) => t,
+            None => &mut *con,
+        };
+        if !catalog::schema_exists(t, ts.as_str()).await? {
             return Err(refused(format!(
-                "copy_to_tenant job: schema {target_schema} does not exist (provision tenant {} first)",
+                "copy_to_tenant job: schema {ts} does not exist{on} (provision tenant {} first)",
                 self.tenant_code
             )));
         }
-        let ts = self.target_schema()?;
-        if catalog::table_exists(con, &ts, &self.table).await? {
-            if !catalog::unique_on(con, &target_schema, self.table.as_str(), self.key.as_str())
-                .await?
-            {
+        if !catalog::table_exists(t, &ts, &self.table).await? {
+            if !self.create_target {
                 return Err(refused(format!(
-                    "copy_to_tenant job: {target_schema}.{} has no unique index on {}; a re-run could not skip copied rows",
-                    self.table, self.key
+                    "copy_to_tenant job: {ts}.{} does not exist{on} and create_target is false",
+                    self.table
                 )));
             }
-        } else if !self.create_target {
-            return Err(refused(format!(
-                "copy_to_tenant job: {target_schema}.{} does not exist and create_target is false",
-                self.table
-            )));
+            if elsewhere {
+                return Err(refused(format!(
+                    "copy_to_tenant job: {ts}.{} does not exist{on}, and create_target can only create it from a source on the same database (create the table there first)",
+                    self.table
+                )));
+            }
+            return Ok(None);
         }
-        Ok(())
+        let src_cols = source_columns(con, schema, &self.table).await?;
+        let t: &mut PgConnection = match tcon {
+            Some(t) => t,
+            None => con,
+        };
+        Shape::resolve(t, self, &ts, &src_cols, home)
+            .await
+            .map(Some)
     }
 
     async fn plan_inner(
@@ -127,28 +205,16 @@ impl CopyJob {
         con: &mut PgConnection,
         ctx: PlanCtx<'_>,
     ) -> Result<Plan, ValidateError> {
-        self.validate_inner(con, ctx.schema).await?;
         let schema = ctx.schema;
+        let check = CheckCtx {
+            schema,
+            database: &ctx.target.name,
+            pools: ctx.pools,
+        };
+        self.validate_inner(con, check).await?;
         let mut plan = Plan::default();
         let src = qualified(schema, &self.table);
-        let ts = self.target_schema()?;
-        let dst = qualified(&ts, &self.table);
-        if !ctx.eff.dry_run
-            && self.create_target
-            && !catalog::table_exists(con, &ts, &self.table).await?
-        {
-            sqlx::query(&format!(
-                "CREATE TABLE IF NOT EXISTS {dst} (LIKE {src} INCLUDING ALL)"
-            ))
-            .execute(&mut *con)
-            .await?;
-        }
-        let k = self.key.quoted();
-        let filter = format!(
-            " AND t.{}::text = {}",
-            self.tenant_column.quoted(),
-            literal(&self.tenant_value)
-        );
+        let filter = self.filter();
         let Some((lo, hi)) = key_range(con, &src, &self.key).await? else {
             return Ok(plan);
         };
@@ -158,59 +224,61 @@ impl CopyJob {
                 name: self.table.to_string(),
                 statement: count_statement(&src, &self.key, &filter),
                 then_statement: None,
-                mode: "count",
+                mode: PartMode::Count,
                 lo,
                 hi,
                 rows_estimate,
             });
             return Ok(plan);
         }
-        let src_cols =
-            catalog::insertable_columns(con, schema.as_str(), self.table.as_str()).await?;
-        let dst_cols = catalog::insertable_columns(con, ts.as_str(), self.table.as_str()).await?;
-        let cols: Vec<Ident> = src_cols
-            .iter()
-            .filter(|c| dst_cols.contains(c))
-            .map(|c| Ident::parse("column", c))
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                refused(format!(
-                    "copy_to_tenant job: {e} (rename the column or copy with a sql job)"
+        let home = Home::find(ctx.pools, &self.tenant_code, &ctx.target.name).await?;
+        let ts = self.target_schema()?;
+        let dst = qualified(&ts, &self.table);
+        let same = home.database == ctx.target.name;
+        let src_cols = source_columns(con, schema, &self.table).await?;
+        let (shape, max_keys) = if same {
+            if self.create_target && !catalog::table_exists(con, &ts, &self.table).await? {
+                sqlx::query(&format!(
+                    "CREATE TABLE IF NOT EXISTS {dst} (LIKE {src} INCLUDING ALL)"
                 ))
-            })?;
-        if !cols.iter().any(|x| x == &self.key) {
-            return Err(refused(format!(
-                "copy_to_tenant job: {dst} has no column {}",
-                self.key
-            )));
-        }
-        let list = cols
-            .iter()
-            .map(Ident::quoted)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sel = cols
-            .iter()
-            .map(|x| format!("t.{}", x.quoted()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let statement = format!(
-            "INSERT INTO {dst} ({list}) OVERRIDING SYSTEM VALUE SELECT {sel} FROM {src} AS t \
-             WHERE t.{k} > $1 AND t.{k} <= $2{filter} ON CONFLICT DO NOTHING"
-        );
-        let then_statement = Some(settle_statement(
-            &src,
-            &dst,
-            &self.key,
-            &cols,
-            &filter,
-            self.delete_source,
-        ));
+                .execute(&mut *con)
+                .await?;
+            }
+            // The markers live with the target (the runner made them on any other database).
+            if ctx.target.is_control {
+                target::ensure_schema(con).await?;
+            }
+            let shape = Shape::resolve(con, self, &ts, &src_cols, &home).await?;
+            let max_keys = shape.source_maxima(con, &src, &filter).await?;
+            shape.bump_all(con, &max_keys).await?;
+            (shape, max_keys)
+        } else {
+            let pool = home.pool(ctx.pools, &self.tenant_code)?;
+            let mut t = pool.begin().await?;
+            sqlx::query(&format!(
+                "SET LOCAL lock_timeout = {}",
+                ctx.eff
+                    .lock_timeout
+                    .unwrap_or(std::time::Duration::from_secs(5))
+                    .as_millis()
+            ))
+            .execute(&mut *t)
+            .await?;
+            target::ensure_schema(&mut t).await?;
+            let shape = Shape::resolve(&mut t, self, &ts, &src_cols, &home).await?;
+            let max_keys = shape.source_maxima(con, &src, &filter).await?;
+            shape.bump_all(&mut t, &max_keys).await?;
+            t.commit().await?;
+            (shape, max_keys)
+        };
+        tracing::debug!(?max_keys, "copy_to_tenant: sequences moved past the source");
+        let statements =
+            shape.statements(&home, &src, &dst, &self.key, &filter, self.delete_source);
         plan.parts.push(PartPlan {
             name: self.table.to_string(),
-            statement,
-            then_statement,
-            mode: "exec",
+            statement: serde_json::to_string(&statements).map_err(|e| refused(e.to_string()))?,
+            then_statement: None,
+            mode: PartMode::Copy,
             lo,
             hi,
             rows_estimate,
@@ -227,9 +295,9 @@ impl JobKind for CopyJob {
     fn validate<'a>(
         &'a self,
         con: &'a mut PgConnection,
-        schema: &'a Ident,
+        ctx: CheckCtx<'a>,
     ) -> BoxFuture<'a, Result<(), ValidateError>> {
-        Box::pin(self.validate_inner(con, schema))
+        Box::pin(self.validate_inner(con, ctx))
     }
 
     fn plan<'a>(
@@ -238,6 +306,13 @@ impl JobKind for CopyJob {
         ctx: PlanCtx<'a>,
     ) -> BoxFuture<'a, Result<Plan, ValidateError>> {
         Box::pin(self.plan_inner(con, ctx))
+    }
+
+    fn chunk_runner(&self, pools: &DatabasePools, source: &Target) -> Option<Arc<dyn ChunkRunner>> {
+        Some(Arc::new(CopyRunner {
+            pools: pools.clone(),
+            source: source.clone(),
+        }))
     }
 
     /// The source table and the tenant's copy of it.
@@ -250,50 +325,520 @@ impl JobKind for CopyJob {
     }
 }
 
-/// The `copy_to_tenant` statement run after the chunk's `INSERT ... ON CONFLICT DO NOTHING`, in
-/// the same transaction. A source row counts as *settled* only when the target holds a row with
-/// the same key **and the same data** in every copied column (compared as text, so types
-/// without an equality operator such as `json` work; a type change between the tables can only
-/// make rows look different, never equal, which errs on the safe side). `ON CONFLICT DO
-/// NOTHING` skips a row whose key (or any other unique value) the target already holds, so
-/// "the key exists in the target" says nothing about whether *this* row's data got there:
-/// deleting on the key alone lost the source row whenever the application had written a
-/// different row under that key.
-///
-/// With `delete_source` the statement deletes the settled source rows of the chunk (a re-run
-/// after an earlier copy, with or without delete, deletes them too: equality is checked, not
-/// who copied). Either way it returns up to 10 keys of the chunk's *unsettled* rows with their
-/// total count (`key, total`); the runner fails the chunk on any, rolling it back, so a
-/// colliding row is never deleted and the error names the keys.
-pub fn settle_statement(
-    src: &str,
-    dst: &str,
-    key: &Ident,
-    cols: &[Ident],
-    filter: &str,
-    delete_source: bool,
-) -> String {
-    let k = key.quoted();
-    let same = cols
-        .iter()
-        .map(|c| {
-            let c = c.quoted();
-            format!("d.{c}::text IS NOT DISTINCT FROM t.{c}::text")
+/// Where the tenant lives, from the registry.
+#[derive(Debug, Clone)]
+struct Home {
+    database: Name,
+    /// The registry's `org_code` (fills a target's `organization_code`).
+    org_code: Option<String>,
+}
+
+impl Home {
+    /// An unregistered tenant (a schema made by hand) is looked for on the job's database.
+    async fn find(
+        pools: &DatabasePools,
+        code: &Code,
+        job_db: &Name,
+    ) -> Result<Home, ValidateError> {
+        let row: Option<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT database, org_code, status FROM fleet.tenants WHERE code = $1")
+                .bind(code.as_str())
+                .fetch_optional(pools.control())
+                .await?;
+        match row {
+            None => Ok(Home {
+                database: job_db.clone(),
+                org_code: None,
+            }),
+            Some((_, _, status)) if status == "deleted" => Err(refused(format!(
+                "copy_to_tenant job: tenant {code} is deleted"
+            ))),
+            Some((db, org_code, _)) => Ok(Home {
+                database: Name::parse(&db).map_err(|e| {
+                    refused(format!("copy_to_tenant job: tenant {code}'s database: {e}"))
+                })?,
+                org_code,
+            }),
+        }
+    }
+
+    fn pool(&self, pools: &DatabasePools, code: &Code) -> Result<PgPool, ValidateError> {
+        pools.get(self.database.as_str()).map_err(|e| {
+            refused(format!(
+                "copy_to_tenant job: tenant {code} lives on database {}: {e}",
+                self.database
+            ))
         })
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let settled = format!("EXISTS (SELECT 1 FROM {dst} AS d WHERE d.{k} = t.{k} AND {same})");
-    let in_chunk = format!("t.{k} > $1 AND t.{k} <= $2{filter}");
-    // A data-modifying CTE runs exactly once whether or not it is referenced; the SELECT sees
-    // the snapshot from before the DELETE, which does not matter: it only reads unsettled rows,
-    // and the DELETE only touches settled ones.
-    let delete = if delete_source {
-        format!("WITH settled AS (DELETE FROM {src} AS t WHERE {in_chunk} AND {settled}) ")
-    } else {
-        String::new()
-    };
-    format!(
-        "{delete}SELECT t.{k}::bigint, count(*) OVER ()::bigint FROM {src} AS t \
-         WHERE {in_chunk} AND NOT {settled} ORDER BY t.{k} LIMIT 10"
+    }
+}
+
+/// A source column: its name and whether its value travels as JSON (`json`/`jsonb`, verbatim)
+/// rather than as its text form.
+#[derive(Debug, Clone)]
+struct SourceColumn {
+    name: String,
+    json: bool,
+}
+
+async fn source_columns(
+    con: &mut PgConnection,
+    schema: &Ident,
+    table: &Ident,
+) -> sqlx::Result<Vec<SourceColumn>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns
+         WHERE table_schema = $1 AND table_name = $2 AND is_generated = 'NEVER'
+         ORDER BY ordinal_position",
     )
+    .bind(schema.as_str())
+    .bind(table.as_str())
+    .fetch_all(con)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, ty)| SourceColumn {
+            json: ty == "json" || ty == "jsonb",
+            name,
+        })
+        .collect())
+}
+
+/// A sequence the target owns for one of the copied columns (an identity or serial column).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Sequence {
+    column: String,
+    /// `"schema"."name"`, from checked identifiers.
+    sequence: String,
+    increment: i64,
+}
+
+/// What one copy moves: columns, the columns filled from the tenant, the target's key.
+#[derive(Debug, Clone)]
+struct Shape {
+    /// Copied columns (both tables have them), with how they travel.
+    cols: Vec<(Ident, bool)>,
+    /// Target columns set from the tenant: (column, value).
+    filled: Vec<(Ident, String)>,
+    /// The target's key the rows are matched by.
+    key: Vec<Ident>,
+    sequences: Vec<Sequence>,
+}
+
+impl Shape {
+    async fn resolve(
+        t: &mut PgConnection,
+        job: &CopyJob,
+        ts: &Ident,
+        src_cols: &[SourceColumn],
+        home: &Home,
+    ) -> Result<Shape, ValidateError> {
+        let dst_name = format!("{ts}.{}", job.table);
+        // name, not null, has a default (or identity), generated
+        let dst: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+            "SELECT a.attname::text, a.attnotnull, a.atthasdef OR a.attidentity <> '', a.attgenerated <> ''
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+        )
+        .bind(ts.as_str())
+        .bind(job.table.as_str())
+        .fetch_all(&mut *t)
+        .await?;
+        let insertable = |name: &str| dst.iter().any(|(n, _, _, g)| n == name && !g);
+        let mut cols = Vec::new();
+        for c in src_cols.iter().filter(|c| insertable(&c.name)) {
+            let id = Ident::parse("column", &c.name).map_err(|e| {
+                refused(format!(
+                    "copy_to_tenant job: {e} (rename the column or copy with a sql job)"
+                ))
+            })?;
+            cols.push((id, c.json));
+        }
+        if !cols.iter().any(|(c, _)| c == &job.key) {
+            return Err(refused(format!(
+                "copy_to_tenant job: {dst_name} has no column {}",
+                job.key
+            )));
+        }
+        let mut filled = Vec::new();
+        for (column, value) in [
+            ("tenant_code", Some(job.tenant_code.as_str().to_owned())),
+            ("organization_code", home.org_code.clone()),
+        ] {
+            let Some((_, not_null, has_default, _)) =
+                dst.iter().find(|(n, _, _, g)| n == column && !g)
+            else {
+                continue;
+            };
+            if src_cols.iter().any(|c| c.name == column) {
+                continue;
+            }
+            match value {
+                Some(v) => filled.push((Ident::parse("column", column).map_err(|e| refused(e.to_string()))?, v)),
+                None if *not_null && !*has_default => {
+                    return Err(refused(format!(
+                        "copy_to_tenant job: {dst_name}.{column} must be set, and neither the source nor the tenant's registry entry (org_code) has it"
+                    )))
+                }
+                None => {}
+            }
+        }
+        let provided = |c: &str| {
+            cols.iter().any(|(x, _)| x.as_str() == c) || filled.iter().any(|(x, _)| x.as_str() == c)
+        };
+        // Primary key first, then the unique indexes, smallest first.
+        let keys: Vec<(bool, Vec<String>)> = sqlx::query_as(
+            "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid
+               AND i.indpred IS NULL AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts
+             GROUP BY i.indexrelid, i.indisprimary
+             ORDER BY i.indisprimary DESC, count(*), i.indexrelid",
+        )
+        .bind(ts.as_str())
+        .bind(job.table.as_str())
+        .fetch_all(&mut *t)
+        .await?;
+        let Some((_, key)) = keys
+            .iter()
+            .find(|(_, cols)| cols.iter().all(|c| provided(c)))
+        else {
+            let shown = if keys.is_empty() {
+                "it has none".to_owned()
+            } else {
+                format!(
+                    "its keys ({}) need columns the copy does not provide",
+                    keys.iter()
+                        .map(|(_, c)| c.join(", "))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            };
+            return Err(refused(format!(
+                "copy_to_tenant job: {dst_name} has no primary key or unique index on the copied columns ({shown}); a re-run could not skip copied rows"
+            )));
+        };
+        let key = key
+            .iter()
+            .map(|c| Ident::parse("column", c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| refused(e.to_string()))?;
+        let mut sequences = Vec::new();
+        for (c, _) in &cols {
+            let seq: Option<(String, String, i64)> = sqlx::query_as(
+                "SELECT n.nspname::text, s.relname::text, ps.seqincrement
+                 FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace JOIN pg_sequence ps ON ps.seqrelid = s.oid
+                 WHERE s.oid = pg_get_serial_sequence($1, $2)::regclass",
+            )
+            .bind(qualified(ts, &job.table))
+            .bind(c.as_str())
+            .fetch_optional(&mut *t)
+            .await?;
+            if let Some((sn, name, increment)) = seq {
+                let (sn, name) = (Ident::parse("schema", &sn), Ident::parse("sequence", &name));
+                let (Ok(sn), Ok(name)) = (sn, name) else {
+                    return Err(refused(format!(
+                        "copy_to_tenant job: the sequence of {dst_name}.{c} has a name this job does not quote; rename it"
+                    )));
+                };
+                sequences.push(Sequence {
+                    column: c.to_string(),
+                    sequence: qualified(&sn, &name),
+                    increment,
+                });
+            }
+        }
+        Ok(Shape {
+            cols,
+            filled,
+            key,
+            sequences,
+        })
+    }
+
+    /// The largest value of each sequence's column among the tenant's source rows.
+    async fn source_maxima(
+        &self,
+        con: &mut PgConnection,
+        src: &str,
+        filter: &str,
+    ) -> sqlx::Result<Vec<Option<i64>>> {
+        let mut out = Vec::new();
+        for s in &self.sequences {
+            let c = Ident::parse("column", &s.column)
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            out.push(
+                sqlx::query_scalar(&format!(
+                    "SELECT max(t.{c})::bigint FROM {src} AS t WHERE true{filter}",
+                    c = c.quoted()
+                ))
+                .fetch_one(&mut *con)
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn bump_all(&self, t: &mut PgConnection, maxima: &[Option<i64>]) -> sqlx::Result<()> {
+        for (s, max) in self.sequences.iter().zip(maxima) {
+            if let Some(max) = max {
+                bump_sequence(t, s, *max).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn statements(
+        &self,
+        home: &Home,
+        src: &str,
+        dst: &str,
+        key: &Ident,
+        filter: &str,
+        delete_source: bool,
+    ) -> CopyStatements {
+        let k = key.quoted();
+        let in_chunk = format!("t.{k} > $1 AND t.{k} <= $2{filter}");
+        let mut sel: Vec<String> = self
+            .cols
+            .iter()
+            .map(|(c, json)| {
+                let c = c.quoted();
+                if *json {
+                    format!("t.{c}")
+                } else {
+                    format!("t.{c}::text AS {c}")
+                }
+            })
+            .collect();
+        sel.extend(
+            self.filled
+                .iter()
+                .map(|(c, v)| format!("{}::text AS {}", literal(v), c.quoted())),
+        );
+        let lock = if delete_source {
+            " FOR UPDATE OF t"
+        } else {
+            ""
+        };
+        let read = format!(
+            "SELECT coalesce(json_agg(r), '[]')::text FROM (SELECT {} FROM {src} AS t WHERE {in_chunk}{lock}) AS r",
+            sel.join(", ")
+        );
+        let all: Vec<&Ident> = self
+            .cols
+            .iter()
+            .map(|(c, _)| c)
+            .chain(self.filled.iter().map(|(c, _)| c))
+            .collect();
+        let list = all
+            .iter()
+            .map(|c| c.quoted())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let from_rows = format!("json_populate_recordset(NULL::{dst}, $1::json) AS r");
+        let returning = if self.sequences.is_empty() {
+            "1".to_owned()
+        } else {
+            self.sequences
+                .iter()
+                .map(|s| format!("\"{}\"", s.column))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let maxima: String = self
+            .sequences
+            .iter()
+            .map(|s| format!(", max(\"{}\")::bigint", s.column))
+            .collect();
+        let insert = format!(
+            "WITH ins AS (INSERT INTO {dst} ({list}) OVERRIDING SYSTEM VALUE SELECT {} FROM {from_rows} \
+             ON CONFLICT DO NOTHING RETURNING {returning}) SELECT count(*)::bigint{maxima} FROM ins",
+            all.iter()
+                .map(|c| format!("r.{}", c.quoted()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let same_key = self
+            .key
+            .iter()
+            .map(|c| format!("d.{c} = r.{c}", c = c.quoted()))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let same_data = all
+            .iter()
+            .map(|c| {
+                format!(
+                    "d.{c}::text IS NOT DISTINCT FROM r.{c}::text",
+                    c = c.quoted()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let settle = format!(
+            "SELECT r.{k}::bigint, EXISTS (SELECT 1 FROM {dst} AS d WHERE {same_key} AND {same_data}) \
+             FROM {from_rows} ORDER BY 1"
+        );
+        let delete = delete_source.then(|| {
+            format!("DELETE FROM {src} AS t WHERE t.{k} = ANY($3::bigint[]) AND {in_chunk}")
+        });
+        CopyStatements {
+            database: home.database.to_string(),
+            read,
+            insert,
+            settle,
+            delete,
+            sequences: self.sequences.clone(),
+        }
+    }
+}
+
+/// What a `copy` part's statement holds (JSON), planned once: see the module docs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct CopyStatements {
+    /// The tenant's database (where `insert` and `settle` run).
+    database: String,
+    /// On the source: the chunk's rows (`$1`, `$2`) as one JSON array, as text.
+    read: String,
+    /// On the target: inserts the rows (`$1`); returns how many, and each sequence's maximum.
+    insert: String,
+    /// On the target: `(key, settled)` for every row of `$1`.
+    settle: String,
+    /// On the source: deletes the settled keys (`$3`) of the chunk.
+    delete: Option<String>,
+    sequences: Vec<Sequence>,
+}
+
+/// Moves `s` past `max`, never backwards, while the application may be inserting: the
+/// `ALTER SEQUENCE` (a no-op change) blocks concurrent `nextval`/`setval` until the caller's
+/// transaction ends, so the check and the `setval` cannot race an insert. Nothing is locked when
+/// the sequence is already past `max` (the usual case after planning moved it past the source).
+async fn bump_sequence(t: &mut PgConnection, s: &Sequence, max: i64) -> sqlx::Result<()> {
+    let last: i64 = sqlx::query_scalar(&format!("SELECT last_value FROM {}", s.sequence))
+        .fetch_one(&mut *t)
+        .await?;
+    if last > max {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "ALTER SEQUENCE {} INCREMENT BY {}",
+        s.sequence, s.increment
+    ))
+    .execute(&mut *t)
+    .await?;
+    sqlx::query(&format!(
+        "SELECT setval($1::regclass, $2) FROM {} WHERE last_value <= $2",
+        s.sequence
+    ))
+    .bind(&s.sequence)
+    .bind(max)
+    .execute(&mut *t)
+    .await?;
+    Ok(())
+}
+
+/// Runs the chunks of `copy` parts (see the module docs).
+struct CopyRunner {
+    pools: DatabasePools,
+    /// The job's database: the source.
+    source: Target,
+}
+
+impl ChunkRunner for CopyRunner {
+    fn run<'a>(&'a self, call: ChunkCall<'a>) -> BoxFuture<'a, sqlx::Result<ChunkOutcome>> {
+        Box::pin(self.run_inner(call))
+    }
+}
+
+impl CopyRunner {
+    async fn run_inner(&self, call: ChunkCall<'_>) -> sqlx::Result<ChunkOutcome> {
+        let st: CopyStatements = serde_json::from_str(call.statement)
+            .map_err(|e| sqlx::Error::Protocol(format!("copy part: {e}")))?;
+        let target_pool = self
+            .pools
+            .get(&st.database)
+            .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
+        let same = st.database == self.source.name.as_str();
+        let mut s = self.source.pool.begin().await?;
+        for set in call.settings {
+            sqlx::query(set).persistent(false).execute(&mut *s).await?;
+        }
+        let rows: String = sqlx::query_scalar(&st.read)
+            .bind(call.lo)
+            .bind(call.hi)
+            .fetch_one(&mut *s)
+            .await?;
+        let mut other = if same {
+            None
+        } else {
+            let mut t = target_pool.begin().await?;
+            for set in call.settings {
+                sqlx::query(set).persistent(false).execute(&mut *t).await?;
+            }
+            Some(t)
+        };
+        let t: &mut PgConnection = match other.as_mut() {
+            Some(t) => t,
+            None => &mut s,
+        };
+        let recorded = target::marker(t, call.job_id, call.chunk_id).await?;
+        let inserted = match recorded {
+            Some(n) => n,
+            None => {
+                let row = sqlx::query(&st.insert)
+                    .bind(&rows)
+                    .fetch_one(&mut *t)
+                    .await?;
+                for (i, seq) in st.sequences.iter().enumerate() {
+                    if let Some(max) = row.try_get::<Option<i64>, _>(i + 1)? {
+                        bump_sequence(t, seq, max).await?;
+                    }
+                }
+                row.try_get::<i64, _>(0)?
+            }
+        };
+        let checked: Vec<(i64, bool)> = sqlx::query_as(&st.settle)
+            .bind(&rows)
+            .fetch_all(&mut *t)
+            .await?;
+        let unsettled: Vec<i64> = checked
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(k, _)| *k)
+            .collect();
+        if !unsettled.is_empty() {
+            // Roll the whole chunk back: nothing of it is copied or deleted.
+            drop(other);
+            drop(s);
+            return Ok(ChunkOutcome::Unsettled {
+                total: unsettled.len() as i64,
+                keys: unsettled.into_iter().take(10).collect(),
+            });
+        }
+        if recorded.is_none() {
+            target::mark(t, call.job_id, call.chunk_id, call.lo, call.hi, inserted).await?;
+        }
+        if let Some(t) = other {
+            t.commit().await?;
+        }
+        if let Some(delete) = &st.delete {
+            let settled: Vec<i64> = checked.iter().map(|(k, _)| *k).collect();
+            sqlx::query(delete)
+                .bind(call.lo)
+                .bind(call.hi)
+                .bind(&settled)
+                .execute(&mut *s)
+                .await?;
+        }
+        s.commit().await?;
+        Ok(match recorded {
+            // Copied before a crash; its settled source rows are deleted now.
+            Some(rows) => ChunkOutcome::Recorded { rows },
+            None => ChunkOutcome::Done { rows: inserted },
+        })
+    }
 }

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
-use super::job::{JobKind, PlanCtx};
+use super::job::{CheckCtx, JobKind, PlanCtx};
 use super::tenant_codes::{SEED_ORG_TABLES, SEED_USER_TABLES};
 use crate::error::SpecError;
 use crate::finalize::job::FinalizePlan;
@@ -89,9 +89,9 @@ impl JobKind for FinalizeJob {
     fn validate<'a>(
         &'a self,
         con: &'a mut PgConnection,
-        schema: &'a Ident,
+        ctx: CheckCtx<'a>,
     ) -> BoxFuture<'a, Result<(), ValidateError>> {
-        Box::pin(self.validate_inner(con, schema))
+        Box::pin(self.validate_inner(con, ctx.schema))
     }
 
     fn plan<'a>(

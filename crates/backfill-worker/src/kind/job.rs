@@ -3,6 +3,9 @@
 //! its plan and chunk statements, its work once every chunk is done) lives in the kind's own
 //! file next to this one.
 
+use std::sync::Arc;
+
+use fleet_shared::databases::DatabasePools;
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -10,8 +13,18 @@ use uuid::Uuid;
 use crate::ident::{qualified, Ident};
 use crate::options::Effective;
 use crate::plan::Plan;
-use crate::target::TargetAccess;
+use crate::target::{Target, TargetAccess};
 use crate::validate::ValidateError;
+
+/// What validation needs besides the spec and a connection to the job's database.
+#[derive(Clone, Copy)]
+pub struct CheckCtx<'a> {
+    pub schema: &'a Ident,
+    /// The job's database (the one the connection is to).
+    pub database: &'a fleet_shared::Name,
+    /// Every configured database (the control plane's registry among them).
+    pub pools: &'a DatabasePools,
+}
 
 /// What planning needs besides the spec.
 pub struct PlanCtx<'a> {
@@ -20,6 +33,40 @@ pub struct PlanCtx<'a> {
     pub eff: &'a Effective,
     /// Where the target database holds a `tenant_codes` job's mapping.
     pub map_table: &'a str,
+    /// Every configured database (the control plane's registry among them).
+    pub pools: &'a DatabasePools,
+    /// The job's own database (the one `con` is connected to).
+    pub target: &'a Target,
+}
+
+/// One claimed chunk, for a kind that runs its chunks itself ([`ChunkRunner`]).
+pub struct ChunkCall<'a> {
+    pub job_id: Uuid,
+    pub chunk_id: i64,
+    pub lo: i64,
+    pub hi: i64,
+    /// The part's planned statement (what the kind stored at planning).
+    pub statement: &'a str,
+    /// `SET LOCAL` statements (timeouts) for every transaction of the chunk.
+    pub settings: &'a [String],
+}
+
+/// What a chunk did once its effect committed (or did not: `Unsettled` rolled it all back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Committed with this many rows; the runner records the checkpoint.
+    Done { rows: i64 },
+    /// It had committed before (a crash came before its checkpoint): recorded, not run again.
+    Recorded { rows: i64 },
+    /// Nothing committed: up to 10 keys of rows the target holds differently, and the count.
+    Unsettled { keys: Vec<i64>, total: i64 },
+}
+
+/// Runs chunks whose effect is not one statement on the job's database: the kind owns how the
+/// effect happens exactly once (see `copy_to_tenant`); the runner still claims the chunk,
+/// paces it, splits it on timeouts and records its checkpoint.
+pub trait ChunkRunner: Send + Sync {
+    fn run<'a>(&'a self, call: ChunkCall<'a>) -> BoxFuture<'a, sqlx::Result<ChunkOutcome>>;
 }
 
 /// A job whose chunks are all finished, as the kind's [`JobKind::finish`] sees it.
@@ -55,7 +102,7 @@ pub trait JobKind: Send + Sync {
     fn validate<'a>(
         &'a self,
         con: &'a mut PgConnection,
-        schema: &'a Ident,
+        ctx: CheckCtx<'a>,
     ) -> BoxFuture<'a, Result<(), ValidateError>>;
 
     /// Stores what the job needs besides its spec, in the submit's transaction on the
@@ -85,6 +132,16 @@ pub trait JobKind: Send + Sync {
         con: &'a mut PgConnection,
         ctx: PlanCtx<'a>,
     ) -> BoxFuture<'a, Result<Plan, ValidateError>>;
+
+    /// For parts planned with mode `copy`: the kind's own chunk runner, on the job's database
+    /// `source` and the other configured databases.
+    fn chunk_runner(
+        &self,
+        _pools: &DatabasePools,
+        _source: &Target,
+    ) -> Option<Arc<dyn ChunkRunner>> {
+        None
+    }
 
     /// The `search_path` a chunk transaction sets, if the statements rely on one.
     fn search_path(&self, _schema: &Ident) -> Option<String> {

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 pub use copy_to_tenant::{CopyJob, CopySpec};
 pub use finalize::{FinalizeJob, FinalizeSpec};
-pub use job::{FinishCtx, Finished, JobKind, PlanCtx};
+pub use job::{
+    CheckCtx, ChunkCall, ChunkOutcome, ChunkRunner, FinishCtx, Finished, JobKind, PlanCtx,
+};
 pub use sql::{SqlJob, SqlSpec};
 pub use tenant_codes::{TenantCodesJob, TenantCodesSpec};
 

@@ -7,10 +7,10 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor as _, PgConnection};
 
-use super::job::{JobKind, PlanCtx};
+use super::job::{CheckCtx, JobKind, PlanCtx};
 use crate::error::SpecError;
 use crate::ident::{qualified, Ident};
-use crate::plan::{count_statement, estimate_rows, key_range, PartPlan, Plan};
+use crate::plan::{count_statement, estimate_rows, key_range, PartMode, PartPlan, Plan};
 use crate::validate::{self, refused, ValidateError};
 
 /// The wire form of a `sql` spec's own fields.
@@ -85,9 +85,9 @@ impl SqlJob {
         let t = qualified(ctx.schema, &self.table);
         if let Some((lo, hi)) = key_range(con, &t, &self.key).await? {
             let (statement, mode) = if ctx.eff.dry_run {
-                (count_statement(&t, &self.key, ""), "count")
+                (count_statement(&t, &self.key, ""), PartMode::Count)
             } else {
-                (self.statement.clone(), "exec")
+                (self.statement.clone(), PartMode::Exec)
             };
             let rows_estimate = estimate_rows(con, &t, "").await?;
             plan.parts.push(PartPlan {
@@ -116,9 +116,9 @@ impl JobKind for SqlJob {
     fn validate<'a>(
         &'a self,
         con: &'a mut PgConnection,
-        schema: &'a Ident,
+        ctx: CheckCtx<'a>,
     ) -> BoxFuture<'a, Result<(), ValidateError>> {
-        Box::pin(self.validate_inner(con, schema))
+        Box::pin(self.validate_inner(con, ctx.schema))
     }
 
     fn plan<'a>(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::job::{FinishCtx, Finished, JobKind, PlanCtx};
+use super::job::{CheckCtx, FinishCtx, Finished, JobKind, PlanCtx};
 use crate::catalog;
 use crate::error::SpecError;
 use crate::finalize::engine::FinalizeTable;
@@ -21,7 +21,7 @@ use crate::finalize::step::Selection;
 use crate::ident::{literal, qualified, Ident};
 use crate::mapping::{self, Mapping};
 use crate::options::MappingSource;
-use crate::plan::{count_statement, estimate_rows, key_range, PartPlan, Plan};
+use crate::plan::{count_statement, estimate_rows, key_range, PartMode, PartPlan, Plan};
 use crate::target::{self, TargetAccess};
 use crate::validate::{self, ident, refused, ValidateError};
 
@@ -463,11 +463,11 @@ impl TenantCodesJob {
             reports.push(TableReport::new(table, via, status, None));
             if let Some((lo, hi)) = range {
                 let (statement, mode) = if ctx.eff.dry_run {
-                    (count_statement(&t, key, ""), "count")
+                    (count_statement(&t, key, ""), PartMode::Count)
                 } else {
                     (
                         fill_statement(schema, ctx.job_id, table, key, via, ctx.map_table),
-                        "exec",
+                        PartMode::Exec,
                     )
                 };
                 let rows_estimate = estimate_rows(con, &t, "").await?;
@@ -548,9 +548,9 @@ impl JobKind for TenantCodesJob {
     fn validate<'a>(
         &'a self,
         con: &'a mut PgConnection,
-        schema: &'a Ident,
+        ctx: CheckCtx<'a>,
     ) -> BoxFuture<'a, Result<(), ValidateError>> {
-        Box::pin(self.validate_inner(con, schema))
+        Box::pin(self.validate_inner(con, ctx.schema))
     }
 
     fn store<'a>(

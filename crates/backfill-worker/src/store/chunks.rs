@@ -12,6 +12,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
+pub use crate::plan::PartMode;
 use crate::plan::PartPlan;
 
 /// A part's chunk statements, as the lanes run them.
@@ -19,8 +20,7 @@ use crate::plan::PartPlan;
 pub struct Part {
     pub statement: String,
     pub then_statement: Option<String>,
-    /// A dry run's part: the statement counts rows.
-    pub count: bool,
+    pub mode: PartMode,
 }
 
 /// A claimed chunk.
@@ -82,7 +82,7 @@ pub async fn insert_part(
     .bind(&p.name)
     .bind(&p.statement)
     .bind(&p.then_statement)
-    .bind(p.mode)
+    .bind(p.mode.as_str())
     .bind(p.lo)
     .bind(p.hi)
     .bind(p.rows_estimate)
@@ -106,7 +106,7 @@ pub async fn parts(pool: &PgPool, job_id: Uuid) -> sqlx::Result<Vec<(i32, Part)>
             Part {
                 statement: r.get(1),
                 then_statement: r.get(2),
-                count: r.get::<String, _>(3) == "count",
+                mode: PartMode::parse(&r.get::<String, _>(3)),
             },
         )
     })

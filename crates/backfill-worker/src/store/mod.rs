@@ -114,7 +114,7 @@ pub async fn submit(
                     .context(format!("Failed to connect to database {}", target.name)),
             )
         })?;
-        spec.validate(&mut con).await?;
+        spec.validate(&mut con, pools).await?;
     }
     let mut tx = pool.begin().await.map_err(db("Failed to begin"))?;
     let spec_json = serde_json::to_value(&spec.raw).map_err(|e| SubmitError::Db(e.into()))?;

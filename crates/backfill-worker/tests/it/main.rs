@@ -5,6 +5,7 @@ mod chunks;
 mod cli;
 mod common;
 mod control;
+mod copy_to_tenant;
 mod exactly_once;
 mod finalize;
 mod mapping_files;

@@ -1,0 +1,385 @@
+//! copy_to_tenant into the provisioner's own tables: a shared `sessions` table whose rows carry
+//! `tenant_code` is copied into `tenant_<code>.sessions` (primary key `(tenant_code, id)`, `id`
+//! an identity column) of a tenant provisioned by a real `tenant.created`, on the control
+//! database and on another database the registry places the tenant on; source rows are deleted
+//! only when settled; a resumed run after a crash between the two databases' commits copies
+//! nothing twice; a target without a usable key is refused.
+
+use std::time::Duration;
+
+use crate::common::*;
+use fleet_testkit::{eventually, Running, TestDb, TestEnv};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The shared table: 300 sessions, every third one the tenant's, the others `other`'s; it has
+/// `tenant_code` (filled earlier) but no `organization_code`.
+async fn shared_sessions(pool: &PgPool, code: &str) {
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE public.sessions (id bigserial PRIMARY KEY, tenant_code text NOT NULL, title text NOT NULL,
+                                      description text, meta jsonb, created_by text);
+         INSERT INTO public.sessions (tenant_code, title, meta, created_by)
+           SELECT CASE WHEN g % 3 = 0 THEN '{code}' ELSE 'other' END, 'session ' || g, jsonb_build_object('g', g), 'u' || g
+           FROM generate_series(1, 300) g;"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Provisions `code` through a real `tenant.created` handled by an in-process provisioner.
+async fn provision(env: &TestEnv, cfg: &tempfile::NamedTempFile, body: serde_json::Value) {
+    let path = cfg.path().to_str().unwrap().to_owned();
+    let fleet = env.fleet(&[("FLEET_CONFIG", &path)]).await;
+    let control = fleet.pg.clone();
+    let f = fleet.clone();
+    let provisioner = Running::spawn(|t| provisioner::run(f, t));
+    let code = body["code"].as_str().unwrap().to_owned();
+    fleet_shared::publish::publish_json(
+        &fleet.js,
+        "tenant.created",
+        &Uuid::new_v4().to_string(),
+        &body,
+        None,
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        &format!("tenant {code} active"),
+        || async {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = $1")
+                    .bind(&code)
+                    .fetch_optional(&control)
+                    .await
+                    .unwrap();
+            (status.as_deref() == Some("active")).then_some(())
+        },
+    )
+    .await;
+    provisioner.stop().await;
+}
+
+fn created(code: &str, org: &str, database: Option<&str>) -> serde_json::Value {
+    let mut body = json!({"tenant_id": Uuid::new_v4(), "code": code, "name": format!("Tenant {code}"),
+                          "plan": "basic", "org_code": org});
+    if let Some(db) = database {
+        body["database"] = json!(db);
+    }
+    body
+}
+
+async fn submit_with(replica: &Replica, spec: serde_json::Value) -> Result<Uuid, String> {
+    let pools = fleet_shared::databases::DatabasePools::new(
+        replica.fleet.settings.databases.clone(),
+        replica.fleet.pg.clone(),
+        2,
+    );
+    backfill_worker::submit_json_on(&pools, spec.to_string().as_bytes(), false, None)
+        .await
+        .map(|s| s.job_id)
+        .map_err(|e| e.to_string())
+}
+
+/// (rows, distinct ids, max id, rows whose organization_code is `org`) of a tenant table.
+async fn target_rows(pool: &PgPool, table: &str, org: &str) -> (i64, i64, i64, i64) {
+    sqlx::query_as(&format!(
+        "SELECT count(*), count(DISTINCT id), coalesce(max(id), 0), count(*) FILTER (WHERE organization_code = $1) FROM {table}"
+    ))
+    .bind(org)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// What the application inserting next into a tenant table gets as `id`.
+async fn app_insert(pool: &PgPool, code: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "INSERT INTO tenant_{code}.sessions (tenant_code, organization_code, title) VALUES ('{code}', 'x', 'by the app') RETURNING id"
+    ))
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn left_in_source(pool: &PgPool, code: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE tenant_code = $1), count(*) FILTER (WHERE tenant_code = 'other') FROM public.sessions",
+    )
+    .bind(code)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn shared_rows_move_into_a_provisioned_tenant_and_its_identity_moves_past_them() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    let cfg = config_file(FAST_CONFIG);
+    provision(&env, &cfg, created("acme", "acme_org", None)).await;
+    shared_sessions(&control, "acme").await;
+    // The application already wrote id 6 in the tenant's table, with other data.
+    sqlx::query(
+        "INSERT INTO tenant_acme.sessions (id, tenant_code, organization_code, title) OVERRIDING SYSTEM VALUE
+         VALUES (6, 'acme', 'acme_org', 'written by the app')",
+    )
+    .execute(&control)
+    .await
+    .unwrap();
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_with(
+        &replica,
+        json!({"kind": "copy_to_tenant", "table": "sessions", "tenant_code": "acme", "delete_source": true,
+               "chunk_size": 50, "target_chunk": "100s"}),
+    )
+    .await
+    .unwrap();
+    let failed = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(failed.state, "failed", "a collision must not pass silently");
+    let error = failed.error.unwrap();
+    assert!(
+        error.contains("1 source row(s) not copied") && error.contains("keys 6)"),
+        "{error}"
+    );
+    let kept: String = sqlx::query_scalar("SELECT title FROM public.sessions WHERE id = 6")
+        .fetch_one(&control)
+        .await
+        .expect("the unsettled source row is kept");
+    assert_eq!(kept, "session 6");
+
+    // The operator lets the shared table's row win, and retries the failed chunk.
+    sqlx::query("DELETE FROM tenant_acme.sessions WHERE id = 6")
+        .execute(&control)
+        .await
+        .unwrap();
+    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
+        .await
+        .unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    assert_eq!(job.rows_done, 100);
+    assert_eq!(
+        target_rows(&control, "tenant_acme.sessions", "acme_org").await,
+        (100, 100, 300, 100),
+        "every acme row copied once, organization_code from the registry"
+    );
+    let same: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tenant_acme.sessions d WHERE d.title = 'session ' || d.id AND d.meta = jsonb_build_object('g', d.id)",
+    )
+    .fetch_one(&control)
+    .await
+    .unwrap();
+    assert_eq!(same, 100, "the copied rows keep their ids and data");
+    assert_eq!(left_in_source(&control, "acme").await, (0, 200));
+    assert!(
+        app_insert(&control, "acme").await > 300,
+        "the identity moved past the copied maximum"
+    );
+    replica.stop().await;
+}
+
+/// Another database (`shard_b`, `tenants = true`) holds the tenant; the shared table is on the
+/// control database. Then a crash after a chunk's commit on the tenant's database but before
+/// the source's (its source rows back, one of them changed since by the application).
+#[tokio::test]
+async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    let shard_db = TestDb::create().await.unwrap();
+    let shard = shard_db.pool().await;
+    let cfg = config_file(&format!(
+        "{FAST_CONFIG}\n[databases.shard_b]\nurl = \"{}\"\ntenants = true\n",
+        shard_db.url
+    ));
+    provision(&env, &cfg, created("bravo", "bravo_org", Some("shard_b"))).await;
+    shared_sessions(&control, "bravo").await;
+    // The application has used ids up to 5000 already: the sequence must not go back.
+    sqlx::query("SELECT setval('tenant_bravo.sessions_id_seq', 5000)")
+        .execute(&shard)
+        .await
+        .unwrap();
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_with(
+        &replica,
+        json!({"kind": "copy_to_tenant", "table": "sessions", "tenant_code": "bravo", "delete_source": true,
+               "chunk_size": 40, "target_chunk": "100s"}),
+    )
+    .await
+    .unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    assert_eq!(
+        target_rows(&shard, "tenant_bravo.sessions", "bravo_org").await,
+        (100, 100, 300, 100)
+    );
+    let on_control: bool =
+        sqlx::query_scalar("SELECT to_regclass('tenant_bravo.sessions') IS NOT NULL")
+            .fetch_one(&control)
+            .await
+            .unwrap();
+    assert!(!on_control, "the tenant lives on shard_b only");
+    assert_eq!(left_in_source(&control, "bravo").await, (0, 200));
+    let marks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
+            .bind(id)
+            .fetch_one(&shard)
+            .await
+            .unwrap();
+    assert_eq!(
+        marks, job.chunks_done,
+        "one marker per chunk, on the tenant's database"
+    );
+    assert_eq!(app_insert(&shard, "bravo").await, 5001, "never backwards");
+
+    // As if a replica died after the chunk's commit on shard_b, before the source's: its
+    // source rows are back and its checkpoint is pending; meanwhile the application changed
+    // one of those source rows.
+    let (chunk, lo, hi): (i64, i64, i64) = sqlx::query_as(
+        "SELECT chunk_id, lo, hi FROM fleet.backfill_chunks WHERE job_id = $1 AND rows > 1 ORDER BY lo LIMIT 1",
+    )
+    .bind(id)
+    .fetch_one(&control)
+    .await
+    .unwrap();
+    let back: Vec<(i64, String, serde_json::Value, String)> = sqlx::query_as(
+        "SELECT id, title, meta, created_by FROM tenant_bravo.sessions WHERE id > $1 AND id <= $2 ORDER BY id",
+    )
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&shard)
+    .await
+    .unwrap();
+    for (key, title, meta, by) in &back {
+        sqlx::query("INSERT INTO public.sessions (id, tenant_code, title, meta, created_by) VALUES ($1, 'bravo', $2, $3, $4)")
+            .bind(key)
+            .bind(title)
+            .bind(meta)
+            .bind(by)
+            .execute(&control)
+            .await
+            .unwrap();
+    }
+    let changed = back[0].0;
+    sqlx::query("UPDATE public.sessions SET title = 'changed later' WHERE id = $1")
+        .bind(changed)
+        .execute(&control)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE fleet.backfill_chunks SET state = 'pending', rows = 0 WHERE chunk_id = $1")
+        .bind(chunk)
+        .execute(&control)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET state = 'running', finished_at = NULL WHERE job_id = $1",
+    )
+    .bind(id)
+    .execute(&control)
+    .await
+    .unwrap();
+    let job = wait_state(&control, id, &["failed"], Duration::from_secs(60)).await;
+    let error = job.error.unwrap();
+    assert!(
+        error.contains("1 source row(s) not copied") && error.contains(&format!("keys {changed})")),
+        "{error}"
+    );
+    assert_eq!(
+        left_in_source(&control, "bravo").await.0,
+        back.len() as i64,
+        "no source row of the chunk deleted while one of them is unsettled"
+    );
+    // The operator takes the copy's version; the retry deletes exactly the settled rows.
+    sqlx::query("UPDATE public.sessions SET title = $2 WHERE id = $1")
+        .bind(changed)
+        .bind(&back[0].1)
+        .execute(&control)
+        .await
+        .unwrap();
+    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
+        .await
+        .unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    assert_eq!(
+        job.rows_done, 100,
+        "the recovered chunk keeps its marker's rows"
+    );
+    assert_eq!(
+        target_rows(&shard, "tenant_bravo.sessions", "bravo_org").await,
+        (101, 101, 5001, 100),
+        "nothing copied twice (the 101st row is the application's)"
+    );
+    assert_eq!(left_in_source(&control, "bravo").await, (0, 200));
+    replica.stop().await;
+}
+
+#[tokio::test]
+async fn a_target_without_a_usable_key_or_a_value_it_needs_is_refused() {
+    let env = TestEnv::new().await;
+    let pool = env.db.pool().await;
+    let _fleet = env.fleet(&[]).await;
+    sqlx::raw_sql(
+        "CREATE TABLE notes (id bigserial PRIMARY KEY, tenant_code text NOT NULL, body text);
+         INSERT INTO notes (tenant_code, body) VALUES ('keyless', 'a'), ('strict', 'b');
+         CREATE SCHEMA tenant_keyless;
+         CREATE TABLE tenant_keyless.notes (id bigint, tenant_code text, body text);
+         CREATE SCHEMA tenant_strict;
+         CREATE TABLE tenant_strict.notes (id bigint, tenant_code text, organization_code text NOT NULL, body text,
+                                           PRIMARY KEY (tenant_code, id));",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for (code, needle) in [
+        (
+            "keyless",
+            "copy_to_tenant job: tenant_keyless.notes has no primary key or unique index on the copied columns (it has none)",
+        ),
+        (
+            "strict",
+            "tenant_strict.notes.organization_code must be set, and neither the source nor the tenant's registry entry (org_code) has it",
+        ),
+    ] {
+        let spec = json!({"kind": "copy_to_tenant", "table": "notes", "tenant_code": code});
+        let err = backfill_worker::submit_json(&pool, spec.to_string().as_bytes(), false, None)
+            .await
+            .unwrap_err();
+        let backfill_worker::SubmitError::Refused(reason) = err else {
+            panic!("{code}: not refused: {err}")
+        };
+        assert!(reason.contains(needle), "{reason}");
+        assert!(!reason.contains('\n'));
+    }
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM fleet.backfill_jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0, "nothing created");
+}
