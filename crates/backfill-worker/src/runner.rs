@@ -926,11 +926,13 @@ impl Runner {
         target: &Target,
         plan: &crate::finalize::job::FinalizePlan,
     ) -> anyhow::Result<()> {
-        let lock_timeout = spec
-            .options
-            .effective(&self.cfg)
-            .lock_timeout
-            .unwrap_or(Duration::from_secs(5));
+        let eff = spec.options.effective(&self.cfg);
+        let lock_timeout = eff.lock_timeout.unwrap_or(Duration::from_secs(5));
+        let monitor = fleet_shared::health::HealthMonitor::new(eff.health.clone());
+        let health = crate::finalize::engine::Health {
+            monitor: &monitor,
+            interval: self.cfg.health_interval,
+        };
         let done = crate::finalize::job::run(
             &self.pool,
             &target.pool,
@@ -938,12 +940,15 @@ impl Runner {
             &spec.schema,
             plan,
             lock_timeout,
+            Some(health),
         )
         .await
         .context("Failed to finalize")?;
         let crate::finalize::job::JobFinalize::Done(error) = done else {
+            let _ = throttle::set_reason(&self.pool, job_id, None).await;
             return Ok(());
         };
+        let _ = throttle::set_reason(&self.pool, job_id, None).await;
         let state = store::finish_finalized(&self.pool, job_id, error.as_deref()).await?;
         tracing::info!(
             state = state.as_str(),

@@ -83,6 +83,15 @@ pub struct Finalize<'a> {
     pub steps: Selection,
     pub lock_timeout: Duration,
     pub retry: RetryPolicy,
+    /// When given, the target's health is read before every step, and while it is bad the run
+    /// waits (the job's `throttled` says why), as a job's lanes do between chunks.
+    pub health: Option<Health<'a>>,
+}
+
+/// The health check finalize waits on (see [`fleet_shared::health::HealthMonitor`]).
+pub struct Health<'a> {
+    pub monitor: &'a fleet_shared::health::HealthMonitor,
+    pub interval: Duration,
 }
 
 /// How a run ended.
@@ -234,6 +243,7 @@ impl Finalize<'_> {
         record::init(self.control, self.job_id, &rows).await?;
         let mut states = record::states(self.control, self.job_id).await?;
         let mut blocked: HashSet<String> = HashSet::new();
+        let watched: Vec<String> = tabs.iter().map(|t| self.table_sql(&t.table)).collect();
         let mut failed = Vec::new();
         let order = [
             (Step::NotNull, false),
@@ -265,7 +275,7 @@ impl Finalize<'_> {
                     .await?;
                     continue;
                 }
-                if !record::job_running(self.control, self.job_id).await? {
+                if !self.wait_healthy(&watched).await? {
                     return Ok(Outcome::Stopped);
                 }
                 record::set(
@@ -300,6 +310,38 @@ impl Finalize<'_> {
             }
         }
         Ok(Outcome::Finished { failed })
+    }
+
+    /// Waits while the target is unhealthy; false when the job stopped running meanwhile.
+    async fn wait_healthy(&self, tables: &[String]) -> sqlx::Result<bool> {
+        let mut shown = false;
+        loop {
+            if !record::job_running(self.control, self.job_id).await? {
+                return Ok(false);
+            }
+            let Some(h) = &self.health else {
+                return Ok(true);
+            };
+            let reason = match h.monitor.check(self.target, tables).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // An unreadable target counts as healthy: the step's own errors handle it.
+                    tracing::debug!(error = %db_message(&e), "cannot read the target's health");
+                    None
+                }
+            };
+            crate::throttle::set_reason(self.control, self.job_id, reason.as_deref()).await?;
+            match reason {
+                None => return Ok(true),
+                Some(r) => {
+                    if !shown {
+                        tracing::info!(reason = %r, "finalize waits for the target's health");
+                        shown = true;
+                    }
+                    tokio::time::sleep(h.interval).await;
+                }
+            }
+        }
     }
 
     /// The checks made before anything is changed; `Ok(Err(reason))` refuses the run.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::engine::{Finalize, FinalizeTable, Outcome, LOCK_RETRY};
+use super::engine::{Finalize, FinalizeTable, Health, Outcome, LOCK_RETRY};
 use super::record;
 use super::step::Selection;
 use crate::ident::Ident;
@@ -45,6 +45,7 @@ pub async fn run(
     schema: &Ident,
     plan: &FinalizePlan,
     lock_timeout: Duration,
+    health: Option<Health<'_>>,
 ) -> sqlx::Result<JobFinalize> {
     let mut lock = control.acquire().await?.detach();
     let got: bool = sqlx::query_scalar(
@@ -68,6 +69,7 @@ pub async fn run(
         steps: plan.steps,
         lock_timeout,
         retry: LOCK_RETRY,
+        health,
     }
     .run()
     .await?;

@@ -773,3 +773,82 @@ async fn a_child_row_of_another_tenant_fails_foreign_keys_until_fixed_and_retrie
     seed_checks(&target, &["sessions", "session_attendees"]).await;
     replica.stop().await;
 }
+
+/// The throttle holds finalize too: while an application session waits for a lock on one of
+/// the job's tables (another application session holds it), no step starts and the job says
+/// why; once the waiter got its lock, finalize goes on by itself.
+#[tokio::test]
+async fn application_lock_waiters_hold_finalize_before_its_next_step() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text);
+         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 100) g;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config_file(&format!(
+        "{FAST_CONFIG}health_interval = \"100ms\"\n\n[databases.legacy]\nurl = \"{}\"\n",
+        legacy.url
+    ));
+    let mut holder = target.begin().await.unwrap();
+    sqlx::query("SELECT id FROM sessions WHERE id = 1 FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiter_pool = target.clone();
+    let waiter = tokio::spawn(async move {
+        sqlx::query("UPDATE sessions SET title = 'waited' WHERE id = 1")
+            .execute(&waiter_pool)
+            .await
+    });
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "sessions"}]}),
+    )
+    .await
+    .unwrap();
+    let shown = eventually(Duration::from_secs(60), "finalize throttled", || async {
+        let j = job(&control, id).await;
+        j.throttled
+            .as_ref()
+            .filter(|t| t.contains("lock waiter"))
+            .map(|_| j.shown_state())
+    })
+    .await;
+    assert!(
+        shown.starts_with("throttled: 1 lock waiter(s) on "),
+        "{shown}"
+    );
+    let started: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet.backfill_finalize_steps WHERE job_id = $1 AND state NOT IN ('pending', 'skipped')",
+    )
+    .bind(id)
+    .fetch_one(&control)
+    .await
+    .unwrap();
+    assert_eq!(started, 0, "no step starts while the application queues");
+    holder.commit().await.unwrap();
+    waiter
+        .await
+        .unwrap()
+        .expect("the application's write went through");
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    assert_eq!(job.throttled, None);
+    replica.stop().await;
+}
