@@ -92,6 +92,20 @@ impl Setup {
         .await
     }
 
+    /// Waits until `schedule` has at least `n` runs `done`; `what` names the wait in a timeout.
+    pub async fn wait_done(&self, schedule: &str, n: usize, what: &str) {
+        eventually(LIMIT, what, || async {
+            let done = self
+                .runs(schedule)
+                .await
+                .iter()
+                .filter(|r| r.status == "done")
+                .count();
+            (done >= n).then_some(())
+        })
+        .await
+    }
+
     pub async fn js(&self) -> jetstream::Context {
         jetstream::new(async_nats::connect(self.env.nats.url()).await.unwrap())
     }

@@ -29,16 +29,7 @@ async fn apply_change_and_delete_are_picked_up_without_a_restart() {
         serde_json::json!({"name": "dyn", "cron": "* * * * * *", "subject": "jobs.dyn.{tenant_code}"}),
     )
     .await;
-    eventually(LIMIT, "two ticks of the new schedule", || async {
-        let done = s
-            .runs("dyn")
-            .await
-            .iter()
-            .filter(|r| r.status == "done")
-            .count();
-        (done >= 2).then_some(())
-    })
-    .await;
+    s.wait_done("dyn", 2, "two ticks of the new schedule").await;
 
     let changed_at = Utc::now();
     put(

@@ -29,31 +29,12 @@ async fn two_replicas_publish_every_tenant_tick_exactly_once() {
     s.tenants("t", 25, "basic", "active").await;
     let a = s.replica().await;
     let b = s.replica().await;
-    eventually(LIMIT, "three finished ticks", || async {
-        let done = s
-            .runs("every-second")
-            .await
-            .into_iter()
-            .filter(|r| r.status == "done")
-            .count();
-        (done >= 3).then_some(())
-    })
-    .await;
+    s.wait_done("every-second", 3, "three finished ticks").await;
     a.stop().await;
     b.stop().await;
 
     let runs = s.runs("every-second").await;
-    let got = jobs(&s.js().await, "FLEET_JOBS", "jobs.tick.").await;
-    let counts = per_tenant_tick(&got);
-    assert!(
-        counts.values().all(|n| *n == 1),
-        "a (tenant, tick) was stored twice"
-    );
-    for run in runs.iter().filter(|r| r.status == "done") {
-        let tick = run.tick.timestamp().to_string();
-        let n = counts.keys().filter(|(_, t)| *t == tick).count();
-        assert_eq!(n, 25, "tick {tick}: every tenant once");
-    }
+    each_tick_reached_every_tenant_once(&s, &runs, 25).await;
     // One leader: every run was started by the same replica (neither lost its lease here).
     let leaders: HashSet<_> = runs.iter().filter_map(|r| r.leader.clone()).collect();
     assert_eq!(leaders.len(), 1, "{leaders:?}");
@@ -114,17 +95,7 @@ async fn a_follower_takes_over_when_the_leader_dies_with_contiguous_ticks() {
 
     // Whatever the dead leader left half-published was resumed, and the follower finishes it:
     // no (tenant, tick) is stored twice, and every finished tick reached every tenant.
-    let got = jobs(&s.js().await, "FLEET_JOBS", "jobs.tick.").await;
-    let counts = per_tenant_tick(&got);
-    assert!(
-        counts.values().all(|n| *n == 1),
-        "a (tenant, tick) was stored twice"
-    );
-    for run in runs.iter().filter(|r| r.status == "done") {
-        let tick = run.tick.timestamp().to_string();
-        let n = counts.keys().filter(|(_, t)| *t == tick).count();
-        assert_eq!(n, 10, "tick {tick}: every tenant once");
-    }
+    each_tick_reached_every_tenant_once(&s, &runs, 10).await;
 }
 
 #[tokio::test]
@@ -177,4 +148,23 @@ async fn a_leader_cut_off_from_nats_steps_down_before_its_lease_ages_out() {
         kv.get(KEY).await.unwrap().is_none().then_some(())
     })
     .await;
+}
+
+/// No (tenant, tick) is stored twice, and every finished run's tick reached `tenants` tenants.
+async fn each_tick_reached_every_tenant_once(
+    s: &Setup,
+    runs: &[scheduler::store::RunRow],
+    tenants: usize,
+) {
+    let got = jobs(&s.js().await, "FLEET_JOBS", "jobs.tick.").await;
+    let counts = per_tenant_tick(&got);
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a (tenant, tick) was stored twice"
+    );
+    for run in runs.iter().filter(|r| r.status == "done") {
+        let tick = run.tick.timestamp().to_string();
+        let n = counts.keys().filter(|(_, t)| *t == tick).count();
+        assert_eq!(n, tenants, "tick {tick}: every tenant once");
+    }
 }

@@ -89,16 +89,8 @@ subject = "jobs.overlapping.{tenant_code}"
     assert!(skipped.tick > first.tick);
     assert!(skipped.reason.unwrap().contains("pending"));
     // `allow` keeps publishing meanwhile.
-    eventually(LIMIT, "overlapping ticks keep running", || async {
-        let done = s
-            .runs("overlapping")
-            .await
-            .iter()
-            .filter(|r| r.status == "done")
-            .count();
-        (done >= 2).then_some(())
-    })
-    .await;
+    s.wait_done("overlapping", 2, "overlapping ticks keep running")
+        .await;
 
     // The jobs are consumed (purged here): the next tick runs again.
     let purged_at = Utc::now();
@@ -162,20 +154,8 @@ overlap = "forbid"
         fleet_jobs::run_fleet(&fleet, spec, std::sync::Arc::new(FailStray), t).await
     });
     let replica = s.replica().await;
-    eventually(
-        LIMIT,
-        "three ticks done while the stray job stays",
-        || async {
-            let done = s
-                .runs("excl")
-                .await
-                .iter()
-                .filter(|r| r.status == "done")
-                .count();
-            (done >= 3).then_some(())
-        },
-    )
-    .await;
+    s.wait_done("excl", 3, "three ticks done while the stray job stays")
+        .await;
     replica.stop().await;
     consumer.stop().await;
     let outcomes: i64 = sqlx::query_scalar(
