@@ -66,48 +66,26 @@ async fn rules_fire_from_the_cli_and_receipts_count_the_deleted_keys() {
     }
 
     // Without FLEET_CONFIG the CLI knows only the built-in rules, and says so.
-    let o = fleetctl(
-        &env,
-        &[
-            "cache",
-            "invalidate",
-            "--rule",
-            "profiles",
-            "--set",
-            "org_code=acme",
-        ],
-        &[],
-    );
+    let acme_profiles = [
+        "cache",
+        "invalidate",
+        "--rule",
+        "profiles",
+        "--set",
+        "org_code=acme",
+    ];
+    let o = fleetctl(&env, &acme_profiles, &[]);
     assert_one_line_error(&o, "FLEET_CONFIG is not set");
     let o = fleetctl(&env, &["cache", "preview", "--org", "acme"], &[]);
     assert_one_line_error(&o, "has rules for profile.updated that this preview lacks");
     let cfg = [("FLEET_CONFIG", config.as_str())];
-    let o = fleetctl(
-        &env,
-        &[
-            "cache",
-            "invalidate",
-            "--rule",
-            "profiles",
-            "--set",
-            "org_code=*",
-        ],
-        &cfg,
-    );
-    assert_one_line_error(&o, "--set org_code");
-    let o = fleetctl(
-        &env,
-        &[
-            "cache",
-            "invalidate",
-            "--rule",
-            "profiles",
-            "--set",
-            "tenant=x",
-        ],
-        &cfg,
-    );
-    assert_one_line_error(&o, "takes org_code");
+    for (set, needle) in [
+        ("org_code=*", "--set org_code"),
+        ("tenant=x", "takes org_code"),
+    ] {
+        let args = ["cache", "invalidate", "--rule", "profiles", "--set", set];
+        assert_one_line_error(&fleetctl(&env, &args, &cfg), needle);
+    }
     let o = fleetctl(&env, &["cache", "invalidate", "--rule", "profiles"], &cfg);
     assert_one_line_error(&o, "needs --set for org_code");
     assert_eq!(
@@ -121,16 +99,7 @@ async fn rules_fire_from_the_cli_and_receipts_count_the_deleted_keys() {
 
     let o = fleetctl(
         &env,
-        &[
-            "cache",
-            "invalidate",
-            "--rule",
-            "profiles",
-            "--set",
-            "org_code=acme",
-            "--wait",
-            "--json",
-        ],
+        &[&acme_profiles[..], &["--wait", "--json"]].concat(),
         &cfg,
     );
     assert!(o.status.success(), "{}", stderr(&o));
