@@ -261,3 +261,55 @@ pub async fn assert_provisioned_once(pool: &PgPool, code: &str) -> Tenant {
     assert_eq!(ledger(pool, &schema).await.len() as i64, BUILT_IN_VERSION);
     t
 }
+
+/// The real `provisioner` binary on a free HTTP port, logging JSON at `rust_log` into a temporary
+/// file; [`LoggedBinary::start`] returns once the port answers.
+pub struct LoggedBinary {
+    child: std::process::Child,
+    log: tempfile::NamedTempFile,
+    pub port: u16,
+}
+
+impl LoggedBinary {
+    pub fn start(
+        nats_url: &str,
+        database_url: &str,
+        rust_log: &str,
+        extra: &[(&str, &str)],
+    ) -> LoggedBinary {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let port = fleet_testkit::free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+            .env("NATS_URL", nats_url)
+            .env("DATABASE_URL", database_url)
+            .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", rust_log)
+            .envs(extra.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        fleet_testkit::wait_for_port(port, WAIT).expect("provisioner up");
+        LoggedBinary { child, log, port }
+    }
+
+    /// What the binary has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    /// Sends SIGTERM, waits for the exit and returns everything the binary logged.
+    pub async fn terminate(mut self) -> String {
+        std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        eventually(WAIT, "the binary to exit", || {
+            let s = self.child.try_wait().unwrap();
+            async move { s }
+        })
+        .await;
+        self.logs()
+    }
+}

@@ -3,12 +3,11 @@
 //! times, then terminated with an error log and counted in `fleet_dlq_publish_failures_total`
 //! on `/metrics`, while valid events published meanwhile are provisioned.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream::stream;
 use fleet_shared::topology::{DLQ_STREAM, DLQ_SUBJECTS, EVENTS_STREAM};
-use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
+use fleet_testkit::{eventually, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
@@ -54,19 +53,8 @@ async fn a_letter_the_dlq_refuses_is_terminated_after_bounded_deliveries() {
     .await
     .unwrap();
     let pool = env.db.pool().await;
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(60)).expect("provisioner up");
+    let bin = LoggedBinary::start(&env.nats.url(), &env.db.url, "info", &[]);
+    let port = bin.port;
 
     let bad = 3;
     for i in 0..bad {
@@ -107,7 +95,7 @@ async fn a_letter_the_dlq_refuses_is_terminated_after_bounded_deliveries() {
         },
     )
     .await;
-    let logs = std::fs::read_to_string(log.path()).unwrap();
+    let logs = bin.logs();
     let terminated: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("message terminated without a letter"))
@@ -152,13 +140,5 @@ async fn a_letter_the_dlq_refuses_is_terminated_after_bounded_deliveries() {
         0
     );
 
-    Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    eventually(WAIT, "the binary to exit", || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    bin.terminate().await;
 }

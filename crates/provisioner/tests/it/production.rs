@@ -3,11 +3,11 @@
 //! `CONNECT` line included) never show the password, and settings that can never work end the
 //! process at once with one line.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use fleet_testkit::{eventually, free_port, wait_for_port, NatsServer, TestEnv};
+use fleet_testkit::{eventually, NatsServer, TestEnv};
 
 const PASSWORD: &str = "Tr4ce-S3cret-pw";
 
@@ -31,19 +31,7 @@ async fn trace_logs_never_show_the_nats_password() {
     let js = async_nats::jetstream::new(client);
     let pool = sqlx::PgPool::connect_lazy(&env.db.url).unwrap();
     for (format, code) in [("json", "trace_json"), ("pretty", "trace_pretty")] {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let port = free_port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-            .env("NATS_URL", &url)
-            .env("DATABASE_URL", &env.db.url)
-            .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("LOG_FORMAT", format)
-            .env("RUST_LOG", "trace")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, Duration::from_secs(60)).expect("provisioner up");
+        let bin = LoggedBinary::start(&url, &env.db.url, "trace", &[("LOG_FORMAT", format)]);
         publish_json(&js, "tenant.created", &created(code, "basic").1).await;
         eventually(
             WAIT,
@@ -59,16 +47,7 @@ async fn trace_logs_never_show_the_nats_password() {
             },
         )
         .await;
-        Command::new("kill")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        eventually(WAIT, "the binary to exit", || {
-            let s = child.try_wait().unwrap();
-            async move { s }
-        })
-        .await;
-        let logs = std::fs::read_to_string(log.path()).unwrap();
+        let logs = bin.terminate().await;
         assert!(
             logs.contains("CONNECT"),
             "the NATS client's trace of CONNECT is logged at trace level ({format})"
@@ -133,32 +112,15 @@ async fn a_creds_file_on_an_operator_mode_server() {
         .unwrap();
     let js = async_nats::jetstream::new(client);
     let pool = sqlx::PgPool::connect_lazy(&env.db.url).unwrap();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-        .env("NATS_URL", format!("nats://127.0.0.1:{}", nats.port))
-        .env("NATS_CREDS", &path)
-        .env("DATABASE_URL", &env.db.url)
-        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, Duration::from_secs(60)).expect("provisioner up");
+    let bin = LoggedBinary::start(
+        &format!("nats://127.0.0.1:{}", nats.port),
+        &env.db.url,
+        "trace",
+        &[("NATS_CREDS", path.to_str().unwrap())],
+    );
     publish_json(&js, "tenant.created", &created("via_creds", "basic").1).await;
     wait_active(&pool, "via_creds").await;
-    Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    eventually(WAIT, "the binary to exit", || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
-    let logs = std::fs::read_to_string(log.path()).unwrap();
+    let logs = bin.terminate().await;
     assert!(logs.contains("CONNECT"), "trace logs are on");
     assert!(!logs.contains(&seed), "the nkey seed appears in the logs");
 }
