@@ -148,3 +148,12 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
     std::fs::write(f.path(), text).unwrap();
     f
 }
+
+/// Connects to `url`, writes every key family of [`ORGS`] and returns the connection with the
+/// keyspace as written.
+pub async fn seeded(url: &str) -> (MultiplexedConnection, BTreeSet<String>) {
+    let mut con = connect(url).await;
+    set_keys(&mut con, &all_keys(ORGS)).await;
+    let before = snapshot(&mut con).await;
+    (con, before)
+}

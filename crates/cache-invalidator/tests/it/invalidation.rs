@@ -13,9 +13,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 #[tokio::test]
 async fn exactly_the_matching_keys_are_deleted() {
     let env = TestEnv::with_private_redis().await;
-    let mut con = connect(&env.redis_url).await;
-    set_keys(&mut con, &all_keys(ORGS)).await;
-    let before = snapshot(&mut con).await;
+    let (mut con, before) = seeded(&env.redis_url).await;
 
     let fleet = env.fleet(&[]).await;
     let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
@@ -56,9 +54,7 @@ async fn exactly_the_matching_keys_are_deleted() {
 #[tokio::test]
 async fn injection_attempts_are_dead_lettered_and_delete_nothing() {
     let env = TestEnv::with_private_redis().await;
-    let mut con = connect(&env.redis_url).await;
-    set_keys(&mut con, &all_keys(ORGS)).await;
-    let before = snapshot(&mut con).await;
+    let (mut con, before) = seeded(&env.redis_url).await;
 
     let fleet = env.fleet(&[]).await;
     let worker = fleet_testkit::Running::spawn(|t| cache_invalidator::run(fleet.clone(), t));
@@ -106,9 +102,7 @@ async fn injection_attempts_are_dead_lettered_and_delete_nothing() {
 #[tokio::test]
 async fn configured_rules_add_subjects_and_patterns() {
     let env = TestEnv::with_private_redis().await;
-    let mut con = connect(&env.redis_url).await;
-    set_keys(&mut con, &all_keys(ORGS)).await;
-    let before = snapshot(&mut con).await;
+    let (mut con, before) = seeded(&env.redis_url).await;
 
     let cfg = config_file(
         r#"
