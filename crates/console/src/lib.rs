@@ -44,6 +44,8 @@ pub struct Console {
     pub js: async_nats::jetstream::Context,
     nats: async_nats::Client,
     pub pg: sqlx::PgPool,
+    /// Every database's pool, for reading a tenant's schema where the registry says it is.
+    pub pools: fleet_shared::databases::DatabasePools,
     pub settings: Settings,
     pub schedules: scheduler::config::SchedulerConfig,
     sessions: auth::Sessions,
@@ -59,10 +61,14 @@ impl Console {
         settings: Settings,
     ) -> anyhow::Result<Shared> {
         let schedules = scheduler::config::SchedulerConfig::from_file(&settings.file)?;
+        let pools =
+            fleet_shared::databases::DatabasePools::new(settings.databases.clone(), pg.clone(), 2)
+                .with_tenant_pools(settings.tenant_pools);
         Ok(Arc::new(Console {
             js: async_nats::jetstream::new(nats.clone()),
             nats,
             pg,
+            pools,
             schedules,
             sessions: auth::Sessions::default(),
             sampler: sampler::Sampler::default(),

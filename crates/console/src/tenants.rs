@@ -169,6 +169,8 @@ struct Registry {
     suspend_reason: Option<String>,
     created_at: chrono::DateTime<chrono::Utc>,
     provisioned_at: Option<chrono::DateTime<chrono::Utc>>,
+    database: String,
+    own_database: Option<String>,
 }
 fleet_shared::from_row!(Registry {
     tenant_id,
@@ -180,7 +182,9 @@ fleet_shared::from_row!(Registry {
     schema_version,
     suspend_reason,
     created_at,
-    provisioned_at
+    provisioned_at,
+    database,
+    own_database
 });
 
 struct Config {
@@ -205,7 +209,8 @@ pub async fn show(
 ) -> Page {
     let code = code_of(&code)?;
     let row: Option<Registry> = sqlx::query_as(
-        "SELECT tenant_id, name, plan, org_code, status, schema_name, schema_version, suspend_reason, created_at, provisioned_at
+        "SELECT tenant_id, name, plan, org_code, status, schema_name, schema_version, suspend_reason, created_at, provisioned_at,
+                database, own_database
            FROM fleet.tenants WHERE code = $1 ORDER BY (status = 'deleted'), created_at DESC LIMIT 1",
     )
     .bind(code.as_str())
@@ -223,6 +228,8 @@ pub async fn show(
         suspend_reason: reason,
         created_at: created,
         provisioned_at: provisioned,
+        database,
+        own_database,
     }) = row
     else {
         return Err(Refusal::not_found(format!("no tenant with code {code}")));
@@ -236,10 +243,15 @@ pub async fn show(
     .await
     .map_err(anyhow::Error::from)?;
     let ledger = format!("\"{}\".schema_migrations", schema.replace('"', "\"\""));
+    // The ledger is in the tenant's schema, on the database the registry names.
+    let tenant_pg = c
+        .pools
+        .tenant(&database, own_database.as_deref())
+        .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
     let migrations: Result<Vec<(i64, String, chrono::DateTime<chrono::Utc>)>, _> = sqlx::query_as(
         &format!("SELECT version, name, applied_at FROM {ledger} ORDER BY version"),
     )
-    .fetch_all(&c.pg)
+    .fetch_all(&tenant_pg)
     .await;
     let base = format!("/tenants/{code}");
     let body = html! {
@@ -250,6 +262,7 @@ pub async fn show(
             tr { th { "org" } td { (org.unwrap_or_default()) } }
             tr { th { "status" } td { span class={ "status " (status) } id="status" { (status) } @if let Some(r) = &reason { " — " (r) } } }
             tr { th { "schema" } td { (schema) " (version " (version) ")" } }
+            tr { th { "database" } td { (database) @if let Some(o) = &own_database { " (its own database " (o) ")" } } }
             tr { th { "created" } td { (layout::when(&created)) } }
             tr { th { "provisioned" } td { (layout::opt_when(&provisioned)) } }
         }

@@ -261,7 +261,15 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Verify { json } => crate::verify::run(&pg, &set, json).await,
+        Cmd::Verify { json } => {
+            let pools = fleet_shared::databases::DatabasePools::new(
+                settings.databases.clone(),
+                pg.clone(),
+                2,
+            )
+            .with_tenant_pools(settings.tenant_pools);
+            crate::verify::run(&pools, &set, json).await
+        }
     }
 }
 

@@ -130,6 +130,8 @@ struct TenantRow {
     schema_version: i64,
     /// The `[databases.<name>]` holding the schema.
     database: String,
+    /// The tenant's own database on that server (`isolation = "database"`), if any.
+    own_database: Option<String>,
     created_at: chrono::DateTime<chrono::Utc>,
     provisioned_at: Option<chrono::DateTime<chrono::Utc>>,
     suspend_reason: Option<String>,
@@ -148,7 +150,8 @@ fleet_shared::from_row!(TenantRow {
     created_at,
     provisioned_at,
     suspend_reason,
-    deleted_at
+    deleted_at,
+    own_database
 });
 
 #[derive(Serialize)]
@@ -167,7 +170,7 @@ struct MigrationRow {
     applied_at: chrono::DateTime<chrono::Utc>,
 }
 
-const SELECT: &str = "SELECT tenant_id, code, name, plan, org_code, status, schema_name, schema_version, database, created_at, provisioned_at, suspend_reason, deleted_at FROM fleet.tenants";
+const SELECT: &str = "SELECT tenant_id, code, name, plan, org_code, status, schema_name, schema_version, database, own_database, created_at, provisioned_at, suspend_reason, deleted_at FROM fleet.tenants";
 
 pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
@@ -292,8 +295,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 settings.databases.clone(),
                 pg.clone(),
                 1,
-            );
-            let tenant_pg = pools.get(&tenant.database)?;
+            )
+            .with_tenant_pools(settings.tenant_pools);
+            let tenant_pg = pools.tenant(&tenant.database, tenant.own_database.as_deref())?;
             let migrations: Vec<MigrationRow> = sqlx::query(&format!(
                 "SELECT version, name, checksum, applied_at FROM \"{schema}\".schema_migrations ORDER BY version"
             ))
@@ -326,6 +330,9 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 outln!("deleted_at:     {d}");
             }
             outln!("database:       {}", tenant.database);
+            if let Some(own) = &tenant.own_database {
+                outln!("own database:   {own}");
+            }
             outln!("schema:         {}", tenant.schema_name);
             outln!("schema_version: {}", tenant.schema_version);
             outln!("created_at:     {}", tenant.created_at);

@@ -6,13 +6,14 @@
 //! `schema_version` that differs from the ledger, and tables that a `CREATE TABLE` in an applied
 //! file made (and no later applied file dropped) but that are not in the schema. The findings
 //! replace `fleet.tenant_drift`, which `migrate status` summarizes without reading schemas.
+//! Each schema is read on the database the registry names for its tenant.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
+use fleet_shared::databases::DatabasePools;
 use fleet_shared::migrate::Migration;
 use serde::Serialize;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::output;
@@ -59,28 +60,24 @@ fn tables_of(sql: &str) -> (Vec<String>, Vec<String>) {
     (created, dropped)
 }
 
-pub async fn run(pg: &PgPool, set: &[Migration], json: bool) -> anyhow::Result<()> {
+pub async fn run(pools: &DatabasePools, set: &[Migration], json: bool) -> anyhow::Result<()> {
+    let pg = pools.control();
     let by_version: BTreeMap<i64, &Migration> = set.iter().map(|m| (m.version, m)).collect();
-    let tenants: Vec<(Uuid, String, String, i64)> = sqlx::query_as(
-        "SELECT tenant_id, code, schema_name, schema_version FROM fleet.tenants
+    type Row = (Uuid, String, String, i64, String, Option<String>);
+    let tenants: Vec<Row> = sqlx::query_as(
+        "SELECT tenant_id, code, schema_name, schema_version, database, own_database FROM fleet.tenants
           WHERE status <> 'deleted' ORDER BY code",
     )
     .fetch_all(pg)
     .await
     .context("Failed to read fleet.tenants")?;
-    let existing: Vec<(String, String)> = sqlx::query_as(
-        "SELECT schemaname::text, tablename::text FROM pg_tables WHERE schemaname LIKE 'tenant\\_%'",
-    )
-    .fetch_all(pg)
-    .await
-    .context("Failed to read the tenant tables")?;
-    let mut tables: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (s, t) in existing {
-        tables.entry(s).or_default().insert(t);
-    }
     let mut findings = Vec::new();
-    for (_, code, schema, registry) in &tenants {
+    for (_, code, schema, registry, database, own) in &tenants {
         let mut problems = Vec::new();
+        // The schema is on the database the registry names for the tenant.
+        let pg = &pools
+            .tenant(database, own.as_deref())
+            .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
         // The schema name is the one the provisioner wrote from a validated code.
         let ledger: Result<Vec<(i64, String)>, _> = sqlx::query_as(&format!(
             "SELECT version, checksum FROM \"{}\".schema_migrations ORDER BY version",
@@ -141,7 +138,14 @@ pub async fn run(pg: &PgPool, set: &[Migration], json: bool) -> anyhow::Result<(
                 }
             }
         }
-        let have = tables.get(schema).cloned().unwrap_or_default();
+        let have: BTreeSet<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1")
+                .bind(schema)
+                .fetch_all(pg)
+                .await
+                .context("Failed to read the tenant tables")?
+                .into_iter()
+                .collect();
         let missing: Vec<&String> = expect.iter().filter(|t| !have.contains(*t)).collect();
         if !missing.is_empty() {
             problems.push(format!(

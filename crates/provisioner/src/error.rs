@@ -41,6 +41,8 @@ pub enum ProvisionError {
     UnknownTenant(String),
     #[error("schema {0} already exists but no tenant owns it; refusing to provision into it (drop or rename it first)")]
     OrphanSchema(String),
+    #[error("database {0} already exists but no tenant owns it; refusing to provision into it (drop or rename it first)")]
+    OrphanDatabase(String),
     #[error(transparent)]
     Migration(#[from] MigrationError),
     #[error("Failed to {what}: {source}")]

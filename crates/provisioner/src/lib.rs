@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod migrate_tenant;
 pub mod migrations;
 pub mod moves;
+pub mod own_db;
 pub mod placement;
 pub mod plans;
 pub mod pool;
@@ -72,7 +73,29 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
         fleet.settings.databases.clone(),
         fleet.pg.clone(),
         placement::POOL_CONNECTIONS,
-    );
+    )
+    .with_tenant_pools(fleet.settings.tenant_pools);
+    // Pools to tenants' own databases unused for `[tenant_pools] idle_timeout` are closed,
+    // checked every idle_timeout / 4 (so within 1.25 idle times of their last use).
+    let sweep_stop = shutdown.child_token();
+    let sweep = tokio::spawn({
+        let pools = pools.clone();
+        let stop = sweep_stop.clone();
+        let every = fleet.settings.tenant_pools.idle_timeout / 4;
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {
+                        let closed = pools.close_idle();
+                        if closed > 0 {
+                            tracing::debug!(closed, open = pools.tenant_pools(), "closed idle tenant database pools");
+                        }
+                    }
+                }
+            }
+        }
+    });
     for plan in config.plan_databases.keys() {
         if plans.resolve(plan, None).is_none() {
             anyhow::bail!("FLEET_CONFIG [provisioner] plan_databases: unknown plan {plan:?}");
@@ -126,6 +149,8 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
     // it mid-way leaves nothing behind.
     refill_stop.cancel();
     let _ = refill.await;
+    sweep_stop.cancel();
+    let _ = sweep.await;
     // The rollout loop stops claiming at once; a tenant step in flight commits or rolls back.
     shutdown.cancel();
     if tokio::time::timeout(fleet.settings.shutdown_timeout, rollout_task)

@@ -62,7 +62,8 @@ pub async fn lock_row(
 /// Brings `row`'s schema to `target` and records the version reached in the registry. The caller
 /// holds the tenant's lock and its row lock, and commits.
 ///
-/// A tenant on another database (`row.database`, see [`crate::placement`]) is migrated there in
+/// A tenant on another database (`row.database`, see [`crate::placement`]), or in a database of
+/// its own there (`row.own_database`, see [`crate::own_db`]), is migrated there in
 /// a transaction of its own, under the same per-tenant lock and `lock_timeout`, committed before
 /// the caller's registry update: the ledger in the schema is the record, so if the registry
 /// update is lost (a crash between the two commits) the next delivery applies nothing and
@@ -77,15 +78,18 @@ pub async fn move_tenant(
 ) -> Result<ApplyReport, ProvisionError> {
     // The stored schema name is the one the provisioner wrote (tenant_<code>); migrate_to checks
     // it is a plain identifier before using it.
-    let report = if row.database == CONTROL {
+    let report = if row.database == CONTROL && row.own_database.is_none() {
         migrate::migrate_to(con, &row.schema_name, migrations, target, Start::Existing).await?
     } else {
-        let pool = pools.get(&row.database).map_err(|e| {
-            ProvisionError::BadInput(fleet_shared::events::BadInput::new(format!(
-                "tenant {}: {e}",
-                row.code
-            )))
-        })?;
+        // Its own database (`isolation = "database"`) comes from the bounded pool cache.
+        let pool = pools
+            .tenant(&row.database, row.own_database.as_deref())
+            .map_err(|e| {
+                ProvisionError::BadInput(fleet_shared::events::BadInput::new(format!(
+                    "tenant {}: {e}",
+                    row.code
+                )))
+            })?;
         let mut ttx = pool.begin().await.map_err(ProvisionError::db(
             "begin a transaction on the tenant database",
         ))?;

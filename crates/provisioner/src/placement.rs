@@ -8,6 +8,9 @@
 //! 2. the plan's database, `[provisioner] plan_databases = { enterprise = "big" }`;
 //! 3. the home with the fewest live tenants relative to its `capacity` (ties: the first by name).
 //!
+//! On a home with `isolation = "database"` the tenant also gets a database of its own there
+//! ([`crate::own_db`]); a plan gets that isolation by naming such a home in `plan_databases`.
+//!
 //! The choice is recorded in `fleet.tenants.database`, the registry every path that touches a
 //! tenant schema reads (see docs/SCALING.md). Counting and choosing are not serialized across
 //! tenants: two tenants placed at the same moment may both go to the emptiest home, which only
@@ -42,16 +45,6 @@ impl Placement {
                 .map_err(|e| format!("FLEET_CONFIG [provisioner] plan_databases.{plan}: {e}"))?;
         }
         at_least_one_home(&pools)?;
-        if let Some(db) = pools
-            .databases()
-            .tenant_homes()
-            .find(|d| d.isolation == fleet_shared::databases::Isolation::Database)
-        {
-            return Err(format!(
-                "FLEET_CONFIG [databases.{}]: isolation = \"database\" (a database per tenant) is not supported by this provisioner yet; use isolation = \"schema\"",
-                db.name
-            ));
-        }
         Ok(Placement {
             pools,
             plan_databases: plan_databases.clone(),

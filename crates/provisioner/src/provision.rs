@@ -24,7 +24,14 @@ use uuid::Uuid;
 use crate::error::ProvisionError;
 use crate::lifecycle::Cause;
 use crate::placement::Placement;
-use fleet_shared::databases::CONTROL;
+use fleet_shared::databases::{Isolation, CONTROL};
+
+/// Where a tenant's schema goes: the `[databases.<name>]`, and its own database there if any.
+#[derive(Debug, Clone, Copy)]
+struct Home<'a> {
+    database: &'a str,
+    own: Option<&'a str>,
+}
 
 /// The registry row of a tenant as the provisioner reads it.
 #[derive(Debug, Clone)]
@@ -37,6 +44,8 @@ pub struct TenantRow {
     pub schema_version: i64,
     /// The database holding the schema (`control`: `DATABASE_URL`).
     pub database: String,
+    /// The tenant's own database on `database`'s server (`isolation = "database"`), if any.
+    pub own_database: Option<String>,
 }
 fleet_shared::from_row!(TenantRow {
     tenant_id,
@@ -45,11 +54,13 @@ fleet_shared::from_row!(TenantRow {
     status,
     schema_name,
     schema_version,
-    database
+    database,
+    own_database
 });
 
 /// The columns of [`TenantRow`], for `SELECT` and `RETURNING`.
-pub const TENANT_ROW: &str = "tenant_id, code, plan, status, schema_name, schema_version, database";
+pub const TENANT_ROW: &str =
+    "tenant_id, code, plan, status, schema_name, schema_version, database, own_database";
 
 /// What a `tenant.created` delivery did.
 #[derive(Debug, Clone)]
@@ -131,20 +142,31 @@ pub async fn provision(
         }
     }
 
-    // A tenant being provisioned keeps the database it was registered with; a new one is placed.
-    let database = match existing.iter().find(|r| r.tenant_id == req.tenant_id) {
-        Some(row) => row.database.clone(),
+    // A tenant being provisioned keeps the database it was registered with (and its own
+    // database, if it has one); a new one is placed, and gets a database of its own on a home
+    // with `isolation = "database"`.
+    let (database, own) = match existing.iter().find(|r| r.tenant_id == req.tenant_id) {
+        Some(row) => (row.database.clone(), row.own_database.clone()),
         None => {
-            placement
+            let database = placement
                 .choose(&mut tx, req.database.as_deref(), &req.plan)
-                .await?
+                .await?;
+            let own = placement
+                .pools
+                .databases()
+                .get(&database)
+                .is_ok_and(|d| d.isolation == Isolation::Database)
+                .then(|| schema.clone());
+            (database, own)
         }
     };
-    if database != CONTROL {
-        return provision_elsewhere(
-            placement, tx, migrations, req, configs, cause, resume, &database,
-        )
-        .await;
+    if database != CONTROL || own.is_some() {
+        let home = Home {
+            database: &database,
+            own: own.as_deref(),
+        };
+        return provision_elsewhere(placement, tx, migrations, req, configs, cause, resume, home)
+            .await;
     }
 
     let latest = migrate::latest_version(migrations);
@@ -245,7 +267,7 @@ async fn activate(
          UPDATE fleet.tenants
             SET status = 'active', schema_version = $2, provisioned_at = now(), updated_at = now()
           WHERE tenant_id = $1
-         RETURNING tenant_id, code, plan, status, schema_name, schema_version, database",
+         RETURNING tenant_id, code, plan, status, schema_name, schema_version, database, own_database",
     )
     .bind(req.tenant_id)
     .bind(version)
@@ -261,8 +283,9 @@ async fn activate(
     ))
 }
 
-/// Provisioning on a database other than the control plane's: the registry and the schema are
-/// on two servers, so it is three transactions, each redone or skipped on redelivery:
+/// Provisioning on a database other than the control plane's (or in a database of the tenant's
+/// own, see [`crate::own_db`]): the registry and the schema are on two servers, so it is three
+/// transactions, each redone or skipped on redelivery:
 ///
 /// 1. control plane: the tenant row, `provisioning`, with its `database` (committed first, so a
 ///    schema on the tenant database always has a registry row that names it);
@@ -284,16 +307,17 @@ async fn provision_elsewhere(
     configs: &BTreeMap<String, Value>,
     cause: &Cause,
     resume: bool,
-    database: &str,
+    home: Home<'_>,
 ) -> Result<Provisioned, ProvisionError> {
+    let database = home.database;
     let code = req.code.as_str();
     let schema = req.code.schema_name();
     if resume {
         provisioning_again(&mut tx, req).await?;
     } else {
         sqlx::query(
-            "INSERT INTO fleet.tenants (tenant_id, code, name, plan, org_code, status, schema_name, database)
-             VALUES ($1, $2, $3, $4, $5, 'provisioning', $6, $7)",
+            "INSERT INTO fleet.tenants (tenant_id, code, name, plan, org_code, status, schema_name, database, own_database)
+             VALUES ($1, $2, $3, $4, $5, 'provisioning', $6, $7, $8)",
         )
         .bind(req.tenant_id)
         .bind(code)
@@ -302,6 +326,7 @@ async fn provision_elsewhere(
         .bind(req.org_code.as_ref().map(|c| c.as_str()))
         .bind(&schema)
         .bind(database)
+        .bind(home.own)
         .execute(&mut *tx)
         .await
         .map_err(ProvisionError::db("insert the tenant row"))?;
@@ -309,6 +334,66 @@ async fn provision_elsewhere(
     tx.commit()
         .await
         .map_err(ProvisionError::db("commit the tenant registration"))?;
+
+    let report = match home.own {
+        Some(own) => prepare_own(placement, migrations, req, database, own).await?,
+        None => prepare_schema(placement, migrations, req, resume, database).await?,
+    };
+    finish_elsewhere(placement, req, configs, cause, report).await
+}
+
+/// Step 2 with a database of its own (see [`crate::own_db`]), under the tenant's lock on the
+/// control plane (held by a transaction of its own for the whole step). A database that is not
+/// ours is refused: the registration of step 1 and our staging database are removed again.
+async fn prepare_own(
+    placement: &Placement,
+    migrations: &[Migration],
+    req: &TenantCreated,
+    database: &str,
+    own: &str,
+) -> Result<migrate::ApplyReport, ProvisionError> {
+    let pools = &placement.pools;
+    let mut lock = pools
+        .control()
+        .begin()
+        .await
+        .map_err(ProvisionError::db("begin a transaction"))?;
+    crate::tenant_lock::lock_tenant(&mut lock, req.code.as_str()).await?;
+    let schema = req.code.schema_name();
+    let res = crate::own_db::prepare(
+        pools,
+        database,
+        own,
+        &schema,
+        req.tenant_id,
+        req.code.as_str(),
+        migrations,
+    )
+    .await;
+    if let Err(ProvisionError::OrphanDatabase(_)) = &res {
+        crate::own_db::drop_staging(pools, database, req.tenant_id).await?;
+        sqlx::query("DELETE FROM fleet.tenants WHERE tenant_id = $1 AND status = 'provisioning'")
+            .bind(req.tenant_id)
+            .execute(&mut *lock)
+            .await
+            .map_err(ProvisionError::db("remove the refused registration"))?;
+        lock.commit()
+            .await
+            .map_err(ProvisionError::db("remove the refused registration"))?;
+    }
+    res
+}
+
+/// Step 2 in a shared database: the schema, its migrations and ledger in one transaction there.
+async fn prepare_schema(
+    placement: &Placement,
+    migrations: &[Migration],
+    req: &TenantCreated,
+    resume: bool,
+    database: &str,
+) -> Result<migrate::ApplyReport, ProvisionError> {
+    let code = req.code.as_str();
+    let schema = req.code.schema_name();
 
     let target = placement.pools.get(database).map_err(|e| {
         ProvisionError::BadInput(fleet_shared::events::BadInput::new(e.to_string()))
@@ -343,7 +428,19 @@ async fn provision_elsewhere(
     ttx.commit().await.map_err(ProvisionError::db(
         "commit the schema on the tenant database",
     ))?;
+    Ok(report)
+}
 
+/// Step 3: configs, audit row and `active` on the control plane, unless another delivery (or an
+/// operator) changed the tenant meanwhile.
+async fn finish_elsewhere(
+    placement: &Placement,
+    req: &TenantCreated,
+    configs: &BTreeMap<String, Value>,
+    cause: &Cause,
+    report: migrate::ApplyReport,
+) -> Result<Provisioned, ProvisionError> {
+    let code = req.code.as_str();
     let mut tx = placement
         .pools
         .control()

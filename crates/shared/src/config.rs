@@ -55,6 +55,8 @@ pub struct Settings {
     pub nats: crate::nats_settings::NatsSettings,
     /// `[databases.<name>]` of `FLEET_CONFIG`, plus `control` (= `DATABASE_URL`).
     pub databases: crate::databases::Databases,
+    /// `[tenant_pools]` of `FLEET_CONFIG`: the bound on pools to tenants' own databases.
+    pub tenant_pools: crate::databases::TenantPools,
     /// `FLEET_CONSOLE_ADDR` (default `127.0.0.1:9191`): where the operator console listens.
     pub console_addr: SocketAddr,
     /// `FLEET_CONSOLE_TOKEN`: the token the console's actions need (unset: read-only).
@@ -178,6 +180,8 @@ impl Settings {
             &get,
         )?;
 
+        let tenant_pools = crate::databases::TenantPools::from_file(&file)?;
+
         let console_raw = var("FLEET_CONSOLE_ADDR", DEFAULT_CONSOLE_ADDR);
         let console_addr = console_raw.parse().map_err(|_| {
             ConfigError::invalid(
@@ -222,6 +226,7 @@ impl Settings {
             config_keys,
             nats,
             databases,
+            tenant_pools,
             console_addr,
             console_token,
         })

@@ -22,10 +22,18 @@
 //!
 //! [`DatabasePools`] hands out one lazy pool per name, made on first use (so a database that is
 //! configured but never used is never connected to) and bounded in connections per database.
+//!
+//! A tenant with a database of its own (`isolation = "database"`: `fleet.tenants.own_database`
+//! names it, on the server of its `database`) is reached through [`DatabasePools::tenant`], which
+//! keeps a bounded cache of such pools ([`TenantPools`], `[tenant_pools]` of `FLEET_CONFIG`: at
+//! most `max` pools, 50 by default, and a pool unused for `idle_timeout`, 5 minutes by default,
+//! is closed). A pool evicted to make room is dropped from the cache, not closed under its
+//! users: whoever still holds it finishes, and its connections close with the last holder.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -258,6 +266,139 @@ impl Databases {
     pub fn tenant_homes(&self) -> impl Iterator<Item = &DatabaseConfig> {
         self.entries.values().filter(|d| d.tenants)
     }
+
+    /// The URL of a tenant's database: `database`'s own URL, or with `own` (the tenant's own
+    /// database on that server) the same server, user and options with `own` as the database.
+    pub fn tenant_url(
+        &self,
+        database: &str,
+        own: Option<&str>,
+    ) -> Result<SecretUrl, UnknownDatabase> {
+        let db = self.get(database)?;
+        let Some(own) = own else {
+            return Ok(db.url.clone());
+        };
+        Ok(with_database(&db.url, own))
+    }
+}
+
+/// `url` with its database (the path) replaced by `name`, a plain identifier.
+fn with_database(url: &SecretUrl, name: &str) -> SecretUrl {
+    match url::Url::parse(url.expose_secret()) {
+        Ok(mut u) => {
+            u.set_path(&format!("/{name}"));
+            // A `dbname=` option would win over the path.
+            let kept: Vec<(String, String)> = u
+                .query_pairs()
+                .filter(|(k, _)| k != "dbname")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                u.set_query(None);
+            } else {
+                u.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            SecretUrl::new(u.to_string())
+        }
+        Err(_) => url.clone(),
+    }
+}
+
+/// `[tenant_pools]` of `FLEET_CONFIG`: the bound on pools to tenants' own databases.
+///
+/// ```toml
+/// [tenant_pools]
+/// max = 50                # pools kept at once (1 to 10000); the least recently used goes first
+/// idle_timeout = "5m"     # a pool unused this long is closed (1s to 1d)
+/// connections = 2         # connections per pool (1 to 16)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantPools {
+    pub max: usize,
+    pub idle_timeout: Duration,
+    pub connections: u32,
+}
+
+impl Default for TenantPools {
+    fn default() -> Self {
+        TenantPools {
+            max: 50,
+            idle_timeout: Duration::from_secs(300),
+            connections: 2,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenantPools {
+    max: Option<i64>,
+    idle_timeout: Option<String>,
+    connections: Option<i64>,
+}
+
+impl TenantPools {
+    /// Reads `[tenant_pools]` (defaults for what is unset); one line naming the key otherwise.
+    pub fn from_file(file: &crate::config::FileConfig) -> Result<TenantPools, ConfigError> {
+        let raw: RawTenantPools = file.section("tenant_pools")?.unwrap_or_default();
+        let err = |problem: String| ConfigError::File {
+            path: file
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<inline>".into()),
+            problem: format!("[tenant_pools] {problem}"),
+        };
+        let mut t = TenantPools::default();
+        if let Some(m) = raw.max {
+            t.max = usize::try_from(m)
+                .ok()
+                .filter(|m| (1..=10_000).contains(m))
+                .ok_or_else(|| err(format!("max = {m} is out of range (1 to 10000)")))?;
+        }
+        if let Some(d) = raw.idle_timeout {
+            let d = crate::duration::parse(&d).map_err(|e| err(format!("idle_timeout: {e}")))?;
+            if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) {
+                return Err(err("idle_timeout must be 1s to 1d".into()));
+            }
+            t.idle_timeout = d;
+        }
+        if let Some(c) = raw.connections {
+            t.connections = u32::try_from(c)
+                .ok()
+                .filter(|c| (1..=16).contains(c))
+                .ok_or_else(|| err(format!("connections = {c} is out of range (1 to 16)")))?;
+        }
+        Ok(t)
+    }
+}
+
+/// The cache of pools to tenants' own databases, keyed by (server, database).
+#[derive(Default)]
+struct OwnPools {
+    entries: HashMap<(Name, String), (PgPool, Instant)>,
+}
+
+/// Closes (in the background) and forgets every pool unused for `idle`; returns how many.
+fn sweep(cache: &mut OwnPools, idle: Duration, now: Instant) -> usize {
+    let stale: Vec<(Name, String)> = cache
+        .entries
+        .iter()
+        .filter(|(_, (pool, used))| {
+            // A pool with a connection checked out is in use, however long ago it was handed out.
+            now.saturating_duration_since(*used) >= idle && pool.size() <= pool.num_idle() as u32
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &stale {
+        if let Some((pool, _)) = cache.entries.remove(k) {
+            // Unused for the idle time: no one is waiting on it; close its connections now.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { pool.close().await });
+            }
+        }
+    }
+    stale.len()
 }
 
 fn placement(section: &str, raw: &Raw, is_control: bool) -> Result<(bool, u32, Isolation), String> {
@@ -305,6 +446,8 @@ pub struct DatabasePools {
     control: PgPool,
     max_connections: u32,
     pools: Arc<Mutex<HashMap<Name, PgPool>>>,
+    limits: TenantPools,
+    own: Arc<Mutex<OwnPools>>,
 }
 
 impl fmt::Debug for DatabasePools {
@@ -322,6 +465,93 @@ impl DatabasePools {
             control,
             max_connections: max_connections.max(1),
             pools: Arc::new(Mutex::new(HashMap::new())),
+            limits: TenantPools::default(),
+            own: Arc::new(Mutex::new(OwnPools::default())),
+        }
+    }
+
+    /// With `limits` on the pools to tenants' own databases (`Settings::tenant_pools`).
+    pub fn with_tenant_pools(mut self, limits: TenantPools) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The pool of a tenant's schema: `database`'s pool, or with `own` (its own database on
+    /// that server) a pool of the bounded cache, made on first use and marked used now.
+    pub fn tenant(&self, database: &str, own: Option<&str>) -> Result<PgPool, UnknownDatabase> {
+        let Some(own) = own else {
+            return self.get(database);
+        };
+        let db = self.databases.get(database)?;
+        let key = (db.name.clone(), own.to_owned());
+        let now = Instant::now();
+        let mut cache = self.own.lock().expect("tenant pool cache lock");
+        sweep(&mut cache, self.limits.idle_timeout, now);
+        if let Some((pool, used)) = cache.entries.get_mut(&key) {
+            *used = now;
+            return Ok(pool.clone());
+        }
+        while cache.entries.len() >= self.limits.max {
+            let oldest = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    cache.entries.remove(&k);
+                }
+                None => break,
+            }
+        }
+        let url = with_database(&db.url, own);
+        let pool = crate::db::lazy_pool(&url, self.limits.connections)
+            .expect("a validated Postgres URL builds a pool");
+        cache.entries.insert(key, (pool.clone(), now));
+        Ok(pool)
+    }
+
+    /// Closes the pools unused for `idle_timeout`; returns how many. Also done on every
+    /// [`DatabasePools::tenant`]; a worker calls this periodically so idle pools close even
+    /// when no tenant is asked for.
+    pub fn close_idle(&self) -> usize {
+        self.close_idle_at(Instant::now())
+    }
+
+    /// [`DatabasePools::close_idle`] as of `now`.
+    pub fn close_idle_at(&self, now: Instant) -> usize {
+        let mut cache = self.own.lock().expect("tenant pool cache lock");
+        sweep(&mut cache, self.limits.idle_timeout, now)
+    }
+
+    /// Pools to tenants' own databases held now.
+    pub fn tenant_pools(&self) -> usize {
+        self.own
+            .lock()
+            .expect("tenant pool cache lock")
+            .entries
+            .len()
+    }
+
+    /// The bound on those pools.
+    pub fn tenant_pool_limits(&self) -> TenantPools {
+        self.limits
+    }
+
+    /// Removes the pool of tenant database `own` on `database` from the cache and closes it,
+    /// waiting for its connections to be returned (before the database is renamed or dropped).
+    pub async fn close_tenant_pool(&self, database: &str, own: &str) {
+        let Ok(db) = self.databases.get(database) else {
+            return;
+        };
+        let pool = self
+            .own
+            .lock()
+            .expect("tenant pool cache lock")
+            .entries
+            .remove(&(db.name.clone(), own.to_owned()));
+        if let Some((pool, _)) = pool {
+            pool.close().await;
         }
     }
 
@@ -510,6 +740,112 @@ tenants = false
             "unknown database \"mentoring\" (configured: control, legacy; add a [databases.<name>] section to FLEET_CONFIG)"
         );
         assert!(d.get("Bad Name'").is_err());
+    }
+
+    #[tokio::test]
+    async fn tenant_pools_are_bounded_least_recently_used_first_and_closed_when_idle() {
+        let d = parse(
+            "[databases.s]\nurl = \"postgres://u@h:1/base?sslmode=disable&dbname=x\"\ntenants = true\nisolation = \"database\"",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            d.tenant_url("s", Some("tenant_a")).unwrap().expose_secret(),
+            "postgres://u@h:1/tenant_a?sslmode=disable"
+        );
+        assert_eq!(
+            d.tenant_url("s", None).unwrap().expose_secret(),
+            "postgres://u@h:1/base?sslmode=disable&dbname=x"
+        );
+        assert!(d.tenant_url("nope", Some("tenant_a")).is_err());
+        let control = crate::db::lazy_pool(&d.control().url, 1).unwrap();
+        let idle = Duration::from_secs(60);
+        let pools = DatabasePools::new(d, control, 3).with_tenant_pools(TenantPools {
+            max: 2,
+            idle_timeout: idle,
+            connections: 1,
+        });
+        let a = pools.tenant("s", Some("tenant_a")).unwrap();
+        let _b = pools.tenant("s", Some("tenant_b")).unwrap();
+        assert_eq!(a.options().get_max_connections(), 1);
+        assert_eq!(pools.tenant_pools(), 2);
+        // a is used again, so b is the least recently used when c needs room.
+        std::thread::sleep(Duration::from_millis(2));
+        let a2 = pools.tenant("s", Some("tenant_a")).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let _c = pools.tenant("s", Some("tenant_c")).unwrap();
+        assert_eq!(pools.tenant_pools(), 2, "never more than max");
+        {
+            let cache = pools.own.lock().unwrap();
+            let mut held: Vec<&str> = cache.entries.keys().map(|(_, o)| o.as_str()).collect();
+            held.sort();
+            assert_eq!(held, ["tenant_a", "tenant_c"]);
+        }
+        assert!(
+            !a2.is_closed(),
+            "an evicted pool is not closed under its users"
+        );
+        // Without a schema the pool is the server's own.
+        assert_eq!(
+            pools
+                .tenant("s", None)
+                .unwrap()
+                .options()
+                .get_max_connections(),
+            3
+        );
+
+        // Nothing is idle yet; an idle time later, every pool nobody uses is closed.
+        assert_eq!(pools.close_idle_at(Instant::now()), 0);
+        assert_eq!(pools.close_idle_at(Instant::now() + idle), 2);
+        assert_eq!(pools.tenant_pools(), 0);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !a2.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the idle pool is closed");
+        // Asked for again, a fresh pool is made.
+        let again = pools.tenant("s", Some("tenant_a")).unwrap();
+        assert!(!again.is_closed());
+        pools.close_tenant_pool("s", "tenant_a").await;
+        assert!(again.is_closed() && pools.tenant_pools() == 0);
+    }
+
+    #[test]
+    fn tenant_pool_settings_have_defaults_and_bad_values_fail_in_one_line() {
+        let t = TenantPools::from_file(&FileConfig::parse("", None).unwrap()).unwrap();
+        assert_eq!(t, TenantPools::default());
+        assert_eq!((t.max, t.idle_timeout), (50, Duration::from_secs(300)));
+        let t = TenantPools::from_file(
+            &FileConfig::parse(
+                "[tenant_pools]\nmax = 7\nidle_timeout = \"90s\"\nconnections = 3",
+                None,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (t.max, t.idle_timeout, t.connections),
+            (7, Duration::from_secs(90), 3)
+        );
+        for (toml, wants) in [
+            ("[tenant_pools]\nmax = 0", "max = 0 is out of range"),
+            ("[tenant_pools]\nidle_timeout = \"5\"", "idle_timeout"),
+            ("[tenant_pools]\nidle_timeout = \"2d\"", "1s to 1d"),
+            ("[tenant_pools]\nconnections = 99", "connections = 99"),
+            ("[tenant_pools]\npools = 1", "unknown field"),
+        ] {
+            let err = TenantPools::from_file(&FileConfig::parse(toml, None).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("[tenant_pools]") && err.contains(wants),
+                "{toml}: {err}"
+            );
+            assert!(!err.contains('\n'), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -79,6 +79,10 @@ pub const CONTROL_PLANE: &[(&str, &str)] = &[
         "0820_schedule_run_databases.sql",
         include_str!("../migrations/0820_schedule_run_databases.sql"),
     ),
+    (
+        "0821_tenant_own_database.sql",
+        include_str!("../migrations/0821_tenant_own_database.sql"),
+    ),
 ];
 
 /// Advisory-lock key serializing control-plane migrations across processes.

@@ -60,7 +60,8 @@ pub enum Cmd {
 
 pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<()> {
     // Each tenant's schema is on the database the registry names (`fleet.tenants.database`).
-    let pools = DatabasePools::new(settings.databases.clone(), pg.clone(), 2);
+    let pools = DatabasePools::new(settings.databases.clone(), pg.clone(), 2)
+        .with_tenant_pools(settings.tenant_pools);
     match cmd {
         Cmd::Export { code, out } => {
             let code = Code::parse(&code)?;
@@ -96,8 +97,13 @@ pub async fn run(cmd: Cmd, settings: &Settings, pg: &PgPool) -> anyhow::Result<(
                 named: database.as_deref(),
             };
             let done = super::import::import(target, &dir, code, org).await?;
+            let own = done
+                .own_database
+                .as_ref()
+                .map(|o| format!(", in its own database {o}"))
+                .unwrap_or_default();
             outln!(
-                "imported {} as tenant {} ({}) on database {} ({}): {} tables, {} rows, {} configs, schema version {}",
+                "imported {} as tenant {} ({}) on database {} ({}{own}): {} tables, {} rows, {} configs, schema version {}",
                 dir.display(),
                 done.code,
                 done.tenant_id,

@@ -77,7 +77,8 @@ async fn write_bundle(databases: &Databases, code: &Code, dir: &Path) -> anyhow:
     let mut tx = snapshot(&mut con).await?;
 
     let tenant: Option<Registered> = sqlx::query_as(
-        "SELECT to_jsonb(t) AS row, tenant_id, schema_name, schema_version, org_code, status, database
+        "SELECT to_jsonb(t) AS row, tenant_id, schema_name, schema_version, org_code, status, database,
+                own_database
                FROM fleet.tenants t WHERE code = $1 AND status <> 'deleted'",
     )
     .bind(code.as_str())
@@ -92,6 +93,7 @@ async fn write_bundle(databases: &Databases, code: &Code, dir: &Path) -> anyhow:
         org_code,
         status,
         database,
+        own_database,
     } = tenant.with_context(|| format!("no tenant with code {code}"))?;
     anyhow::ensure!(
         matches!(status.as_str(), "active" | "suspended"),
@@ -107,17 +109,17 @@ async fn write_bundle(databases: &Databases, code: &Code, dir: &Path) -> anyhow:
     .await
     .context("Failed to read the tenant's configs")?;
 
-    let data = if database == CONTROL {
+    let data = if database == CONTROL && own_database.is_none() {
         dump_schema(&mut tx, control_url, code, &schema, dir).await?
     } else {
-        let db = databases
-            .get(&database)
+        let url = databases
+            .tenant_url(&database, own_database.as_deref())
             .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
-        let mut tcon = PgConnection::connect(db.url.expose_secret())
+        let mut tcon = PgConnection::connect(url.expose_secret())
             .await
             .with_context(|| format!("Failed to connect to database {database}"))?;
         let mut ttx = snapshot(&mut tcon).await?;
-        let data = dump_schema(&mut ttx, &db.url, code, &schema, dir).await?;
+        let data = dump_schema(&mut ttx, &url, code, &schema, dir).await?;
         ttx.commit().await?;
         data
     };
@@ -151,6 +153,7 @@ struct Registered {
     org_code: Option<String>,
     status: String,
     database: String,
+    own_database: Option<String>,
 }
 fleet_shared::from_row!(Registered {
     row,
@@ -159,7 +162,8 @@ fleet_shared::from_row!(Registered {
     schema_version,
     org_code,
     status,
-    database
+    database,
+    own_database
 });
 
 /// A `REPEATABLE READ READ ONLY` transaction: one snapshot for everything read in it.

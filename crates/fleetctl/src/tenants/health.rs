@@ -39,16 +39,16 @@ pub async fn health(
     migrations: &[Migration],
     code: &Code,
 ) -> anyhow::Result<Health> {
-    let row: Option<(String, i64, String)> = sqlx::query_as(
-        "SELECT schema_name, schema_version, database FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'",
+    let row: Option<(String, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT schema_name, schema_version, database, own_database FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'",
     )
     .bind(code.as_str())
     .fetch_optional(pools.control())
     .await?;
-    let (schema, version, database) =
+    let (schema, version, database, own) =
         row.ok_or_else(|| anyhow::anyhow!("no tenant with code {code}"))?;
     let pg = pools
-        .get(&database)
+        .tenant(&database, own.as_deref())
         .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
     let pg = &pg;
     let mut checks = BTreeMap::new();

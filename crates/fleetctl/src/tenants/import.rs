@@ -32,10 +32,11 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use fleet_shared::databases::CONTROL;
+use fleet_shared::databases::{Isolation, CONTROL};
 use fleet_shared::migrate::exec_simple;
 use fleet_shared::secret::ExposeSecret;
 use fleet_shared::Code;
+use provisioner::own_db;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection as _, PgConnection};
@@ -61,6 +62,8 @@ pub struct Imported {
     pub schema_version: i64,
     /// The `[databases.<name>]` the tenant was placed on, and why.
     pub database: String,
+    /// Its own database there (`isolation = "database"`), if any.
+    pub own_database: Option<String>,
     pub placed_by: &'static str,
 }
 
@@ -167,11 +170,25 @@ pub async fn import(
         code: &code,
         new_org: new_org.as_ref(),
     };
+    // A home with `isolation = "database"`: the tenant gets a database of its own there, made
+    // like the provisioner makes one (a staging database filled in one transaction with the
+    // marker, then renamed), before the registry; any failure drops it again.
+    let own = pools
+        .databases()
+        .get(&database)
+        .is_ok_and(|d| d.isolation == Isolation::Database)
+        .then(|| schema.clone());
+    if let Some(own) = &own {
+        anyhow::ensure!(
+            !own_db::exists_on(pools, &database, own).await?,
+            "database {own} already exists on database server {database}; drop or rename it first"
+        );
+    }
     // On another database the schema is restored there, in a transaction of its own under the
     // tenant's lock there, and committed just before the registry: a failure before that commit
     // leaves nothing anywhere; a failed registry commit drops the restored schema again.
     let mut tcon = None;
-    if database != CONTROL {
+    if database != CONTROL && own.is_none() {
         let db = pools
             .databases()
             .get(&database)
@@ -186,20 +203,47 @@ pub async fn import(
         Some(c) => Some(c.begin().await?),
         None => None,
     };
-    let rows = match ttx.as_mut() {
-        Some(ttx) => {
+    let rows = match (ttx.as_mut(), &own) {
+        (_, Some(own)) => {
+            let made = async {
+                let mut c = own_db::fresh_staging(pools, &database, tenant_id).await?;
+                let mut t = c.begin().await?;
+                provisioner::tenant_lock::lock_tenant(&mut t, code.as_str()).await?;
+                own_db::write_marker(&mut t, tenant_id, code.as_str()).await?;
+                let rows = restore_schema(&mut t, &restore).await?;
+                t.commit().await?;
+                c.close().await?;
+                own_db::adopt_staging(pools, &database, tenant_id, own).await?;
+                anyhow::Ok(rows)
+            }
+            .await;
+            match made {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = own_db::drop_staging(pools, &database, tenant_id).await;
+                    return Err(
+                        e.context(format!("in database {own} on database server {database}"))
+                    );
+                }
+            }
+        }
+        (Some(ttx), None) => {
             provisioner::tenant_lock::lock_tenant(ttx, code.as_str()).await?;
             restore_schema(ttx, &restore)
                 .await
                 .with_context(|| format!("on database {database}"))?
         }
-        None => restore_schema(&mut tx, &restore).await?,
+        (None, None) => restore_schema(&mut tx, &restore).await?,
     };
 
     tenant.insert("tenant_id".into(), Value::String(tenant_id.to_string()));
     tenant.insert("code".into(), Value::String(code.as_str().into()));
     tenant.insert("schema_name".into(), Value::String(schema.clone()));
     tenant.insert("database".into(), Value::String(database.clone()));
+    tenant.insert(
+        "own_database".into(),
+        own.clone().map(Value::String).unwrap_or(Value::Null),
+    );
     tenant.insert(
         "updated_at".into(),
         Value::String(chrono::Utc::now().to_rfc3339()),
@@ -238,6 +282,17 @@ pub async fn import(
         }
     };
     if let Err(e) = tx.commit().await {
+        if let Some(own) = &own {
+            let undo = own_db::purge(pools, &database, own, tenant_id).await;
+            return Err(anyhow::Error::from(e).context(match undo {
+                Ok(()) => format!(
+                    "Failed to commit the import (database {own} on {database} was dropped again)"
+                ),
+                Err(_) => format!(
+                    "Failed to commit the import; drop database {own} on {database} by hand"
+                ),
+            }));
+        }
         let Some(tcon) = tcon.as_mut().filter(|_| remote) else {
             return Err(anyhow::Error::from(e).context("Failed to commit the import"));
         };
@@ -263,6 +318,7 @@ pub async fn import(
         configs: configs.len(),
         schema_version: manifest.schema_version,
         database,
+        own_database: own,
         placed_by,
     })
 }

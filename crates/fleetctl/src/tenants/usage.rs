@@ -32,6 +32,8 @@ pub struct Usage {
     pub status: String,
     /// The `[databases.<name>]` holding the schema.
     pub database: String,
+    /// The tenant's own database on that server (`isolation = "database"`), if any.
+    pub own_database: Option<String>,
     pub schema: String,
     pub schema_bytes: i64,
     pub rows: i64,
@@ -42,8 +44,9 @@ pub struct Usage {
 
 pub async fn usage(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Result<Vec<Usage>> {
     let pg = pools.control();
-    let tenants: Vec<(uuid::Uuid, String, String, String, String)> = sqlx::query_as(
-        "SELECT tenant_id, code, status, schema_name, database FROM fleet.tenants
+    type Row = (uuid::Uuid, String, String, String, String, Option<String>);
+    let tenants: Vec<Row> = sqlx::query_as(
+        "SELECT tenant_id, code, status, schema_name, database, own_database FROM fleet.tenants
           WHERE status <> 'deleted' AND ($1::text IS NULL OR code = $1) ORDER BY code",
     )
     .bind(code.map(Code::as_str))
@@ -58,9 +61,9 @@ pub async fn usage(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Result
             .fetch_one(pg)
             .await?;
     let mut out = Vec::new();
-    for (tenant_id, code, status, schema, database) in tenants {
+    for (tenant_id, code, status, schema, database, own) in tenants {
         let home = pools
-            .get(&database)
+            .tenant(&database, own.as_deref())
             .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
         let schema_bytes: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
@@ -105,6 +108,7 @@ pub async fn usage(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Result
             code,
             status,
             database,
+            own_database: own,
             schema,
             schema_bytes,
             rows: tables.iter().map(|t| t.rows).sum(),

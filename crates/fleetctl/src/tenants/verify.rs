@@ -36,6 +36,8 @@ pub struct Target {
     pub code: Code,
     pub schema: String,
     pub database: String,
+    /// Its own database on that server (`isolation = "database"`), if any.
+    pub own_database: Option<String>,
 }
 
 /// Checks `tenants` and returns every offending (table, code) pair.
@@ -49,10 +51,11 @@ pub async fn verify(pools: &DatabasePools, tenants: &[Target]) -> anyhow::Result
         code,
         schema,
         database,
+        own_database,
     } in tenants
     {
         let pg = pools
-            .get(database)
+            .tenant(database, own_database.as_deref())
             .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
         let mut con = pg
             .acquire()
@@ -85,8 +88,8 @@ pub async fn verify(pools: &DatabasePools, tenants: &[Target]) -> anyhow::Result
 
 /// The tenants to check: one code, or every live tenant whose schema exists on its database.
 pub async fn targets(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Result<Vec<Target>> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT t.code, t.schema_name, t.database FROM fleet.tenants t
+    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT t.code, t.schema_name, t.database, t.own_database FROM fleet.tenants t
           WHERE t.status <> 'deleted' AND ($1::text IS NULL OR t.code = $1)
           ORDER BY t.code",
     )
@@ -95,10 +98,10 @@ pub async fn targets(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Resu
     .await
     .context("Failed to read fleet.tenants")?;
     let mut out = Vec::new();
-    for (c, schema, database) in rows {
+    for (c, schema, database, own_database) in rows {
         let code = Code::parse(&c)?;
         let pg = pools
-            .get(&database)
+            .tenant(&database, own_database.as_deref())
             .map_err(|e| anyhow::anyhow!("tenant {code}: {e}"))?;
         let mut con = pg
             .acquire()
@@ -109,6 +112,7 @@ pub async fn targets(pools: &DatabasePools, code: Option<&Code>) -> anyhow::Resu
                 code,
                 schema,
                 database,
+                own_database,
             });
         }
     }

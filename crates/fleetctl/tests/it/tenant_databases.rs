@@ -282,3 +282,156 @@ async fn portability_commands_follow_the_registry_to_a_second_database() {
     .await;
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn a_tenant_with_a_database_of_its_own_is_shown_checked_exported_and_imported_there() {
+    let env = TestEnv::new().await;
+    let pool = env.db.pool().await;
+    // A private server: the tenant databases it gets cannot meet anyone else's.
+    let server = fleet_testkit::PgServer::start().unwrap();
+    let base = server.create_database("tenants_own").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!("[databases.own]\nurl = \"{base}\"\ntenants = true\nisolation = \"database\"\n"),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let with_cfg = [("FLEET_CONFIG", cfg.as_str())];
+
+    let fleet = env.fleet(&with_cfg).await;
+    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
+    let running = Running::spawn(|t| provisioner::run(fleet, t));
+    let body = json!({"tenant_id": uuid::Uuid::new_v4(), "code": "iso", "name": "Iso",
+                      "plan": "basic", "database": "own"});
+    js.publish("tenant.created", serde_json::to_vec(&body).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(WAIT, "iso active", || async {
+        let s: Option<String> =
+            sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = 'iso'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        (s.as_deref() == Some("active")).then_some(())
+    })
+    .await;
+    running.stop().await;
+    let iso = sqlx::PgPool::connect(&server.url("tenant_iso"))
+        .await
+        .unwrap();
+    exec(
+        &iso,
+        "INSERT INTO tenant_iso.user_extensions (user_id, tenant_code, organization_code)
+         SELECT 'u' || i, 'iso', 'o' FROM generate_series(1, 30) i",
+    )
+    .await;
+
+    let o = fleetctl(&env, &["tenants", "show", "iso"], &with_cfg);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("own database:   tenant_iso") && stdout(&o).contains("5 reports"),
+        "the ledger is read in the tenant's database: {}",
+        stdout(&o)
+    );
+    let o = fleetctl(&env, &["tenants", "health", "iso"], &with_cfg);
+    assert_ok(&o);
+    let o = fleetctl(&env, &["tenants", "usage", "iso", "--json"], &with_cfg);
+    assert_ok(&o);
+    let u: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&u[0]["database"], &u[0]["own_database"]),
+        (&json!("own"), &json!("tenant_iso"))
+    );
+    assert_eq!(u[0]["tables"].as_array().unwrap().len(), 24, "{u}");
+    let o = fleetctl(&env, &["tenants", "verify", "iso"], &with_cfg);
+    assert_ok(&o);
+    let o = fleetctl(&env, &["migrate", "verify"], &with_cfg);
+    assert_ok(&o);
+
+    let out = dir.path().join("iso.bundle");
+    let o = fleetctl(
+        &env,
+        &["tenants", "export", "iso", "--out", out.to_str().unwrap()],
+        &with_cfg,
+    );
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("user_extensions: 30 rows"),
+        "{}",
+        stdout(&o)
+    );
+
+    // Imported as a clone onto the same home: a database of its own, with the marker.
+    let o = fleetctl(
+        &env,
+        &[
+            "tenants",
+            "import",
+            out.to_str().unwrap(),
+            "--code",
+            "twin",
+            "--database",
+            "own",
+        ],
+        &with_cfg,
+    );
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("on database own (named, in its own database tenant_twin)"),
+        "{}",
+        stdout(&o)
+    );
+    let twin = sqlx::PgPool::connect(&server.url("tenant_twin"))
+        .await
+        .unwrap();
+    let n: i64 = scalar(
+        &twin,
+        "SELECT count(*) FROM tenant_twin.user_extensions WHERE tenant_code = 'twin'",
+    )
+    .await;
+    assert_eq!(n, 30);
+    let (marked, own): (String, Option<String>) = (
+        scalar(&twin, "SELECT code FROM public.fleet_tenant").await,
+        sqlx::query_scalar("SELECT own_database FROM fleet.tenants WHERE code = 'twin'")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        (marked.as_str(), own.as_deref()),
+        ("twin", Some("tenant_twin"))
+    );
+    let admin = sqlx::PgPool::connect(&server.url("postgres"))
+        .await
+        .unwrap();
+    let dbs: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'tenant\\_%' OR datname LIKE 'fleet\\_new\\_%' ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(dbs, ["tenant_iso", "tenant_twin"]);
+    // The same code again: its database exists, refused with one line, nothing left behind.
+    exec(&pool, "DELETE FROM fleet.tenants WHERE code = 'twin'").await;
+    let o = fleetctl(
+        &env,
+        &[
+            "tenants",
+            "import",
+            out.to_str().unwrap(),
+            "--code",
+            "twin",
+            "--database",
+            "own",
+        ],
+        &with_cfg,
+    );
+    assert_one_line_error(
+        &o,
+        "database tenant_twin already exists on database server own",
+    );
+}

@@ -12,6 +12,10 @@
 //! naming it with `tenant_id` (its code may belong to a new tenant by now), or by
 //! `fleetctl tenants purge --older-than` / the scheduler's purge task (see [`super::purge`]).
 //! The audit trail is kept after a purge.
+//!
+//! A tenant with a database of its own (`isolation = "database"`) is archived by renaming that
+//! database (to the archive name of [`remote_archive_name`]) and purged by dropping it; see
+//! [`crate::own_db`].
 
 use chrono::{DateTime, Utc};
 use fleet_shared::events::{BadInput, DeleteMode, TenantDeleted, TENANT_DELETED};
@@ -19,9 +23,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::purge::{
-    archive_schema_on, checked_ident, drop_schema, drop_schema_on, purge_rows, MAX_IDENT,
-};
+use super::purge::{archive_schema_on, checked_ident, drop_storage, purge_rows, MAX_IDENT};
 use super::{begin, finish, live_tenant, Begun, Cause, LifecycleError, Outcome};
 use super::{Tenant, TENANT_COLUMNS};
 use fleet_shared::databases::{DatabasePools, CONTROL};
@@ -120,11 +122,7 @@ pub async fn delete(
             )))
         }
         ("deleted", DeleteMode::Purge) => {
-            if remote {
-                drop_schema_on(pools, &t.database, &t.code, &schema).await?;
-            } else {
-                drop_schema(&mut tx, &schema).await?;
-            }
+            drop_storage(pools, &mut tx, &t).await?;
             purge_rows(&mut tx, t.tenant_id).await?;
             let after = Tenant {
                 status: "purged".into(),
@@ -135,11 +133,7 @@ pub async fn delete(
             (after, old, new)
         }
         (_, DeleteMode::Purge) => {
-            if remote {
-                drop_schema_on(pools, &t.database, &t.code, &schema).await?;
-            } else {
-                drop_schema(&mut tx, &schema).await?;
-            }
+            drop_storage(pools, &mut tx, &t).await?;
             purge_rows(&mut tx, t.tenant_id).await?;
             let after = Tenant {
                 status: "purged".into(),
@@ -147,6 +141,27 @@ pub async fn delete(
             };
             let old = json!({ "status": t.status, "schema": schema });
             let new = json!({ "status": "purged", "mode": "purge", "schema": null });
+            (after, old, new)
+        }
+        (_, DeleteMode::Archive) if t.own_database.is_some() => {
+            // Its own database is renamed (the schema inside keeps its name); the registry then
+            // names the archive, which is what a purge drops.
+            let own = t.own_database.as_deref().unwrap_or_default();
+            let archived = remote_archive_name(&t.code, t.tenant_id);
+            crate::own_db::archive(pools, &t.database, own, &archived, t.tenant_id).await?;
+            let after: Tenant = sqlx::query_as(&format!(
+                "UPDATE fleet.tenants
+                    SET status = 'deleted', own_database = $2, deleted_at = now(), updated_at = now()
+                  WHERE tenant_id = $1
+                 RETURNING {TENANT_COLUMNS}"
+            ))
+            .bind(t.tenant_id)
+            .bind(&archived)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(LifecycleError::db("mark the tenant deleted"))?;
+            let old = json!({ "status": t.status, "schema": schema, "database": own });
+            let new = json!({ "status": "deleted", "mode": "archive", "schema": schema, "database": archived });
             (after, old, new)
         }
         (_, DeleteMode::Archive) => {

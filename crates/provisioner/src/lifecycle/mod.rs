@@ -94,6 +94,9 @@ pub struct Tenant {
     pub schema_name: String,
     /// The database holding the schema (see [`crate::placement`]).
     pub database: String,
+    /// The tenant's own database on `database`'s server (`isolation = "database"`, see
+    /// [`crate::own_db`]), if any.
+    pub own_database: Option<String>,
 }
 fleet_shared::from_row!(Tenant {
     tenant_id,
@@ -103,11 +106,12 @@ fleet_shared::from_row!(Tenant {
     org_code,
     status,
     schema_name,
-    database
+    database,
+    own_database
 });
 
 pub(crate) const TENANT_COLUMNS: &str =
-    "tenant_id, code, name, plan, org_code, status, schema_name, database";
+    "tenant_id, code, name, plan, org_code, status, schema_name, database, own_database";
 
 /// What a lifecycle event did.
 #[derive(Debug, Clone)]

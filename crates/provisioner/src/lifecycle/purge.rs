@@ -125,6 +125,22 @@ pub async fn archive_schema_on(
     ))
 }
 
+/// Drops what holds tenant `t`'s data, wherever the registry says it is: its own database
+/// (`DROP DATABASE … WITH (FORCE)`, see [`crate::own_db`]), its schema on another database (in a
+/// transaction there, committed first), or its schema here in `con`'s transaction. Each is
+/// idempotent, so a redelivery after a crash before the registry changed finds nothing to drop.
+pub async fn drop_storage(
+    pools: &DatabasePools,
+    con: &mut PgConnection,
+    t: &Tenant,
+) -> Result<(), LifecycleError> {
+    match (&t.own_database, t.database == CONTROL) {
+        (Some(own), _) => Ok(crate::own_db::purge(pools, &t.database, own, t.tenant_id).await?),
+        (None, true) => drop_schema(con, &t.schema_name).await,
+        (None, false) => drop_schema_on(pools, &t.database, &t.code, &t.schema_name).await,
+    }
+}
+
 /// Deletes the registry row and (by cascade) its configs.
 pub async fn purge_rows(con: &mut PgConnection, tenant_id: Uuid) -> Result<(), LifecycleError> {
     sqlx::query("DELETE FROM fleet.tenants WHERE tenant_id = $1")
@@ -184,11 +200,7 @@ pub async fn purge_archived(
     let Some(t) = t else {
         return Ok(None);
     };
-    if t.database == CONTROL {
-        drop_schema(&mut tx, &t.schema_name).await?;
-    } else {
-        drop_schema_on(pools, &t.database, &t.code, &t.schema_name).await?;
-    }
+    drop_storage(pools, &mut tx, &t).await?;
     purge_rows(&mut tx, t.tenant_id).await?;
     let after = Tenant {
         status: "purged".into(),

@@ -59,7 +59,7 @@ fleet_shared::from_row!(Claimed {
 });
 
 enum Attempt {
-    Moved(TenantRow, ApplyReport),
+    Moved(Box<(TenantRow, ApplyReport)>),
     NotActive(String),
 }
 
@@ -96,7 +96,7 @@ async fn attempt(
         lock_timeout,
     )
     .await?;
-    Ok(Attempt::Moved(row, report))
+    Ok(Attempt::Moved(Box::new((row, report))))
 }
 
 async fn exec(con: &mut PgConnection, sql: &str) -> Result<(), ProvisionError> {
@@ -186,7 +186,8 @@ pub async fn step(runner: &Runner, a: &Active) -> Result<Outcome, ProvisionError
     };
     let took = started.elapsed();
     let (state, after, error, outcome, announce) = match result {
-        Ok(Attempt::Moved(row, report)) => {
+        Ok(Attempt::Moved(moved)) => {
+            let (row, report) = *moved;
             let version = report.version;
             (
                 "done",

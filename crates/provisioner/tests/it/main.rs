@@ -9,6 +9,7 @@ mod happy_path;
 mod idempotency;
 mod lifecycle;
 mod migrations;
+mod own_database;
 mod placement;
 mod production;
 mod rollouts;

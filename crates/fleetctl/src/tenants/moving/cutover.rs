@@ -294,7 +294,7 @@ pub async fn freeze_and_switch(
         .await?;
     provisioner::tenant_lock::lock_tenant(&mut c, s.code.as_str()).await?;
     let tenant: provisioner::lifecycle::Tenant = sqlx::query_as(
-        "SELECT tenant_id, code, name, plan, org_code, status, schema_name, database
+        "SELECT tenant_id, code, name, plan, org_code, status, schema_name, database, own_database
            FROM fleet.tenants WHERE tenant_id = $1 FOR UPDATE",
     )
     .bind(m.tenant_id)
