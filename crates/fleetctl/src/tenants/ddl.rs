@@ -102,6 +102,18 @@ pub async fn pg_dump(
     section: &str,
     snapshot: &str,
 ) -> anyhow::Result<String> {
+    pg_dump_with(database_url, schema, section, snapshot, false).await
+}
+
+/// [`pg_dump`], keeping the schema's `GRANT`s when `privileges` (a move to another server keeps
+/// the application's access; the roles must exist there, or applying the DDL fails naming them).
+pub async fn pg_dump_with(
+    database_url: &SecretUrl,
+    schema: &str,
+    section: &str,
+    snapshot: &str,
+    privileges: bool,
+) -> anyhow::Result<String> {
     let exe = find_on_path("pg_dump").context(
         "pg_dump not found on PATH: install the PostgreSQL client tools (e.g. apt-get install postgresql-client) matching the server's major version",
     )?;
@@ -109,7 +121,6 @@ pub async fn pg_dump(
         .args([
             "--schema-only",
             "--no-owner",
-            "--no-privileges",
             "--no-comments",
             "--section",
             section,
@@ -118,6 +129,7 @@ pub async fn pg_dump(
             "-n",
             schema,
         ])
+        .args((!privileges).then_some("--no-privileges"))
         // Only what we set: a stray PGPASSFILE or PGSERVICE must not redirect the dump.
         .env_remove("PGSERVICE")
         .envs(pg_env(database_url)?)

@@ -291,6 +291,14 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
     let b = h.pool("shard_b").await;
     application_tables(&a, "tenant_acme", 5000).await;
     let before = counts(&a, "tenant_acme").await;
+    // The application's read-only role, on both servers; its grants travel with the schema.
+    exec(&b, "CREATE ROLE app_reader").await;
+    exec(
+        &a,
+        "CREATE ROLE app_reader; GRANT USAGE ON SCHEMA tenant_acme TO app_reader;
+         GRANT SELECT ON tenant_acme.notes TO app_reader;",
+    )
+    .await;
 
     let stop = CancellationToken::new();
     let app = tokio::spawn(application(
@@ -420,6 +428,17 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
     assert_eq!(
         count(&b, "SELECT max(id) FROM tenant_acme.notes").await,
         5001
+    );
+
+    assert_eq!(
+        count(
+            &b,
+            "SELECT count(*) FROM (SELECT 1 WHERE has_schema_privilege('app_reader', 'tenant_acme', 'USAGE')
+                AND has_table_privilege('app_reader', 'tenant_acme.notes', 'SELECT')) x"
+        )
+        .await,
+        1,
+        "the grants moved too"
     );
 
     // The old copy is archived read-only; replication is gone from both servers.

@@ -28,7 +28,7 @@ const POLL: Duration = Duration::from_millis(200);
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// The schema without rows on the target: `pg_dump --schema-only` of the source (pre-data and
-/// post-data, one snapshot), applied in one transaction that also marks the schema as this
+/// post-data, one snapshot, with the schema's `GRANT`s, owned by the fleet's role), applied in one transaction that also marks the schema as this
 /// move's. Returns whether it was created now (false: an earlier run did).
 pub async fn copy_schema(s: &Sides, m: &MoveRow) -> anyhow::Result<bool> {
     match schema_comment(&s.target_pg, &s.schema).await? {
@@ -53,8 +53,8 @@ pub async fn copy_schema(s: &Sides, m: &MoveRow) -> anyhow::Result<bool> {
     let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
         .fetch_one(&mut *tx)
         .await?;
-    let pre = ddl::pg_dump(s.source_url(), &s.schema, "pre-data", &snapshot).await?;
-    let post = ddl::pg_dump(s.source_url(), &s.schema, "post-data", &snapshot).await?;
+    let pre = ddl::pg_dump_with(s.source_url(), &s.schema, "pre-data", &snapshot, true).await?;
+    let post = ddl::pg_dump_with(s.source_url(), &s.schema, "post-data", &snapshot, true).await?;
     tx.rollback().await?;
     src.close().await.ok();
 
