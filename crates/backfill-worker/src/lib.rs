@@ -124,7 +124,8 @@ pub async fn run(fleet: Fleet, shutdown: CancellationToken) -> anyhow::Result<()
             fleet.settings.databases.clone(),
             fleet.pg.clone(),
             cfg.parallelism as u32 * cfg.max_jobs as u32 + 2,
-        ),
+        )
+        .with_tenant_pools(fleet.settings.tenant_pools),
         pool: fleet.pg.clone(),
         nats: Some(fleet.nats.clone()),
         cfg,

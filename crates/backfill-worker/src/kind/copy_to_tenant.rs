@@ -3,8 +3,9 @@
 //! the source rows that are settled (docs/backfill.md#copy_to_tenant).
 //!
 //! **Where.** The source is the job's `database`; the target is the database the registry
-//! (`fleet.tenants.database`) places the tenant on. A tenant the registry does not know (a
-//! schema made by hand) is looked for on the job's database.
+//! (`fleet.tenants.database`) places the tenant on, or the tenant's database of its own on that
+//! server (`fleet.tenants.own_database`, `isolation = "database"`). A tenant the registry does
+//! not know (a schema made by hand) is looked for on the job's database.
 //!
 //! **Matching rows.** Rows are matched by a key the target has: its primary key, else its
 //! smallest unique index, whose columns the copy provides (composite allowed, e.g. the
@@ -135,7 +136,7 @@ impl CopyJob {
         validate::check_key(con, schema, &self.table, &self.key).await?;
         validate::check_column(con, schema, &self.table, &self.tenant_column).await?;
         let home = Home::find(ctx.pools, &self.tenant_code, ctx.database).await?;
-        if home.database == *ctx.database {
+        if home.is_in(ctx.database) {
             return self
                 .check_target(con, None, schema, &home)
                 .await
@@ -234,7 +235,7 @@ impl CopyJob {
         let home = Home::find(ctx.pools, &self.tenant_code, &ctx.target.name).await?;
         let ts = self.target_schema()?;
         let dst = qualified(&ts, &self.table);
-        let same = home.database == ctx.target.name;
+        let same = home.is_in(&ctx.target.name);
         let src_cols = source_columns(con, schema, &self.table).await?;
         let (shape, max_keys) = if same {
             if self.create_target && !catalog::table_exists(con, &ts, &self.table).await? {
@@ -329,6 +330,8 @@ impl JobKind for CopyJob {
 #[derive(Debug, Clone)]
 struct Home {
     database: Name,
+    /// Its own database on `database`'s server (`isolation = "database"`), if any.
+    own_database: Option<String>,
     /// The registry's `org_code` (fills a target's `organization_code`).
     org_code: Option<String>,
 }
@@ -340,35 +343,45 @@ impl Home {
         code: &Code,
         job_db: &Name,
     ) -> Result<Home, ValidateError> {
-        let row: Option<(String, Option<String>, String)> =
-            sqlx::query_as("SELECT database, org_code, status FROM fleet.tenants WHERE code = $1")
-                .bind(code.as_str())
-                .fetch_optional(pools.control())
-                .await?;
+        let row: Option<(String, Option<String>, String, Option<String>)> = sqlx::query_as(
+            "SELECT database, org_code, status, own_database FROM fleet.tenants WHERE code = $1",
+        )
+        .bind(code.as_str())
+        .fetch_optional(pools.control())
+        .await?;
         match row {
             None => Ok(Home {
                 database: job_db.clone(),
+                own_database: None,
                 org_code: None,
             }),
-            Some((_, _, status)) if status == "deleted" => Err(refused(format!(
+            Some((_, _, status, _)) if status == "deleted" => Err(refused(format!(
                 "copy_to_tenant job: tenant {code} is deleted"
             ))),
-            Some((db, org_code, _)) => Ok(Home {
+            Some((db, org_code, _, own_database)) => Ok(Home {
                 database: Name::parse(&db).map_err(|e| {
                     refused(format!("copy_to_tenant job: tenant {code}'s database: {e}"))
                 })?,
+                own_database,
                 org_code,
             }),
         }
     }
 
+    /// Whether the tenant's schema is in database `db` itself (not in a database of its own).
+    fn is_in(&self, db: &Name) -> bool {
+        self.own_database.is_none() && self.database == *db
+    }
+
     fn pool(&self, pools: &DatabasePools, code: &Code) -> Result<PgPool, ValidateError> {
-        pools.get(self.database.as_str()).map_err(|e| {
-            refused(format!(
-                "copy_to_tenant job: tenant {code} lives on database {}: {e}",
-                self.database
-            ))
-        })
+        pools
+            .tenant(self.database.as_str(), self.own_database.as_deref())
+            .map_err(|e| {
+                refused(format!(
+                    "copy_to_tenant job: tenant {code} lives on database {}: {e}",
+                    self.database
+                ))
+            })
     }
 }
 
@@ -688,6 +701,7 @@ impl Shape {
         });
         CopyStatements {
             database: home.database.to_string(),
+            own_database: home.own_database.clone(),
             read,
             insert,
             settle,
@@ -702,6 +716,9 @@ impl Shape {
 struct CopyStatements {
     /// The tenant's database (where `insert` and `settle` run).
     database: String,
+    /// Its own database on that server (`isolation = "database"`), if any.
+    #[serde(default)]
+    own_database: Option<String>,
     /// On the source: the chunk's rows (`$1`, `$2`) as one JSON array, as text.
     read: String,
     /// On the target: inserts the rows (`$1`); returns how many, and each sequence's maximum.
@@ -760,9 +777,9 @@ impl CopyRunner {
             .map_err(|e| sqlx::Error::Protocol(format!("copy part: {e}")))?;
         let target_pool = self
             .pools
-            .get(&st.database)
+            .tenant(&st.database, st.own_database.as_deref())
             .map_err(|e| sqlx::Error::Configuration(e.to_string().into()))?;
-        let same = st.database == self.source.name.as_str();
+        let same = st.own_database.is_none() && st.database == self.source.name.as_str();
         let mut s = self.source.pool.begin().await?;
         for set in call.settings {
             sqlx::query(set).persistent(false).execute(&mut *s).await?;

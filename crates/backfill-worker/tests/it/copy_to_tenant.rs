@@ -341,6 +341,52 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_tenant_with_a_database_of_its_own_is_copied_into_it() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    // A private server: the tenant database it gets cannot meet anyone else's.
+    let server = fleet_testkit::PgServer::start().unwrap();
+    let base = server.create_database("tenants_own").await.unwrap();
+    let cfg = config_file(&format!(
+        "{FAST_CONFIG}\n[databases.own]\nurl = \"{base}\"\ntenants = true\nisolation = \"database\"\n"
+    ));
+    provision(&env, &cfg, created("iso", "iso_org", Some("own"))).await;
+    shared_sessions(&control, "iso").await;
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_with(
+        &replica,
+        json!({"kind": "copy_to_tenant", "table": "sessions", "tenant_code": "iso", "delete_source": true,
+               "chunk_size": 40}),
+    )
+    .await
+    .unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let own = sqlx::PgPool::connect(&server.url("tenant_iso"))
+        .await
+        .unwrap();
+    assert_eq!(
+        target_rows(&own, "tenant_iso.sessions", "iso_org").await,
+        (100, 100, 300, 100)
+    );
+    let base_pool = sqlx::PgPool::connect(&base).await.unwrap();
+    let in_base: bool = sqlx::query_scalar("SELECT to_regclass('tenant_iso.sessions') IS NOT NULL")
+        .fetch_one(&base_pool)
+        .await
+        .unwrap();
+    assert!(!in_base, "the rows went to the tenant's own database");
+    assert_eq!(left_in_source(&control, "iso").await, (0, 200));
+    assert_eq!(app_insert(&own, "iso").await, 301);
+    replica.stop().await;
+}
+
+#[tokio::test]
 async fn a_target_without_a_usable_key_or_a_value_it_needs_is_refused() {
     let env = TestEnv::new().await;
     let pool = env.db.pool().await;
