@@ -299,6 +299,12 @@ impl LoggedBinary {
         std::fs::read_to_string(self.log.path()).unwrap()
     }
 
+    /// `kill -9`: the process dies at once, mid-whatever it was doing.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// Sends SIGTERM, waits for the exit and returns everything the binary logged.
     pub async fn terminate(mut self) -> String {
         std::process::Command::new("kill")

@@ -1,7 +1,8 @@
 //! A database per tenant: `[databases.own]` with `isolation = "database"` on a private server
 //! (`fleet_testkit::PgServer`, so the tenant databases it creates cannot meet anyone else's).
 //! Provision → migrate → archive → purge, a crash between `CREATE DATABASE` and the registry
-//! update (the steps run partially, then the redelivery), and a database that was there first.
+//! update (the steps run partially, then the redelivery; and a `kill -9` of the provisioner
+//! while it fills the new database), and a database that was there first.
 
 use crate::common::*;
 use fleet_testkit::{eventually, PgServer, TestEnv};
@@ -316,6 +317,62 @@ async fn a_crash_between_create_database_and_the_registry_is_finished_by_the_red
             )
         );
     }
+    wait_idle(&js).await;
+    assert!(dead_letters(&js).await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_provisioner_killed_while_it_fills_the_new_database_is_finished_by_the_redelivery() {
+    let s = OwnServer::new().await;
+    // A migration that takes a while, so the kill lands while the staging database is being
+    // filled; a short ack wait, so the redelivery comes soon.
+    write_migration(
+        std::path::Path::new(&s.migrations).parent().unwrap(),
+        "0003_slow.sql",
+        "SELECT pg_sleep(2);",
+    );
+    std::fs::write(
+        &s.cfg_path,
+        format!(
+            "[databases.own]\nurl = \"{}\"\ntenants = true\nisolation = \"database\"\n\n\
+             [provisioner]\nack_wait = \"2s\"\n",
+            s.base_url
+        ),
+    )
+    .unwrap();
+    let pool = s.env.db.pool().await;
+    let js = js(&s.env).await;
+    let bin = LoggedBinary::start(
+        &s.env.nats.url(),
+        &s.env.db.url,
+        "info",
+        &[
+            ("FLEET_CONFIG", &s.cfg_path),
+            ("FLEET_TENANT_MIGRATIONS", &s.migrations),
+        ],
+    );
+    let (id, mut body) = created("killed", "basic");
+    body["database"] = json!("own");
+    publish_json(&js, "tenant.created", &body).await;
+    let staging = provisioner::own_db::staging_name(id);
+    eventually(WAIT, "the staging database exists", || async {
+        s.databases().await.contains(&staging).then_some(())
+    })
+    .await;
+    bin.kill9();
+    assert_eq!(registry(&pool, "killed").await.0, "provisioning");
+
+    let worker = s.worker().await;
+    wait_active(&pool, "killed").await;
+    assert_eq!(
+        s.databases().await,
+        ["tenant_killed"],
+        "exactly one database"
+    );
+    let db = s.own("tenant_killed").await;
+    assert_eq!(marker(&db).await, [(id, "killed".to_owned())]);
+    assert_eq!(ledger(&db, "tenant_killed").await.len(), 3);
     wait_idle(&js).await;
     assert!(dead_letters(&js).await.is_empty());
     worker.stop().await;
