@@ -7,8 +7,9 @@
 //! 1. **not_null**: `ADD CONSTRAINT … CHECK (col IS NOT NULL) NOT VALID` (a moment's exclusive
 //!    lock, no scan), `VALIDATE CONSTRAINT` (scans, but holds only a lock that lets reads and
 //!    writes go on), `SET NOT NULL` (Postgres proves it from the validated check: no scan under
-//!    the exclusive lock), then the check is dropped. For `tenant_code` and, where the table has
-//!    it, `organization_code`.
+//!    the exclusive lock), then the check is dropped. For `tenant_code`, where the table has it
+//!    `organization_code`, and, for a table without a primary key, the job's key column (a NULL
+//!    there refuses the run up front, with the count).
 //! 2. **primary_key**, first half: `CREATE UNIQUE INDEX CONCURRENTLY` on `(tenant_code, <key>)`
 //!    (`<key>`: the current primary key's columns, or the job's key when there is none). Not in a
 //!    transaction; an INVALID index left by an interrupted build is dropped `CONCURRENTLY` and
@@ -20,7 +21,8 @@
 //!    the old key kept, and the step fails with the count.
 //! 4. **primary_key**, second half: one short transaction, `DROP CONSTRAINT <old pk>, ADD
 //!    CONSTRAINT <old pk name> PRIMARY KEY USING INDEX …` (no scan: the columns are NOT NULL and
-//!    the index is built).
+//!    the index is built; a key column that is not NOT NULL yet holds the swap back, because
+//!    Postgres would prove it by a full scan under the exclusive lock).
 //! 5. **indexes**: `CREATE INDEX CONCURRENTLY` on `tenant_code` and `organization_code`, unless
 //!    a valid index already leads with the column (the new primary key leads with
 //!    `tenant_code`).
@@ -147,6 +149,8 @@ struct Tab {
     table: Ident,
     /// The old primary key's columns (without `tenant_code`), or the job's key.
     base: Vec<Ident>,
+    /// The table has no primary key: `base` is the job's key, which may still be nullable.
+    own_key: bool,
 }
 
 /// `<base>_<suffix>`, cut to Postgres' 63 bytes.
@@ -406,7 +410,15 @@ impl Finalize<'_> {
         let tsql = self.table_sql(&t.table);
         let mut set = Vec::new();
         let mut already = Vec::new();
-        for col in [TENANT, ORG] {
+        let mut cols = vec![TENANT, ORG];
+        if t.own_key && self.steps.has(Step::PrimaryKey) {
+            for k in &t.base {
+                if !cols.contains(&k.as_str()) {
+                    cols.push(k.as_str());
+                }
+            }
+        }
+        for col in cols {
             let Some(not_null) = inspect::column_not_null(con, self.schema, &t.table, col).await?
             else {
                 continue;
@@ -595,6 +607,14 @@ impl Finalize<'_> {
             )));
         }
         let cols = Self::new_key(t)?;
+        for c in &cols {
+            if inspect::column_not_null(con, self.schema, &t.table, c.as_str()).await? != Some(true)
+            {
+                return Ok(Did::Waiting(format!(
+                    "{c} must be NOT NULL first (the not_null step): otherwise the swap proves it by a full scan under its exclusive lock"
+                )));
+            }
+        }
         let tsql = self.table_sql(&t.table);
         let (sql, was) = match &pk {
             Some((old, old_cols)) => {
@@ -889,7 +909,9 @@ async fn preflight(
                 _ => {}
             }
         }
-        let base = match inspect::primary_key(con, schema, &t.table).await? {
+        let pk = inspect::primary_key(con, schema, &t.table).await?;
+        let own_key = pk.is_none();
+        let base = match pk {
             Some((_, cols)) => cols
                 .iter()
                 .filter(|c| c.as_str() != TENANT)
@@ -897,6 +919,27 @@ async fn preflight(
                 .collect::<Result<Vec<_>, _>>(),
             None => Ok(vec![t.key.clone()]),
         };
+        if own_key && steps.has(Step::PrimaryKey) && t.key.as_str() != TENANT {
+            // The key becomes NOT NULL on the way to the primary key: a NULL there would make
+            // the run fail halfway, so it refuses now.
+            let key = t.key.as_str();
+            match inspect::column_not_null(con, schema, &t.table, key).await? {
+                None => problems.push(format!(
+                    "{} has no column {key} (the job's key for its primary key)",
+                    t.table
+                )),
+                Some(false) => {
+                    let n = inspect::nulls(con, schema, &t.table, key).await?;
+                    if n > 0 {
+                        problems.push(format!(
+                            "{} has {n} row(s) with NULL {key} (the key of its new primary key)",
+                            t.table
+                        ));
+                    }
+                }
+                Some(true) => {}
+            }
+        }
         match base {
             Ok(base) if base.is_empty() => {
                 problems.push(format!("{}: its primary key is tenant_code alone", t.table))
@@ -904,6 +947,7 @@ async fn preflight(
             Ok(base) => tabs.push(Tab {
                 table: t.table.clone(),
                 base,
+                own_key,
             }),
             Err(e) => problems.push(format!("{}: primary key column {e}", t.table)),
         }

@@ -852,3 +852,69 @@ async fn application_lock_waiters_hold_finalize_before_its_next_step() {
     assert_eq!(job.throttled, None);
     replica.stop().await;
 }
+
+/// A table without a primary key, finalized with the job's key: a NULL key refuses the run up
+/// front with the count; otherwise the key goes NOT NULL through a validated check in the
+/// not_null step, so the swap to the primary key scans nothing under its exclusive lock.
+#[tokio::test]
+async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE user_extensions (user_id bigint, name text, tenant_code text, organization_code text);
+         INSERT INTO user_extensions SELECT g, 'u', 't' || g % 2, 'o' FROM generate_series(1, 200) g;
+         INSERT INTO user_extensions VALUES (NULL, 'no key', 't1', 'o');",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    let spec = json!({"kind": "finalize", "database": "legacy", "steps": {"citus": false},
+                      "tables": [{"table": "user_extensions", "key": "user_id"}]});
+    let err = submit_on(&env, &cfg, spec.clone()).await.unwrap_err();
+    assert_eq!(
+        err,
+        "finalize refused: user_extensions has 1 row(s) with NULL user_id (the key of its new primary key); nothing was changed"
+    );
+    let nullable: bool = sqlx::query_scalar(
+        "SELECT NOT attnotnull FROM pg_attribute WHERE attrelid = 'user_extensions'::regclass AND attname = 'user_id'",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert!(nullable, "nothing changed");
+
+    sqlx::query("UPDATE user_extensions SET user_id = 1000 WHERE user_id IS NULL")
+        .execute(&target)
+        .await
+        .unwrap();
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_on(&env, &cfg, spec).await.unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let rows = steps(&job);
+    assert_eq!(
+        step(&rows, "user_extensions", "not_null").3,
+        "tenant_code, organization_code, user_id set NOT NULL through a validated check"
+    );
+    let pk: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'user_extensions'::regclass AND contype = 'p'",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert_eq!(pk, "PRIMARY KEY (tenant_code, user_id)");
+    seed_checks(&target, &["user_extensions"]).await;
+    replica.stop().await;
+}
