@@ -344,7 +344,10 @@ impl Home {
         job_db: &Name,
     ) -> Result<Home, ValidateError> {
         let row: Option<(String, Option<String>, String, Option<String>)> = sqlx::query_as(
-            "SELECT database, org_code, status, own_database FROM fleet.tenants WHERE code = $1",
+            // Codes are unique among live tenants only: a live row wins over deleted ones (a
+            // deleted-only code is refused below).
+            "SELECT database, org_code, status, own_database FROM fleet.tenants WHERE code = $1
+             ORDER BY status = 'deleted', created_at DESC LIMIT 1",
         )
         .bind(code.as_str())
         .fetch_optional(pools.control())

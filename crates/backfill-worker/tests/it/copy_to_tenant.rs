@@ -49,12 +49,13 @@ async fn provision(env: &TestEnv, cfg: &tempfile::NamedTempFile, body: serde_jso
         Duration::from_secs(60),
         &format!("tenant {code} active"),
         || async {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = $1")
-                    .bind(&code)
-                    .fetch_optional(&control)
-                    .await
-                    .unwrap();
+            let status: Option<String> = sqlx::query_scalar(
+                "SELECT status FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'",
+            )
+            .bind(&code)
+            .fetch_optional(&control)
+            .await
+            .unwrap();
             (status.as_deref() == Some("active")).then_some(())
         },
     )
@@ -119,6 +120,19 @@ async fn shared_rows_move_into_a_provisioned_tenant_and_its_identity_moves_past_
     let env = TestEnv::new().await;
     let control = env.db.pool().await;
     let cfg = config_file(FAST_CONFIG);
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    // An acme deleted before this one was provisioned: codes are unique among live tenants
+    // only, and the deleted row comes first in the table.
+    sqlx::query(
+        "INSERT INTO fleet.tenants (tenant_id, code, name, plan, status, schema_name)
+         VALUES ($1, 'acme', 'Old acme', 'basic', 'deleted', 'archived_acme_0')",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&control)
+    .await
+    .unwrap();
     provision(&env, &cfg, created("acme", "acme_org", None)).await;
     shared_sessions(&control, "acme").await;
     // The application already wrote id 6 in the tenant's table, with other data.
