@@ -29,11 +29,17 @@
 //! 6. **citus**: `create_distributed_table(table, 'tenant_code')` when the extension is
 //!    installed; otherwise skipped, saying so.
 //!
-//! Every statement runs on one dedicated session under `lock_timeout` (statement_timeout off:
-//! a validation or an index build may take minutes, and only waiting for locks is what hurts
-//! the application). A statement that gives up at `lock_timeout` does not queue the
-//! application's sessions behind it; the step is run again after a backoff delay from the
-//! shared [`RetryPolicy`], up to its limit, and then fails with the reason. Each step looks at
+//! Every statement runs on one dedicated session with statement_timeout off (a validation or an
+//! index build may take minutes, and only waiting for locks is what hurts the application).
+//! The lock budget is per statement: those that take a lock blocking reads or writes (ADD
+//! CONSTRAINT, SET NOT NULL, DROP CONSTRAINT, the swap) run under the job's short
+//! `lock_timeout`; those whose lock lets reads and writes go on (`CREATE`/`DROP INDEX
+//! CONCURRENTLY`, `VALIDATE CONSTRAINT`) run with none, so an index build that waits at its end
+//! for an old transaction is not thrown away and built again. A statement that gives up at
+//! `lock_timeout` does not queue the application's sessions behind it; the step is run again
+//! after a backoff delay from the shared [`RetryPolicy`], up to its limit, and then fails with
+//! the reason. An index build that fails for another reason (duplicate keys) drops its INVALID
+//! leftover at once: a unique one would go on rejecting the application's writes. Each step looks at
 //! the catalog before it acts, so running it again, after a retry or a crash anywhere, finds
 //! what is already done and carries on; the per-table record ([`super::record`]) is where the
 //! report and the resume point come from.
@@ -194,6 +200,11 @@ async fn exec(con: &mut PgConnection, sql: &str) -> Result<(), StepError> {
         .map_err(StepError::from)
 }
 
+/// `SET lock_timeout` to `budget` (0: none) for the session.
+fn set_lock_timeout(budget: Duration) -> String {
+    format!("SET lock_timeout = {}", budget.as_millis())
+}
+
 impl Finalize<'_> {
     /// Runs (or resumes) finalize; an `Err` is a database failure (the job resumes later).
     pub async fn run(&self) -> sqlx::Result<Outcome> {
@@ -203,10 +214,7 @@ impl Finalize<'_> {
         let mut con = self.target.acquire().await?.detach();
         for set in [
             "SET statement_timeout = 0".to_owned(),
-            format!(
-                "SET lock_timeout = {}",
-                self.lock_timeout.as_millis().max(1)
-            ),
+            set_lock_timeout(self.short_budget()),
         ] {
             fleet_shared::migrate::exec_simple(&mut con, &set).await?;
         }
@@ -247,6 +255,8 @@ impl Finalize<'_> {
         record::init(self.control, self.job_id, &rows).await?;
         let mut states = record::states(self.control, self.job_id).await?;
         let mut blocked: HashSet<String> = HashSet::new();
+        // Steps that already ended failed or waiting in this run: their record keeps the reason.
+        let mut held: HashSet<(String, Step)> = HashSet::new();
         let watched: Vec<String> = tabs.iter().map(|t| self.table_sql(&t.table)).collect();
         let mut failed = Vec::new();
         let order = [
@@ -265,6 +275,9 @@ impl Finalize<'_> {
                 let name = t.table.to_string();
                 let key = (name.clone(), step);
                 if states.get(&key).is_some_and(|s| s.is_final()) {
+                    continue;
+                }
+                if held.contains(&key) {
                     continue;
                 }
                 if blocked.contains(&name) {
@@ -310,6 +323,9 @@ impl Finalize<'_> {
                 };
                 tracing::info!(table = %name, %step, state = state.as_str(), detail = %detail, "finalize step");
                 record::set(self.control, self.job_id, &name, step, state, Some(&detail)).await?;
+                if matches!(state, StepState::Failed | StepState::Pending) {
+                    held.insert(key.clone());
+                }
                 states.insert(key, state);
             }
         }
@@ -406,6 +422,20 @@ impl Finalize<'_> {
         qualified(self.schema, t)
     }
 
+    /// The lock budget of statements whose lock blocks the application (never 0: none).
+    fn short_budget(&self) -> Duration {
+        self.lock_timeout.max(Duration::from_millis(1))
+    }
+
+    /// Runs a statement whose lock lets reads and writes go on (`CREATE`/`DROP INDEX
+    /// CONCURRENTLY`, `VALIDATE CONSTRAINT`) without a lock budget, then puts the short one back.
+    async fn exec_unbounded(&self, con: &mut PgConnection, sql: &str) -> sqlx::Result<()> {
+        fleet_shared::migrate::exec_simple(con, &set_lock_timeout(Duration::ZERO)).await?;
+        let res = fleet_shared::migrate::exec_simple(con, sql).await;
+        fleet_shared::migrate::exec_simple(con, &set_lock_timeout(self.short_budget())).await?;
+        res
+    }
+
     async fn not_null(&self, con: &mut PgConnection, t: &Tab) -> Result<Did, StepError> {
         let tsql = self.table_sql(&t.table);
         let mut set = Vec::new();
@@ -452,11 +482,12 @@ impl Finalize<'_> {
                 )
                 .await?;
             }
-            let validated = fleet_shared::migrate::exec_simple(
-                con,
-                &format!("ALTER TABLE {tsql} VALIDATE CONSTRAINT {}", check.quoted()),
-            )
-            .await;
+            let validated = self
+                .exec_unbounded(
+                    con,
+                    &format!("ALTER TABLE {tsql} VALIDATE CONSTRAINT {}", check.quoted()),
+                )
+                .await;
             if let Err(e) = validated {
                 if sqlstate(&e).as_deref() != Some("23514") {
                     return Err(e.into());
@@ -523,22 +554,30 @@ impl Finalize<'_> {
         name: &Ident,
         create: &str,
     ) -> Result<bool, StepError> {
+        let drop = format!(
+            "DROP INDEX CONCURRENTLY IF EXISTS {}",
+            qualified(self.schema, name)
+        );
         match inspect::index_valid(con, self.schema, name).await? {
             Some(true) => return Ok(false),
-            Some(false) => {
-                exec(
-                    con,
-                    &format!(
-                        "DROP INDEX CONCURRENTLY IF EXISTS {}",
-                        qualified(self.schema, name)
-                    ),
-                )
-                .await?
-            }
+            Some(false) => self.exec_unbounded(con, &drop).await?,
             None => {}
         }
-        exec(con, create).await?;
-        Ok(true)
+        match self
+            .exec_unbounded(con, create)
+            .await
+            .map_err(StepError::from)
+        {
+            Ok(()) => Ok(true),
+            Err(StepError::Failed(why)) => {
+                // Left INVALID, but a unique one still rejects the application's duplicates.
+                if let Err(e) = self.exec_unbounded(con, &drop).await {
+                    tracing::warn!(index = %name, error = %db_message(&e), "cannot drop the INVALID index a failed build left; the next try drops it");
+                }
+                Err(StepError::Failed(why))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn pk_has_tenant(
@@ -739,11 +778,12 @@ impl Finalize<'_> {
                 )
                 .await?;
             }
-            let validated = fleet_shared::migrate::exec_simple(
-                con,
-                &format!("ALTER TABLE {tsql} VALIDATE CONSTRAINT {}", new.quoted()),
-            )
-            .await;
+            let validated = self
+                .exec_unbounded(
+                    con,
+                    &format!("ALTER TABLE {tsql} VALIDATE CONSTRAINT {}", new.quoted()),
+                )
+                .await;
             if let Err(e) = validated {
                 if sqlstate(&e).as_deref() != Some("23503") {
                     return Err(e.into());

@@ -889,12 +889,47 @@ async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
     .unwrap();
     assert!(nullable, "nothing changed");
 
-    sqlx::query("UPDATE user_extensions SET user_id = 1000 WHERE user_id IS NULL")
+    // No NULL left, but a duplicate key: the unique build fails, the report keeps Postgres'
+    // reason for the step, and the INVALID unique index is dropped at once (it would reject
+    // the application's duplicates meanwhile).
+    sqlx::query("UPDATE user_extensions SET user_id = 5 WHERE user_id IS NULL")
         .execute(&target)
         .await
         .unwrap();
     let replica = Replica::start(&env, &cfg).await;
     let id = submit_on(&env, &cfg, spec).await.unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "failed");
+    let rows = steps(&job);
+    let (_, _, state, detail, _) = step(&rows, "user_extensions", "primary_key");
+    assert_eq!(state, "failed");
+    assert!(
+        detail.contains("could not create unique index \"user_extensions_tenant_pkey\""),
+        "{detail}"
+    );
+    let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+        .fetch_one(&target)
+        .await
+        .unwrap();
+    assert_eq!(invalid, 0, "no INVALID unique index left behind");
+    sqlx::query("INSERT INTO user_extensions VALUES (5, 'another duplicate', 't1', 'o')")
+        .execute(&target)
+        .await
+        .expect("the application's writes are not rejected by a leftover");
+
+    sqlx::query("DELETE FROM user_extensions WHERE user_id = 5 AND name <> 'u'")
+        .execute(&target)
+        .await
+        .unwrap();
+    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
+        .await
+        .unwrap();
     let job = wait_state(
         &control,
         id,
@@ -916,5 +951,78 @@ async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
     .unwrap();
     assert_eq!(pk, "PRIMARY KEY (tenant_code, user_id)");
     seed_checks(&target, &["user_extensions"]).await;
+    replica.stop().await;
+}
+
+/// An index build waits at its end for older transactions; with no lock budget of its own it
+/// waits them out in one statement (not given up at the job's short lock_timeout, thrown away
+/// and built again).
+#[tokio::test]
+async fn an_index_build_waits_out_an_old_transaction_instead_of_being_rebuilt() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text NOT NULL, organization_code text NOT NULL);
+         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 200) g;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    // An application transaction that wrote to sessions and stays open: the unique build
+    // has to wait for it.
+    let mut app = target.begin().await.unwrap();
+    sqlx::query("UPDATE sessions SET title = 'busy' WHERE id = 1")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "sessions"}],
+               "steps": {"not_null": false, "foreign_keys": false, "indexes": false, "citus": false},
+               "lock_timeout": "100ms"}),
+    )
+    .await
+    .unwrap();
+    // One and the same statement has waited ten times the lock_timeout.
+    eventually(
+        Duration::from_secs(60),
+        "the build waits in one statement",
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND application_name = 'tenant-fleet' AND wait_event_type = 'Lock'
+                   AND query LIKE 'CREATE UNIQUE INDEX CONCURRENTLY%' AND now() - query_start > interval '1 second'",
+            )
+            .fetch_one(&target)
+            .await
+            .unwrap();
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    app.commit().await.unwrap();
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let rows = steps(&job);
+    let (_, _, state, _, tries) = step(&rows, "sessions", "primary_key");
+    assert_eq!(
+        (state.as_str(), *tries),
+        ("done", 0),
+        "built once, no retry"
+    );
     replica.stop().await;
 }
