@@ -126,6 +126,8 @@ enum Did {
 enum StepError {
     /// Gave up at `lock_timeout` (or lost a deadlock): try again after a delay.
     Lock(sqlx::Error),
+    /// Another backend is still at work on what the step would change: try again after a delay.
+    Busy(String),
     /// The step cannot be done as things are: the reason, one line.
     Failed(String),
     /// The connection or the server failed: the run stops, the job resumes later.
@@ -217,6 +219,17 @@ impl Finalize<'_> {
             set_lock_timeout(self.short_budget()),
         ] {
             fleet_shared::migrate::exec_simple(&mut con, &set).await?;
+        }
+        // A worker killed mid-statement leaves its backend running (a build, a validation, a
+        // queued ALTER TABLE) until the backend notices its client is gone; this makes it look
+        // every second instead of only when the statement ends (Postgres 14 and later).
+        if let Err(e) = fleet_shared::migrate::exec_simple(
+            &mut con,
+            "SET client_connection_check_interval = '1s'",
+        )
+        .await
+        {
+            tracing::debug!(error = %db_message(&e), "client_connection_check_interval not available");
         }
         let schema = self.schema;
         let mut rows = Vec::new();
@@ -313,7 +326,7 @@ impl Finalize<'_> {
                         failed.push(format!("{name} {step}: {d}"));
                         (StepState::Pending, d)
                     }
-                    Err(StepError::Failed(d)) => {
+                    Err(StepError::Failed(d)) | Err(StepError::Busy(d)) => {
                         blocked.insert(name.clone());
                         failed.push(format!("{name} {step}: {d}"));
                         tracing::warn!(table = %name, %step, error = %d, "finalize step failed");
@@ -393,27 +406,26 @@ impl Finalize<'_> {
                 (Step::Indexes, _) => self.indexes(con, t).await,
                 (Step::Citus, _) => self.citus(con, t).await,
             };
-            match res {
-                Err(StepError::Lock(e)) => {
-                    tries += 1;
-                    record::attempt(self.control, self.job_id, t.table.as_str(), step)
-                        .await
-                        .map_err(StepError::Db)?;
-                    match delays.next() {
-                        Some(d) => {
-                            tracing::info!(table = %t.table, %step, tries, retry_in = ?d, error = %db_message(&e), "finalize step gave up at lock_timeout; trying again");
-                            tokio::time::sleep(d).await;
-                        }
-                        None => {
-                            return Err(StepError::Failed(format!(
-                            "gave up after {tries} tries, each waiting at most lock_timeout {}: {}",
-                            fleet_shared::duration::format(self.lock_timeout),
-                            db_message(&e)
-                        )))
-                        }
-                    }
-                }
+            let why = match res {
+                Err(StepError::Lock(e)) => db_message(&e),
+                Err(StepError::Busy(why)) => why,
                 other => return other,
+            };
+            tries += 1;
+            record::attempt(self.control, self.job_id, t.table.as_str(), step)
+                .await
+                .map_err(StepError::Db)?;
+            match delays.next() {
+                Some(d) => {
+                    tracing::info!(table = %t.table, %step, tries, retry_in = ?d, error = %why, "finalize step has to wait; trying again");
+                    tokio::time::sleep(d).await;
+                }
+                None => {
+                    return Err(StepError::Failed(format!(
+                        "gave up after {tries} tries, each waiting at most lock_timeout {}: {why}",
+                        fleet_shared::duration::format(self.lock_timeout),
+                    )))
+                }
             }
         }
     }
@@ -560,7 +572,16 @@ impl Finalize<'_> {
         );
         match inspect::index_valid(con, self.schema, name).await? {
             Some(true) => return Ok(false),
-            Some(false) => self.exec_unbounded(con, &drop).await?,
+            Some(false) => {
+                // Left by a build that was cut short, unless its backend is still at it (that
+                // of a worker killed mid-build ends once it notices its client is gone).
+                if let Some(pid) = inspect::index_builder(con, self.schema, name).await? {
+                    return Err(StepError::Busy(format!(
+                        "index {name} is INVALID but still being built by backend {pid}"
+                    )));
+                }
+                self.exec_unbounded(con, &drop).await?
+            }
             None => {}
         }
         match self

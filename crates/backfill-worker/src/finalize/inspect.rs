@@ -81,6 +81,24 @@ pub async fn has_constraint(
     .await
 }
 
+/// The backend still building the index of that name (`pg_stat_progress_create_index`), if any:
+/// an INVALID index is a leftover only once nobody builds it.
+pub async fn index_builder(
+    con: &mut PgConnection,
+    schema: &Ident,
+    name: &Ident,
+) -> sqlx::Result<Option<i32>> {
+    sqlx::query_scalar(
+        "SELECT p.pid FROM pg_stat_progress_create_index p JOIN pg_class c ON c.oid = p.index_relid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2 AND p.pid <> pg_backend_pid() LIMIT 1",
+    )
+    .bind(schema.as_str())
+    .bind(name.as_str())
+    .fetch_optional(con)
+    .await
+}
+
 /// `Some(valid)` when an index of that name exists in the schema (an invalid one is what a
 /// `CREATE INDEX CONCURRENTLY` leaves behind when it is interrupted).
 pub async fn index_valid(

@@ -201,20 +201,13 @@ fn worker_binary(env: &TestEnv, cfg: &tempfile::NamedTempFile) -> Child {
         .expect("start backfill-worker")
 }
 
-/// `kill -9`, and the dead worker's database sessions ended as a dropped connection would end
-/// them (a backend waiting for a lock notices its client is gone only once it stops waiting).
-async fn kill_9(mut binary: Child, target: &PgPool) {
+/// `kill -9`, nothing more: the dead worker's backends end by themselves, as in production (an
+/// idle one at once, one in a finalize statement when it next checks its client).
+fn kill_9(mut binary: Child) {
     let _ = Command::new("kill")
         .args(["-9", &binary.id().to_string()])
         .status();
     binary.wait().expect("reap the binary");
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'tenant-fleet' AND pid <> pg_backend_pid()",
-    )
-    .execute(target)
-    .await
-    .unwrap();
 }
 
 /// Sessions per tenant, as the fill must leave them: the tenant of each session's creator.
@@ -358,7 +351,7 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
         chunks_done(&control, id).await > 0,
         "the fill was under way"
     );
-    kill_9(binary, &target).await;
+    kill_9(binary);
     app.rollback().await.unwrap();
     let nulls: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE tenant_code IS NULL")
         .fetch_one(&target)
@@ -392,7 +385,16 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
         Some("done"),
         "finalize was under way"
     );
-    kill_9(binary, &target).await;
+    kill_9(binary);
+    // The dead worker's backend, queued for its exclusive lock (lock_timeout 60s), does not
+    // keep the application's sessions queued behind it: it notices its client is gone and
+    // ends while the application's transaction is still open.
+    eventually(
+        Duration::from_secs(30),
+        "the dead worker's waiting backend ended by itself",
+        || async { (fleet_waiting(&target).await == 0).then_some(()) },
+    )
+    .await;
     app.rollback().await.unwrap();
     // What a unique index build cut short by a crash leaves: an INVALID index of the name the
     // primary_key step builds (here made so on purpose: CONCURRENTLY fails on duplicates).
@@ -1024,5 +1026,99 @@ async fn an_index_build_waits_out_an_old_transaction_instead_of_being_rebuilt() 
         ("done", 0),
         "built once, no retry"
     );
+    replica.stop().await;
+}
+
+/// An INVALID index that a backend is still building (a killed worker's orphan, here a session
+/// waiting for an application transaction) is not dropped under it: the step waits, and takes
+/// the index once that build is done.
+#[tokio::test]
+async fn an_invalid_index_still_being_built_is_waited_for_not_dropped() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text NOT NULL, organization_code text NOT NULL);
+         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 200) g;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    let mut app = target.begin().await.unwrap();
+    sqlx::query("UPDATE sessions SET title = 'busy' WHERE id = 1")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let mut orphan = target.acquire().await.unwrap();
+    sqlx::query("SET application_name = 'tenant-fleet'")
+        .execute(&mut *orphan)
+        .await
+        .unwrap();
+    let build = tokio::spawn(async move {
+        sqlx::query(
+            "CREATE UNIQUE INDEX CONCURRENTLY sessions_tenant_pkey ON sessions (tenant_code, id)",
+        )
+        .execute(&mut *orphan)
+        .await
+    });
+    let oid: i64 = eventually(
+        Duration::from_secs(60),
+        "the other build is under way",
+        || async {
+            sqlx::query_scalar(
+                "SELECT index_relid::bigint FROM pg_stat_progress_create_index WHERE index_relid = 'sessions_tenant_pkey'::regclass",
+            )
+            .fetch_optional(&target)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_on(
+        &env,
+        &cfg,
+        json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "sessions"}],
+               "steps": {"not_null": false, "foreign_keys": false, "indexes": false, "citus": false}}),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "primary_key waits for the build",
+        || async {
+            step_state(&control, id, "sessions", "primary_key")
+                .await
+                .filter(|(_, tries)| *tries >= 2)
+        },
+    )
+    .await;
+    let same: i64 = sqlx::query_scalar("SELECT 'sessions_tenant_pkey'::regclass::oid::bigint")
+        .fetch_one(&target)
+        .await
+        .unwrap();
+    assert_eq!(same, oid, "the index being built was not dropped");
+    app.commit().await.unwrap();
+    build.await.unwrap().expect("the other build finished");
+    let job = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    let pk: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'sessions'::regclass AND contype = 'p'",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert_eq!(pk, "PRIMARY KEY (tenant_code, id)");
     replica.stop().await;
 }
