@@ -9,8 +9,12 @@
 //! checks that refuse a move: `moving/checks.rs`; abort: `moving/undo.rs`.
 //!
 //! One process drives a move at a time: the run holds a session advisory lock for the tenant on
-//! the control plane (released when the process ends, however it ends), so a second `move` or an
-//! `--abort` while one runs is refused instead of racing it.
+//! the control plane (`moving/driver.rs`; released when the process ends, however it ends, and
+//! checked before each step), so a second `move` or an `--abort` while one runs is refused
+//! instead of racing it. The record is written only while the move is `running` and at the step
+//! the writer expects, and `--abort` works under the tenant's lock with the move's row locked
+//! and only while the registry still names the source, so even a run that lost its lock
+//! unnoticed cannot switch a move that an abort is undoing, nor an abort undo a switched one.
 //!
 //! While a move is recorded as running, the fleet's other paths that change the schema keep off
 //! the tenant (see `provisioner::moves`): `tenant.migrate` waits, rollouts skip it,
@@ -18,6 +22,7 @@
 
 mod checks;
 mod cutover;
+mod driver;
 mod record;
 mod replication;
 mod report;
@@ -28,12 +33,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fleet_shared::retry::RetryPolicy;
-use fleet_shared::secret::ExposeSecret as _;
 use fleet_shared::{Code, Settings};
 use serde_json::json;
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use crate::output;
+use driver::Driver;
 use record::{MoveRow, Step};
 use report::Report;
 use sides::Sides;
@@ -83,15 +88,13 @@ impl From<Until> for Step {
 
 /// Attempts of the cut-over (a lock or lag timeout rolls one back; the next may get through).
 const CUTOVER_ATTEMPTS: usize = 4;
-/// Advisory-lock class of the driver lock (`"move"`); the second key is `hashtext(code)`.
-const DRIVER_LOCK_CLASS: i32 = 0x6d6f_7665;
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let settings = output::settings()?;
     let code = Code::parse(&args.code)?;
     let pg = output::pg(&settings).await?;
     let report = Report { json: args.json };
-    let _driver = driver_lock(&settings, &code).await?;
+    let mut driver = Driver::lock(&settings, &code).await?;
     if args.abort {
         return abort(&settings, &pg, &code, report).await;
     }
@@ -135,28 +138,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let source = settings.databases.get(&m.source)?.clone();
     let target = settings.databases.get(&m.target)?.clone();
     let sides = Sides::new(code, source, target)?;
-    let res = drive(&settings, &pg, &sides, &mut m, &args, report).await;
+    let res = drive(&settings, &pg, &mut driver, &sides, &mut m, &args, report).await;
     if let Err(e) = &res {
         record::set_error(&pg, m.move_id, &format!("{e:#}")).await;
     }
     res
-}
-
-/// Holds the session advisory lock that makes this process the move's only driver.
-async fn driver_lock(settings: &Settings, code: &Code) -> anyhow::Result<PgConnection> {
-    let mut con = PgConnection::connect(settings.database_url.expose_secret())
-        .await
-        .with_context(|| format!("cannot use the database at {}", settings.database_url))?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-        .bind(DRIVER_LOCK_CLASS)
-        .bind(code.as_str())
-        .fetch_one(&mut con)
-        .await?;
-    anyhow::ensure!(
-        got,
-        "another fleetctl is running a move of tenant {code} right now; wait for it to end (or stop it: a re-run continues where it stopped)"
-    );
-    Ok(con)
 }
 
 /// Records a new move, under the tenant's lock: a migration or lifecycle change in flight ends
@@ -195,6 +181,7 @@ async fn start(pg: &PgPool, t: &checks::Tenant, s: &Sides) -> anyhow::Result<Mov
 async fn drive(
     settings: &Settings,
     pg: &PgPool,
+    driver: &mut Driver,
     s: &Sides,
     m: &mut MoveRow,
     args: &Args,
@@ -215,6 +202,7 @@ async fn drive(
             )?;
             return Ok(());
         }
+        driver.check().await?;
         match step {
             Step::Started => {
                 let created = replication::copy_schema(s, m).await?;
@@ -288,7 +276,7 @@ async fn drive(
                         json!({}),
                     )?;
                 }
-                let done = cut_over(pg, s, m, args.cutover_timeout, report).await?;
+                let done = cut_over(pg, driver, s, m, args.cutover_timeout, report).await?;
                 *m = record::reload(pg, m.move_id).await?;
                 let ms = done.took.as_millis() as i64;
                 record::set_field(pg, m.move_id, "cutover_ms", ms).await?;
@@ -374,6 +362,7 @@ async fn drive(
 /// The cut-over, tried again after a lock or lag timeout (each attempt rolled back whole).
 async fn cut_over(
     pg: &PgPool,
+    driver: &mut Driver,
     s: &Sides,
     m: &MoveRow,
     lag_limit: Duration,
@@ -384,7 +373,7 @@ async fn cut_over(
         .with_jitter()
         .delays();
     loop {
-        match cutover::freeze_and_switch(pg, s, m, &super::wait::actor(), lag_limit).await {
+        match cutover::freeze_and_switch(pg, driver, s, m, &super::wait::actor(), lag_limit).await {
             Ok(c) => return Ok(c),
             Err(e) if cutover::is_retry(&e) => match delays.next() {
                 Some(d) => {
@@ -406,20 +395,36 @@ async fn cut_over(
     }
 }
 
+/// Undoes the move in flight. Under the tenant's lock, with the move's row locked, and only
+/// while the registry names the move's source: a cut-over that committed (even by a run that
+/// lost its driver lock) is seen and refused, and one still trying waits for the lock and then
+/// finds the move no longer running. The undo runs inside that transaction, which records the
+/// move `aborted` when both sides are clean.
 async fn abort(
     settings: &Settings,
     pg: &PgPool,
     code: &Code,
     report: Report,
 ) -> anyhow::Result<()> {
-    let mut m = record::running_by_code(pg, code.as_str())
+    let mut tx = pg.begin().await?;
+    sqlx::raw_sql("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    provisioner::tenant_lock::lock_tenant(&mut tx, code.as_str()).await?;
+    let mut m = record::running_for_update(&mut tx, code.as_str())
         .await?
         .with_context(|| format!("tenant {code} has no move in flight"))?;
+    let registry: Option<String> = sqlx::query_scalar(
+        "SELECT database FROM fleet.tenants WHERE tenant_id = $1 AND status <> 'deleted' FOR UPDATE",
+    )
+    .bind(m.tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
     anyhow::ensure!(
-        !m.step()?.switched(),
+        !m.step()?.switched() && registry.as_deref() == Some(m.source.as_str()),
         "the cut-over of move {} committed: tenant {code} is on database {} now; run fleetctl tenants move {code} --to {} to finish it (moving back is a new move)",
         m.move_id,
-        m.target,
+        registry.as_deref().unwrap_or(m.target.as_str()),
         m.target
     );
     let source = settings.databases.get(&m.source)?.clone();
@@ -427,10 +432,12 @@ async fn abort(
     let s = Sides::new(code.clone(), source, target)?;
     let at = m.step.clone();
     if let Err(e) = undo::undo(&s, &m).await {
+        tx.rollback().await.ok();
         record::set_error(pg, m.move_id, &format!("abort: {e:#}")).await;
         return Err(e);
     }
-    record::finish(pg, &mut m, "aborted").await?;
+    record::finish(&mut *tx, &mut m, "aborted").await?;
+    tx.commit().await?;
     report.line(
         "aborted",
         &format!(

@@ -16,8 +16,9 @@
 //!    "tenant … has moved to database …"), so a late write to the old copy fails loudly instead
 //!    of being lost;
 //! 6. `C`, under the tenant's advisory lock: the registry names the target, the move records
-//!    `switched` and an audit row is written; then `T` commits (the queued writes now fail on the
-//!    guard) and `C` commits.
+//!    `switched` (only if it is still running at step `cutover`: an `--abort` that got in first
+//!    wins) and an audit row is written; the run checks that its driver lock is still held; then
+//!    `T` commits (the queued writes now fail on the guard) and `C` commits.
 //!
 //! Any failure before the commits rolls both back: the source is writable again and nothing
 //! changed (a lock or lag timeout is retried, a count mismatch stops the move). A crash between
@@ -36,6 +37,7 @@ use serde_json::json;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 use super::super::catalog::quote_ident;
+use super::driver::Driver;
 use super::record::{MoveRow, Step};
 use super::sides::{quote_literal, tables, Sides};
 
@@ -199,6 +201,7 @@ async fn wait_flushed(s: &Sides, slot: &str, lsn: &str, limit: Duration) -> anyh
 /// One attempt at the cut-over (see the module docs).
 pub async fn freeze_and_switch(
     control: &PgPool,
+    driver: &mut Driver,
     s: &Sides,
     m: &MoveRow,
     actor: &str,
@@ -319,17 +322,23 @@ pub async fn freeze_and_switch(
         .execute(&mut *c)
         .await?;
     let took = started.elapsed();
-    sqlx::query(
+    let switched = sqlx::query(
         "UPDATE fleet.tenant_moves
             SET step = $2, switched_at = now(), step_at = now(), row_counts = $3, cutover_ms = $4, last_error = NULL
-          WHERE move_id = $1",
+          WHERE move_id = $1 AND state = 'running' AND step = $5",
     )
     .bind(m.move_id)
     .bind(Step::Switched.as_str())
     .bind(json!(source_counts))
     .bind(took.as_millis() as i64)
+    .bind(Step::Cutover.as_str())
     .execute(&mut *c)
     .await?;
+    anyhow::ensure!(
+        switched.rows_affected() == 1,
+        "move {} is no longer running at step cutover (an --abort or another run got to it first); nothing was switched and the source is writable again",
+        m.move_id
+    );
     let cause = provisioner::lifecycle::Cause::direct("fleetctl.tenants.move", actor);
     let after = provisioner::lifecycle::Tenant {
         database: m.target.clone(),
@@ -343,6 +352,7 @@ pub async fn freeze_and_switch(
         json!({"database": m.target, "move_id": m.move_id, "rows": source_counts}),
     )
     .await?;
+    driver.check().await?;
     t.commit()
         .await
         .context("Failed to commit the freeze of the source (nothing was switched)")?;

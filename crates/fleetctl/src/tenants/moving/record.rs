@@ -1,6 +1,10 @@
 //! The record of a move in the control plane (`fleet.tenant_moves`): its step, times and last
 //! error, so that a re-run continues where the last one stopped and `--abort` knows what to undo.
 //! This is the bottom module of the move: everything else reads and writes the move through it.
+//!
+//! Every write is guarded: it changes the row only while the move is `running` (a step only
+//! from the step before it), and a write that finds nothing to change is an error, so a run
+//! that lost the race to an `--abort` (or to another run) stops instead of writing over it.
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -130,15 +134,29 @@ pub async fn running(pg: &PgPool, tenant_id: Uuid) -> anyhow::Result<Option<Move
     .context("Failed to read fleet.tenant_moves")
 }
 
-/// The running move of the live tenant with `code`.
-pub async fn running_by_code(pg: &PgPool, code: &str) -> anyhow::Result<Option<MoveRow>> {
+/// The running move of the live tenant with `code`, its row locked until `con`'s transaction
+/// ends (call with the tenant's lock held).
+pub async fn running_for_update(
+    con: &mut sqlx::PgConnection,
+    code: &str,
+) -> anyhow::Result<Option<MoveRow>> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM fleet.tenant_moves WHERE code = $1 AND state = 'running'"
+        "SELECT {COLUMNS} FROM fleet.tenant_moves WHERE code = $1 AND state = 'running' FOR UPDATE"
     ))
     .bind(code)
-    .fetch_optional(pg)
+    .fetch_optional(&mut *con)
     .await
     .context("Failed to read fleet.tenant_moves")
+}
+
+/// The error of a guarded write that found the move no longer where this run left it.
+fn not_ours(m: &MoveRow) -> anyhow::Error {
+    anyhow::anyhow!(
+        "move {} is no longer running at step {} (another fleetctl aborted or continued it); this run stops (fleet.tenant_moves holds its state for tenant {})",
+        m.move_id,
+        m.step,
+        m.code
+    )
 }
 
 /// Inserts a new move (call in the transaction that holds the tenant's lock).
@@ -167,14 +185,19 @@ pub async fn insert(
 
 /// Records that `step` is done (and clears the last error).
 pub async fn set_step(pg: &PgPool, m: &mut MoveRow, step: Step) -> anyhow::Result<()> {
-    sqlx::query(
-        "UPDATE fleet.tenant_moves SET step = $2, last_error = NULL, step_at = now() WHERE move_id = $1",
+    let done = sqlx::query(
+        "UPDATE fleet.tenant_moves SET step = $2, last_error = NULL, step_at = now()
+          WHERE move_id = $1 AND state = 'running' AND step = $3",
     )
     .bind(m.move_id)
     .bind(step.as_str())
+    .bind(&m.step)
     .execute(pg)
     .await
     .context("Failed to record the move's step")?;
+    if done.rows_affected() != 1 {
+        return Err(not_ours(m));
+    }
     m.step = step.as_str().to_owned();
     m.last_error = None;
     Ok(())
@@ -195,35 +218,45 @@ where
     T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
 {
     debug_assert!(matches!(column, "sub_oid" | "archive_name" | "cutover_ms"));
-    sqlx::query(&format!(
-        "UPDATE fleet.tenant_moves SET {column} = $2 WHERE move_id = $1"
+    let done = sqlx::query(&format!(
+        "UPDATE fleet.tenant_moves SET {column} = $2 WHERE move_id = $1 AND state = 'running'"
     ))
     .bind(move_id)
     .bind(value)
     .execute(pg)
     .await
     .with_context(|| format!("Failed to record the move's {column}"))?;
+    anyhow::ensure!(
+        done.rows_affected() == 1,
+        "move {move_id} is no longer running (another fleetctl aborted or finished it); this run stops"
+    );
     Ok(())
 }
 
-/// Ends the move as `done` or `aborted`.
-pub async fn finish(pg: &PgPool, m: &mut MoveRow, state: &str) -> anyhow::Result<()> {
+/// Ends the move as `done` or `aborted` (only a running move at the step `m` holds).
+pub async fn finish<'e>(
+    con: impl sqlx::PgExecutor<'e>,
+    m: &mut MoveRow,
+    state: &str,
+) -> anyhow::Result<()> {
     let step = if state == "done" {
         Step::Done.as_str()
     } else {
         m.step.as_str()
     };
-    let row: MoveRow = sqlx::query_as(&format!(
+    let row: Option<MoveRow> = sqlx::query_as(&format!(
         "UPDATE fleet.tenant_moves
             SET state = $2, step = $3, last_error = NULL, finished_at = now(), step_at = now()
-          WHERE move_id = $1 RETURNING {COLUMNS}"
+          WHERE move_id = $1 AND state = 'running' AND step = $4 RETURNING {COLUMNS}"
     ))
     .bind(m.move_id)
     .bind(state)
     .bind(step)
-    .fetch_one(pg)
+    .bind(&m.step)
+    .fetch_optional(con)
     .await
     .context("Failed to record the end of the move")?;
+    let row = row.ok_or_else(|| not_ours(m))?;
     *m = row;
     Ok(())
 }
