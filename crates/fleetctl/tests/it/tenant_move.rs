@@ -423,11 +423,12 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
         }
     }
     // The sequence followed: new rows on shard_b got fresh ids (no duplicate key above), and
-    // the identity column continues past the copied rows.
+    // the identity column continues past the copied rows, with the safety gap
+    // (last 5000 + increment 1 × (cache 1 + 1000), then the next value).
     exec(&b, "INSERT INTO tenant_acme.notes (body) VALUES ('after')").await;
     assert_eq!(
         count(&b, "SELECT max(id) FROM tenant_acme.notes").await,
-        5001
+        5000 + 1001 + 1
     );
 
     assert_eq!(
@@ -809,5 +810,138 @@ async fn a_source_left_read_only_by_a_crash_is_lifted_by_abort_or_finished_by_a_
         .unwrap();
     assert_eq!(on_b, [1, 2]);
     exec(&b, "INSERT INTO tenant_acme.app_writes (n) VALUES (3)").await;
+    h.stop().await;
+}
+/// Terminates the backend holding the move's driver lock (as an idle timeout on the way to the
+/// control plane would cut it); returns how many it ended.
+async fn cut_driver_connection(control: &PgPool) -> i64 {
+    count(
+        control,
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_locks
+          WHERE locktype = 'advisory' AND classid = x'6d6f7665'::int::oid AND granted
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_lost_its_lock_does_not_switch_and_an_abort_after_a_switch_is_refused() {
+    let h = Homes::new(false).await;
+    h.provision("acme", "shard_a").await;
+    let control = h.pool("control").await;
+    let a = h.pool("shard_a").await;
+    let b = h.pool("shard_b").await;
+    application_tables(&a, "tenant_acme", 50).await;
+    exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
+    ok(&h
+        .fleetctl(&[
+            "tenants", "move", "acme", "--to", "shard_b", "--until", "copied",
+        ])
+        .await);
+    // The subscription stops confirming, so the cut-over waits with the source frozen.
+    let sub: String = sqlx::query_scalar("SELECT subname::text FROM pg_subscription")
+        .fetch_one(&b)
+        .await
+        .unwrap();
+    exec(&b, &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await;
+    exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (2)").await;
+    let child = h
+        .command(&[
+            "tenants",
+            "move",
+            "acme",
+            "--to",
+            "shard_b",
+            "--cutover-timeout",
+            "5m",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(WAIT, "the cut-over froze the source", || async {
+        (count(
+            &a,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'tenant_acme' AND c.relkind = 'S' AND l.granted
+                AND l.mode = 'ShareRowExclusiveLock'",
+        )
+        .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+    // The freeze blocks new ids too: nextval waits for the sequence's lock.
+    let id = tokio::spawn({
+        let a = a.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT nextval('tenant_acme.app_writes_id_seq')")
+                .fetch_one(&a)
+                .await
+        }
+    });
+    eventually(WAIT, "nextval waits behind the freeze", || async {
+        (count(
+            &a,
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+              WHERE c.relname = 'app_writes_id_seq' AND NOT l.granted",
+        )
+        .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+
+    // The driver's connection is cut while it waits; the subscription then catches up.
+    assert_eq!(cut_driver_connection(&control).await, 1);
+    exec(&b, &format!("ALTER SUBSCRIPTION {sub} ENABLE")).await;
+    let o = child.wait_with_output().await.unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let e = err(&o);
+    assert!(
+        e.contains("lost its lock on the move of tenant acme"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    // Nothing switched: the source serves, writable, and the id read during the freeze was not
+    // handed out twice.
+    assert_eq!(database_of(&control, "acme").await, "shard_a");
+    assert_eq!(move_row(&control, "acme").await["step"], "cutover");
+    let frozen_id = id.await.unwrap().unwrap();
+    exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (3)").await;
+
+    // A re-run finishes; the target's sequence starts past every id the source handed out.
+    let printed = ok(&h
+        .fleetctl(&["tenants", "move", "acme", "--to", "shard_b"])
+        .await);
+    assert!(printed.contains("resuming move"), "{printed}");
+    assert_eq!(database_of(&control, "acme").await, "shard_b");
+    let source_last = count(
+        &a,
+        "SELECT last_value FROM pg_sequences WHERE sequencename = 'app_writes_id_seq'",
+    )
+    .await;
+    assert!(source_last > frozen_id, "{source_last} {frozen_id}");
+    let next = count(&b, "SELECT nextval('tenant_acme.app_writes_id_seq')").await;
+    assert!(next > source_last + 1000, "{next} after {source_last}");
+
+    // A move whose switch committed is not aborted, even if its record still said cutover
+    // (as when a run that lost its lock committed the switch).
+    exec(
+        &control,
+        "UPDATE fleet.tenant_moves SET state = 'running', step = 'cutover', finished_at = NULL WHERE code = 'acme'",
+    )
+    .await;
+    refused(
+        &h.fleetctl(&["tenants", "move", "acme", "--abort"]).await,
+        "the cut-over of move",
+    );
+    assert_eq!(database_of(&control, "acme").await, "shard_b");
+    assert_eq!(
+        count(&b, "SELECT count(*) FROM tenant_acme.app_writes").await,
+        3,
+        "the tenant's copy on shard_b is untouched"
+    );
     h.stop().await;
 }

@@ -4,14 +4,18 @@
 //! One attempt, on a connection of its own to the source (`T`) and one to the control plane
 //! (`C`):
 //!
-//! 1. `T`: `LOCK TABLE … IN EXCLUSIVE MODE` on every table of the schema (under `lock_timeout`):
-//!    reads go on, writes queue behind the lock, and writes already in flight have committed;
+//! 1. `T`: `LOCK TABLE … IN EXCLUSIVE MODE` on every table of the schema, and
+//!    `ALTER SEQUENCE … INCREMENT BY <its own increment>` on every sequence (a no-op change
+//!    whose lock blocks `nextval` until `T` ends), the whole acquisition capped by
+//!    `statement_timeout` (not only each lock wait by `lock_timeout`): reads go on, writes and
+//!    new ids queue behind the locks, and writes already in flight have committed;
 //! 2. the source's WAL insert position then covers every committed write; wait until the
 //!    subscription confirmed it (`confirmed_flush_lsn` of the move's slot): lag 0;
-//! 3. count the rows of every table on both copies (the source cannot change now) and refuse to
-//!    switch unless they are equal;
-//! 4. move the target's sequences to the source's values (logical replication does not carry
-//!    sequences);
+//! 3. count the rows of every table on both copies at the same time (the source cannot change
+//!    now) and refuse to switch unless they are equal;
+//! 4. set the target's sequences past the source's values (logical replication does not carry
+//!    sequences): `last_value + increment × (max(cache, 1) + SEQUENCE_GAP)`, so no id handed out
+//!    on the source, cached by a session there included, is handed out again on the target;
 //! 5. `T`: the guard (a trigger on every table that raises `25006 read_only_sql_transaction`,
 //!    "tenant … has moved to database …"), so a late write to the old copy fails loudly instead
 //!    of being lost;
@@ -44,8 +48,12 @@ use super::sides::{quote_literal, tables, Sides};
 /// The guard function (in the tenant's schema on the source) and its triggers.
 pub const GUARD: &str = "fleet_moved_guard";
 const GUARD_TRUNCATE: &str = "fleet_moved_guard_truncate";
-/// How long the freeze waits for the tenant's in-flight writes before giving up (and retrying).
+/// How long the freeze waits for the tenant's in-flight writes before giving up (and retrying):
+/// for each lock (`lock_timeout`) and for all of them together (`statement_timeout`).
 const FREEZE_LOCK_TIMEOUT: &str = "2s";
+/// Ids (in units of a sequence's increment, on top of its cache) the target's sequences skip
+/// past the source's: a gap is harmless, an id handed out twice is not.
+pub const SEQUENCE_GAP: i64 = 1000;
 
 /// Why an attempt gave up in a way a later attempt can get past.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +206,112 @@ async fn wait_flushed(s: &Sides, slot: &str, lsn: &str, limit: Duration) -> anyh
     }
 }
 
+/// A sequence of the tenant's schema as the freeze read it.
+struct Sequence {
+    name: String,
+    increment: i64,
+    cache: i64,
+    min: i64,
+    max: i64,
+    last: Option<i64>,
+}
+fleet_shared::from_row!(Sequence {
+    name,
+    increment,
+    cache,
+    min,
+    max,
+    last
+});
+
+impl Sequence {
+    /// The value the target's sequence is set to (as if handed out), past every value the
+    /// source has handed out or cached, within the sequence's bounds.
+    fn target_value(&self) -> Option<i64> {
+        let last = self.last?;
+        let step = self
+            .increment
+            .checked_mul(self.cache.max(1).saturating_add(SEQUENCE_GAP))?;
+        Some(last.saturating_add(step).clamp(self.min, self.max))
+    }
+}
+
+/// The freeze of `T`: every table locked and every sequence's `nextval` blocked, all within
+/// `FREEZE_LOCK_TIMEOUT`. Returns the source's WAL position once the tables are locked (it
+/// covers every committed write; it is read before the sequences are altered, because `T`'s
+/// own WAL is not flushed, so never streamed, until `T` commits), then the sequences as they
+/// are final.
+async fn freeze(
+    t: &mut PgConnection,
+    s: &Sides,
+    tables: &[String],
+) -> anyhow::Result<(String, Vec<Sequence>)> {
+    sqlx::raw_sql(&format!(
+        "SET LOCAL lock_timeout = '{FREEZE_LOCK_TIMEOUT}'; SET LOCAL statement_timeout = '{FREEZE_LOCK_TIMEOUT}'"
+    ))
+    .execute(&mut *t)
+    .await?;
+    let names: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT sequencename::text, increment_by FROM pg_sequences WHERE schemaname = $1 ORDER BY 1",
+    )
+    .bind(&s.schema)
+    .fetch_all(&mut *t)
+    .await?;
+    if !tables.is_empty() {
+        let list: Vec<String> = tables.iter().map(|x| s.table(x)).collect();
+        locking(
+            sqlx::raw_sql(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", list.join(", ")))
+                .execute(&mut *t)
+                .await,
+        )?;
+    }
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut *t)
+        .await?;
+    let alter: String = names
+        .iter()
+        .map(|(seq, increment)| {
+            format!("ALTER SEQUENCE {} INCREMENT BY {increment};", s.table(seq))
+        })
+        .collect();
+    if !alter.is_empty() {
+        locking(sqlx::raw_sql(&alter).execute(&mut *t).await)?;
+    }
+    sqlx::raw_sql("SET LOCAL statement_timeout = 0")
+        .execute(&mut *t)
+        .await?;
+    let sequences = sqlx::query_as(
+        "SELECT sequencename::text AS name, increment_by AS increment, cache_size AS cache,
+                min_value AS min, max_value AS max, last_value AS last
+           FROM pg_sequences WHERE schemaname = $1 ORDER BY 1",
+    )
+    .bind(&s.schema)
+    .fetch_all(&mut *t)
+    .await?;
+    Ok((lsn, sequences))
+}
+
+/// A lock or timeout error of the freeze becomes [`Retry`]: 55P03 (`lock_timeout`), 57014
+/// (`statement_timeout`), 40P01 (a deadlock with a writer that held a sequence and waited for a
+/// table).
+fn locking<T>(res: Result<T, sqlx::Error>) -> anyhow::Result<T> {
+    match res {
+        Ok(v) => Ok(v),
+        Err(e)
+            if matches!(
+                fleet_shared::errors::sqlstate(&e).as_deref(),
+                Some("55P03") | Some("57014") | Some("40P01")
+            ) =>
+        {
+            Err(Retry(format!(
+                "the tenant's writes held its tables or sequences longer than {FREEZE_LOCK_TIMEOUT}"
+            ))
+            .into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("Failed to freeze the source's tables")),
+    }
+}
+
 /// One attempt at the cut-over (see the module docs).
 pub async fn freeze_and_switch(
     control: &PgPool,
@@ -213,27 +327,7 @@ pub async fn freeze_and_switch(
         .with_context(|| format!("cannot connect to database {}", s.source.name))?;
     let started = Instant::now();
     let mut t = src.begin().await?;
-    sqlx::raw_sql(&format!("SET LOCAL lock_timeout = '{FREEZE_LOCK_TIMEOUT}'"))
-        .execute(&mut *t)
-        .await?;
-    if !tables.is_empty() {
-        let list: Vec<String> = tables.iter().map(|x| s.table(x)).collect();
-        if let Err(e) = sqlx::raw_sql(&format!("LOCK TABLE {} IN EXCLUSIVE MODE", list.join(", ")))
-            .execute(&mut *t)
-            .await
-        {
-            if fleet_shared::errors::sqlstate(&e).as_deref() == Some("55P03") {
-                return Err(Retry(format!(
-                    "the tenant's writes held its tables longer than lock_timeout {FREEZE_LOCK_TIMEOUT}"
-                ))
-                .into());
-            }
-            return Err(e).context("Failed to freeze the source's tables");
-        }
-    }
-    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
-        .fetch_one(&mut *t)
-        .await?;
+    let (lsn, sequences) = freeze(&mut t, s, &tables).await?;
     wait_flushed(s, &m.replication_name(), &lsn, lag_limit).await?;
 
     // Both sides at once: counting is most of the frozen time on a big tenant.
@@ -269,23 +363,22 @@ pub async fn freeze_and_switch(
         );
     }
 
-    let sequences: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT sequencename::text, last_value FROM pg_sequences WHERE schemaname = $1 AND last_value IS NOT NULL",
-    )
-    .bind(&s.schema)
-    .fetch_all(&mut *t)
-    .await?;
-    for (seq, value) in &sequences {
-        // The source's value is final while it is frozen, so setting it again is harmless.
-        sqlx::query("SELECT setval($1::regclass, $2, true)")
-            .bind(s.table(seq))
+    for seq in &sequences {
+        let Some(value) = seq.target_value() else {
+            continue;
+        };
+        // Only ever forward: a re-run after a crash finds the target set already.
+        sqlx::query("SELECT setval($1::regclass, $2, true) FROM pg_sequences WHERE schemaname = $3 AND sequencename = $4 AND (last_value IS NULL OR last_value < $2)")
+            .bind(s.table(&seq.name))
             .bind(value)
+            .bind(&s.schema)
+            .bind(&seq.name)
             .execute(&s.target_pg)
             .await
             .with_context(|| {
                 format!(
-                    "Failed to move sequence {seq} on database {}",
-                    s.target.name
+                    "Failed to move sequence {} on database {}",
+                    seq.name, s.target.name
                 )
             })?;
     }
