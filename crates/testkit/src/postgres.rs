@@ -108,6 +108,11 @@ impl PgServer {
         Ok(self.url(name))
     }
 
+    /// What the server has written to its log since it (re)started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
     /// Fast shutdown: clients see their connections closed, then nothing answers on the port.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -132,6 +132,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 &format!("move {} of {code}: {} -> {}", m.move_id, m.source, m.target),
                 json!({"move_id": m.move_id, "from": m.source, "to": m.target}),
             )?;
+            if let Some(w) = checks::wal_warning(&sides).await? {
+                report.line("warning", &w, json!({}))?;
+            }
             m
         }
     };

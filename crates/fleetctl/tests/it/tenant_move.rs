@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// (two, or two databases of one), and a provisioner running in-process.
 struct Homes {
     env: TestEnv,
-    _servers: Vec<PgServer>,
+    servers: Vec<PgServer>,
     urls: BTreeMap<&'static str, String>,
     _cfg: tempfile::NamedTempFile,
     cfg_path: String,
@@ -43,26 +43,23 @@ impl Homes {
             .await
             .unwrap();
         let cfg = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(
-            cfg.path(),
-            format!(
-                "[databases.shard_a]\nurl = \"{url_a}\"\ntenants = true\n\n\
-                 [databases.shard_b]\nurl = \"{url_b}\"\ntenants = true\n\n\
-                 [databases.legacy]\nurl = \"{url_b}\"\n"
-            ),
-        )
-        .unwrap();
+        write_config(cfg.path(), &url_a, &url_b);
         let cfg_path = cfg.path().to_str().unwrap().to_owned();
         let fleet = env.fleet(&[("FLEET_CONFIG", &cfg_path)]).await;
         let provisioner = Some(Running::spawn(|t| provisioner::run(fleet, t)));
         Homes {
             env,
-            _servers: servers,
+            servers,
             urls: BTreeMap::from([("shard_a", url_a), ("shard_b", url_b)]),
             _cfg: cfg,
             cfg_path,
             provisioner,
         }
+    }
+
+    /// Rewrites the fleet's configuration, for the fleetctl runs from now on.
+    fn configure(&self, url_a: &str, url_b: &str) {
+        write_config(std::path::Path::new(&self.cfg_path), url_a, url_b);
     }
 
     async fn pool(&self, db: &str) -> PgPool {
@@ -121,6 +118,18 @@ impl Homes {
             p.stop().await;
         }
     }
+}
+
+fn write_config(path: &std::path::Path, url_a: &str, url_b: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[databases.shard_a]\nurl = \"{url_a}\"\ntenants = true\n\n\
+             [databases.shard_b]\nurl = \"{url_b}\"\ntenants = true\n\n\
+             [databases.legacy]\nurl = \"{url_b}\"\n"
+        ),
+    )
+    .unwrap();
 }
 
 fn out(o: &Output) -> String {
@@ -321,6 +330,7 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
     let printed = ok(&o);
     for step in [
         "move ",
+        "max_slot_wal_keep_size = -1",
         "schema tenant_acme created on shard_b",
         "publication and replication slot",
         "subscription",
@@ -943,5 +953,72 @@ async fn a_run_that_lost_its_lock_does_not_switch_and_an_abort_after_a_switch_is
         3,
         "the tenant's copy on shard_b is untouched"
     );
+    h.stop().await;
+}
+/// The statement carrying the source's password is kept out of the target's log; an abort with
+/// the target down cleans the source and names what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_password_stays_out_of_the_target_log_and_abort_cleans_the_source_with_the_target_down(
+) {
+    let mut h = Homes::new(true).await;
+    h.provision("acme", "shard_a").await;
+    let a = h.pool("shard_a").await;
+    let b = h.pool("shard_b").await;
+    application_tables(&a, "tenant_acme", 50).await;
+    // The target server logs every statement; the source's URL carries a password (trust
+    // authentication ignores it, but the subscription's connection string holds it).
+    exec(&b, "ALTER SYSTEM SET log_statement = 'all'").await;
+    exec(&b, "SELECT pg_reload_conf()").await;
+    let secret = "s3cret-pw-9f1c";
+    let url_a = h.urls["shard_a"].replace("postgres@", &format!("postgres:{secret}@"));
+    let url_b = h.urls["shard_b"].clone();
+    h.configure(&url_a, &url_b);
+    ok(&h
+        .fleetctl(&[
+            "tenants",
+            "move",
+            "acme",
+            "--to",
+            "shard_b",
+            "--until",
+            "subscribed",
+        ])
+        .await);
+    let log = h.servers[1].log();
+    assert!(
+        log.contains("pg_subscription"),
+        "the target logs statements:\n{log}"
+    );
+    assert!(!log.contains(secret), "{log}");
+    assert!(!log.contains("CREATE SUBSCRIPTION"), "{log}");
+
+    // The target goes down: --abort still drops the slot and publication on the source, and
+    // says what is left on the target.
+    h.servers[1].stop();
+    let o = h.fleetctl(&["tenants", "move", "acme", "--abort"]).await;
+    refused(&o, "is left on database shard_b");
+    assert_eq!(count(&a, "SELECT count(*) FROM pg_publication").await, 0);
+    assert_eq!(
+        count(&a, "SELECT count(*) FROM pg_replication_slots").await,
+        0
+    );
+    let control = h.pool("control").await;
+    assert_eq!(move_row(&control, "acme").await["state"], "running");
+
+    // Back up: a second --abort finishes the target's side.
+    h.servers[1].restart().unwrap();
+    ok(&h.fleetctl(&["tenants", "move", "acme", "--abort"]).await);
+    let b = h.pool("shard_b").await;
+    assert_eq!(replication_leftovers(&a, &b).await, (0, 0, 0));
+    assert_eq!(
+        count(
+            &b,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(move_row(&control, "acme").await["state"], "aborted");
+    assert_eq!(database_of(&control, "acme").await, "shard_a");
     h.stop().await;
 }

@@ -141,3 +141,18 @@ pub async fn servers(s: &Sides) -> anyhow::Result<()> {
     );
     Ok(())
 }
+/// A warning when the source server keeps WAL for a replication slot without limit
+/// (`max_slot_wal_keep_size = -1`, the default): a move stopped at `--until copied` or stuck
+/// keeps the source's WAL growing until it continues or is aborted.
+pub async fn wal_warning(s: &Sides) -> anyhow::Result<Option<String>> {
+    let keep: String = sqlx::query_scalar("SELECT current_setting('max_slot_wal_keep_size')")
+        .fetch_one(&s.source_pg)
+        .await
+        .context("Failed to read max_slot_wal_keep_size")?;
+    Ok((keep == "-1").then(|| {
+        format!(
+            "warning: database {}'s server has max_slot_wal_keep_size = -1: while this move is stopped or stuck, its replication slot keeps the server's WAL without limit; finish or --abort it soon, or set a limit",
+            s.source.name
+        )
+    }))
+}

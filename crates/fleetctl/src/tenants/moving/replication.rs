@@ -137,6 +137,32 @@ pub async fn publish(s: &Sides, m: &MoveRow) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Session settings that keep a statement's text out of the server's log (`log_statement`, an
+/// error's `STATEMENT:` line, slow-statement lines), out of `pg_stat_activity` and out of
+/// `pg_stat_statements` (when loaded): the statement that carries the source's password.
+/// Settings a server does not have are skipped (`pg_settings` lists the ones it has).
+const QUIET: [(&str, &str); 6] = [
+    ("log_statement", "none"),
+    ("log_min_error_statement", "panic"),
+    ("log_min_duration_statement", "-1"),
+    ("log_min_duration_sample", "-1"),
+    ("track_activities", "off"),
+    ("pg_stat_statements.track_utility", "off"),
+];
+
+async fn quiet(con: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let (names, values): (Vec<&str>, Vec<&str>) = QUIET.iter().copied().unzip();
+    sqlx::query(
+        "SELECT set_config(w.name, w.value, false)
+           FROM unnest($1::text[], $2::text[]) AS w(name, value) JOIN pg_settings p ON p.name = w.name",
+    )
+    .bind(names)
+    .bind(values)
+    .fetch_all(&mut *con)
+    .await?;
+    Ok(())
+}
+
 /// The subscription on the target (initial copy, then streaming); returns its oid.
 pub async fn subscribe(s: &Sides, m: &MoveRow) -> anyhow::Result<i64> {
     let name = m.replication_name();
@@ -148,7 +174,8 @@ pub async fn subscribe(s: &Sides, m: &MoveRow) -> anyhow::Result<i64> {
     // writer gets to it (which would add up to a few hundred milliseconds to the cut-over).
     // The subscription connects to the source with the URL the fleet uses for it: the target
     // server must be able to reach that address. The target keeps it in pg_subscription
-    // (readable by superusers only); it is never printed.
+    // (readable by superusers only); it is never printed, and the session that creates it keeps
+    // the statement (password included) out of the target's log and statistics (QUIET).
     let sql = format!(
         "CREATE SUBSCRIPTION {q} CONNECTION {conn} PUBLICATION {q}
            WITH (create_slot = false, slot_name = {lit}, copy_data = true, enabled = true,
@@ -157,16 +184,24 @@ pub async fn subscribe(s: &Sides, m: &MoveRow) -> anyhow::Result<i64> {
         conn = quote_literal(s.source_url().expose_secret()),
         lit = quote_literal(&name),
     );
-    sqlx::raw_sql(&sql)
-        .execute(&s.target_pg)
+    let mut con = PgConnection::connect(s.target.url.expose_secret())
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "Failed to create the subscription on database {}: {}",
-                s.target.name,
-                fleet_shared::telemetry::redact(&e.to_string())
-            )
-        })?;
+        .with_context(|| format!("cannot connect to database {}", s.target.name))?;
+    quiet(&mut con).await.with_context(|| {
+        format!(
+            "Failed to keep the subscription's connection string out of database {}'s log (the fleet must be a superuser there)",
+            s.target.name
+        )
+    })?;
+    let created = sqlx::raw_sql(&sql).execute(&mut con).await;
+    con.close().await.ok();
+    created.map_err(|e| {
+        anyhow::anyhow!(
+            "Failed to create the subscription on database {}: {}",
+            s.target.name,
+            fleet_shared::telemetry::redact(&e.to_string())
+        )
+    })?;
     subscription_oid(s, &name)
         .await?
         .context("the subscription vanished right after it was created")
@@ -281,13 +316,40 @@ async fn sub_errors(s: &Sides, oid: i64) -> anyhow::Result<i64> {
 }
 
 /// Drops the subscription (on the target), every replication slot of the move (its own and the
-/// table-sync slots of the subscription) and the publication (on the source). Each part is
-/// skipped when already gone.
+/// table-sync slots of the subscription) and the publication (on the source). Each side is
+/// cleaned on its own, and each part is skipped when already gone: with the target unreachable
+/// the source's slots and publication are still dropped (a slot left behind keeps WAL on the
+/// source server without limit), and the error says what is left on the target.
 pub async fn teardown(s: &Sides, m: &MoveRow) -> anyhow::Result<()> {
     let name = m.replication_name();
-    let q = super::super::catalog::quote_ident(&name);
-    let oid = subscription_oid(s, &name).await?.or(m.sub_oid);
-    if subscription_oid(s, &name).await?.is_some() {
+    let on_target = drop_subscription(s, &name).await;
+    let oid = match &on_target {
+        Ok(oid) => oid.or(m.sub_oid),
+        Err(_) => m.sub_oid,
+    };
+    let on_source = drop_slots_and_publication(s, m, oid).await;
+    match (on_target, on_source) {
+        (Ok(_), Ok(())) => Ok(()),
+        (Err(t), Ok(())) => Err(t.context(format!(
+            "the replication slots and publication of move {} on database {} are dropped, but subscription {name} is left on database {}",
+            m.move_id, s.source.name, s.target.name
+        ))),
+        (Ok(_), Err(e)) => Err(e),
+        (Err(t), Err(e)) => Err(e.context(format!(
+            "subscription {name} is left on database {} too ({})",
+            s.target.name,
+            fleet_shared::errors::one_line(&format!("{t:#}"))
+        ))),
+    }
+}
+
+/// Drops the move's subscription on the target, if there; returns its oid.
+async fn drop_subscription(s: &Sides, name: &str) -> anyhow::Result<Option<i64>> {
+    let q = super::super::catalog::quote_ident(name);
+    let oid = subscription_oid(s, name)
+        .await
+        .with_context(|| format!("cannot reach database {} (the target)", s.target.name))?;
+    if oid.is_some() {
         // Detached from its slot first, so dropping it never needs the source.
         for sql in [
             format!("ALTER SUBSCRIPTION {q} DISABLE"),
@@ -305,6 +367,17 @@ pub async fn teardown(s: &Sides, m: &MoveRow) -> anyhow::Result<()> {
                 })?;
         }
     }
+    Ok(oid)
+}
+
+/// Drops the move's replication slots and publication on the source.
+async fn drop_slots_and_publication(
+    s: &Sides,
+    m: &MoveRow,
+    oid: Option<i64>,
+) -> anyhow::Result<()> {
+    let name = m.replication_name();
+    let q = super::super::catalog::quote_ident(&name);
     let sync_prefix = oid.map(|o| format!("pg_{o}_sync_"));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(30);

@@ -29,8 +29,30 @@ pub async fn undo(s: &Sides, m: &MoveRow) -> anyhow::Result<()> {
             })?;
         tx.commit().await?;
     }
-    super::replication::teardown(s, m).await?;
-    if let Some(Some(c)) = schema_comment(&s.target_pg, &s.schema).await? {
+    let replication = super::replication::teardown(s, m).await;
+    let copy = drop_copy(s, m).await;
+    match (replication, copy) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(()), Err(e)) => Err(e),
+        (Err(e), Err(c)) => Err(e.context(format!(
+            "the copy of {} is left on database {} too ({})",
+            s.schema,
+            s.target.name,
+            fleet_shared::errors::one_line(&format!("{c:#}"))
+        ))),
+    }
+    .map_err(|e| {
+        e.context("--abort is not complete; run it again when both databases can be reached")
+    })
+}
+
+/// Drops the target's copy of the schema, only if this move created it (as its comment says).
+async fn drop_copy(s: &Sides, m: &MoveRow) -> anyhow::Result<()> {
+    let comment = schema_comment(&s.target_pg, &s.schema)
+        .await
+        .with_context(|| format!("cannot reach database {} (the target)", s.target.name))?;
+    if let Some(Some(c)) = comment {
         if c == ownership_comment(m.move_id) {
             sqlx::raw_sql(&format!("DROP SCHEMA {} CASCADE", s.quoted_schema()))
                 .execute(&s.target_pg)
