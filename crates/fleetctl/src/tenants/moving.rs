@@ -320,7 +320,7 @@ async fn drive(
                 )?;
             }
             Step::Unsubscribed => {
-                let name = cutover::archive_name(s, m).await?;
+                let name = cutover::archive_name(s, m);
                 record::set_field(pg, m.move_id, "archive_name", name.as_str()).await?;
                 m.archive_name = Some(name.clone());
                 cutover::archive(s, &name).await?;

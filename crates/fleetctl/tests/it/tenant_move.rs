@@ -339,7 +339,7 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
         "cut-over took",
         "tenant.moved announced",
         "dropped",
-        "archived as archived_acme_",
+        "archived as moved_acme_",
         "moved acme from shard_a to shard_b",
     ] {
         assert!(printed.contains(step), "{step:?} missing from:\n{printed}");
@@ -362,7 +362,9 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
         "{m}"
     );
     let archive = m["archive_name"].as_str().unwrap().to_owned();
-    assert!(archive.starts_with("archived_acme_"), "{archive}");
+    // Its own namespace, with the move's id: never the name a lifecycle archive would take.
+    let move_id = m["move_id"].as_str().unwrap().replace('-', "");
+    assert_eq!(archive, format!("moved_acme_{}", &move_id[..16]));
 
     // Every acknowledged write is on the new copy, once; the old copy holds exactly the writes
     // acknowledged by it, none after the cut-over.

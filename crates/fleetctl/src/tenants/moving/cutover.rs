@@ -461,23 +461,16 @@ pub async fn freeze_and_switch(
     })
 }
 
-/// The name the old copy is archived under: the tenant's archive name on that database
-/// (`archived_<code>_<16 hex of tenant_id>`, as an archive there would be called), or, when a
-/// schema of that name is already there (the tenant was moved away from it before),
-/// `archived_<code>_<16 hex of move_id>`.
-pub async fn archive_name(s: &Sides, m: &MoveRow) -> anyhow::Result<String> {
+/// The name the old copy is archived under: `moved_<code>_<16 hex of move_id>`, a namespace of
+/// its own, so that it never takes the name a lifecycle archive of the tenant on that database
+/// would get (a later `tenant.deleted` there would be refused), and a move back and forth
+/// leaves one archive per move.
+pub fn archive_name(s: &Sides, m: &MoveRow) -> String {
     if let Some(n) = &m.archive_name {
-        return Ok(n.clone());
-    }
-    let first = provisioner::lifecycle::delete::remote_archive_name(s.code.as_str(), m.tenant_id);
-    if !super::sides::schema_exists(&s.source_pg, &first).await? {
-        return Ok(first);
+        return n.clone();
     }
     let short: String = s.code.as_str().chars().take(30).collect();
-    Ok(format!(
-        "archived_{short}_{}",
-        &m.move_id.simple().to_string()[..16]
-    ))
+    format!("moved_{short}_{}", &m.move_id.simple().to_string()[..16])
 }
 
 /// Renames the old copy (still guarded, so it stays read-only) to `name`; idempotent.
