@@ -156,6 +156,7 @@ async fn start(pg: &PgPool, t: &checks::Tenant, s: &Sides) -> anyhow::Result<Mov
         .execute(&mut *tx)
         .await?;
     provisioner::tenant_lock::lock_tenant(&mut tx, &t.code).await?;
+    checks::no_copy_job(&mut tx, &s.code).await?;
     let now: Option<(String, String)> = sqlx::query_as(
         "SELECT status, database FROM fleet.tenants WHERE tenant_id = $1 AND status <> 'deleted' FOR UPDATE",
     )

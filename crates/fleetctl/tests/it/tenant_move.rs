@@ -702,8 +702,23 @@ async fn bad_moves_are_refused_in_one_line_and_change_nothing() {
     h.provision("acme", "control").await;
     h.provision("bravo", "shard_a").await;
     h.provision("carol", "shard_a").await;
+    h.provision("dave", "shard_a").await;
+    h.provision("erin", "shard_a").await;
     let a = h.pool("shard_a").await;
     exec(&a, "CREATE TABLE tenant_carol.no_key (a int)").await;
+    exec(
+        &a,
+        "CREATE UNLOGGED TABLE tenant_dave.scratch (id int PRIMARY KEY)",
+    )
+    .await;
+    // A copy_to_tenant backfill job of erin's, not started yet.
+    exec(
+        &control,
+        "INSERT INTO fleet.backfill_jobs (job_id, submit_key, kind, spec)
+         VALUES ('5e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a6b', 'erin-copy', 'copy_to_tenant',
+                 '{\"kind\": \"copy_to_tenant\", \"table\": \"sessions\", \"tenant_code\": \"erin\"}')",
+    )
+    .await;
     exec(
         &control,
         "UPDATE fleet.tenants SET status = 'suspended' WHERE code = 'bravo'",
@@ -731,6 +746,14 @@ async fn bad_moves_are_refused_in_one_line_and_change_nothing() {
         (
             vec!["carol", "--to", "shard_b"],
             "no_key of tenant_carol have no primary key or replica identity",
+        ),
+        (
+            vec!["dave", "--to", "shard_b"],
+            "scratch of tenant_dave are unlogged",
+        ),
+        (
+            vec!["erin", "--to", "shard_b"],
+            "tenant erin has copy_to_tenant backfill job 5e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a6b pending",
         ),
         (
             vec!["ghost", "--to", "shard_b"],
@@ -824,6 +847,7 @@ async fn a_source_left_read_only_by_a_crash_is_lifted_by_abort_or_finished_by_a_
     exec(&b, "INSERT INTO tenant_acme.app_writes (n) VALUES (3)").await;
     h.stop().await;
 }
+
 /// Terminates the backend holding the move's driver lock (as an idle timeout on the way to the
 /// control plane would cut it); returns how many it ended.
 async fn cut_driver_connection(control: &PgPool) -> i64 {
@@ -957,6 +981,7 @@ async fn a_run_that_lost_its_lock_does_not_switch_and_an_abort_after_a_switch_is
     );
     h.stop().await;
 }
+
 /// The statement carrying the source's password is kept out of the target's log; an abort with
 /// the target down cleans the source and names what is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,16 @@
 //! - the tenant exists and is `active`;
 //! - the source server has `wal_level = logical` (logical replication needs it);
 //! - the schema exists on the source and not on the target;
-//! - every table can be replicated: it has a primary key or a replica identity (without one,
-//!   the source itself would refuse the tenant's updates and deletes once it is published).
+//! - every table can be replicated: it is logged (logical replication skips unlogged tables,
+//!   whose rows would be missing on the target), and it has a primary key or a replica identity
+//!   (without one, the source itself would refuse the tenant's updates and deletes once it is
+//!   published);
+//! - no `copy_to_tenant` backfill job of the tenant is pending, running or paused (checked under
+//!   the tenant's lock when the move is recorded): it writes to the tenant's schema on the
+//!   database it planned for, and may create tables there, which the subscription cannot carry.
+//!
+//! Not a refusal, a warning: a source server with `max_slot_wal_keep_size = -1` keeps WAL for
+//! the move's slot without limit while the move is stopped or stuck.
 
 use anyhow::Context as _;
 use fleet_shared::databases::{DatabaseConfig, Isolation};
@@ -121,6 +129,21 @@ pub async fn servers(s: &Sides) -> anyhow::Result<()> {
         s.schema,
         s.target.name
     );
+    let unlogged: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relpersistence = 'u'
+          ORDER BY 1",
+    )
+    .bind(&s.schema)
+    .fetch_all(&s.source_pg)
+    .await
+    .context("Failed to read the tables' persistence")?;
+    anyhow::ensure!(
+        unlogged.is_empty(),
+        "table(s) {} of {} are unlogged, and logical replication does not carry unlogged tables (make them logged with ALTER TABLE … SET LOGGED, or drop them)",
+        unlogged.join(", "),
+        s.schema
+    );
     let unreplicable: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = $1 AND c.relkind = 'r'
@@ -141,6 +164,7 @@ pub async fn servers(s: &Sides) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
 /// A warning when the source server keeps WAL for a replication slot without limit
 /// (`max_slot_wal_keep_size = -1`, the default): a move stopped at `--until copied` or stuck
 /// keeps the source's WAL growing until it continues or is aborted.
@@ -155,4 +179,25 @@ pub async fn wal_warning(s: &Sides) -> anyhow::Result<Option<String>> {
             s.source.name
         )
     }))
+}
+
+/// Refuses while a `copy_to_tenant` backfill job of `code` is not finished (call under the
+/// tenant's lock).
+pub async fn no_copy_job(con: &mut sqlx::PgConnection, code: &Code) -> anyhow::Result<()> {
+    let job: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT job_id, state FROM fleet.backfill_jobs
+          WHERE kind = 'copy_to_tenant' AND state IN ('pending', 'running', 'paused')
+            AND spec->>'tenant_code' = $1
+          ORDER BY created_at LIMIT 1",
+    )
+    .bind(code.as_str())
+    .fetch_optional(&mut *con)
+    .await
+    .context("Failed to read fleet.backfill_jobs")?;
+    if let Some((job_id, state)) = job {
+        anyhow::bail!(
+            "tenant {code} has copy_to_tenant backfill job {job_id} {state}; a move waits until it has finished (or cancel it with fleetctl backfill cancel {job_id})"
+        );
+    }
+    Ok(())
 }
