@@ -77,10 +77,15 @@ pub struct Runner {
 
 /// What one lane step did.
 enum Step {
-    Did { keys: i64, elapsed: Duration },
+    Did {
+        keys: i64,
+        elapsed: Duration,
+    },
     Split,
     Failed,
     Carved,
+    /// A chunk had to wait (a [`ChunkOutcome::Held`]); the lane tries again.
+    Held,
     Idle,
     Stopped,
 }
@@ -107,6 +112,8 @@ struct JobCtx {
     chunk_runner: Option<Arc<dyn ChunkRunner>>,
     adapt: Adapt,
     last_progress: Mutex<Instant>,
+    /// A chunk was held and set the job's `throttled`; the next chunk done clears it.
+    held: std::sync::atomic::AtomicBool,
 }
 
 /// What a chunk's statements did, before its commit.
@@ -330,6 +337,7 @@ impl Runner {
             adapt: Adapt::new(initial, eff.target_chunk, eff.min_chunk_size, max_chunk),
             eff,
             last_progress: Mutex::new(Instant::now() - Duration::from_secs(3600)),
+            held: std::sync::atomic::AtomicBool::new(false),
         });
         let mut lanes = JoinSet::new();
         for _ in 0..ctx.eff.parallelism.max(1) {
@@ -561,7 +569,7 @@ impl Runner {
                     ctx.adapt.observe(keys, elapsed);
                     self.maybe_progress(&ctx).await;
                 }
-                Ok(Step::Split | Step::Failed | Step::Carved) => failures = 0,
+                Ok(Step::Split | Step::Failed | Step::Carved | Step::Held) => failures = 0,
                 Ok(Step::Idle | Step::Stopped) => break,
                 Err(e) if is_transient(&e) && failures < 30 => {
                     failures += 1;
@@ -695,12 +703,32 @@ impl Runner {
                 self.fail_chunk(chunk_id, lo, hi, &msg).await?;
                 return Ok(Step::Failed);
             }
+            Ok(ChunkOutcome::Held { reason }) => {
+                tx.rollback().await?;
+                give_back(0).await;
+                ctx.held.store(true, std::sync::atomic::Ordering::Relaxed);
+                throttle::set_reason(&self.pool, ctx.job_id, Some(&reason)).await?;
+                self.metrics.outcome("held");
+                tracing::debug!(chunk.id = chunk_id, reason, "chunk held");
+                tokio::time::sleep(self.cfg.health_interval).await;
+                return Ok(Step::Held);
+            }
+            Ok(ChunkOutcome::Replan { reason }) => {
+                tx.rollback().await?;
+                give_back(0).await;
+                self.fail_job(ctx.job_id, JobState::Running, &reason)
+                    .await?;
+                return Ok(Step::Stopped);
+            }
             Ok(ChunkOutcome::Done { rows }) => rows,
         };
         self.mark_done(&mut tx, chunk_id, rows, started.elapsed())
             .await?;
         tx.commit().await?;
         give_back(rows).await;
+        if ctx.held.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            throttle::set_reason(&self.pool, ctx.job_id, None).await?;
+        }
         let elapsed = started.elapsed();
         self.metrics.outcome("done");
         self.metrics.rows.inc_by(rows.max(0) as u64);

@@ -232,6 +232,20 @@ impl CopyJob {
             });
             return Ok(plan);
         }
+        // Planning writes on the tenant's schema (sequences, `create_target`), which a move
+        // in flight would not carry over: refused until the move is done.
+        let moving: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT source, target, step FROM fleet.tenant_moves WHERE code = $1 AND state = 'running'",
+        )
+        .bind(self.tenant_code.as_str())
+        .fetch_optional(ctx.pools.control())
+        .await?;
+        if let Some((from, to, step)) = moving {
+            return Err(refused(format!(
+                "copy_to_tenant job: tenant {} is being moved (from {from} to {to}, step {step}); submit the job again once the move is done",
+                self.tenant_code
+            )));
+        }
         let home = Home::find(ctx.pools, &self.tenant_code, &ctx.target.name).await?;
         let ts = self.target_schema()?;
         let dst = qualified(&ts, &self.table);
@@ -313,6 +327,7 @@ impl JobKind for CopyJob {
         Some(Arc::new(CopyRunner {
             pools: pools.clone(),
             source: source.clone(),
+            tenant: self.tenant_code.clone(),
         }))
     }
 
@@ -766,6 +781,7 @@ struct CopyRunner {
     pools: DatabasePools,
     /// The job's database: the source.
     source: Target,
+    tenant: Code,
 }
 
 impl ChunkRunner for CopyRunner {
@@ -775,9 +791,60 @@ impl ChunkRunner for CopyRunner {
 }
 
 impl CopyRunner {
+    /// Whether the tenant is still where the job was planned to write: while a move of it is
+    /// in flight the chunk is held (nothing written: the move copies the schema as it is, and
+    /// after its cut-over the planned database is no longer the tenant's); once the registry
+    /// names another home the job fails and has to be planned again. Read without the tenant
+    /// lock, which would serialise the job's lanes with every change of the tenant; a move
+    /// itself refuses to start while a copy job of the tenant runs.
+    async fn placement(&self, st: &CopyStatements) -> sqlx::Result<Option<ChunkOutcome>> {
+        let mut con = self.pools.control().acquire().await?;
+        let row: Option<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
+            "SELECT tenant_id, database, own_database FROM fleet.tenants
+             WHERE code = $1 AND status <> 'deleted' ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(self.tenant.as_str())
+        .fetch_optional(&mut *con)
+        .await?;
+        // A tenant the registry does not know is where the job was planned.
+        let Some((tenant_id, database, own_database)) = row else {
+            return Ok(None);
+        };
+        // The running move of the tenant, as the move records it (`fleet.tenant_moves`).
+        let moving: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT source, target, step FROM fleet.tenant_moves WHERE tenant_id = $1 AND state = 'running'",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&mut *con)
+        .await?;
+        if let Some((from, to, step)) = moving {
+            return Ok(Some(ChunkOutcome::Held {
+                reason: format!("tenant is being moved (from {from} to {to}, step {step})"),
+            }));
+        }
+        if database != st.database || own_database != st.own_database {
+            let home = |db: &str, own: &Option<String>| match own {
+                Some(o) => format!("{o} on {db}"),
+                None => db.to_owned(),
+            };
+            return Ok(Some(ChunkOutcome::Replan {
+                reason: format!(
+                    "copy_to_tenant job: tenant {} now lives in {} but the job was planned for {}; re-plan: submit the job again",
+                    self.tenant,
+                    home(&database, &own_database),
+                    home(&st.database, &st.own_database)
+                ),
+            }));
+        }
+        Ok(None)
+    }
+
     async fn run_inner(&self, call: ChunkCall<'_>) -> sqlx::Result<ChunkOutcome> {
         let st: CopyStatements = serde_json::from_str(call.statement)
             .map_err(|e| sqlx::Error::Protocol(format!("copy part: {e}")))?;
+        if let Some(wait) = self.placement(&st).await? {
+            return Ok(wait);
+        }
         let target_pool = self
             .pools
             .tenant(&st.database, st.own_database.as_deref())

@@ -60,6 +60,11 @@ pub enum ChunkOutcome {
     Recorded { rows: i64 },
     /// Nothing committed: up to 10 keys of rows the target holds differently, and the count.
     Unsettled { keys: Vec<i64>, total: i64 },
+    /// Nothing done: the chunk has to wait (the job shows `throttled: <reason>`) and is
+    /// claimed again later.
+    Held { reason: String },
+    /// Nothing done, and the job cannot go on as it was planned: it fails with the reason.
+    Replan { reason: String },
 }
 
 /// Runs chunks whose effect is not one statement on the job's database: the kind owns how the

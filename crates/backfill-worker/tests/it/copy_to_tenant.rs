@@ -443,3 +443,102 @@ async fn a_target_without_a_usable_key_or_a_value_it_needs_is_refused() {
         .unwrap();
     assert_eq!(jobs, 0, "nothing created");
 }
+
+/// A move of the tenant starts while the copy runs: its chunks wait (`throttled: tenant is
+/// being moved`) and write nothing; once the move has switched the tenant to another database
+/// the job fails with one line saying to plan it again, every source row still in one place.
+/// A job planned while the move runs is refused.
+#[tokio::test]
+async fn a_move_in_flight_holds_the_copy_and_a_new_home_fails_it_for_a_re_plan() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    let cfg = config_file(FAST_CONFIG);
+    provision(&env, &cfg, created("acme", "acme_org", None)).await;
+    shared_sessions(&control, "acme").await;
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_with(
+        &replica,
+        json!({"kind": "copy_to_tenant", "table": "sessions", "tenant_code": "acme", "delete_source": true,
+               "chunk_size": 30, "max_rows_per_sec": 30}),
+    )
+    .await
+    .unwrap();
+    wait_state(&control, id, &["running"], Duration::from_secs(60)).await;
+    sqlx::query(
+        "INSERT INTO fleet.tenant_moves (move_id, tenant_id, code, source, target, step, actor)
+         SELECT $1, tenant_id, code, 'control', 'shard_b', 'copied', 'test' FROM fleet.tenants WHERE code = 'acme' AND status = 'active'",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&control)
+    .await
+    .unwrap();
+    let held = eventually(Duration::from_secs(60), "the copy is held", || async {
+        job(&control, id).await.throttled
+    })
+    .await;
+    assert_eq!(
+        held,
+        "tenant is being moved (from control to shard_b, step copied)"
+    );
+    let copied = target_rows(&control, "tenant_acme.sessions", "acme_org")
+        .await
+        .0;
+    assert!(copied < 100, "held before the end: {copied}");
+    assert_eq!(
+        left_in_source(&control, "acme").await.0 + copied,
+        100,
+        "every row in one place"
+    );
+
+    // Planned meanwhile: refused, nothing written.
+    let other = submit_with(
+        &replica,
+        json!({"kind": "copy_to_tenant", "table": "sessions", "tenant_code": "acme", "create_target": true}),
+    )
+    .await
+    .unwrap();
+    let refused = wait_state(
+        &control,
+        other,
+        &["failed", "succeeded"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(refused.state, "failed");
+    assert_eq!(
+        refused.error.as_deref(),
+        Some("copy_to_tenant job: tenant acme is being moved (from control to shard_b, step copied); submit the job again once the move is done")
+    );
+
+    // The move switches the tenant to shard_b and ends.
+    sqlx::query(
+        "UPDATE fleet.tenants SET database = 'shard_b' WHERE code = 'acme' AND status = 'active'",
+    )
+    .execute(&control)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE fleet.tenant_moves SET state = 'done', step = 'archived'")
+        .execute(&control)
+        .await
+        .unwrap();
+    let failed = wait_state(
+        &control,
+        id,
+        &["failed", "succeeded"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(failed.state, "failed");
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("copy_to_tenant job: tenant acme now lives in shard_b but the job was planned for control; re-plan: submit the job again")
+    );
+    assert_eq!(
+        target_rows(&control, "tenant_acme.sessions", "acme_org")
+            .await
+            .0,
+        copied,
+        "nothing written after the hold"
+    );
+    replica.stop().await;
+}
