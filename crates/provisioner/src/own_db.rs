@@ -252,6 +252,54 @@ pub async fn write_marker(
     Ok(())
 }
 
+/// The tenant (id and code) that the marker of database `name` on `server` names, if it has one.
+pub async fn marked_tenant(
+    pools: &DatabasePools,
+    server: &str,
+    name: &str,
+) -> Result<Option<(Uuid, String)>, ProvisionError> {
+    let mut con = direct(pools, server, checked_name(name)?).await?;
+    let has: bool = sqlx::query_scalar("SELECT to_regclass('public.fleet_tenant') IS NOT NULL")
+        .fetch_one(&mut con)
+        .await
+        .map_err(ProvisionError::db("look for the tenant marker"))?;
+    let marked = if has {
+        sqlx::query_as("SELECT tenant_id, code FROM public.fleet_tenant LIMIT 1")
+            .fetch_optional(&mut con)
+            .await
+            .map_err(ProvisionError::db("read the tenant marker"))?
+    } else {
+        None
+    };
+    let _ = con.close().await;
+    Ok(marked)
+}
+
+/// The staging databases (`fleet_new_…`) on `server`.
+pub async fn staging_databases(
+    pools: &DatabasePools,
+    server: &str,
+) -> Result<Vec<String>, ProvisionError> {
+    let mut admin = admin(pools, server).await?;
+    sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'fleet\\_new\\_%' ORDER BY 1",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    .map_err(ProvisionError::db("list the staging databases"))
+}
+
+/// Drops database `name` on `server` (with every session on it), if it exists.
+pub async fn drop_database(
+    pools: &DatabasePools,
+    server: &str,
+    name: &str,
+) -> Result<(), ProvisionError> {
+    pools.close_tenant_pool(server, name).await;
+    let mut admin = admin(pools, server).await?;
+    drop_database_on(&mut admin, name).await
+}
+
 /// Whether database `name` exists on `server`.
 pub async fn exists_on(
     pools: &DatabasePools,

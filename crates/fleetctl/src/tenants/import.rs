@@ -146,6 +146,11 @@ pub async fn import(
     .await?;
     if let Some(existing) = taken {
         if existing == code.as_str() {
+            if let Some(done) =
+                finish_rename(pools, &mut tx, &code, &manifest, configs.len()).await?
+            {
+                return Ok(done);
+            }
             anyhow::bail!("tenant code {code} already exists; import with --code NEW to clone it");
         }
         anyhow::bail!(
@@ -171,18 +176,28 @@ pub async fn import(
         new_org: new_org.as_ref(),
     };
     // A home with `isolation = "database"`: the tenant gets a database of its own there, made
-    // like the provisioner makes one (a staging database filled in one transaction with the
-    // marker, then renamed), before the registry; any failure drops it again.
+    // like the provisioner makes one: a staging database filled in one transaction with the
+    // marker, registered, and renamed only once the registry has committed. A failure before
+    // that commit drops the staging database again; a crash leaves it under its staging name,
+    // which a re-run recognises by its marker (dropped when the registry does not know it,
+    // renamed when it does).
     let own = pools
         .databases()
         .get(&database)
         .is_ok_and(|d| d.isolation == Isolation::Database)
         .then(|| schema.clone());
     if let Some(own) = &own {
-        anyhow::ensure!(
-            !own_db::exists_on(pools, &database, own).await?,
-            "database {own} already exists on database server {database}; drop or rename it first"
-        );
+        drop_leftovers(pools, &mut tx, &database, &code).await?;
+        if own_db::exists_on(pools, &database, own).await? {
+            // Ours when its marker names this very tenant, which the registry does not know
+            // (checked above): what an import killed after an early rename left.
+            let marked = own_db::marked_tenant(pools, &database, own).await?;
+            anyhow::ensure!(
+                marked.is_some_and(|(id, _)| id == tenant_id),
+                "database {own} already exists on database server {database}; drop or rename it first"
+            );
+            own_db::drop_database(pools, &database, own).await?;
+        }
     }
     // On another database the schema is restored there, in a transaction of its own under the
     // tenant's lock there, and committed just before the registry: a failure before that commit
@@ -213,7 +228,6 @@ pub async fn import(
                 let rows = restore_schema(&mut t, &restore).await?;
                 t.commit().await?;
                 c.close().await?;
-                own_db::adopt_staging(pools, &database, tenant_id, own).await?;
                 anyhow::Ok(rows)
             }
             .await;
@@ -256,7 +270,6 @@ pub async fn import(
         tenant.insert("created_at".into(), now.clone());
         tenant.insert("provisioned_at".into(), now);
     }
-    insert_json(&mut tx, "tenants", &[Value::Object(tenant)]).await?;
     let configs: Vec<Value> = configs
         .into_iter()
         .map(|mut c| {
@@ -267,8 +280,18 @@ pub async fn import(
             c
         })
         .collect();
-    insert_json(&mut tx, "tenant_configurations", &configs).await?;
-    record_event(&mut tx, tenant_id, &code, &source, dir).await?;
+    let registered = async {
+        insert_json(&mut tx, "tenants", &[Value::Object(tenant)]).await?;
+        insert_json(&mut tx, "tenant_configurations", &configs).await?;
+        record_event(&mut tx, tenant_id, &code, &source, dir).await
+    }
+    .await;
+    if let Err(e) = registered {
+        if own.is_some() {
+            let _ = own_db::drop_staging(pools, &database, tenant_id).await;
+        }
+        return Err(e);
+    }
     let remote = {
         let ttx = ttx;
         match ttx {
@@ -282,14 +305,15 @@ pub async fn import(
         }
     };
     if let Err(e) = tx.commit().await {
-        if let Some(own) = &own {
-            let undo = own_db::purge(pools, &database, own, tenant_id).await;
+        if own.is_some() {
+            let staging = own_db::staging_name(tenant_id);
+            let undo = own_db::drop_staging(pools, &database, tenant_id).await;
             return Err(anyhow::Error::from(e).context(match undo {
                 Ok(()) => format!(
-                    "Failed to commit the import (database {own} on {database} was dropped again)"
+                    "Failed to commit the import (database {staging} on {database} was dropped again)"
                 ),
                 Err(_) => format!(
-                    "Failed to commit the import; drop database {own} on {database} by hand"
+                    "Failed to commit the import; drop database {staging} on {database} by hand"
                 ),
             }));
         }
@@ -310,6 +334,16 @@ pub async fn import(
             ),
         }));
     }
+    if let Some(own) = &own {
+        own_db::adopt_staging(pools, &database, tenant_id, own)
+            .await
+            .with_context(|| {
+                format!(
+                    "the import is registered but its database is still named {} on {database}; run the import again to finish it",
+                    own_db::staging_name(tenant_id)
+                )
+            })?;
+    }
     Ok(Imported {
         code,
         tenant_id,
@@ -321,6 +355,83 @@ pub async fn import(
         own_database: own,
         placed_by,
     })
+}
+
+/// Drops what an earlier import of `code` into a database of its own left on `server` when it
+/// failed or was killed before its registry commit: a staging database whose marker names
+/// `code` and a tenant the registry does not know. Any other staging database is left alone
+/// (one being provisioned is registered; one of another code is not ours).
+async fn drop_leftovers(
+    pools: &fleet_shared::databases::DatabasePools,
+    tx: &mut PgConnection,
+    server: &str,
+    code: &Code,
+) -> anyhow::Result<()> {
+    for name in own_db::staging_databases(pools, server).await? {
+        let Some((id, marked)) = own_db::marked_tenant(pools, server, &name).await? else {
+            continue;
+        };
+        if marked != code.as_str() {
+            continue;
+        }
+        let known: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fleet.tenants WHERE tenant_id = $1)")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !known {
+            tracing::info!(database = %name, server, "dropping what an interrupted import left");
+            own_db::drop_database(pools, server, &name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A re-run of an import that was registered but killed before its database got its name:
+/// the registry names `code`'s own database, which does not exist, and the staging database
+/// of that tenant (marked as its) does. It is renamed now, and the import is done.
+async fn finish_rename(
+    pools: &fleet_shared::databases::DatabasePools,
+    tx: &mut PgConnection,
+    code: &Code,
+    manifest: &Manifest,
+    configs: usize,
+) -> anyhow::Result<Option<Imported>> {
+    let row: Option<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
+        "SELECT tenant_id, database, own_database FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'",
+    )
+    .bind(code.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((tenant_id, database, Some(own))) = row else {
+        return Ok(None);
+    };
+    if pools.databases().get(&database).is_err()
+        || own_db::exists_on(pools, &database, &own).await?
+    {
+        return Ok(None);
+    }
+    let staging = own_db::staging_name(tenant_id);
+    if !own_db::exists_on(pools, &database, &staging).await?
+        || own_db::marked_tenant(pools, &database, &staging)
+            .await?
+            .map(|(id, _)| id)
+            != Some(tenant_id)
+    {
+        return Ok(None);
+    }
+    own_db::adopt_staging(pools, &database, tenant_id, &own).await?;
+    Ok(Some(Imported {
+        code: code.clone(),
+        tenant_id,
+        tables: manifest.tables.len(),
+        rows: manifest.tables.iter().map(|t| t.rows).sum(),
+        configs,
+        schema_version: manifest.schema_version,
+        database,
+        own_database: Some(own),
+        placed_by: "an interrupted import finished",
+    }))
 }
 
 /// The schema from the bundle, in `con`'s transaction: DDL, rows, code rewrites, sequences,

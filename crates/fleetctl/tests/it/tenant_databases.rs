@@ -434,4 +434,77 @@ async fn a_tenant_with_a_database_of_its_own_is_shown_checked_exported_and_impor
         &o,
         "database tenant_twin already exists on database server own",
     );
+
+    // Killed after the registry commit, before the rename: the registry names tenant_trio, the
+    // data is in its staging database. The re-run finishes the rename.
+    let import = |code: &'static str| {
+        fleetctl(
+            &env,
+            &[
+                "tenants",
+                "import",
+                out.to_str().unwrap(),
+                "--code",
+                code,
+                "--database",
+                "own",
+            ],
+            &with_cfg,
+        )
+    };
+    assert_ok(&import("trio"));
+    let trio: uuid::Uuid = scalar(
+        &pool,
+        "SELECT tenant_id FROM fleet.tenants WHERE code = 'trio'",
+    )
+    .await;
+    let staging = format!("fleet_new_{}", trio.simple());
+    exec(
+        &admin,
+        &format!("ALTER DATABASE tenant_trio RENAME TO {staging}"),
+    )
+    .await;
+    let o = import("trio");
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("an interrupted import finished, in its own database tenant_trio"),
+        "{}",
+        stdout(&o)
+    );
+    let trio_db = sqlx::PgPool::connect(&server.url("tenant_trio"))
+        .await
+        .unwrap();
+    let n: i64 = scalar(&trio_db, "SELECT count(*) FROM tenant_trio.user_extensions").await;
+    assert_eq!(n, 30);
+    trio_db.close().await;
+
+    // Killed before the registry commit: a staging database marked for quad, which the
+    // registry does not know. The re-run (a clone: another tenant_id) drops it and imports.
+    assert_ok(&import("quad"));
+    let quad: uuid::Uuid = scalar(
+        &pool,
+        "SELECT tenant_id FROM fleet.tenants WHERE code = 'quad'",
+    )
+    .await;
+    exec(&pool, "DELETE FROM fleet.tenants WHERE code = 'quad'").await;
+    exec(
+        &admin,
+        &format!(
+            "ALTER DATABASE tenant_quad RENAME TO fleet_new_{}",
+            quad.simple()
+        ),
+    )
+    .await;
+    assert_ok(&import("quad"));
+    let dbs: Vec<String> = sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'tenant\\_%' OR datname LIKE 'fleet\\_new\\_%' ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        dbs,
+        ["tenant_iso", "tenant_quad", "tenant_trio", "tenant_twin"],
+        "nothing left under a staging name"
+    );
 }
