@@ -7,7 +7,9 @@
 //! guarantee that matters, *each chunk's effect happens exactly once*, needs the chunk's
 //! statement and its checkpoint in one transaction, and only the database that holds the data
 //! can give that (a job on another database, `"database": "<name>"`, keeps a marker there in
-//! the chunk's transaction instead: [`target`]). NATS carries commands in (`backfill.submit`, `backfill.control`, consumed from
+//! the chunk's transaction instead: [`target`]; a `copy_to_tenant` chunk, read on one database
+//! and written on the tenant's, runs through its kind's [`kind::ChunkRunner`] with the marker on
+//! the tenant's database). NATS carries commands in (`backfill.submit`, `backfill.control`, consumed from
 //! FLEET_JOBS with one durable per subject) and progress out (`backfill.progress.<job_id>`, core
 //! NATS: snapshots are also persisted on the job row, so none needs to be stored in a stream).
 //!
