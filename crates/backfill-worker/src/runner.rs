@@ -102,7 +102,8 @@ enum Health {
 /// Shared by the lanes of one job on this replica.
 struct JobCtx {
     health: tokio::sync::watch::Sender<Health>,
-    monitor: fleet_shared::health::HealthMonitor,
+    /// The databases the job's health is read from (its own first), each with its monitor.
+    watched: Vec<(PgPool, fleet_shared::health::HealthMonitor)>,
     job_id: Uuid,
     target: Target,
     eff: Effective,
@@ -324,11 +325,25 @@ impl Runner {
             None => eff.max_chunk_size,
         };
         let tables = self.job_tables(job_id, &spec).await?;
-        let monitor = fleet_shared::health::HealthMonitor::new(eff.health.clone());
-        let first = self.health(job_id, &target, &monitor, &tables).await;
+        let mut watched = vec![(
+            target.pool.clone(),
+            fleet_shared::health::HealthMonitor::new(eff.health.clone()),
+        )];
+        for pool in spec
+            .kind
+            .job()
+            .written_databases(&self.pools, &target.name)
+            .await
+        {
+            watched.push((
+                pool,
+                fleet_shared::health::HealthMonitor::new(eff.health.clone()),
+            ));
+        }
+        let first = self.health(job_id, &watched, &tables).await;
         let ctx = Arc::new(JobCtx {
             health: tokio::sync::watch::channel(first).0,
-            monitor,
+            watched,
             job_id,
             target: target.clone(),
             parts,
@@ -487,8 +502,7 @@ impl Runner {
     async fn health(
         &self,
         job_id: Uuid,
-        target: &Target,
-        monitor: &fleet_shared::health::HealthMonitor,
+        watched: &[(PgPool, fleet_shared::health::HealthMonitor)],
         tables: &[String],
     ) -> Health {
         let state = store::job_state(&self.pool, job_id)
@@ -497,14 +511,16 @@ impl Runner {
         if state != Some(JobState::Running) {
             return Health::Stopped;
         }
-        match monitor.check(&target.pool, tables).await {
-            Ok(Some(reason)) => Health::Throttled(reason),
-            Ok(None) => Health::Ok,
-            Err(e) => {
-                tracing::debug!(error = %one_line(&e), "cannot read the target's health");
-                Health::Ok
+        for (pool, monitor) in watched {
+            match monitor.check(pool, tables).await {
+                Ok(Some(reason)) => return Health::Throttled(reason),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(error = %one_line(&e), "cannot read the target's health");
+                }
             }
         }
+        Health::Ok
     }
 
     /// Reads the job's health every `health_interval` until its lanes are done; a change is
@@ -517,9 +533,7 @@ impl Runner {
     ) {
         let mut shown: Option<String> = None;
         loop {
-            let h = self
-                .health(ctx.job_id, &ctx.target, &ctx.monitor, &tables)
-                .await;
+            let h = self.health(ctx.job_id, &ctx.watched, &tables).await;
             let reason = match &h {
                 Health::Throttled(r) => Some(r.clone()),
                 _ => None,

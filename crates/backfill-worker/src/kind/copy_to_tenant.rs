@@ -331,6 +331,25 @@ impl JobKind for CopyJob {
         }))
     }
 
+    fn written_databases<'a>(
+        &'a self,
+        pools: &'a DatabasePools,
+        job_db: &'a Name,
+    ) -> BoxFuture<'a, Vec<PgPool>> {
+        Box::pin(async move {
+            match Home::find(pools, &self.tenant_code, job_db).await {
+                Ok(home) if home.database != *job_db => {
+                    home.pool(pools, &self.tenant_code).into_iter().collect()
+                }
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot find the tenant's database to watch");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
     /// The source table and the tenant's copy of it.
     fn watched_tables(&self, schema: &Ident, part: &Ident) -> Vec<String> {
         let mut tables = vec![qualified(schema, part)];

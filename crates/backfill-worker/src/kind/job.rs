@@ -148,6 +148,16 @@ pub trait JobKind: Send + Sync {
         None
     }
 
+    /// Databases besides the job's own that its chunks write to, whose health the throttle
+    /// also reads (`copy_to_tenant`: the tenant's, when it lives elsewhere).
+    fn written_databases<'a>(
+        &'a self,
+        _pools: &'a DatabasePools,
+        _job_db: &'a fleet_shared::Name,
+    ) -> BoxFuture<'a, Vec<PgPool>> {
+        Box::pin(async { Vec::new() })
+    }
+
     /// The `search_path` a chunk transaction sets, if the statements rely on one.
     fn search_path(&self, _schema: &Ident) -> Option<String> {
         None

@@ -400,6 +400,66 @@ async fn a_tenant_with_a_database_of_its_own_is_copied_into_it() {
     replica.stop().await;
 }
 
+/// The throttle reads the tenant's database too (the writes go there): an application session
+/// queued for a lock on the tenant's table holds the job; it goes on once the queue is gone.
+#[tokio::test]
+async fn a_copy_waits_while_the_tenant_database_has_lock_waiters() {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    let shard_db = TestDb::create().await.unwrap();
+    let shard = shard_db.pool().await;
+    let cfg = config_file(&format!(
+        "{FAST_CONFIG}health_interval = \"100ms\"\n\n[databases.shard_b]\nurl = \"{}\"\ntenants = true\n",
+        shard_db.url
+    ));
+    provision(&env, &cfg, created("carol", "carol_org", Some("shard_b"))).await;
+    shared_sessions(&control, "carol").await;
+    // One session holds the table, an application session queues behind it.
+    let mut holder = shard.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tenant_carol.sessions IN SHARE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiter_pool = shard.clone();
+    let waiter = tokio::spawn(async move {
+        let mut tx = waiter_pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE tenant_carol.sessions IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    });
+    let replica = Replica::start(&env, &cfg).await;
+    let id = submit_with(
+        &replica,
+        json!({"kind": "copy_to_tenant", "table": "sessions", "tenant_code": "carol", "chunk_size": 50}),
+    )
+    .await
+    .unwrap();
+    let shown = eventually(Duration::from_secs(30), "job throttled", || async {
+        job(&control, id).await.throttled
+    })
+    .await;
+    assert!(shown.contains("lock waiter(s) on"), "{shown}");
+    assert_eq!(
+        chunks_done(&control, id).await,
+        0,
+        "no chunk while throttled"
+    );
+    holder.commit().await.unwrap();
+    waiter.await.unwrap();
+    let done = wait_state(
+        &control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(done.state, "succeeded", "{:?}", done.error);
+    assert_eq!(done.rows_done, 100);
+    replica.stop().await;
+}
+
 #[tokio::test]
 async fn a_target_without_a_usable_key_or_a_value_it_needs_is_refused() {
     let env = TestEnv::new().await;
