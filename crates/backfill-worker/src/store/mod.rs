@@ -453,14 +453,14 @@ pub async fn delete_job(pools: &DatabasePools, job_id: Uuid) -> Result<(), Contr
     let dbe = |e| ControlError::Db("delete", e);
     let pool = pools.control();
     let mut tx = pool.begin().await.map_err(dbe)?;
-    let row: Option<(JobState, String)> = sqlx::query_as(
-        "SELECT state, database FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
+    let row: Option<(JobState, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT state, database, spec FROM fleet.backfill_jobs WHERE job_id = $1 FOR UPDATE",
     )
     .bind(job_id)
     .fetch_optional(&mut *tx)
     .await
     .map_err(dbe)?;
-    let (state, database) = row.ok_or(ControlError::NotFound(job_id))?;
+    let (state, database, spec) = row.ok_or(ControlError::NotFound(job_id))?;
     if !state.is_terminal() {
         return Err(ControlError::Illegal {
             action: "delete",
@@ -474,12 +474,18 @@ pub async fn delete_job(pools: &DatabasePools, job_id: Uuid) -> Result<(), Contr
         .await
         .map_err(dbe)?;
     tx.commit().await.map_err(dbe)?;
-    // Best effort: the markers of a deleted job are never read again.
-    if database != fleet_shared::databases::CONTROL {
-        if let Ok(target) = pools.get(&database) {
-            if let Err(e) = crate::target::forget(&target, job_id).await {
-                tracing::warn!(job.id = %job_id, error = %e, "cannot clean the job's markers on its database");
-            }
+    // Best effort: the markers of a deleted job are never read again. They are on the job's
+    // database, or where its kind writes (a copy_to_tenant job: the tenant's database).
+    let mut targets: Vec<PgPool> = pools.get(&database).into_iter().collect();
+    if let (Ok(spec), Ok(name)) = (
+        JobSpec::from_value(spec, true, MappingSource::Stored),
+        fleet_shared::Name::parse(&database),
+    ) {
+        targets.extend(spec.kind.job().written_databases(pools, &name).await);
+    }
+    for target in targets {
+        if let Err(e) = crate::target::forget(&target, job_id).await {
+            tracing::warn!(job.id = %job_id, error = %e, "cannot clean the job's markers on its database");
         }
     }
     Ok(())

@@ -351,6 +351,20 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
         "nothing copied twice (the 101st row is the application's)"
     );
     assert_eq!(left_in_source(&control, "bravo").await, (0, 200));
+    // Deleting the job removes its markers on the tenant's database too.
+    let pools = fleet_shared::databases::DatabasePools::new(
+        replica.fleet.settings.databases.clone(),
+        control.clone(),
+        2,
+    );
+    backfill_worker::delete_job(&pools, id).await.unwrap();
+    let marks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
+            .bind(id)
+            .fetch_one(&shard)
+            .await
+            .unwrap();
+    assert_eq!(marks, 0, "markers forgotten with the job");
     replica.stop().await;
 }
 
