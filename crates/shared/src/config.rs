@@ -180,7 +180,14 @@ impl Settings {
             &get,
         )?;
 
-        let tenant_pools = crate::databases::TenantPools::from_file(&file)?;
+        let tenant_pools = crate::databases::TenantPools::from_section(
+            file.section("tenant_pools")?,
+            &file
+                .path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<inline>".into()),
+        )?;
 
         let console_raw = var("FLEET_CONSOLE_ADDR", DEFAULT_CONSOLE_ADDR);
         let console_addr = console_raw.parse().map_err(|_| {

@@ -329,24 +329,25 @@ impl Default for TenantPools {
     }
 }
 
+/// `[tenant_pools]` as written in `FLEET_CONFIG`, before its values are checked.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawTenantPools {
+pub struct RawTenantPools {
     max: Option<i64>,
     idle_timeout: Option<String>,
     connections: Option<i64>,
 }
 
 impl TenantPools {
-    /// Reads `[tenant_pools]` (defaults for what is unset); one line naming the key otherwise.
-    pub fn from_file(file: &crate::config::FileConfig) -> Result<TenantPools, ConfigError> {
-        let raw: RawTenantPools = file.section("tenant_pools")?.unwrap_or_default();
+    /// Checks `[tenant_pools]` of the file shown as `path` (defaults for what is unset); one
+    /// line naming the key otherwise.
+    pub fn from_section(
+        raw: Option<RawTenantPools>,
+        path: &str,
+    ) -> Result<TenantPools, ConfigError> {
+        let raw = raw.unwrap_or_default();
         let err = |problem: String| ConfigError::File {
-            path: file
-                .path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "<inline>".into()),
+            path: path.to_owned(),
             problem: format!("[tenant_pools] {problem}"),
         };
         let mut t = TenantPools::default();
@@ -815,17 +816,15 @@ tenants = false
 
     #[test]
     fn tenant_pool_settings_have_defaults_and_bad_values_fail_in_one_line() {
-        let t = TenantPools::from_file(&FileConfig::parse("", None).unwrap()).unwrap();
+        let tenant_pools = |toml: &str| {
+            let file = FileConfig::parse(toml, None).unwrap();
+            TenantPools::from_section(file.section("tenant_pools")?, "<inline>")
+        };
+        let t = tenant_pools("").unwrap();
         assert_eq!(t, TenantPools::default());
         assert_eq!((t.max, t.idle_timeout), (50, Duration::from_secs(300)));
-        let t = TenantPools::from_file(
-            &FileConfig::parse(
-                "[tenant_pools]\nmax = 7\nidle_timeout = \"90s\"\nconnections = 3",
-                None,
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        let t = tenant_pools("[tenant_pools]\nmax = 7\nidle_timeout = \"90s\"\nconnections = 3")
+            .unwrap();
         assert_eq!(
             (t.max, t.idle_timeout, t.connections),
             (7, Duration::from_secs(90), 3)
@@ -837,9 +836,7 @@ tenants = false
             ("[tenant_pools]\nconnections = 99", "connections = 99"),
             ("[tenant_pools]\npools = 1", "unknown field"),
         ] {
-            let err = TenantPools::from_file(&FileConfig::parse(toml, None).unwrap())
-                .unwrap_err()
-                .to_string();
+            let err = tenant_pools(toml).unwrap_err().to_string();
             assert!(
                 err.contains("[tenant_pools]") && err.contains(wants),
                 "{toml}: {err}"
