@@ -3,32 +3,17 @@
 //! schema where the registry says it is, never the control database; import places by
 //! `--database` or by the placement rules.
 
+use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
 
-use fleet_testkit::{eventually, Running, TestDb, TestEnv};
+use fleet_testkit::{Running, TestDb, TestEnv};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::run::{assert_one_line_error, fleetctl, stderr, stdout};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-}
-
-async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
+use crate::run::{
+    assert_ok, assert_ok_containing, assert_one_line_error, create_tenant, exec, fleetctl, stderr,
+    stdout,
+};
 
 async fn scalar<T>(pool: &PgPool, sql: &str) -> T
 where
@@ -46,6 +31,50 @@ async fn schema_exists(pool: &PgPool, schema: &str) -> bool {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// `tenants import BUNDLE --code CODE --database DATABASE`.
+fn import_to(
+    env: &TestEnv,
+    with_cfg: &[(&str, &str)],
+    bundle: &Path,
+    code: &str,
+    database: &str,
+) -> Output {
+    fleetctl(
+        env,
+        &[
+            "tenants",
+            "import",
+            bundle.to_str().unwrap(),
+            "--code",
+            code,
+            "--database",
+            database,
+        ],
+        with_cfg,
+    )
+}
+
+/// `tenants import BUNDLE --code CODE --database DATABASE` fails in one line containing `needle`,
+/// and `code` is not in the registry.
+async fn import_is_refused(
+    env: &TestEnv,
+    pool: &PgPool,
+    with_cfg: &[(&str, &str)],
+    bundle: &Path,
+    code: &str,
+    database: &str,
+    needle: &str,
+) {
+    let o = import_to(env, with_cfg, bundle, code, database);
+    assert_one_line_error(&o, needle);
+    let n: i64 = scalar(
+        pool,
+        &format!("SELECT count(*) FROM fleet.tenants WHERE code = '{code}'"),
+    )
+    .await;
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]
@@ -69,25 +98,10 @@ async fn portability_commands_follow_the_registry_to_a_second_database() {
 
     // The real provisioner places "far" on the shard.
     let fleet = env.fleet(&with_cfg).await;
-    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let running = Running::spawn(|t| provisioner::run(fleet, t));
     let body = json!({"tenant_id": uuid::Uuid::new_v4(), "code": "far", "name": "Far",
                       "plan": "premium", "org_code": "far_org", "database": "shard"});
-    js.publish("tenant.created", serde_json::to_vec(&body).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    eventually(WAIT, "far active", || async {
-        let s: Option<String> =
-            sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = 'far'")
-                .bind("far")
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
-        (s.as_deref() == Some("active")).then_some(())
-    })
-    .await;
+    create_tenant(&env, &pool, &body, "far active").await;
     running.stop().await;
     assert!(schema_exists(&shard, "tenant_far").await);
     assert!(!schema_exists(&pool, "tenant_far").await);
@@ -154,12 +168,7 @@ async fn portability_commands_follow_the_registry_to_a_second_database() {
         &["tenants", "export", "far", "--out", out.to_str().unwrap()],
         &with_cfg,
     );
-    assert_ok(&o);
-    assert!(
-        stdout(&o).contains("user_extensions: 50 rows"),
-        "{}",
-        stdout(&o)
-    );
+    assert_ok_containing(&o, "user_extensions: 50 rows");
     let ddl = std::fs::read_to_string(out.join("schema-pre.sql")).unwrap();
     assert!(ddl.contains("CREATE TABLE tenant_far.sessions"), "{ddl}");
     assert!(
@@ -173,31 +182,12 @@ async fn portability_commands_follow_the_registry_to_a_second_database() {
         &["tenants", "import", out.to_str().unwrap(), "--code", "near"],
         &with_cfg,
     );
-    assert_ok(&o);
-    assert!(
-        stdout(&o).contains("on database control (fewest tenants relative to capacity)"),
-        "{}",
-        stdout(&o)
+    assert_ok_containing(
+        &o,
+        "on database control (fewest tenants relative to capacity)",
     );
-    let o = fleetctl(
-        &env,
-        &[
-            "tenants",
-            "import",
-            out.to_str().unwrap(),
-            "--code",
-            "far2",
-            "--database",
-            "shard",
-        ],
-        &with_cfg,
-    );
-    assert_ok(&o);
-    assert!(
-        stdout(&o).contains("on database shard (named)"),
-        "{}",
-        stdout(&o)
-    );
+    let o = import_to(&env, &with_cfg, &out, "far2", "shard");
+    assert_ok_containing(&o, "on database shard (named)");
     assert!(
         schema_exists(&pool, "tenant_near").await && !schema_exists(&shard, "tenant_near").await
     );
@@ -238,49 +228,29 @@ async fn portability_commands_follow_the_registry_to_a_second_database() {
     );
 
     // A database that is not configured, or not a tenant home: one line, nothing written.
-    let o = fleetctl(
+    import_is_refused(
         &env,
-        &[
-            "tenants",
-            "import",
-            out.to_str().unwrap(),
-            "--code",
-            "lost",
-            "--database",
-            "nowhere",
-        ],
-        &with_cfg,
-    );
-    assert_one_line_error(&o, "--database: unknown database \"nowhere\"");
-    let n: i64 = scalar(
         &pool,
-        "SELECT count(*) FROM fleet.tenants WHERE code = 'lost'",
+        &with_cfg,
+        &out,
+        "lost",
+        "nowhere",
+        "--database: unknown database \"nowhere\"",
     )
     .await;
-    assert_eq!(n, 0);
     // Importing onto the shard while a schema of that name is already there: refused, and the
     // registry is untouched.
     exec(&shard, "CREATE SCHEMA tenant_taken").await;
-    let o = fleetctl(
+    import_is_refused(
         &env,
-        &[
-            "tenants",
-            "import",
-            out.to_str().unwrap(),
-            "--code",
-            "taken",
-            "--database",
-            "shard",
-        ],
-        &with_cfg,
-    );
-    assert_one_line_error(&o, "schema tenant_taken already exists");
-    let n: i64 = scalar(
         &pool,
-        "SELECT count(*) FROM fleet.tenants WHERE code = 'taken'",
+        &with_cfg,
+        &out,
+        "taken",
+        "shard",
+        "schema tenant_taken already exists",
     )
     .await;
-    assert_eq!(n, 0);
 }
 
 #[tokio::test]
@@ -301,24 +271,10 @@ async fn a_tenant_with_a_database_of_its_own_is_shown_checked_exported_and_impor
     let with_cfg = [("FLEET_CONFIG", cfg.as_str())];
 
     let fleet = env.fleet(&with_cfg).await;
-    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let running = Running::spawn(|t| provisioner::run(fleet, t));
     let body = json!({"tenant_id": uuid::Uuid::new_v4(), "code": "iso", "name": "Iso",
                       "plan": "basic", "database": "own"});
-    js.publish("tenant.created", serde_json::to_vec(&body).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    eventually(WAIT, "iso active", || async {
-        let s: Option<String> =
-            sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = 'iso'")
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
-        (s.as_deref() == Some("active")).then_some(())
-    })
-    .await;
+    create_tenant(&env, &pool, &body, "iso active").await;
     running.stop().await;
     let iso = sqlx::PgPool::connect(&server.url("tenant_iso"))
         .await
@@ -358,32 +314,13 @@ async fn a_tenant_with_a_database_of_its_own_is_shown_checked_exported_and_impor
         &["tenants", "export", "iso", "--out", out.to_str().unwrap()],
         &with_cfg,
     );
-    assert_ok(&o);
-    assert!(
-        stdout(&o).contains("user_extensions: 30 rows"),
-        "{}",
-        stdout(&o)
-    );
+    assert_ok_containing(&o, "user_extensions: 30 rows");
 
     // Imported as a clone onto the same home: a database of its own, with the marker.
-    let o = fleetctl(
-        &env,
-        &[
-            "tenants",
-            "import",
-            out.to_str().unwrap(),
-            "--code",
-            "twin",
-            "--database",
-            "own",
-        ],
-        &with_cfg,
-    );
-    assert_ok(&o);
-    assert!(
-        stdout(&o).contains("on database own (named, in its own database tenant_twin)"),
-        "{}",
-        stdout(&o)
+    let o = import_to(&env, &with_cfg, &out, "twin", "own");
+    assert_ok_containing(
+        &o,
+        "on database own (named, in its own database tenant_twin)",
     );
     let twin = sqlx::PgPool::connect(&server.url("tenant_twin"))
         .await
@@ -417,19 +354,7 @@ async fn a_tenant_with_a_database_of_its_own_is_shown_checked_exported_and_impor
     assert_eq!(dbs, ["tenant_iso", "tenant_twin"]);
     // The same code again: its database exists, refused with one line, nothing left behind.
     exec(&pool, "DELETE FROM fleet.tenants WHERE code = 'twin'").await;
-    let o = fleetctl(
-        &env,
-        &[
-            "tenants",
-            "import",
-            out.to_str().unwrap(),
-            "--code",
-            "twin",
-            "--database",
-            "own",
-        ],
-        &with_cfg,
-    );
+    let o = import_to(&env, &with_cfg, &out, "twin", "own");
     assert_one_line_error(
         &o,
         "database tenant_twin already exists on database server own",
@@ -437,21 +362,7 @@ async fn a_tenant_with_a_database_of_its_own_is_shown_checked_exported_and_impor
 
     // Killed after the registry commit, before the rename: the registry names tenant_trio, the
     // data is in its staging database. The re-run finishes the rename.
-    let import = |code: &'static str| {
-        fleetctl(
-            &env,
-            &[
-                "tenants",
-                "import",
-                out.to_str().unwrap(),
-                "--code",
-                code,
-                "--database",
-                "own",
-            ],
-            &with_cfg,
-        )
-    };
+    let import = |code: &'static str| import_to(&env, &with_cfg, &out, code, "own");
     assert_ok(&import("trio"));
     let trio: uuid::Uuid = scalar(
         &pool,
@@ -465,11 +376,9 @@ async fn a_tenant_with_a_database_of_its_own_is_shown_checked_exported_and_impor
     )
     .await;
     let o = import("trio");
-    assert_ok(&o);
-    assert!(
-        stdout(&o).contains("an interrupted import finished, in its own database tenant_trio"),
-        "{}",
-        stdout(&o)
+    assert_ok_containing(
+        &o,
+        "an interrupted import finished, in its own database tenant_trio",
     );
     let trio_db = sqlx::PgPool::connect(&server.url("tenant_trio"))
         .await

@@ -3,12 +3,12 @@
 //! running in-process: each command's happy path and at least one refusal (exit 1, one line).
 
 use std::process::Output;
-use std::time::Duration;
 
-use fleet_testkit::{eventually, Running, TestEnv};
+use fleet_testkit::{Running, TestEnv};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(60);
+use crate::run::{ok, refused, stderr, wait_active};
+
 const K1: &str = "k1:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const K2: &str = "k2:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 const K1_WRONG: &str = "k1:0000000000000000000000000000000000000000000000000000000000000000";
@@ -29,34 +29,6 @@ async fn fleetctl(env: &TestEnv, args: &[&str], extra: &[(&str, &str)]) -> Outpu
     cmd.output().await.expect("run fleetctl")
 }
 
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "stdout: {}\nstderr: {}", out(o), err(o));
-    out(o)
-}
-
-#[track_caller]
-fn refused(o: &Output, needle: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        out(o),
-        err(o)
-    );
-    let e = err(o);
-    assert_eq!(e.lines().count(), 1, "{e}");
-    assert!(e.starts_with("error: ") && e.contains(needle), "{e}");
-}
-
 #[tokio::test]
 async fn lifecycle_commands_through_the_binary() {
     let env = TestEnv::new().await;
@@ -70,15 +42,7 @@ async fn lifecycle_commands_through_the_binary() {
     )
     .await;
     ok(&o);
-    eventually(WAIT, "acme active", || async {
-        let s: Option<String> =
-            sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = 'acme'")
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
-        (s.as_deref() == Some("active")).then_some(())
-    })
-    .await;
+    wait_active(&pool, "acme", "acme active").await;
     let e = &env;
 
     // update
@@ -297,7 +261,11 @@ async fn lifecycle_commands_through_the_binary() {
     // A malformed flag is a usage error: one line, exit 1, like every other bad input.
     let o = fleetctl(e, &["tenants", "purge", "--older-than", "30"], &[]).await;
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(err(&o).lines().count(), 1, "{}", err(&o));
-    assert!(err(&o).contains("\"30\" is not a duration"), "{}", err(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("\"30\" is not a duration"),
+        "{}",
+        stderr(&o)
+    );
     prov.stop().await;
 }

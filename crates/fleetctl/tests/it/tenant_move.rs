@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::run::{create_tenant, exec, ok, refused, stderr, stdout};
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The control plane (a [`TestEnv`]), tenant homes `shard_a` and `shard_b` on private servers
@@ -91,26 +93,10 @@ impl Homes {
 
     /// Provisions `code` on `database` with the real provisioner and waits until it is active.
     async fn provision(&self, code: &str, database: &str) {
-        let js =
-            async_nats::jetstream::new(async_nats::connect(self.env.nats.url()).await.unwrap());
         let body = json!({"tenant_id": uuid::Uuid::new_v4(), "code": code, "name": code,
                           "plan": "basic", "database": database});
-        js.publish("tenant.created", serde_json::to_vec(&body).unwrap().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
         let control = self.pool("control").await;
-        eventually(WAIT, "tenant active", || async {
-            let s: Option<String> =
-                sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = $1")
-                    .bind(code)
-                    .fetch_optional(&control)
-                    .await
-                    .unwrap();
-            (s.as_deref() == Some("active")).then_some(())
-        })
-        .await;
+        create_tenant(&self.env, &control, &body, "tenant active").await;
     }
 
     async fn stop(mut self) {
@@ -130,41 +116,6 @@ fn write_config(path: &std::path::Path, url_a: &str, url_b: &str) {
         ),
     )
     .unwrap();
-}
-
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "stdout: {}\nstderr: {}", out(o), err(o));
-    out(o)
-}
-
-#[track_caller]
-fn refused(o: &Output, needle: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stdout: {}\nstderr: {}",
-        out(o),
-        err(o)
-    );
-    let e = err(o);
-    assert_eq!(e.lines().count(), 1, "{e}");
-    assert!(e.starts_with("error: ") && e.contains(needle), "{e}");
-}
-
-async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 async fn database_of(control: &PgPool, code: &str) -> String {
@@ -274,6 +225,44 @@ async fn application(
         tokio::time::sleep(Duration::from_millis(3)).await;
     }
     (acked, refused)
+}
+
+/// Stops the target's subscription confirming (a cut-over then waits for lag 0 with the source
+/// frozen); returns the subscription's name.
+async fn disable_subscription(b: &PgPool) -> String {
+    let sub: String = sqlx::query_scalar("SELECT subname::text FROM pg_subscription")
+        .fetch_one(b)
+        .await
+        .unwrap();
+    exec(b, &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await;
+    sub
+}
+
+/// `tenants move acme --to shard_b --cutover-timeout 5m` in the background, both output streams
+/// going to `stdio()`.
+fn start_cutover(h: &Homes, stdio: fn() -> std::process::Stdio) -> tokio::process::Child {
+    h.command(&[
+        "tenants",
+        "move",
+        "acme",
+        "--to",
+        "shard_b",
+        "--cutover-timeout",
+        "5m",
+    ])
+    .stdout(stdio())
+    .stderr(stdio())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits until the `locks` query (a count of locks on the source) finds one: the cut-over froze
+/// the source.
+async fn wait_frozen(a: &PgPool, locks: &str) {
+    eventually(WAIT, "the cut-over froze the source", || async {
+        (count(a, locks).await > 0).then_some(())
+    })
+    .await;
 }
 
 async fn events(env: &TestEnv, subject: &str) -> Vec<Value> {
@@ -551,7 +540,11 @@ async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanw
     );
 
     let o = h.fleetctl(&["tenants", "move", "acme", "--abort"]).await;
-    assert!(ok(&o).contains("aborted after step copied"), "{}", out(&o));
+    assert!(
+        ok(&o).contains("aborted after step copied"),
+        "{}",
+        stdout(&o)
+    );
     let m = move_row(&control, "acme").await;
     assert_eq!(m["state"], "aborted", "{m}");
     assert_eq!(database_of(&control, "acme").await, "shard_a");
@@ -592,38 +585,16 @@ async fn a_move_killed_during_its_cut_over_leaves_the_source_serving_and_a_rerun
         ])
         .await);
     // The subscription stops confirming, so the cut-over waits for lag 0 with the source frozen.
-    let sub: String = sqlx::query_scalar("SELECT subname::text FROM pg_subscription")
-        .fetch_one(&b)
-        .await
-        .unwrap();
-    exec(&b, &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await;
+    let sub = disable_subscription(&b).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
 
-    let mut child = h
-        .command(&[
-            "tenants",
-            "move",
-            "acme",
-            "--to",
-            "shard_b",
-            "--cutover-timeout",
-            "5m",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually(WAIT, "the cut-over froze the source", || async {
-        (count(
-            &a,
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+    let mut child = start_cutover(&h, std::process::Stdio::null);
+    wait_frozen(
+        &a,
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
                JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'tenant_acme' AND l.mode = 'ExclusiveLock' AND l.granted",
-        )
-        .await
-            > 0)
-        .then_some(())
-    })
+    )
     .await;
     // An application write now waits behind the freeze.
     let waiting = tokio::spawn({
@@ -875,38 +846,16 @@ async fn a_run_that_lost_its_lock_does_not_switch_and_an_abort_after_a_switch_is
         ])
         .await);
     // The subscription stops confirming, so the cut-over waits with the source frozen.
-    let sub: String = sqlx::query_scalar("SELECT subname::text FROM pg_subscription")
-        .fetch_one(&b)
-        .await
-        .unwrap();
-    exec(&b, &format!("ALTER SUBSCRIPTION {sub} DISABLE")).await;
+    let sub = disable_subscription(&b).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (2)").await;
-    let child = h
-        .command(&[
-            "tenants",
-            "move",
-            "acme",
-            "--to",
-            "shard_b",
-            "--cutover-timeout",
-            "5m",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    eventually(WAIT, "the cut-over froze the source", || async {
-        (count(
-            &a,
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+    let child = start_cutover(&h, std::process::Stdio::piped);
+    wait_frozen(
+        &a,
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
                JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = 'tenant_acme' AND c.relkind = 'S' AND l.granted
                 AND l.mode = 'ShareRowExclusiveLock'",
-        )
-        .await
-            > 0)
-        .then_some(())
-    })
+    )
     .await;
     // The freeze blocks new ids too: nextval waits for the sequence's lock.
     let id = tokio::spawn({
@@ -933,8 +882,8 @@ async fn a_run_that_lost_its_lock_does_not_switch_and_an_abort_after_a_switch_is
     assert_eq!(cut_driver_connection(&control).await, 1);
     exec(&b, &format!("ALTER SUBSCRIPTION {sub} ENABLE")).await;
     let o = child.wait_with_output().await.unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
-    let e = err(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let e = stderr(&o);
     assert!(
         e.contains("lost its lock on the move of tenant acme"),
         "{e}"

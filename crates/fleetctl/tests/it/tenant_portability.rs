@@ -2,56 +2,24 @@
 //! tenant the real provisioner created, with rows planted in its tables.
 
 use std::path::Path;
-use std::process::Output;
-use std::time::Duration;
 
-use fleet_testkit::{eventually, Running, TestEnv};
+use fleet_testkit::{Running, TestEnv};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::run::{assert_one_line_error, fleetctl, stderr, stdout};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn assert_ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "stdout: {}\nstderr: {}",
-        stdout(o),
-        stderr(o)
-    );
-}
+use crate::run::{
+    assert_ok, assert_ok_containing, assert_one_line_error, create_tenant, exec, fleetctl, stderr,
+    stdout,
+};
 
 /// Provisions `code` with the real provisioner (in-process) and waits until it is active.
 async fn provision(env: &TestEnv, pool: &PgPool, code: &str, org: &str) {
     let fleet = env.fleet(&[]).await;
-    let js = async_nats::jetstream::new(async_nats::connect(env.nats.url()).await.unwrap());
     let running = Running::spawn(|t| provisioner::run(fleet, t));
     let body = json!({"tenant_id": uuid::Uuid::new_v4(), "code": code, "name": format!("Tenant {code}"),
                       "plan": "premium", "org_code": org, "config_overrides": {"custom.greeting": "hi, \"you\""}});
-    js.publish("tenant.created", serde_json::to_vec(&body).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    eventually(WAIT, "tenant active", || async {
-        let s: Option<String> =
-            sqlx::query_scalar("SELECT status FROM fleet.tenants WHERE code = $1")
-                .bind(code)
-                .fetch_optional(pool)
-                .await
-                .unwrap();
-        (s.as_deref() == Some("active")).then_some(())
-    })
-    .await;
+    create_tenant(env, pool, &body, "tenant active").await;
     running.stop().await;
-}
-
-async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sql)
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 /// Rows with awkward values (quotes, commas, newlines, NULLs, arrays, JSON, unicode) and a table
@@ -130,11 +98,9 @@ async fn export_then_import_as_a_new_code_is_identical_table_by_table() {
         &["tenants", "export", "acme", "--out", out.to_str().unwrap()],
         &[],
     );
-    assert_ok(&o);
-    assert!(
-        stdout(&o).contains("exported acme (schema version 5, 24 tables, 20007 rows)"),
-        "{}",
-        stdout(&o)
+    assert_ok_containing(
+        &o,
+        "exported acme (schema version 5, 24 tables, 20007 rows)",
     );
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -164,8 +130,7 @@ async fn export_then_import_as_a_new_code_is_identical_table_by_table() {
         &["tenants", "import", out.to_str().unwrap(), "--code", "beta"],
         &[],
     );
-    assert_ok(&o);
-    assert!(stdout(&o).contains("as tenant beta"), "{}", stdout(&o));
+    assert_ok_containing(&o, "as tenant beta");
 
     let src = tables(&pool, "tenant_acme").await;
     assert_eq!(src, tables(&pool, "tenant_beta").await);
@@ -410,17 +375,7 @@ async fn bad_bundles_existing_codes_and_a_missing_pg_dump_are_refused_with_one_l
     let at = bytes.len() / 2;
     bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
     std::fs::write(&victim, bytes).unwrap();
-    let o = fleetctl(
-        &env,
-        &[
-            "tenants",
-            "import",
-            tampered.to_str().unwrap(),
-            "--code",
-            "gamma",
-        ],
-        &[],
-    );
+    let o = import_as_gamma(&env, &tampered);
     assert_one_line_error(&o, "checksum mismatch in data/");
     nothing_written().await;
 
@@ -433,17 +388,7 @@ async fn bad_bundles_existing_codes_and_a_missing_pg_dump_are_refused_with_one_l
         m.replacen("data/0001.csv", "../../etc/passwd", 1),
     )
     .unwrap();
-    let o = fleetctl(
-        &env,
-        &[
-            "tenants",
-            "import",
-            escaped.to_str().unwrap(),
-            "--code",
-            "gamma",
-        ],
-        &[],
-    );
+    let o = import_as_gamma(&env, &escaped);
     assert_one_line_error(&o, "unexpected file");
     nothing_written().await;
 
@@ -462,17 +407,7 @@ async fn bad_bundles_existing_codes_and_a_missing_pg_dump_are_refused_with_one_l
         serde_json::to_vec(&m).unwrap(),
     )
     .unwrap();
-    let o = fleetctl(
-        &env,
-        &[
-            "tenants",
-            "import",
-            miscounted.to_str().unwrap(),
-            "--code",
-            "gamma",
-        ],
-        &[],
-    );
+    let o = import_as_gamma(&env, &miscounted);
     assert_one_line_error(
         &o,
         "user_extensions holds 20000 rows, the manifest says 19999",
@@ -546,6 +481,21 @@ async fn bad_bundles_existing_codes_and_a_missing_pg_dump_are_refused_with_one_l
     assert_one_line_error(&o, "no tenant with code ghost");
     let o = fleetctl(&env, &["tenants", "health", "Bad!"], &[]);
     assert_one_line_error(&o, "is not a valid code");
+}
+
+/// `tenants import BUNDLE --code gamma`.
+fn import_as_gamma(env: &TestEnv, bundle: &Path) -> std::process::Output {
+    fleetctl(
+        env,
+        &[
+            "tenants",
+            "import",
+            bundle.to_str().unwrap(),
+            "--code",
+            "gamma",
+        ],
+        &[],
+    )
 }
 
 fn copy_dir(from: &Path, to: &Path) {

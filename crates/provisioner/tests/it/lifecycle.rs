@@ -108,12 +108,18 @@ async fn create(pool: &PgPool, js: &jetstream::Context, body: Value) -> Uuid {
     .await
 }
 
-#[tokio::test]
-async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
+/// A fresh environment, its pool and JetStream, and a provisioner started with `extra`.
+async fn started(extra: &[(&str, &str)]) -> (TestEnv, PgPool, jetstream::Context, Worker) {
     let env = TestEnv::new().await;
     let pool = env.db.pool().await;
     let js = js(&env).await;
-    let worker = Worker::start(&env, &[]).await;
+    let worker = Worker::start(&env, extra).await;
+    (env, pool, js, worker)
+}
+
+#[tokio::test]
+async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
+    let (_env, pool, js, worker) = started(&[]).await;
     let (id, mut body) = created("acme", "basic");
     body["config_overrides"] = json!({"api.rate_limit": 5, "custom.flag": "on"});
     create(&pool, &js, body).await;
@@ -231,10 +237,7 @@ async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
 
 #[tokio::test]
 async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
-    let env = TestEnv::new().await;
-    let pool = env.db.pool().await;
-    let js = js(&env).await;
-    let worker = Worker::start(&env, &[("FLEET_CONFIG_KEYS", K1)]).await;
+    let (env, pool, js, worker) = started(&[("FLEET_CONFIG_KEYS", K1)]).await;
     let (id, body) = created("acme", "premium");
     create(&pool, &js, body).await;
 
@@ -391,10 +394,7 @@ async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
 
 #[tokio::test]
 async fn suspend_and_resume_and_their_refusals() {
-    let env = TestEnv::new().await;
-    let pool = env.db.pool().await;
-    let js = js(&env).await;
-    let worker = Worker::start(&env, &[]).await;
+    let (_env, pool, js, worker) = started(&[]).await;
     let (id, body) = created("acme", "basic");
     create(&pool, &js, body).await;
 
@@ -459,10 +459,7 @@ async fn suspend_and_resume_and_their_refusals() {
 
 #[tokio::test]
 async fn archive_recreate_the_same_code_and_purge() {
-    let env = TestEnv::new().await;
-    let pool = env.db.pool().await;
-    let js = js(&env).await;
-    let worker = Worker::start(&env, &[]).await;
+    let (_env, pool, js, worker) = started(&[]).await;
     let (old_id, body) = created("acme", "basic");
     create(&pool, &js, body).await;
 
@@ -589,10 +586,7 @@ async fn archive_recreate_the_same_code_and_purge() {
 
 #[tokio::test]
 async fn purge_older_than_drops_only_old_archives() {
-    let env = TestEnv::new().await;
-    let pool = env.db.pool().await;
-    let js = js(&env).await;
-    let worker = Worker::start(&env, &[]).await;
+    let (_env, pool, js, worker) = started(&[]).await;
     for code in ["old1", "young"] {
         let (_, body) = created(code, "basic");
         create(&pool, &js, body).await;
@@ -651,10 +645,7 @@ async fn purge_older_than_drops_only_old_archives() {
 /// id, as after a crash between commit and ack) changes nothing and is acked.
 #[tokio::test]
 async fn redelivery_of_every_lifecycle_event_is_harmless() {
-    let env = TestEnv::new().await;
-    let pool = env.db.pool().await;
-    let js = js(&env).await;
-    let worker = Worker::start(&env, &[]).await;
+    let (env, pool, js, worker) = started(&[]).await;
     let (id, body) = created("acme", "basic");
     create(&pool, &js, body).await;
     let (_, body) = created("beta", "basic");
