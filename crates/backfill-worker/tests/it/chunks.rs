@@ -22,7 +22,7 @@ async fn a_chunk_that_times_out_is_split_until_it_fits() {
         json!({"kind": "sql", "table": "items", "statement": statement, "chunk_size": 100, "statement_timeout": "200ms"}),
     )
     .await;
-    let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await;
+    let job = finished(&pool, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(counters(&pool).await, (0, 400, 0));
     let (widest, split): (i64, i64) = sqlx::query_as(
@@ -63,13 +63,7 @@ async fn chunk_size_converges_toward_target_and_progress_is_published() {
         json!({"job_id": job_id, "kind": "sql", "table": "items", "statement": statement, "chunk_size": 2, "target_chunk": "500ms", "parallelism": 1}),
     )
     .await;
-    let job = wait_state(
-        &pool,
-        job_id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&pool, job_id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(counters(&pool).await, (0, 1000, 0));
     let sizes: Vec<i64> = sqlx::query_scalar(

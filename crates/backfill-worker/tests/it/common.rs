@@ -66,6 +66,30 @@ pub async fn wait_state(pool: &PgPool, id: Uuid, states: &[&str], limit: Duratio
     .await
 }
 
+/// Waits (up to a minute) until the job has succeeded or failed.
+pub async fn finished(pool: &PgPool, id: Uuid) -> JobRow {
+    wait_state(pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await
+}
+
+/// Retries the job's failed chunks and waits until it has succeeded or failed again.
+pub async fn retry_until_finished(pool: &PgPool, id: Uuid) -> JobRow {
+    backfill_worker::control(pool, id, backfill_worker::Action::Retry)
+        .await
+        .unwrap();
+    finished(pool, id).await
+}
+
+/// Puts a finished job back to `running` (no finish time), so that a replica takes it up again.
+pub async fn running_again(pool: &PgPool, id: Uuid) {
+    sqlx::query(
+        "UPDATE fleet.backfill_jobs SET state = 'running', finished_at = NULL WHERE job_id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 pub async fn chunks_done(pool: &PgPool, id: Uuid) -> i64 {
     sqlx::query_scalar(
         "SELECT count(*) FROM fleet.backfill_chunks WHERE job_id = $1 AND state = 'done'",

@@ -123,7 +123,7 @@ async fn pause_resume_and_cancel_act_within_one_chunk() {
             .unwrap(),
         "running"
     );
-    let job_row = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await;
+    let job_row = finished(&pool, id).await;
     assert_eq!(job_row.state, "succeeded", "{:?}", job_row.error);
     assert_eq!(counters(&pool).await, (0, 1000, 0));
 

@@ -72,6 +72,27 @@ fn created(code: &str, org: &str, database: Option<&str>) -> serde_json::Value {
     body
 }
 
+/// A tenant `code` provisioned on another database (`shard_b`, `tenants = true`, with
+/// `backfill_extra` after the fast `[backfill]` keys) and shared sessions on the control
+/// database for it: (env, control pool, shard database, its pool, config).
+async fn tenant_on_shard_b(
+    backfill_extra: &str,
+    code: &str,
+    org: &str,
+) -> (TestEnv, PgPool, TestDb, PgPool, tempfile::NamedTempFile) {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    let shard_db = TestDb::create().await.unwrap();
+    let shard = shard_db.pool().await;
+    let cfg = config_file(&format!(
+        "{FAST_CONFIG}{backfill_extra}\n[databases.shard_b]\nurl = \"{}\"\ntenants = true\n",
+        shard_db.url
+    ));
+    provision(&env, &cfg, created(code, org, Some("shard_b"))).await;
+    shared_sessions(&control, code).await;
+    (env, control, shard_db, shard, cfg)
+}
+
 async fn submit_with(replica: &Replica, spec: serde_json::Value) -> Result<Uuid, String> {
     let pools = fleet_shared::databases::DatabasePools::new(
         replica.fleet.settings.databases.clone(),
@@ -151,13 +172,7 @@ async fn shared_rows_move_into_a_provisioned_tenant_and_its_identity_moves_past_
     )
     .await
     .unwrap();
-    let failed = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let failed = finished(&control, id).await;
     assert_eq!(failed.state, "failed", "a collision must not pass silently");
     let error = failed.error.unwrap();
     assert!(
@@ -175,16 +190,7 @@ async fn shared_rows_move_into_a_provisioned_tenant_and_its_identity_moves_past_
         .execute(&control)
         .await
         .unwrap();
-    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
-        .await
-        .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = retry_until_finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(job.rows_done, 100);
     assert_eq!(
@@ -212,16 +218,7 @@ async fn shared_rows_move_into_a_provisioned_tenant_and_its_identity_moves_past_
 /// the source's (its source rows back, one of them changed since by the application).
 #[tokio::test]
 async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    let shard_db = TestDb::create().await.unwrap();
-    let shard = shard_db.pool().await;
-    let cfg = config_file(&format!(
-        "{FAST_CONFIG}\n[databases.shard_b]\nurl = \"{}\"\ntenants = true\n",
-        shard_db.url
-    ));
-    provision(&env, &cfg, created("bravo", "bravo_org", Some("shard_b"))).await;
-    shared_sessions(&control, "bravo").await;
+    let (env, control, _shard_db, shard, cfg) = tenant_on_shard_b("", "bravo", "bravo_org").await;
     // The application has used ids up to 5000 already: the sequence must not go back.
     sqlx::query("SELECT setval('tenant_bravo.sessions_id_seq', 5000)")
         .execute(&shard)
@@ -235,13 +232,7 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
     )
     .await
     .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(
         target_rows(&shard, "tenant_bravo.sessions", "bravo_org").await,
@@ -305,13 +296,7 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
         .execute(&control)
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE fleet.backfill_jobs SET state = 'running', finished_at = NULL WHERE job_id = $1",
-    )
-    .bind(id)
-    .execute(&control)
-    .await
-    .unwrap();
+    running_again(&control, id).await;
     let job = wait_state(&control, id, &["failed"], Duration::from_secs(60)).await;
     let error = job.error.unwrap();
     assert!(
@@ -330,16 +315,7 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
         .execute(&control)
         .await
         .unwrap();
-    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
-        .await
-        .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = retry_until_finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(
         job.rows_done, 100,
@@ -388,13 +364,7 @@ async fn a_tenant_with_a_database_of_its_own_is_copied_into_it() {
     )
     .await
     .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     let own = sqlx::PgPool::connect(&server.url("tenant_iso"))
         .await
@@ -418,16 +388,8 @@ async fn a_tenant_with_a_database_of_its_own_is_copied_into_it() {
 /// queued for a lock on the tenant's table holds the job; it goes on once the queue is gone.
 #[tokio::test]
 async fn a_copy_waits_while_the_tenant_database_has_lock_waiters() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    let shard_db = TestDb::create().await.unwrap();
-    let shard = shard_db.pool().await;
-    let cfg = config_file(&format!(
-        "{FAST_CONFIG}health_interval = \"100ms\"\n\n[databases.shard_b]\nurl = \"{}\"\ntenants = true\n",
-        shard_db.url
-    ));
-    provision(&env, &cfg, created("carol", "carol_org", Some("shard_b"))).await;
-    shared_sessions(&control, "carol").await;
+    let (env, control, _shard_db, shard, cfg) =
+        tenant_on_shard_b("health_interval = \"100ms\"\n", "carol", "carol_org").await;
     // One session holds the table, an application session queues behind it.
     let mut holder = shard.begin().await.unwrap();
     sqlx::query("LOCK TABLE tenant_carol.sessions IN SHARE MODE")
@@ -462,13 +424,7 @@ async fn a_copy_waits_while_the_tenant_database_has_lock_waiters() {
     );
     holder.commit().await.unwrap();
     waiter.await.unwrap();
-    let done = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let done = finished(&control, id).await;
     assert_eq!(done.state, "succeeded", "{:?}", done.error);
     assert_eq!(done.rows_done, 100);
     replica.stop().await;

@@ -106,6 +106,60 @@ pub async fn seed_checks(pool: &PgPool, tables: &[&str]) {
     }
 }
 
+/// A TestEnv with its control plane migrated, and a fresh legacy database with its pool.
+async fn env_and_legacy() -> (TestEnv, PgPool, TestDb, PgPool) {
+    let env = TestEnv::new().await;
+    let control = env.db.pool().await;
+    fleet_shared::db::migrate_control_plane(&control)
+        .await
+        .unwrap();
+    let legacy = TestDb::create().await.unwrap();
+    let target = legacy.pool().await;
+    (env, control, legacy, target)
+}
+
+/// [`env_and_legacy`] with `sessions` on the legacy database, keyed by `id` alone, with 200
+/// rows over two tenants; and the worker's config for it.
+async fn sessions_on_legacy() -> (TestEnv, PgPool, TestDb, PgPool, tempfile::NamedTempFile) {
+    let (env, control, legacy, target) = env_and_legacy().await;
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text NOT NULL, organization_code text NOT NULL);
+         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 200) g;",
+    )
+    .execute(&target)
+    .await
+    .unwrap();
+    let cfg = config(&legacy);
+    (env, control, legacy, target, cfg)
+}
+
+/// `sessions` with `n` rows over two tenants, its tenant columns still nullable.
+async fn nullable_sessions(target: &PgPool, n: i64) {
+    sqlx::raw_sql(
+        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text)",
+    )
+    .execute(target)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(target)
+    .await
+    .unwrap();
+}
+
+/// An application transaction that wrote to `sessions` and stays open until committed.
+async fn busy_transaction(target: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut app = target.begin().await.unwrap();
+    sqlx::query("UPDATE sessions SET title = 'busy' WHERE id = 1")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    app
+}
+
 fn config(legacy: &TestDb) -> tempfile::NamedTempFile {
     config_file(&format!(
         "{FAST_CONFIG}\n[databases.legacy]\nurl = \"{}\"\n",
@@ -311,13 +365,7 @@ async fn seed_000_fill_verify_finalize_on_a_named_database() {
 
 #[tokio::test]
 async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (env, control, legacy, target) = env_and_legacy().await;
     mentoring_data_with_keys(&target).await;
     let cfg = config(&legacy);
     // Long lock waits, so the lanes and the finalize wait at the application's locks for as
@@ -445,13 +493,7 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
 
 #[tokio::test]
 async fn nulls_left_refuse_finalize_with_the_count_and_change_nothing() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (env, control, legacy, target) = env_and_legacy().await;
     sqlx::raw_sql(
         "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text);
          INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 50) g;
@@ -488,13 +530,7 @@ async fn nulls_left_refuse_finalize_with_the_count_and_change_nothing() {
         .await
         .unwrap();
     let replica = Replica::start(&env, &cfg).await;
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "failed");
     assert_eq!(
         job.error.as_deref(),
@@ -517,13 +553,7 @@ async fn nulls_left_refuse_finalize_with_the_count_and_change_nothing() {
 
 #[tokio::test]
 async fn standalone_finalize_job_for_tables_filled_earlier() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (env, control, legacy, target) = env_and_legacy().await;
     // Filled by hand earlier (as seed 000's script.js leaves them): codes set, keys plain.
     sqlx::raw_sql(
         "CREATE TABLE user_extensions (user_id bigint PRIMARY KEY, tenant_code text, organization_code text);
@@ -548,13 +578,7 @@ async fn standalone_finalize_job_for_tables_filled_earlier() {
     )
     .await
     .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     seed_checks(
         &target,
@@ -594,13 +618,7 @@ async fn standalone_finalize_job_for_tables_filled_earlier() {
     )
     .await
     .unwrap();
-    let again = wait_state(
-        &control,
-        again,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let again = finished(&control, again).await;
     assert_eq!(again.state, "succeeded", "{:?}", again.error);
     let rows = steps(&again);
     assert_eq!(
@@ -616,27 +634,11 @@ async fn standalone_finalize_job_for_tables_filled_earlier() {
 
 #[tokio::test]
 async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_then_proceed() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
-    sqlx::raw_sql(
-        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text);
-         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 500) g;",
-    )
-    .execute(&target)
-    .await
-    .unwrap();
+    let (env, control, legacy, target) = env_and_legacy().await;
+    nullable_sessions(&target, 500).await;
     let cfg = config(&legacy);
     // An application transaction that wrote to sessions and stays open.
-    let mut app = target.begin().await.unwrap();
-    sqlx::query("UPDATE sessions SET title = 'busy' WHERE id = 1")
-        .execute(&mut *app)
-        .await
-        .unwrap();
+    let app = busy_transaction(&target).await;
     let replica = Replica::start(&env, &cfg).await;
     let id = submit_on(
         &env,
@@ -668,13 +670,7 @@ async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_
         .expect("another application write goes through while finalize retries");
     assert_eq!(job(&control, id).await.state, "running");
     app.commit().await.unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     let rows = steps(&job);
     let (_, _, state, _, tries) = step(&rows, "sessions", "not_null");
@@ -694,13 +690,7 @@ async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_
 /// `retry` runs just what did not finish.
 #[tokio::test]
 async fn a_child_row_of_another_tenant_fails_foreign_keys_until_fixed_and_retried() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (env, control, legacy, target) = env_and_legacy().await;
     sqlx::raw_sql(
         "CREATE TABLE sessions (id serial PRIMARY KEY, tenant_code text, organization_code text);
          INSERT INTO sessions (tenant_code, organization_code) SELECT 't' || g % 2, 'o' FROM generate_series(1, 100) g;
@@ -720,13 +710,7 @@ async fn a_child_row_of_another_tenant_fails_foreign_keys_until_fixed_and_retrie
     )
     .await
     .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "failed");
     let error = job.error.clone().unwrap();
     assert!(
@@ -761,16 +745,7 @@ async fn a_child_row_of_another_tenant_fails_foreign_keys_until_fixed_and_retrie
         .execute(&target)
         .await
         .unwrap();
-    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
-        .await
-        .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = retry_until_finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     seed_checks(&target, &["sessions", "session_attendees"]).await;
     replica.stop().await;
@@ -781,20 +756,8 @@ async fn a_child_row_of_another_tenant_fails_foreign_keys_until_fixed_and_retrie
 /// why; once the waiter got its lock, finalize goes on by itself.
 #[tokio::test]
 async fn application_lock_waiters_hold_finalize_before_its_next_step() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
-    sqlx::raw_sql(
-        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text);
-         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 100) g;",
-    )
-    .execute(&target)
-    .await
-    .unwrap();
+    let (env, control, legacy, target) = env_and_legacy().await;
+    nullable_sessions(&target, 100).await;
     let cfg = config_file(&format!(
         "{FAST_CONFIG}health_interval = \"100ms\"\n\n[databases.legacy]\nurl = \"{}\"\n",
         legacy.url
@@ -843,13 +806,7 @@ async fn application_lock_waiters_hold_finalize_before_its_next_step() {
         .await
         .unwrap()
         .expect("the application's write went through");
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(job.throttled, None);
     replica.stop().await;
@@ -860,13 +817,7 @@ async fn application_lock_waiters_hold_finalize_before_its_next_step() {
 /// not_null step, so the swap to the primary key scans nothing under its exclusive lock.
 #[tokio::test]
 async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (env, control, legacy, target) = env_and_legacy().await;
     sqlx::raw_sql(
         "CREATE TABLE user_extensions (user_id bigint, name text, tenant_code text, organization_code text);
          INSERT INTO user_extensions SELECT g, 'u', 't' || g % 2, 'o' FROM generate_series(1, 200) g;
@@ -900,13 +851,7 @@ async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
         .unwrap();
     let replica = Replica::start(&env, &cfg).await;
     let id = submit_on(&env, &cfg, spec).await.unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "failed");
     let rows = steps(&job);
     let (_, _, state, detail, _) = step(&rows, "user_extensions", "primary_key");
@@ -929,16 +874,7 @@ async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
         .execute(&target)
         .await
         .unwrap();
-    backfill_worker::control(&control, id, backfill_worker::Action::Retry)
-        .await
-        .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = retry_until_finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     let rows = steps(&job);
     assert_eq!(
@@ -961,28 +897,10 @@ async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
 /// and built again).
 #[tokio::test]
 async fn an_index_build_waits_out_an_old_transaction_instead_of_being_rebuilt() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
-    sqlx::raw_sql(
-        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text NOT NULL, organization_code text NOT NULL);
-         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 200) g;",
-    )
-    .execute(&target)
-    .await
-    .unwrap();
-    let cfg = config(&legacy);
+    let (env, control, _legacy, target, cfg) = sessions_on_legacy().await;
     // An application transaction that wrote to sessions and stays open: the unique build
     // has to wait for it.
-    let mut app = target.begin().await.unwrap();
-    sqlx::query("UPDATE sessions SET title = 'busy' WHERE id = 1")
-        .execute(&mut *app)
-        .await
-        .unwrap();
+    let app = busy_transaction(&target).await;
     let replica = Replica::start(&env, &cfg).await;
     let id = submit_on(
         &env,
@@ -1011,13 +929,7 @@ async fn an_index_build_waits_out_an_old_transaction_instead_of_being_rebuilt() 
     )
     .await;
     app.commit().await.unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     let rows = steps(&job);
     let (_, _, state, _, tries) = step(&rows, "sessions", "primary_key");
@@ -1034,26 +946,8 @@ async fn an_index_build_waits_out_an_old_transaction_instead_of_being_rebuilt() 
 /// the index once that build is done.
 #[tokio::test]
 async fn an_invalid_index_still_being_built_is_waited_for_not_dropped() {
-    let env = TestEnv::new().await;
-    let control = env.db.pool().await;
-    fleet_shared::db::migrate_control_plane(&control)
-        .await
-        .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
-    sqlx::raw_sql(
-        "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text NOT NULL, organization_code text NOT NULL);
-         INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 200) g;",
-    )
-    .execute(&target)
-    .await
-    .unwrap();
-    let cfg = config(&legacy);
-    let mut app = target.begin().await.unwrap();
-    sqlx::query("UPDATE sessions SET title = 'busy' WHERE id = 1")
-        .execute(&mut *app)
-        .await
-        .unwrap();
+    let (env, control, _legacy, target, cfg) = sessions_on_legacy().await;
+    let app = busy_transaction(&target).await;
     let mut orphan = target.acquire().await.unwrap();
     sqlx::query("SET application_name = 'tenant-fleet'")
         .execute(&mut *orphan)
@@ -1105,13 +999,7 @@ async fn an_invalid_index_still_being_built_is_waited_for_not_dropped() {
     assert_eq!(same, oid, "the index being built was not dropped");
     app.commit().await.unwrap();
     build.await.unwrap().expect("the other build finished");
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     let pk: String = sqlx::query_scalar(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'sessions'::regclass AND contype = 'p'",

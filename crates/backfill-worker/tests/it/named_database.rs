@@ -79,13 +79,7 @@ async fn seed_000_flow_on_a_legacy_database_leaves_the_control_plane_out_of_it()
         json!({"kind": "tenant_codes", "database": "legacy", "mapping_csv": MAPPING, "chunk_size": 400}),
     )
     .await;
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     for table in [
         "sessions",
@@ -161,21 +155,9 @@ async fn lost_checkpoints_of_committed_chunks_are_recovered_from_the_target_mark
         .execute(&control)
         .await
         .unwrap();
-    sqlx::query(
-        "UPDATE fleet.backfill_jobs SET state = 'running', finished_at = NULL WHERE job_id = $1",
-    )
-    .bind(id)
-    .execute(&control)
-    .await
-    .unwrap();
+    running_again(&control, id).await;
     let replica = Replica::start(&env, &cfg).await;
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(counters(&target).await, (0, 1000, 0), "no chunk ran twice");
     assert_eq!(job.rows_done, 1000, "the recovered chunks keep their rows");

@@ -63,13 +63,7 @@ async fn seed_000_flow_fills_every_table_and_verifies_no_null_is_left() {
     )
     .await
     .expect("publish");
-    let job = wait_state(
-        &pool,
-        job_id,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let job = finished(&pool, job_id).await;
     assert_eq!(job.state, "succeeded", "error: {:?}", job.error);
 
     // Seed 000's validation queries: no NULL tenant_code left...
@@ -139,13 +133,7 @@ async fn seed_000_flow_fills_every_table_and_verifies_no_null_is_left() {
         json!({"kind": "tenant_codes", "mapping_csv": MAPPING}),
     )
     .await;
-    let again = wait_state(
-        &pool,
-        again,
-        &["succeeded", "failed"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let again = finished(&pool, again).await;
     assert_eq!((again.state.as_str(), again.rows_done), ("succeeded", 0));
     replica.stop().await;
 }

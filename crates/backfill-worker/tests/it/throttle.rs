@@ -180,7 +180,7 @@ async fn an_application_waiting_behind_the_job_throttles_it_then_it_proceeds() {
         .await
         .unwrap();
     app.await.unwrap();
-    let done = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await;
+    let done = finished(&pool, id).await;
     assert_eq!(done.state, "succeeded", "{:?}", done.error);
     assert_eq!(counters(&pool).await, (0, 2000, 0));
     worker.stop().await;
@@ -201,7 +201,7 @@ async fn max_rows_per_sec_holds_in_every_second_across_replicas() {
                "statement": "UPDATE items SET c = c + 1 WHERE id > $1 AND id <= $2"}),
     )
     .await;
-    let done = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await;
+    let done = finished(&pool, id).await;
     assert_eq!(done.state, "succeeded", "{:?}", done.error);
     assert_eq!(counters(&pool).await, (0, 12000, 0));
     // Rows committed in every one-second window starting at a commit.
