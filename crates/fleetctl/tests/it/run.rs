@@ -1,5 +1,6 @@
 //! Running the real `fleetctl` binary against a test environment, and reading what it printed.
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -36,6 +37,13 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
     let err = stderr(o);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("error: ") && err.contains(needle), "{err}");
+}
+
+/// `fleetctl tenants import BUNDLE ARGS` with `extra` variables.
+pub fn import(env: &TestEnv, bundle: &Path, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let mut full = vec!["tenants", "import", bundle.to_str().unwrap()];
+    full.extend(args);
+    fleetctl(env, &full, extra)
 }
 
 /// Succeeded; otherwise fails showing both streams.

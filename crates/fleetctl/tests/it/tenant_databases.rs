@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::run::{
-    assert_ok, assert_ok_containing, assert_one_line_error, create_tenant, exec, fleetctl, stderr,
-    stdout,
+    assert_ok, assert_ok_containing, assert_one_line_error, create_tenant, exec, fleetctl, import,
+    stderr, stdout,
 };
 
 async fn scalar<T>(pool: &PgPool, sql: &str) -> T
@@ -41,17 +41,10 @@ fn import_to(
     code: &str,
     database: &str,
 ) -> Output {
-    fleetctl(
+    import(
         env,
-        &[
-            "tenants",
-            "import",
-            bundle.to_str().unwrap(),
-            "--code",
-            code,
-            "--database",
-            database,
-        ],
+        bundle,
+        &["--code", code, "--database", database],
         with_cfg,
     )
 }

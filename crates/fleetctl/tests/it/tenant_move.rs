@@ -697,45 +697,24 @@ async fn bad_moves_are_refused_in_one_line_and_change_nothing() {
     .await;
 
     for (args, needle) in [
+        ("acme --to nowhere", "unknown database \"nowhere\""),
+        ("acme --to control", "tenant acme is already on database control"),
+        ("acme --to legacy", "database legacy is not a tenant home"),
+        ("acme --to shard_b", "has wal_level = replica"),
+        ("bravo --to shard_b", "tenant bravo is suspended; only an active tenant can be moved"),
+        ("carol --to shard_b", "no_key of tenant_carol have no primary key or replica identity"),
+        ("dave --to shard_b", "scratch of tenant_dave are unlogged"),
         (
-            vec!["acme", "--to", "nowhere"],
-            "unknown database \"nowhere\"",
-        ),
-        (
-            vec!["acme", "--to", "control"],
-            "tenant acme is already on database control",
-        ),
-        (
-            vec!["acme", "--to", "legacy"],
-            "database legacy is not a tenant home",
-        ),
-        (vec!["acme", "--to", "shard_b"], "has wal_level = replica"),
-        (
-            vec!["bravo", "--to", "shard_b"],
-            "tenant bravo is suspended; only an active tenant can be moved",
-        ),
-        (
-            vec!["carol", "--to", "shard_b"],
-            "no_key of tenant_carol have no primary key or replica identity",
-        ),
-        (
-            vec!["dave", "--to", "shard_b"],
-            "scratch of tenant_dave are unlogged",
-        ),
-        (
-            vec!["erin", "--to", "shard_b"],
+            "erin --to shard_b",
             "tenant erin has copy_to_tenant backfill job 5e1d2c3b-4a59-4687-9a0b-1c2d3e4f5a6b pending",
         ),
-        (
-            vec!["ghost", "--to", "shard_b"],
-            "no tenant with code ghost",
-        ),
-        (vec!["Bad!", "--to", "shard_b"], "is not a valid code"),
-        (vec!["acme", "--abort"], "tenant acme has no move in flight"),
-        (vec!["acme"], "required arguments were not provided"),
+        ("ghost --to shard_b", "no tenant with code ghost"),
+        ("Bad! --to shard_b", "is not a valid code"),
+        ("acme --abort", "tenant acme has no move in flight"),
+        ("acme", "required arguments were not provided"),
     ] {
         let mut full = vec!["tenants", "move"];
-        full.extend(args);
+        full.extend(args.split_whitespace());
         refused(&h.fleetctl(&full).await, needle);
     }
     assert_eq!(

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::run::{
-    assert_ok, assert_ok_containing, assert_one_line_error, create_tenant, exec, fleetctl, stderr,
-    stdout,
+    assert_ok, assert_ok_containing, assert_one_line_error, create_tenant, exec, fleetctl, import,
+    stderr, stdout,
 };
 
 /// Provisions `code` with the real provisioner (in-process) and waits until it is active.
@@ -201,17 +201,10 @@ async fn export_then_import_as_a_new_code_is_identical_table_by_table() {
     assert!(pk >= 3, "indexes of user_extensions: {pk}");
 
     // A clone into another organisation: registry org_code and the matching rows move with it.
-    let o = fleetctl(
+    let o = import(
         &env,
-        &[
-            "tenants",
-            "import",
-            out.to_str().unwrap(),
-            "--code",
-            "gamma",
-            "--org-code",
-            "gamma_org",
-        ],
+        &out,
+        &["--code", "gamma", "--org-code", "gamma_org"],
         &[],
     );
     assert_ok(&o);
@@ -414,15 +407,7 @@ async fn bad_bundles_existing_codes_and_a_missing_pg_dump_are_refused_with_one_l
     );
     nothing_written().await;
 
-    let o = fleetctl(
-        &env,
-        &[
-            "tenants",
-            "import",
-            dir.path().join("nope").to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = import(&env, &dir.path().join("nope"), &[], &[]);
     assert_one_line_error(&o, "is not a tenant bundle");
 
     // pg_dump missing from PATH: a clear line, and no partial bundle left behind.
@@ -485,17 +470,7 @@ async fn bad_bundles_existing_codes_and_a_missing_pg_dump_are_refused_with_one_l
 
 /// `tenants import BUNDLE --code gamma`.
 fn import_as_gamma(env: &TestEnv, bundle: &Path) -> std::process::Output {
-    fleetctl(
-        env,
-        &[
-            "tenants",
-            "import",
-            bundle.to_str().unwrap(),
-            "--code",
-            "gamma",
-        ],
-        &[],
-    )
+    import(env, bundle, &["--code", "gamma"], &[])
 }
 
 fn copy_dir(from: &Path, to: &Path) {
