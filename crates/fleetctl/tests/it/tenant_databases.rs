@@ -33,6 +33,13 @@ async fn schema_exists(pool: &PgPool, schema: &str) -> bool {
         .unwrap()
 }
 
+/// `tenants verify --all` succeeds, its report starting with `head`.
+fn verify_all_starts_with(env: &TestEnv, with_cfg: &[(&str, &str)], head: &str) {
+    let o = fleetctl(env, &["tenants", "verify", "--all"], with_cfg);
+    assert_ok(&o);
+    assert!(stdout(&o).starts_with(head), "{}", stdout(&o));
+}
+
 /// `tenants import BUNDLE --code CODE --database DATABASE`.
 fn import_to(
     env: &TestEnv,
@@ -133,13 +140,7 @@ async fn portability_commands_follow_the_registry_to_a_second_database() {
     assert_one_line_error(&o, "unknown database \"shard\" (configured: control");
 
     // verify checks the shard's tables (a foreign row there fails it).
-    let o = fleetctl(&env, &["tenants", "verify", "--all"], &with_cfg);
-    assert_ok(&o);
-    assert!(
-        stdout(&o).starts_with("isolation ok: 1 tenants"),
-        "{}",
-        stdout(&o)
-    );
+    verify_all_starts_with(&env, &with_cfg, "isolation ok: 1 tenants");
     exec(
         &shard,
         "INSERT INTO tenant_far.user_extensions (user_id, tenant_code, organization_code)
@@ -212,13 +213,7 @@ async fn portability_commands_follow_the_registry_to_a_second_database() {
     )
     .await;
     assert_eq!(n, 50);
-    let o = fleetctl(&env, &["tenants", "verify", "--all"], &with_cfg);
-    assert_ok(&o);
-    assert!(
-        stdout(&o).starts_with("isolation ok: 3 tenants"),
-        "{}",
-        stdout(&o)
-    );
+    verify_all_starts_with(&env, &with_cfg, "isolation ok: 3 tenants");
 
     // A database that is not configured, or not a tenant home: one line, nothing written.
     import_is_refused(

@@ -227,6 +227,18 @@ async fn application(
     (acked, refused)
 }
 
+/// [`Homes`] with `acme` provisioned on shard_a and its application tables holding `rows` rows;
+/// with the control, shard_a and shard_b pools.
+async fn acme_on_shard_a(two_servers: bool, rows: i64) -> (Homes, PgPool, PgPool, PgPool) {
+    let h = Homes::new(two_servers).await;
+    h.provision("acme", "shard_a").await;
+    let control = h.pool("control").await;
+    let a = h.pool("shard_a").await;
+    let b = h.pool("shard_b").await;
+    application_tables(&a, "tenant_acme", rows).await;
+    (h, control, a, b)
+}
+
 /// Stops the target's subscription confirming (a cut-over then waits for lag 0 with the source
 /// frozen); returns the subscription's name.
 async fn disable_subscription(b: &PgPool) -> String {
@@ -282,12 +294,7 @@ async fn events(env: &TestEnv, subject: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_moves_between_servers_while_the_application_writes() {
-    let h = Homes::new(true).await;
-    h.provision("acme", "shard_a").await;
-    let control = h.pool("control").await;
-    let a = h.pool("shard_a").await;
-    let b = h.pool("shard_b").await;
-    application_tables(&a, "tenant_acme", 5000).await;
+    let (h, control, a, b) = acme_on_shard_a(true, 5000).await;
     let before = counts(&a, "tenant_acme").await;
     // The application's read-only role, on both servers; its grants travel with the schema.
     exec(&b, "CREATE ROLE app_reader").await;
@@ -494,12 +501,7 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanwhile() {
-    let h = Homes::new(false).await;
-    h.provision("acme", "shard_a").await;
-    let control = h.pool("control").await;
-    let a = h.pool("shard_a").await;
-    let b = h.pool("shard_b").await;
-    application_tables(&a, "tenant_acme", 300).await;
+    let (h, control, a, b) = acme_on_shard_a(false, 300).await;
 
     let o = h
         .fleetctl(&[
@@ -573,12 +575,7 @@ async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanw
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_killed_during_its_cut_over_leaves_the_source_serving_and_a_rerun_finishes() {
-    let h = Homes::new(false).await;
-    h.provision("acme", "shard_a").await;
-    let control = h.pool("control").await;
-    let a = h.pool("shard_a").await;
-    let b = h.pool("shard_b").await;
-    application_tables(&a, "tenant_acme", 300).await;
+    let (h, control, a, b) = acme_on_shard_a(false, 300).await;
     ok(&h
         .fleetctl(&[
             "tenants", "move", "acme", "--to", "shard_b", "--until", "copied",
@@ -761,12 +758,7 @@ async fn as_if_crashed_between_the_commits(control: &PgPool, a: &PgPool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_left_read_only_by_a_crash_is_lifted_by_abort_or_finished_by_a_rerun() {
-    let h = Homes::new(false).await;
-    h.provision("acme", "shard_a").await;
-    let control = h.pool("control").await;
-    let a = h.pool("shard_a").await;
-    let b = h.pool("shard_b").await;
-    application_tables(&a, "tenant_acme", 100).await;
+    let (h, control, a, b) = acme_on_shard_a(false, 100).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
 
     let until = [
@@ -812,12 +804,7 @@ async fn cut_driver_connection(control: &PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_lost_its_lock_does_not_switch_and_an_abort_after_a_switch_is_refused() {
-    let h = Homes::new(false).await;
-    h.provision("acme", "shard_a").await;
-    let control = h.pool("control").await;
-    let a = h.pool("shard_a").await;
-    let b = h.pool("shard_b").await;
-    application_tables(&a, "tenant_acme", 50).await;
+    let (h, control, a, b) = acme_on_shard_a(false, 50).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
     ok(&h
         .fleetctl(&[

@@ -108,6 +108,13 @@ async fn create(pool: &PgPool, js: &jetstream::Context, body: Value) -> Uuid {
     .await
 }
 
+/// Creates a fresh tenant `code` on `plan` and waits until it is active; its id.
+async fn create_new(pool: &PgPool, js: &jetstream::Context, code: &str, plan: &str) -> Uuid {
+    let (id, body) = created(code, plan);
+    create(pool, js, body).await;
+    id
+}
+
 /// A fresh environment, its pool and JetStream, and a provisioner started with `extra`.
 async fn started(extra: &[(&str, &str)]) -> (TestEnv, PgPool, jetstream::Context, Worker) {
     let env = TestEnv::new().await;
@@ -238,8 +245,7 @@ async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
 #[tokio::test]
 async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
     let (env, pool, js, worker) = started(&[("FLEET_CONFIG_KEYS", K1)]).await;
-    let (id, body) = created("acme", "premium");
-    create(&pool, &js, body).await;
+    let id = create_new(&pool, &js, "acme", "premium").await;
 
     // A plain override, then unset: back to premium's default with its plan source.
     let a = apply(
@@ -395,8 +401,7 @@ async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
 #[tokio::test]
 async fn suspend_and_resume_and_their_refusals() {
     let (_env, pool, js, worker) = started(&[]).await;
-    let (id, body) = created("acme", "basic");
-    create(&pool, &js, body).await;
+    let id = create_new(&pool, &js, "acme", "basic").await;
 
     refuse(
         &pool,
@@ -460,8 +465,7 @@ async fn suspend_and_resume_and_their_refusals() {
 #[tokio::test]
 async fn archive_recreate_the_same_code_and_purge() {
     let (_env, pool, js, worker) = started(&[]).await;
-    let (old_id, body) = created("acme", "basic");
-    create(&pool, &js, body).await;
+    let old_id = create_new(&pool, &js, "acme", "basic").await;
 
     let a = apply(&pool, &js, "tenant.deleted", json!({"code": "acme"})).await;
     assert_eq!(a.status, "deleted");
@@ -500,8 +504,7 @@ async fn archive_recreate_the_same_code_and_purge() {
         refuse(&pool, &js, subject, body, needle).await;
     }
 
-    let (new_id, body) = created("acme", "premium");
-    create(&pool, &js, body).await;
+    let new_id = create_new(&pool, &js, "acme", "premium").await;
     assert_provisioned_once(&pool, "acme").await;
     assert!(
         schema_exists(&pool, &archived).await,
@@ -646,10 +649,8 @@ async fn purge_older_than_drops_only_old_archives() {
 #[tokio::test]
 async fn redelivery_of_every_lifecycle_event_is_harmless() {
     let (env, pool, js, worker) = started(&[]).await;
-    let (id, body) = created("acme", "basic");
-    create(&pool, &js, body).await;
-    let (_, body) = created("beta", "basic");
-    create(&pool, &js, body).await;
+    let id = create_new(&pool, &js, "acme", "basic").await;
+    create_new(&pool, &js, "beta", "basic").await;
     worker.stop().await;
 
     let fleet = env.fleet(&[("FLEET_CONFIG_KEYS", K1)]).await;
