@@ -965,7 +965,8 @@ async fn an_invalid_index_still_being_built_is_waited_for_not_dropped() {
         "the other build is under way",
         || async {
             sqlx::query_scalar(
-                "SELECT index_relid::bigint FROM pg_stat_progress_create_index WHERE index_relid = 'sessions_tenant_pkey'::regclass",
+                // to_regclass: NULL (not yet) until the spawned build has created the index.
+                "SELECT index_relid::bigint FROM pg_stat_progress_create_index WHERE index_relid = to_regclass('sessions_tenant_pkey')",
             )
             .fetch_optional(&target)
             .await
