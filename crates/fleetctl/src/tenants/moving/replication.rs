@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fleet_shared::secret::ExposeSecret as _;
 use serde_json::json;
-use sqlx::{Connection as _, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
 
 use super::super::ddl;
 use super::record::MoveRow;
@@ -184,7 +184,18 @@ pub async fn subscribe(s: &Sides, m: &MoveRow) -> anyhow::Result<i64> {
         conn = quote_literal(s.source_url().expose_secret()),
         lit = quote_literal(&name),
     );
-    let mut con = PgConnection::connect(s.target.url.expose_secret())
+    // sqlx logs statements (at trace) and slow ones (at warn) with their text: not on this
+    // connection, whose one statement carries the password.
+    let opts = s
+        .target
+        .url
+        .expose_secret()
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .with_context(|| format!("database {}: not a Postgres URL", s.target.name))?
+        .log_statements(tracing::log::LevelFilter::Off)
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::MAX);
+    let mut con = opts
+        .connect()
         .await
         .with_context(|| format!("cannot connect to database {}", s.target.name))?;
     quiet(&mut con).await.with_context(|| {
