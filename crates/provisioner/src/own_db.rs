@@ -111,21 +111,7 @@ async fn owner(
     server: &str,
     name: &str,
 ) -> Result<Option<Uuid>, ProvisionError> {
-    let mut con = direct(pools, server, name).await?;
-    let has: bool = sqlx::query_scalar("SELECT to_regclass('public.fleet_tenant') IS NOT NULL")
-        .fetch_one(&mut con)
-        .await
-        .map_err(ProvisionError::db("look for the tenant marker"))?;
-    let id = if has {
-        sqlx::query_scalar("SELECT tenant_id FROM public.fleet_tenant LIMIT 1")
-            .fetch_optional(&mut con)
-            .await
-            .map_err(ProvisionError::db("read the tenant marker"))?
-    } else {
-        None
-    };
-    let _ = con.close().await;
-    Ok(id)
+    Ok(marked_tenant(pools, server, name).await?.map(|(id, _)| id))
 }
 
 /// Step 2 of the module docs: makes sure the tenant's database `own` exists on `server`, is
