@@ -202,6 +202,28 @@ async fn exec(con: &mut PgConnection, sql: &str) -> Result<(), StepError> {
         .map_err(StepError::from)
 }
 
+/// `DROP CONSTRAINT IF EXISTS` on `tsql` (quoted): the way back from a check or key that a step
+/// added and that must not stay.
+async fn drop_constraint(
+    con: &mut PgConnection,
+    tsql: &str,
+    constraint: &Ident,
+) -> Result<(), StepError> {
+    exec(
+        con,
+        &format!(
+            "ALTER TABLE {tsql} DROP CONSTRAINT IF EXISTS {}",
+            constraint.quoted()
+        ),
+    )
+    .await
+}
+
+/// The SQLSTATE `VALIDATE CONSTRAINT` fails with when rows break a check.
+const CHECK_VIOLATION: &str = "23514";
+/// The SQLSTATE `VALIDATE CONSTRAINT` fails with when rows break a foreign key.
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+
 /// `SET lock_timeout` to `budget` (0: none) for the session.
 fn set_lock_timeout(budget: Duration) -> String {
     format!("SET lock_timeout = {}", budget.as_millis())
@@ -448,6 +470,26 @@ impl Finalize<'_> {
         res
     }
 
+    /// `VALIDATE CONSTRAINT` (see [`Self::exec_unbounded`]): `false` when rows break it
+    /// (`violation`, the SQLSTATE its kind of constraint fails with); any other error is itself.
+    async fn validate(
+        &self,
+        con: &mut PgConnection,
+        tsql: &str,
+        constraint: &Ident,
+        violation: &str,
+    ) -> sqlx::Result<bool> {
+        let sql = format!(
+            "ALTER TABLE {tsql} VALIDATE CONSTRAINT {}",
+            constraint.quoted()
+        );
+        match self.exec_unbounded(con, &sql).await {
+            Ok(()) => Ok(true),
+            Err(e) if sqlstate(&e).as_deref() == Some(violation) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn not_null(&self, con: &mut PgConnection, t: &Tab) -> Result<Did, StepError> {
         let tsql = self.table_sql(&t.table);
         let mut set = Vec::new();
@@ -471,14 +513,7 @@ impl Finalize<'_> {
             if not_null {
                 if has_check {
                     // A run stopped between SET NOT NULL and dropping the check.
-                    exec(
-                        con,
-                        &format!(
-                            "ALTER TABLE {tsql} DROP CONSTRAINT IF EXISTS {}",
-                            check.quoted()
-                        ),
-                    )
-                    .await?;
+                    drop_constraint(con, &tsql, &check).await?;
                 }
                 already.push(col);
                 continue;
@@ -494,25 +529,9 @@ impl Finalize<'_> {
                 )
                 .await?;
             }
-            let validated = self
-                .exec_unbounded(
-                    con,
-                    &format!("ALTER TABLE {tsql} VALIDATE CONSTRAINT {}", check.quoted()),
-                )
-                .await;
-            if let Err(e) = validated {
-                if sqlstate(&e).as_deref() != Some("23514") {
-                    return Err(e.into());
-                }
+            if !self.validate(con, &tsql, &check, CHECK_VIOLATION).await? {
                 let n = inspect::nulls(con, self.schema, &t.table, col).await?;
-                exec(
-                    con,
-                    &format!(
-                        "ALTER TABLE {tsql} DROP CONSTRAINT IF EXISTS {}",
-                        check.quoted()
-                    ),
-                )
-                .await?;
+                drop_constraint(con, &tsql, &check).await?;
                 return Err(StepError::Failed(format!(
                     "{n} row(s) of {} have a NULL {col} (written since the fill?); the check was dropped again and the column left as it was",
                     t.table
@@ -526,14 +545,7 @@ impl Finalize<'_> {
                 ),
             )
             .await?;
-            exec(
-                con,
-                &format!(
-                    "ALTER TABLE {tsql} DROP CONSTRAINT IF EXISTS {}",
-                    check.quoted()
-                ),
-            )
-            .await?;
+            drop_constraint(con, &tsql, &check).await?;
             set.push(col);
         }
         Ok(Did::Done(match (set.is_empty(), already.is_empty()) {
@@ -799,16 +811,10 @@ impl Finalize<'_> {
                 )
                 .await?;
             }
-            let validated = self
-                .exec_unbounded(
-                    con,
-                    &format!("ALTER TABLE {tsql} VALIDATE CONSTRAINT {}", new.quoted()),
-                )
-                .await;
-            if let Err(e) = validated {
-                if sqlstate(&e).as_deref() != Some("23503") {
-                    return Err(e.into());
-                }
+            if !self
+                .validate(con, &tsql, &new, FOREIGN_KEY_VIOLATION)
+                .await?
+            {
                 let same = child_cols
                     .iter()
                     .zip(&parent_cols)
@@ -827,27 +833,13 @@ impl Finalize<'_> {
                 ))
                 .fetch_one(&mut *con)
                 .await?;
-                exec(
-                    con,
-                    &format!(
-                        "ALTER TABLE {tsql} DROP CONSTRAINT IF EXISTS {}",
-                        new.quoted()
-                    ),
-                )
-                .await?;
+                drop_constraint(con, &tsql, &new).await?;
                 return Err(StepError::Failed(format!(
                     "{n} row(s) of {} point through {} at a {} row of another tenant; the tenant-aware key was dropped again and {} kept",
                     t.table, fk.name, parent.table, fk.name
                 )));
             }
-            exec(
-                con,
-                &format!(
-                    "ALTER TABLE {tsql} DROP CONSTRAINT IF EXISTS {}",
-                    old.quoted()
-                ),
-            )
-            .await?;
+            drop_constraint(con, &tsql, &old).await?;
             moved.push(format!(
                 "{new} (tenant_code, {}) REFERENCES {} (tenant_code, {}) replaces {old}",
                 plain(&child_cols),
