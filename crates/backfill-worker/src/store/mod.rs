@@ -673,6 +673,15 @@ pub async fn keep_report(
     Ok(())
 }
 
+/// How a job with `error` (or none) ends: `failed` with one, `succeeded` without.
+fn ended_as(error: Option<&str>) -> JobState {
+    if error.is_some() {
+        JobState::Failed
+    } else {
+        JobState::Succeeded
+    }
+}
+
 /// Ends a finalized job (if it is still `running`): `succeeded` without an error, `failed`
 /// with one.
 pub async fn finish_finalized(
@@ -680,11 +689,7 @@ pub async fn finish_finalized(
     job_id: Uuid,
     error: Option<&str>,
 ) -> sqlx::Result<JobState> {
-    let state = if error.is_some() {
-        JobState::Failed
-    } else {
-        JobState::Succeeded
-    };
+    let state = ended_as(error);
     sqlx::query(
         "UPDATE fleet.backfill_jobs SET state = $2, error = $3, finished_at = now(), updated_at = now()
          WHERE job_id = $1 AND state = 'running'",
@@ -704,11 +709,7 @@ pub async fn finish_job(
     error: Option<&str>,
     report: Option<&serde_json::Value>,
 ) -> sqlx::Result<JobState> {
-    let state = if error.is_some() {
-        JobState::Failed
-    } else {
-        JobState::Succeeded
-    };
+    let state = ended_as(error);
     sqlx::query(
         "UPDATE fleet.backfill_jobs SET state = $2, error = $3, report = $4, throttled = NULL, finished_at = now(), updated_at = now() WHERE job_id = $1",
     )
