@@ -172,14 +172,7 @@ async fn copy_mapping_inner(
     .bind(job_id)
     .fetch_all(control)
     .await?;
-    let (ids, orgs, tenants): (Vec<String>, Vec<String>, Vec<String>) =
-        rows.into_iter()
-            .fold((vec![], vec![], vec![]), |mut acc, (a, b, c)| {
-                acc.0.push(a);
-                acc.1.push(b);
-                acc.2.push(c);
-                acc
-            });
+    let (ids, orgs, tenants) = org_map_arrays(rows);
     sqlx::query(
         "INSERT INTO fleet_backfill.org_map (job_id, organization_id, organization_code, tenant_code)
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
@@ -191,6 +184,20 @@ async fn copy_mapping_inner(
     .execute(&mut *target)
     .await?;
     Ok(())
+}
+
+/// Org-map rows `(organization_id, organization_code, tenant_code)` as the three arrays the
+/// inserts hand to `unnest($2::text[], $3::text[], $4::text[])`, in the same order.
+pub(crate) fn org_map_arrays<S>(
+    rows: impl IntoIterator<Item = (S, S, S)>,
+) -> (Vec<S>, Vec<S>, Vec<S>) {
+    let (mut ids, mut orgs, mut tenants) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, org, tenant) in rows {
+        ids.push(id);
+        orgs.push(org);
+        tenants.push(tenant);
+    }
+    (ids, orgs, tenants)
 }
 
 /// The rows a chunk recorded on the target, if its effect already committed there.

@@ -374,21 +374,13 @@ impl TenantCodesJob {
             .mapping
             .as_ref()
             .ok_or_else(|| sqlx::Error::Protocol("tenant_codes job: no mapping".into()))?;
-        let (ids, orgs, tenants): (Vec<&str>, Vec<&str>, Vec<&str>) = mapping
-            .iter()
-            .map(|(id, c)| {
-                (
-                    id.as_str(),
-                    c.organization_code.as_str(),
-                    c.tenant_code.as_str(),
-                )
-            })
-            .fold((vec![], vec![], vec![]), |mut acc, (a, b, c)| {
-                acc.0.push(a);
-                acc.1.push(b);
-                acc.2.push(c);
-                acc
-            });
+        let (ids, orgs, tenants) = target::org_map_arrays(mapping.iter().map(|(id, c)| {
+            (
+                id.as_str(),
+                c.organization_code.as_str(),
+                c.tenant_code.as_str(),
+            )
+        }));
         sqlx::query(
             "INSERT INTO fleet.backfill_org_map (job_id, organization_id, organization_code, tenant_code)
              SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[])",
