@@ -64,6 +64,39 @@ pub async fn schema_exists(con: &mut PgConnection, schema: &str) -> Result<bool,
         .map_err(LifecycleError::db("look up a schema"))
 }
 
+/// What an archive renamed, so the registry column that names it for a later purge.
+#[derive(Clone, Copy)]
+enum Archived {
+    /// The tenant's schema (`schema_name`).
+    Schema,
+    /// The tenant's own database (`own_database`).
+    OwnDatabase,
+}
+
+/// Marks the tenant `deleted`, with the name of its archive in the column of `what`.
+async fn mark_archived(
+    con: &mut PgConnection,
+    tenant_id: Uuid,
+    what: Archived,
+    archived: &str,
+) -> Result<Tenant, LifecycleError> {
+    let column = match what {
+        Archived::Schema => "schema_name",
+        Archived::OwnDatabase => "own_database",
+    };
+    sqlx::query_as(&format!(
+        "UPDATE fleet.tenants
+            SET status = 'deleted', {column} = $2, deleted_at = now(), updated_at = now()
+          WHERE tenant_id = $1
+         RETURNING {TENANT_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(archived)
+    .fetch_one(&mut *con)
+    .await
+    .map_err(LifecycleError::db("mark the tenant deleted"))
+}
+
 pub async fn delete(
     pools: &DatabasePools,
     cause: &Cause,
@@ -121,17 +154,7 @@ pub async fn delete(
                 t.code, t.tenant_id
             )))
         }
-        ("deleted", DeleteMode::Purge) => {
-            drop_storage(pools, &mut tx, &t).await?;
-            purge_rows(&mut tx, t.tenant_id).await?;
-            let after = Tenant {
-                status: "purged".into(),
-                ..t.clone()
-            };
-            let old = json!({ "status": "deleted", "schema": schema });
-            let new = json!({ "status": "purged", "mode": "purge", "schema": null });
-            (after, old, new)
-        }
+        // A live tenant and an archived one (`deleted`) are purged alike.
         (_, DeleteMode::Purge) => {
             drop_storage(pools, &mut tx, &t).await?;
             purge_rows(&mut tx, t.tenant_id).await?;
@@ -149,17 +172,7 @@ pub async fn delete(
             let own = t.own_database.as_deref().unwrap_or_default();
             let archived = remote_archive_name(&t.code, t.tenant_id);
             crate::own_db::archive(pools, &t.database, own, &archived, t.tenant_id).await?;
-            let after: Tenant = sqlx::query_as(&format!(
-                "UPDATE fleet.tenants
-                    SET status = 'deleted', own_database = $2, deleted_at = now(), updated_at = now()
-                  WHERE tenant_id = $1
-                 RETURNING {TENANT_COLUMNS}"
-            ))
-            .bind(t.tenant_id)
-            .bind(&archived)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(LifecycleError::db("mark the tenant deleted"))?;
+            let after = mark_archived(&mut tx, t.tenant_id, Archived::OwnDatabase, &archived).await?;
             let old = json!({ "status": t.status, "schema": schema, "database": own });
             let new = json!({ "status": "deleted", "mode": "archive", "schema": schema, "database": archived });
             (after, old, new)
@@ -184,17 +197,7 @@ pub async fn delete(
             }
             // Even without a schema the row takes the archive name, so that purging it later can
             // never drop the `tenant_<code>` schema of a new tenant with the same code.
-            let after: Tenant = sqlx::query_as(&format!(
-                "UPDATE fleet.tenants
-                    SET status = 'deleted', schema_name = $2, deleted_at = now(), updated_at = now()
-                  WHERE tenant_id = $1
-                 RETURNING {TENANT_COLUMNS}"
-            ))
-            .bind(t.tenant_id)
-            .bind(&archived)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(LifecycleError::db("mark the tenant deleted"))?;
+            let after = mark_archived(&mut tx, t.tenant_id, Archived::Schema, &archived).await?;
             let old = json!({ "status": t.status, "schema": schema });
             let new = json!({ "status": "deleted", "mode": "archive", "schema": archived });
             (after, old, new)
