@@ -61,6 +61,11 @@ impl ProvisionError {
         move |source| ProvisionError::Db { what, source }
     }
 
+    /// Bad input whose one-line reason is `e` (an unknown database name, say).
+    pub fn bad_input(e: impl std::fmt::Display) -> ProvisionError {
+        ProvisionError::BadInput(BadInput::new(e.to_string()))
+    }
+
     /// Whether a later attempt can succeed.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -70,9 +70,7 @@ async fn admin(
     pools: &DatabasePools,
     server: &str,
 ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, ProvisionError> {
-    let pool = pools.get(server).map_err(|e| {
-        ProvisionError::BadInput(fleet_shared::events::BadInput::new(e.to_string()))
-    })?;
+    let pool = pools.get(server).map_err(ProvisionError::bad_input)?;
     pool.acquire()
         .await
         .map_err(ProvisionError::db("connect to the tenant database server"))
@@ -88,9 +86,7 @@ async fn direct(
     let url = pools
         .databases()
         .tenant_url(server, Some(name))
-        .map_err(|e| {
-            ProvisionError::BadInput(fleet_shared::events::BadInput::new(e.to_string()))
-        })?;
+        .map_err(ProvisionError::bad_input)?;
     PgConnection::connect(fleet_shared::secret::ExposeSecret::expose_secret(&url))
         .await
         .map_err(ProvisionError::db("connect to the tenant's database"))
@@ -165,16 +161,7 @@ pub async fn prepare(
     let mut con = direct(pools, server, &staging).await?;
     let report = migrate_in(&mut con, schema, tenant_id, code, migrations, latest).await?;
     let _ = con.close().await;
-    rename(&mut admin, &staging, own)
-        .await
-        .map_err(|e| match e {
-            ProvisionError::Db { source, .. }
-                if fleet_shared::errors::sqlstate(&source).as_deref() == Some("42P04") =>
-            {
-                ProvisionError::OrphanDatabase(format!("{own} (on database server {server})"))
-            }
-            other => other,
-        })?;
+    rename_to_own(&mut admin, server, &staging, own).await?;
     Ok(report)
 }
 
@@ -320,16 +307,25 @@ pub async fn adopt_staging(
     own: &str,
 ) -> Result<(), ProvisionError> {
     let mut admin = admin(pools, server).await?;
-    rename(&mut admin, &staging_name(tenant_id), own)
-        .await
-        .map_err(|e| match e {
-            ProvisionError::Db { source, .. }
-                if fleet_shared::errors::sqlstate(&source).as_deref() == Some("42P04") =>
-            {
-                ProvisionError::OrphanDatabase(format!("{own} (on database server {server})"))
-            }
-            other => other,
-        })
+    rename_to_own(&mut admin, server, &staging_name(tenant_id), own).await
+}
+
+/// Renames the staging database `staging` to the tenant's name `own`; an `own` that already
+/// exists (42P04) belongs to no tenant, since the caller found none there: an orphan.
+async fn rename_to_own(
+    admin: &mut PgConnection,
+    server: &str,
+    staging: &str,
+    own: &str,
+) -> Result<(), ProvisionError> {
+    rename(admin, staging, own).await.map_err(|e| match e {
+        ProvisionError::Db { source, .. }
+            if fleet_shared::errors::sqlstate(&source).as_deref() == Some("42P04") =>
+        {
+            ProvisionError::OrphanDatabase(format!("{own} (on database server {server})"))
+        }
+        other => other,
+    })
 }
 
 /// Terminates every other session connected to database `name` (a rename or drop needs none).

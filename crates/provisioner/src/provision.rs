@@ -395,9 +395,10 @@ async fn prepare_schema(
     let code = req.code.as_str();
     let schema = req.code.schema_name();
 
-    let target = placement.pools.get(database).map_err(|e| {
-        ProvisionError::BadInput(fleet_shared::events::BadInput::new(e.to_string()))
-    })?;
+    let target = placement
+        .pools
+        .get(database)
+        .map_err(ProvisionError::bad_input)?;
     let latest = migrate::latest_version(migrations);
     let mut ttx = target.begin().await.map_err(ProvisionError::db(
         "begin a transaction on the tenant database",
