@@ -239,43 +239,18 @@ fn print_status(
         .and_then(|r| r.get("tables"))
         .and_then(|t| t.as_array())
     {
-        let rows: Vec<Vec<String>> = tables
-            .iter()
-            .map(|t| {
-                let s = |k: &str| {
-                    t.get(k)
-                        .map(|v| {
-                            v.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| v.to_string())
-                        })
-                        .unwrap_or_default()
-                };
-                vec![
-                    s("table"),
-                    s("via"),
-                    s("status"),
-                    s("rows_updated"),
-                    s("total_rows"),
-                    s("null_tenant_code"),
-                    s("null_organization_code"),
-                    s("reason"),
-                ]
-            })
-            .collect();
-        outln!();
-        output::print_table(
+        print_report(
+            tables,
             &[
-                "TABLE",
-                "VIA",
-                "STATUS",
-                "UPDATED",
-                "TOTAL",
-                "NULL TENANT",
-                "NULL ORG",
-                "REASON",
+                ("TABLE", "table"),
+                ("VIA", "via"),
+                ("STATUS", "status"),
+                ("UPDATED", "rows_updated"),
+                ("TOTAL", "total_rows"),
+                ("NULL TENANT", "null_tenant_code"),
+                ("NULL ORG", "null_organization_code"),
+                ("REASON", "reason"),
             ],
-            &rows,
         )?;
     }
     if let Some(steps) = job
@@ -285,29 +260,16 @@ fn print_status(
         .and_then(|t| t.as_array())
         .filter(|s| !s.is_empty())
     {
-        let rows: Vec<Vec<String>> = steps
-            .iter()
-            .map(|s| {
-                let f = |k: &str| {
-                    s.get(k)
-                        .map(|v| {
-                            v.as_str()
-                                .map(str::to_owned)
-                                .unwrap_or_else(|| v.to_string())
-                        })
-                        .unwrap_or_default()
-                };
-                vec![
-                    f("table"),
-                    f("step"),
-                    f("state"),
-                    f("attempts"),
-                    f("detail"),
-                ]
-            })
-            .collect();
-        outln!();
-        output::print_table(&["TABLE", "FINALIZE", "STATE", "TRIES", "DETAIL"], &rows)?;
+        print_report(
+            steps,
+            &[
+                ("TABLE", "table"),
+                ("FINALIZE", "step"),
+                ("STATE", "state"),
+                ("TRIES", "attempts"),
+                ("DETAIL", "detail"),
+            ],
+        )?;
     }
     if !failed.is_empty() {
         outln!();
@@ -325,6 +287,27 @@ fn print_status(
         output::print_table(&["CHUNK", "KEYS", "ATTEMPTS", "ERROR"], &rows)?;
     }
     Ok(())
+}
+
+/// A part of the job's report (its rows are JSON objects) as a table after a blank line: one
+/// column per `(header, key)`, a string as it is, any other value as JSON, a missing key empty.
+fn print_report(rows: &[serde_json::Value], columns: &[(&str, &str)]) -> anyhow::Result<()> {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|&(_, key)| match row.get(key) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                })
+                .collect()
+        })
+        .collect();
+    let header: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    outln!();
+    output::print_table(&header, &cells)
 }
 
 fn bar(p: &Progress) -> String {
