@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fleet_testkit::{NatsServer, TestDb};
 
-use crate::common::{percentile, report_ratio, report_rss, RssSampler, WorkerProcess};
+use crate::common::{
+    backfill_pools, job_ended, percentile, report_ratio, report_rss, spawn_backfill_worker,
+    RssSampler,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,20 +45,23 @@ pub struct Args {
     rate_rows: i64,
 }
 
+/// The `tenant_codes` job both runs submit: `sessions` filled through its creator's organization.
+fn fill_spec(database: &str, csv: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "tenant_codes",
+        "database": database,
+        "mapping_csv": csv,
+        "org_tables": [],
+        "user_tables": [{"table": "sessions", "key": "id", "user_column": "created_by"}],
+    })
+}
+
 /// Waits for the job to end; it must have succeeded.
 async fn finished(
     pool: &sqlx::PgPool,
     job_id: uuid::Uuid,
 ) -> anyhow::Result<backfill_worker::JobRow> {
-    let job = loop {
-        let j = backfill_worker::get_job(pool, job_id)
-            .await?
-            .context("job vanished")?;
-        if j.is_terminal() {
-            break j;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let job = job_ended(pool, job_id).await?;
     anyhow::ensure!(
         job.state == "succeeded",
         "the job ended {}: {:?}",
@@ -103,14 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             None => String::new(),
         },
     )?;
-    let settings = fleet_testkit::settings(
-        &nats.url(),
-        &db.url,
-        "redis://127.0.0.1:1",
-        &[("FLEET_CONFIG", config.to_str().unwrap_or_default())],
-    );
-    let pools =
-        fleet_shared::databases::DatabasePools::new(settings.databases.clone(), control.clone(), 4);
+    let pools = backfill_pools(&nats.url(), &db.url, &config, &control);
     let database = if args.on_control { "control" } else { "legacy" };
     println!(
         "data on database {database} (control plane on its own: {})",
@@ -142,24 +141,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for o in 1..=args.orgs {
         csv.push_str(&format!("{o},org_{o},tenant_{o}\n"));
     }
-    let spec = serde_json::json!({
-        "kind": "tenant_codes",
-        "database": database,
-        "mapping_csv": csv,
-        "org_tables": [],
-        "user_tables": [{"table": "sessions", "key": "id", "user_column": "created_by"}],
-    });
+    let spec = fill_spec(database, &csv);
 
     // --- the fleet: the release worker binary ---
-    let worker = WorkerProcess::spawn(
-        "backfill-worker",
-        &[
-            ("NATS_URL", nats.url()),
-            ("DATABASE_URL", db.url.clone()),
-            ("REDIS_URL", "redis://127.0.0.1:1".into()),
-            ("FLEET_CONFIG", config.display().to_string()),
-        ],
-    )?;
+    let worker = spawn_backfill_worker(nats.url(), &db.url, &config)?;
     let rss = RssSampler::start(worker.pid());
     let started = Instant::now();
     let job_id = backfill_worker::submit_json_on(&pools, spec.to_string().as_bytes(), false, None)
@@ -296,14 +281,8 @@ async fn rate_accuracy(
     csv: &str,
 ) -> anyhow::Result<()> {
     load_sessions(data, args, args.rate_rows).await?;
-    let spec = serde_json::json!({
-        "kind": "tenant_codes",
-        "database": database,
-        "mapping_csv": csv,
-        "org_tables": [],
-        "user_tables": [{"table": "sessions", "key": "id", "user_column": "created_by"}],
-        "max_rows_per_sec": args.rate,
-    });
+    let mut spec = fill_spec(database, csv);
+    spec["max_rows_per_sec"] = serde_json::json!(args.rate);
     let started = Instant::now();
     let job_id = backfill_worker::submit_json_on(pools, spec.to_string().as_bytes(), false, None)
         .await

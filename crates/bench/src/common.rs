@@ -2,7 +2,7 @@
 //! sampling, percentiles and a description of the machine.
 #![allow(dead_code)] // each benchmark uses a part
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,6 +53,60 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// The Redis the backfill benches give the fleet: nothing listens there, a backfill needs none.
+const NO_REDIS: &str = "redis://127.0.0.1:1";
+
+/// The pools a process submitting backfill jobs has when `config` is its FLEET_CONFIG (its
+/// `[databases]`), with `control` as the control plane at `control_url`.
+pub fn backfill_pools(
+    nats_url: &str,
+    control_url: &str,
+    config: &Path,
+    control: &sqlx::PgPool,
+) -> fleet_shared::databases::DatabasePools {
+    let settings = fleet_testkit::settings(
+        nats_url,
+        control_url,
+        NO_REDIS,
+        &[("FLEET_CONFIG", config.to_str().unwrap_or_default())],
+    );
+    fleet_shared::databases::DatabasePools::new(settings.databases.clone(), control.clone(), 4)
+}
+
+/// The release `backfill-worker` on the control plane at `control_url`, `config` its
+/// FLEET_CONFIG.
+pub fn spawn_backfill_worker(
+    nats_url: String,
+    control_url: &str,
+    config: &Path,
+) -> anyhow::Result<WorkerProcess> {
+    WorkerProcess::spawn(
+        "backfill-worker",
+        &[
+            ("NATS_URL", nats_url),
+            ("DATABASE_URL", control_url.to_owned()),
+            ("REDIS_URL", NO_REDIS.into()),
+            ("FLEET_CONFIG", config.display().to_string()),
+        ],
+    )
+}
+
+/// Polls a backfill job every 100 ms until it has ended, however it ended.
+pub async fn job_ended(
+    pool: &sqlx::PgPool,
+    job_id: uuid::Uuid,
+) -> anyhow::Result<backfill_worker::JobRow> {
+    loop {
+        let j = backfill_worker::get_job(pool, job_id)
+            .await?
+            .context("job vanished")?;
+        if j.is_terminal() {
+            return Ok(j);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A worker binary running as a child process; killed when dropped.

@@ -6,12 +6,12 @@
 //! loaded tables, and the runs alternate (fleet, hand, fleet, hand, ...) so a machine that gets
 //! busier or quieter during the run weighs on both alike.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use fleet_testkit::{NatsServer, TestDb};
 
-use crate::common::{report_ratio, WorkerProcess};
+use crate::common::{backfill_pools, job_ended, report_ratio, spawn_backfill_worker};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -98,23 +98,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         &config,
         format!("[databases.legacy]\nurl = \"{}\"\n", data_db.url),
     )?;
-    let settings = fleet_testkit::settings(
-        &nats.url(),
-        &control_db.url,
-        "redis://127.0.0.1:1",
-        &[("FLEET_CONFIG", config.to_str().unwrap_or_default())],
-    );
-    let pools =
-        fleet_shared::databases::DatabasePools::new(settings.databases.clone(), control.clone(), 4);
-    let worker = WorkerProcess::spawn(
-        "backfill-worker",
-        &[
-            ("NATS_URL", nats.url()),
-            ("DATABASE_URL", control_db.url.clone()),
-            ("REDIS_URL", "redis://127.0.0.1:1".into()),
-            ("FLEET_CONFIG", config.display().to_string()),
-        ],
-    )?;
+    let pools = backfill_pools(&nats.url(), &control_db.url, &config, &control);
+    let worker = spawn_backfill_worker(nats.url(), &control_db.url, &config)?;
     let spec = serde_json::json!({
         "kind": "finalize", "database": "legacy", "steps": {"citus": false},
         "tables": [{"table": "user_extensions", "key": "user_id"}, {"table": "sessions"}, {"table": "post_session_details"}],
@@ -135,15 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .job_id;
-        let job = loop {
-            let j = backfill_worker::get_job(&control, job_id)
-                .await?
-                .context("job vanished")?;
-            if j.is_terminal() {
-                break j;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let job = job_ended(&control, job_id).await?;
         let secs = t.elapsed().as_secs_f64();
         anyhow::ensure!(
             job.state == "succeeded",
