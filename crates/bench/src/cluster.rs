@@ -120,14 +120,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         done += n;
         round += 1;
     }
-    let (p1, p3) = (
-        a.tenants as f64 / t1.as_secs_f64(),
-        a.tenants as f64 / t3.as_secs_f64(),
-    );
-    println!(
-        "provisioning R1: {p1:.1} tenants/s; R3: {p3:.1} tenants/s; R3/R1 = {:.2}",
-        p3 / p1
-    );
+    print_rates("provisioning", "tenants", a.tenants, t1, t3);
 
     // Invalidation, interleaved.
     for s in [&r1, &r3] {
@@ -153,14 +146,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         done += n;
         round += 1;
     }
-    let (v1, v3) = (
-        a.events as f64 / i1.as_secs_f64(),
-        a.events as f64 / i3.as_secs_f64(),
-    );
-    println!(
-        "invalidation R1: {v1:.1} events/s; R3: {v3:.1} events/s; R3/R1 = {:.2}",
-        v3 / v1
-    );
+    print_rates("invalidation", "events", a.events, i1, i3);
     drop((sub1, sub3, r1, r3));
 
     // Provisioner replicas, each count on a fresh R3 cluster with provisioners only.
@@ -197,6 +183,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `count` `unit` in `t1` on R1 and in `t3` on R3, as rates per second and their ratio.
+fn print_rates(what: &str, unit: &str, count: usize, t1: Duration, t3: Duration) {
+    let (r1, r3) = (
+        count as f64 / t1.as_secs_f64(),
+        count as f64 / t3.as_secs_f64(),
+    );
+    println!(
+        "{what} R1: {r1:.1} {unit}/s; R3: {r3:.1} {unit}/s; R3/R1 = {:.2}",
+        r3 / r1
+    );
 }
 
 async fn provision_chunk(
