@@ -1,11 +1,13 @@
 //! Helpers shared by the backfill-worker tests: a worker on a TestEnv, job submission and
 //! polling on lasting state.
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use backfill_worker::JobRow;
+use fleet_shared::databases::DatabasePools;
 use fleet_shared::Fleet;
-use fleet_testkit::{eventually, Running, TestEnv};
+use fleet_testkit::{eventually, Running, TestDb, TestEnv};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -17,6 +19,46 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
     let f = tempfile::NamedTempFile::new().expect("temp config");
     std::fs::write(f.path(), text).expect("write config");
     f
+}
+
+/// A fresh database for jobs on a named database (the tests' `[databases.legacy]`), and its
+/// pool.
+pub async fn legacy_db() -> (TestDb, PgPool) {
+    let legacy = TestDb::create().await.unwrap();
+    let pool = legacy.pool().await;
+    (legacy, pool)
+}
+
+/// The `backfill-worker` binary on `env` with `cfg` (and `extra` variables), quiet: a worker
+/// that a test can `kill -9`.
+pub fn worker_binary(
+    env: &TestEnv,
+    cfg: &tempfile::NamedTempFile,
+    extra: &[(&str, &str)],
+) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backfill-worker"));
+    cmd.env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("REDIS_URL", &env.redis_url)
+        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
+        .env("FLEET_CONFIG", cfg.path());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start backfill-worker")
+}
+
+/// `kill -9`, nothing more: the dead worker's backends end by themselves, as in production (an
+/// idle one at once, one in a statement when it next checks its client).
+pub fn kill_9(mut binary: Child) {
+    let _ = Command::new("kill")
+        .args(["-9", &binary.id().to_string()])
+        .status();
+    binary.wait().expect("reap the binary");
 }
 
 /// A running in-process worker replica.
@@ -36,9 +78,32 @@ impl Replica {
         Replica { fleet, running }
     }
 
+    /// [`pools_of`] this replica's settings, on its own control-plane pool.
+    pub fn pools(&self) -> DatabasePools {
+        pools_of(&self.fleet.settings, &self.fleet.pg)
+    }
+
     pub async fn stop(self) {
         self.running.stop().await;
     }
+}
+
+/// The database pools of a submitter with the `[databases]` of `settings`, `control` its
+/// control plane.
+pub fn pools_of(settings: &fleet_shared::Settings, control: &PgPool) -> DatabasePools {
+    DatabasePools::new(settings.databases.clone(), control.clone(), 2)
+}
+
+/// Submits `spec` (SQL jobs allowed) through `pools`, as fleetctl does for a job on a named
+/// database: its id, or the refusal as text.
+pub async fn submit_on_pools(
+    pools: &DatabasePools,
+    spec: serde_json::Value,
+) -> Result<Uuid, String> {
+    backfill_worker::submit_json_on(pools, spec.to_string().as_bytes(), true, None)
+        .await
+        .map(|s| s.job_id)
+        .map_err(|e| e.to_string())
 }
 
 pub async fn submit(pool: &PgPool, spec: serde_json::Value) -> Uuid {

@@ -94,12 +94,7 @@ async fn tenant_on_shard_b(
 }
 
 async fn submit_with(replica: &Replica, spec: serde_json::Value) -> Result<Uuid, String> {
-    let pools = fleet_shared::databases::DatabasePools::new(
-        replica.fleet.settings.databases.clone(),
-        replica.fleet.pg.clone(),
-        2,
-    );
-    backfill_worker::submit_json_on(&pools, spec.to_string().as_bytes(), false, None)
+    backfill_worker::submit_json_on(&replica.pools(), spec.to_string().as_bytes(), false, None)
         .await
         .map(|s| s.job_id)
         .map_err(|e| e.to_string())
@@ -328,12 +323,9 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
     );
     assert_eq!(left_in_source(&control, "bravo").await, (0, 200));
     // Deleting the job removes its markers on the tenant's database too.
-    let pools = fleet_shared::databases::DatabasePools::new(
-        replica.fleet.settings.databases.clone(),
-        control.clone(),
-        2,
-    );
-    backfill_worker::delete_job(&pools, id).await.unwrap();
+    backfill_worker::delete_job(&pools_of(&replica.fleet.settings, &control), id)
+        .await
+        .unwrap();
     let marks: i64 =
         sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
             .bind(id)

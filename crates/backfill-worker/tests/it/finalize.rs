@@ -5,7 +5,6 @@
 //! finalize job; and an application session holding a lock that finalize waits out under
 //! lock_timeout with retries instead of queueing behind it.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
@@ -58,13 +57,7 @@ pub async fn seed_checks(pool: &PgPool, tables: &[&str]) {
             (0, 2),
             "{t}: no NULL, both columns NOT NULL"
         );
-        let pk: String = sqlx::query_scalar(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
-        )
-        .bind(t)
-        .fetch_one(pool)
-        .await
-        .unwrap();
+        let pk = primary_key(pool, t).await;
         assert!(pk.starts_with("PRIMARY KEY (tenant_code, "), "{t}: {pk}");
         let indexed: Vec<String> = sqlx::query_scalar(
             "SELECT indexdef FROM pg_indexes WHERE tablename = $1 AND schemaname = 'public'",
@@ -113,22 +106,25 @@ async fn env_and_legacy() -> (TestEnv, PgPool, TestDb, PgPool) {
     fleet_shared::db::migrate_control_plane(&control)
         .await
         .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (legacy, target) = legacy_db().await;
+    (env, control, legacy, target)
+}
+
+/// [`env_and_legacy`] with the tables (and rows) of `sql` on the legacy database.
+async fn legacy_with(sql: &str) -> (TestEnv, PgPool, TestDb, PgPool) {
+    let (env, control, legacy, target) = env_and_legacy().await;
+    sqlx::raw_sql(sql).execute(&target).await.unwrap();
     (env, control, legacy, target)
 }
 
 /// [`env_and_legacy`] with `sessions` on the legacy database, keyed by `id` alone, with 200
 /// rows over two tenants; and the worker's config for it.
 async fn sessions_on_legacy() -> (TestEnv, PgPool, TestDb, PgPool, tempfile::NamedTempFile) {
-    let (env, control, legacy, target) = env_and_legacy().await;
-    sqlx::raw_sql(
+    let (env, control, legacy, target) = legacy_with(
         "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text NOT NULL, organization_code text NOT NULL);
          INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 200) g;",
     )
-    .execute(&target)
-    .await
-    .unwrap();
+    .await;
     let cfg = config(&legacy);
     (env, control, legacy, target, cfg)
 }
@@ -173,15 +169,7 @@ async fn submit_on(
     spec: Value,
 ) -> Result<Uuid, String> {
     let settings = env.settings(&[("FLEET_CONFIG", cfg.path().to_str().unwrap())]);
-    let pools = fleet_shared::databases::DatabasePools::new(
-        settings.databases.clone(),
-        env.db.pool().await,
-        2,
-    );
-    backfill_worker::submit_json_on(&pools, spec.to_string().as_bytes(), true, None)
-        .await
-        .map(|s| s.job_id)
-        .map_err(|e| e.to_string())
+    submit_on_pools(&pools_of(&settings, &env.db.pool().await), spec).await
 }
 
 /// The finalize rows of the job's report: (table, step) → (state, detail, attempts).
@@ -229,6 +217,35 @@ async fn step_state(control: &PgPool, id: Uuid, table: &str, name: &str) -> Opti
     .unwrap()
 }
 
+/// The definition of `table`'s primary key.
+async fn primary_key(pool: &PgPool, table: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits until finalize has tried `step` of `table` at least twice (it gave up and retries).
+async fn retried(control: &PgPool, id: Uuid, table: &str, step: &str, what: &str) {
+    eventually(Duration::from_secs(60), what, || async {
+        step_state(control, id, table, step)
+            .await
+            .filter(|(_, tries)| *tries >= 2)
+    })
+    .await;
+}
+
+/// How many indexes are INVALID (a build that failed or is still under way).
+async fn invalid_indexes(target: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
+        .fetch_one(target)
+        .await
+        .unwrap()
+}
+
 /// Sessions of the fleet (`application_name = tenant-fleet`) on the legacy database waiting
 /// for a lock.
 async fn fleet_waiting(target: &PgPool) -> i64 {
@@ -241,31 +258,23 @@ async fn fleet_waiting(target: &PgPool) -> i64 {
     .unwrap()
 }
 
-fn worker_binary(env: &TestEnv, cfg: &tempfile::NamedTempFile) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_backfill-worker"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("REDIS_URL", &env.redis_url)
-        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
-        .env("FLEET_CONFIG", cfg.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start backfill-worker")
-}
-
-/// `kill -9`, nothing more: the dead worker's backends end by themselves, as in production (an
-/// idle one at once, one in a finalize statement when it next checks its client).
-fn kill_9(mut binary: Child) {
-    let _ = Command::new("kill")
-        .args(["-9", &binary.id().to_string()])
-        .status();
-    binary.wait().expect("reap the binary");
-}
-
-/// Sessions per tenant, as the fill must leave them: the tenant of each session's creator.
-async fn sessions_per_tenant(target: &PgPool) -> (Vec<(String, i64)>, Vec<(String, i64)>) {
+/// Waits for the seed 000 job `id` to end, and checks it ended as the seed does: succeeded,
+/// [`seed_checks`] on every table, and sessions per tenant as the fill must leave them (the
+/// tenant of each session's creator).
+async fn seed_job_succeeded(
+    control: &PgPool,
+    id: Uuid,
+    target: &PgPool,
+) -> backfill_worker::JobRow {
+    let job = wait_state(
+        control,
+        id,
+        &["succeeded", "failed"],
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(job.state, "succeeded", "{:?}", job.error);
+    seed_checks(target, TABLES).await;
     let got: Vec<(String, i64)> =
         sqlx::query_as("SELECT tenant_code, count(*) FROM sessions GROUP BY 1 ORDER BY 1")
             .fetch_all(target)
@@ -278,15 +287,18 @@ async fn sessions_per_tenant(target: &PgPool) -> (Vec<(String, i64)>, Vec<(Strin
     .fetch_all(target)
     .await
     .unwrap();
-    (got, want)
+    assert_eq!(
+        got, want,
+        "every session filled once, with its creator's tenant"
+    );
+    job
 }
 
 #[tokio::test]
 async fn seed_000_fill_verify_finalize_on_a_named_database() {
     let env = TestEnv::new().await;
     let control = env.db.pool().await;
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (legacy, target) = legacy_db().await;
     mentoring_data_with_keys(&target).await;
     let cfg = config(&legacy);
     let replica = Replica::start(&env, &cfg).await;
@@ -297,17 +309,7 @@ async fn seed_000_fill_verify_finalize_on_a_named_database() {
     )
     .await
     .unwrap();
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(90),
-    )
-    .await;
-    assert_eq!(job.state, "succeeded", "{:?}", job.error);
-    seed_checks(&target, TABLES).await;
-    let (got, want) = sessions_per_tenant(&target).await;
-    assert_eq!(got, want);
+    let job = seed_job_succeeded(&control, id, &target).await;
 
     // The report: the fill's tables, then every finalize step of every table.
     let rows = steps(&job);
@@ -382,7 +384,7 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
 
     // Mid-fill: once the job is planned, the application locks a session row; the lane whose
     // chunk holds it waits there.
-    let binary = worker_binary(&env, &cfg);
+    let binary = worker_binary(&env, &cfg, &[]);
     wait_state(&control, id, &["running"], Duration::from_secs(60)).await;
     let mut app = target.begin().await.unwrap();
     sqlx::query("SELECT id FROM sessions WHERE id = 2900 FOR UPDATE")
@@ -414,7 +416,7 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
         .execute(&mut *app)
         .await
         .unwrap();
-    let binary = worker_binary(&env, &cfg);
+    let binary = worker_binary(&env, &cfg, &[]);
     eventually(
         Duration::from_secs(90),
         "finalize waits at sessions",
@@ -449,29 +451,13 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
     let _ = sqlx::raw_sql("CREATE UNIQUE INDEX CONCURRENTLY post_session_details_tenant_pkey ON post_session_details (tenant_code)")
         .execute(&target)
         .await;
-    let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
-        .fetch_one(&target)
-        .await
-        .unwrap();
+    let invalid = invalid_indexes(&target).await;
     assert_eq!(invalid, 1);
     let job = job(&control, id).await;
     assert_eq!(job.state, "running", "the job waits for a replica");
 
     let replica = Replica::start(&env, &cfg).await;
-    let job = wait_state(
-        &control,
-        id,
-        &["succeeded", "failed"],
-        Duration::from_secs(90),
-    )
-    .await;
-    assert_eq!(job.state, "succeeded", "{:?}", job.error);
-    seed_checks(&target, TABLES).await;
-    let (got, want) = sessions_per_tenant(&target).await;
-    assert_eq!(
-        got, want,
-        "every session filled once, with its creator's tenant"
-    );
+    let job = seed_job_succeeded(&control, id, &target).await;
     let marks: i64 =
         sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
             .bind(id)
@@ -493,17 +479,14 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
 
 #[tokio::test]
 async fn nulls_left_refuse_finalize_with_the_count_and_change_nothing() {
-    let (env, control, legacy, target) = env_and_legacy().await;
-    sqlx::raw_sql(
+    let (env, control, legacy, target) = legacy_with(
         "CREATE TABLE sessions (id serial PRIMARY KEY, title text, tenant_code text, organization_code text);
          INSERT INTO sessions (title, tenant_code, organization_code) SELECT 's', 't' || g % 2, 'o' FROM generate_series(1, 50) g;
          UPDATE sessions SET tenant_code = NULL WHERE id IN (3, 4, 5);
          CREATE TABLE forms (id serial PRIMARY KEY, tenant_code text, organization_code text);
          INSERT INTO forms (tenant_code, organization_code) VALUES ('t1', 'o1');",
     )
-    .execute(&target)
-    .await
-    .unwrap();
+    .await;
     let cfg = config(&legacy);
     let spec = json!({"kind": "finalize", "database": "legacy", "tables": [{"table": "forms"}, {"table": "sessions"}]});
     // At submit: one line naming the table and the count, no job.
@@ -553,9 +536,8 @@ async fn nulls_left_refuse_finalize_with_the_count_and_change_nothing() {
 
 #[tokio::test]
 async fn standalone_finalize_job_for_tables_filled_earlier() {
-    let (env, control, legacy, target) = env_and_legacy().await;
     // Filled by hand earlier (as seed 000's script.js leaves them): codes set, keys plain.
-    sqlx::raw_sql(
+    let (env, control, legacy, target) = legacy_with(
         "CREATE TABLE user_extensions (user_id bigint PRIMARY KEY, tenant_code text, organization_code text);
          INSERT INTO user_extensions SELECT g, 't' || g % 3, 'o' || g % 3 FROM generate_series(1, 300) g;
          CREATE TABLE sessions (id serial PRIMARY KEY, created_by bigint REFERENCES user_extensions (user_id) ON DELETE SET NULL,
@@ -565,9 +547,7 @@ async fn standalone_finalize_job_for_tables_filled_earlier() {
          INSERT INTO post_session_details (session_id, tenant_code, organization_code) SELECT id, tenant_code, organization_code FROM sessions WHERE id % 5 = 0;
          INSERT INTO post_session_details (session_id, tenant_code, organization_code) VALUES (NULL, 't1', 'o1');",
     )
-    .execute(&target)
-    .await
-    .unwrap();
+    .await;
     let cfg = config(&legacy);
     let replica = Replica::start(&env, &cfg).await;
     let id = submit_on(
@@ -647,14 +627,12 @@ async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_
     )
     .await
     .unwrap();
-    eventually(
-        Duration::from_secs(60),
+    retried(
+        &control,
+        id,
+        "sessions",
+        "not_null",
         "finalize gave up twice and tries again",
-        || async {
-            step_state(&control, id, "sessions", "not_null")
-                .await
-                .filter(|(_, tries)| *tries >= 2)
-        },
     )
     .await;
     // Meanwhile other application sessions are not queued behind finalize's exclusive lock:
@@ -676,10 +654,7 @@ async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_
     let (_, _, state, _, tries) = step(&rows, "sessions", "not_null");
     assert_eq!(state, "done");
     assert!(*tries >= 2, "{tries}");
-    let pk: String = sqlx::query_scalar("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'sessions'::regclass AND contype = 'p'")
-        .fetch_one(&target)
-        .await
-        .unwrap();
+    let pk = primary_key(&target, "sessions").await;
     assert_eq!(pk, "PRIMARY KEY (tenant_code, id)");
     replica.stop().await;
 }
@@ -690,17 +665,14 @@ async fn a_lock_held_by_the_application_makes_finalize_retry_under_lock_timeout_
 /// `retry` runs just what did not finish.
 #[tokio::test]
 async fn a_child_row_of_another_tenant_fails_foreign_keys_until_fixed_and_retried() {
-    let (env, control, legacy, target) = env_and_legacy().await;
-    sqlx::raw_sql(
+    let (env, control, legacy, target) = legacy_with(
         "CREATE TABLE sessions (id serial PRIMARY KEY, tenant_code text, organization_code text);
          INSERT INTO sessions (tenant_code, organization_code) SELECT 't' || g % 2, 'o' FROM generate_series(1, 100) g;
          CREATE TABLE session_attendees (id serial PRIMARY KEY, session_id integer REFERENCES sessions (id), tenant_code text, organization_code text);
          INSERT INTO session_attendees (session_id, tenant_code, organization_code) SELECT id, tenant_code, 'o' FROM sessions;
          UPDATE session_attendees SET tenant_code = CASE tenant_code WHEN 't0' THEN 't1' ELSE 't0' END WHERE id IN (10, 20);",
     )
-    .execute(&target)
-    .await
-    .unwrap();
+    .await;
     let cfg = config(&legacy);
     let replica = Replica::start(&env, &cfg).await;
     let id = submit_on(
@@ -817,15 +789,12 @@ async fn application_lock_waiters_hold_finalize_before_its_next_step() {
 /// not_null step, so the swap to the primary key scans nothing under its exclusive lock.
 #[tokio::test]
 async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
-    let (env, control, legacy, target) = env_and_legacy().await;
-    sqlx::raw_sql(
+    let (env, control, legacy, target) = legacy_with(
         "CREATE TABLE user_extensions (user_id bigint, name text, tenant_code text, organization_code text);
          INSERT INTO user_extensions SELECT g, 'u', 't' || g % 2, 'o' FROM generate_series(1, 200) g;
          INSERT INTO user_extensions VALUES (NULL, 'no key', 't1', 'o');",
     )
-    .execute(&target)
-    .await
-    .unwrap();
+    .await;
     let cfg = config(&legacy);
     let spec = json!({"kind": "finalize", "database": "legacy", "steps": {"citus": false},
                       "tables": [{"table": "user_extensions", "key": "user_id"}]});
@@ -860,10 +829,7 @@ async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
         detail.contains("could not create unique index \"user_extensions_tenant_pkey\""),
         "{detail}"
     );
-    let invalid: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_index WHERE NOT indisvalid")
-        .fetch_one(&target)
-        .await
-        .unwrap();
+    let invalid = invalid_indexes(&target).await;
     assert_eq!(invalid, 0, "no INVALID unique index left behind");
     sqlx::query("INSERT INTO user_extensions VALUES (5, 'another duplicate', 't1', 'o')")
         .execute(&target)
@@ -881,12 +847,7 @@ async fn a_table_without_a_primary_key_gets_its_key_not_null_before_the_swap() {
         step(&rows, "user_extensions", "not_null").3,
         "tenant_code, organization_code, user_id set NOT NULL through a validated check"
     );
-    let pk: String = sqlx::query_scalar(
-        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'user_extensions'::regclass AND contype = 'p'",
-    )
-    .fetch_one(&target)
-    .await
-    .unwrap();
+    let pk = primary_key(&target, "user_extensions").await;
     assert_eq!(pk, "PRIMARY KEY (tenant_code, user_id)");
     seed_checks(&target, &["user_extensions"]).await;
     replica.stop().await;
@@ -983,14 +944,12 @@ async fn an_invalid_index_still_being_built_is_waited_for_not_dropped() {
     )
     .await
     .unwrap();
-    eventually(
-        Duration::from_secs(60),
+    retried(
+        &control,
+        id,
+        "sessions",
+        "primary_key",
         "primary_key waits for the build",
-        || async {
-            step_state(&control, id, "sessions", "primary_key")
-                .await
-                .filter(|(_, tries)| *tries >= 2)
-        },
     )
     .await;
     let same: i64 = sqlx::query_scalar("SELECT 'sessions_tenant_pkey'::regclass::oid::bigint")
@@ -1002,12 +961,7 @@ async fn an_invalid_index_still_being_built_is_waited_for_not_dropped() {
     build.await.unwrap().expect("the other build finished");
     let job = finished(&control, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
-    let pk: String = sqlx::query_scalar(
-        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'sessions'::regclass AND contype = 'p'",
-    )
-    .fetch_one(&target)
-    .await
-    .unwrap();
+    let pk = primary_key(&target, "sessions").await;
     assert_eq!(pk, "PRIMARY KEY (tenant_code, id)");
     replica.stop().await;
 }

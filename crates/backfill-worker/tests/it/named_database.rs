@@ -4,7 +4,6 @@
 //! replica is killed with SIGKILL mid-fill or the control-plane checkpoint of committed chunks
 //! is lost.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
@@ -29,8 +28,7 @@ async fn setup(env: &TestEnv, n: i64) -> (PgPool, TestDb, PgPool) {
     fleet_shared::db::migrate_control_plane(&control)
         .await
         .unwrap();
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (legacy, target) = legacy_db().await;
     sqlx::raw_sql(
         "CREATE TABLE items (id bigserial PRIMARY KEY, c integer NOT NULL DEFAULT 0, fail boolean NOT NULL DEFAULT false, d integer)",
     )
@@ -46,15 +44,9 @@ async fn setup(env: &TestEnv, n: i64) -> (PgPool, TestDb, PgPool) {
 }
 
 async fn submit_on(replica: &Replica, spec: serde_json::Value) -> uuid::Uuid {
-    let pools = fleet_shared::databases::DatabasePools::new(
-        replica.fleet.settings.databases.clone(),
-        replica.fleet.pg.clone(),
-        2,
-    );
-    backfill_worker::submit_json_on(&pools, spec.to_string().as_bytes(), true, None)
+    submit_on_pools(&replica.pools(), spec)
         .await
         .unwrap_or_else(|e| panic!("submit refused: {e}"))
-        .job_id
 }
 
 async fn marks(target: &PgPool, id: uuid::Uuid) -> i64 {
@@ -69,8 +61,7 @@ async fn marks(target: &PgPool, id: uuid::Uuid) -> i64 {
 async fn seed_000_flow_on_a_legacy_database_leaves_the_control_plane_out_of_it() {
     let env = TestEnv::new().await;
     let control = env.db.pool().await;
-    let legacy = TestDb::create().await.unwrap();
-    let target = legacy.pool().await;
+    let (legacy, target) = legacy_db().await;
     mentoring_data(&target).await;
     let cfg = config(&legacy, "");
     let replica = Replica::start(&env, &cfg).await;
@@ -111,22 +102,12 @@ async fn seed_000_flow_on_a_legacy_database_leaves_the_control_plane_out_of_it()
     assert_eq!(marks(&target, id).await, job.chunks_done);
 
     // An unknown database is refused at submit with the configured names.
-    let pools = fleet_shared::databases::DatabasePools::new(
-        replica.fleet.settings.databases.clone(),
-        control.clone(),
-        2,
-    );
-    let err = backfill_worker::submit_json_on(
-        &pools,
-        json!({"kind": "tenant_codes", "database": "mentoring", "mapping_csv": MAPPING})
-            .to_string()
-            .as_bytes(),
-        true,
-        None,
+    let err = submit_on_pools(
+        &pools_of(&replica.fleet.settings, &control),
+        json!({"kind": "tenant_codes", "database": "mentoring", "mapping_csv": MAPPING}),
     )
     .await
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
     assert!(
         err.starts_with("unknown database \"mentoring\" (configured: control, legacy"),
         "{err}"
@@ -171,36 +152,18 @@ async fn kill_9_mid_fill_on_a_named_database_loses_nothing_and_repeats_nothing()
     let cfg = config(&legacy, "min_chunk_size = 20\nmax_chunk_size = 20\n");
     let mut gate = target.acquire().await.unwrap();
 
-    let mut binary = Command::new(env!("CARGO_BIN_EXE_backfill-worker"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("REDIS_URL", &env.redis_url)
-        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
-        .env("FLEET_CONFIG", cfg.path())
-        .env("FLEET_BACKFILL_ALLOW_SQL", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start backfill-worker");
+    let binary = worker_binary(&env, &cfg, &[("FLEET_BACKFILL_ALLOW_SQL", "1")]);
     let settings = env.settings(&[
         ("FLEET_CONFIG", cfg.path().to_str().unwrap()),
         ("FLEET_BACKFILL_ALLOW_SQL", "1"),
     ]);
-    let pools =
-        fleet_shared::databases::DatabasePools::new(settings.databases.clone(), control.clone(), 2);
-    let id = backfill_worker::submit_json_on(
-        &pools,
+    let id = submit_on_pools(
+        &pools_of(&settings, &control),
         json!({"kind": "sql", "database": "legacy", "table": "items", "statement": GATED, "chunk_size": 20,
-               "parallelism": 2, "lock_timeout": "60s", "statement_timeout": "60s"})
-        .to_string()
-        .as_bytes(),
-        true,
-        None,
+               "parallelism": 2, "lock_timeout": "60s", "statement_timeout": "60s"}),
     )
     .await
-    .unwrap()
-    .job_id;
+    .unwrap();
     eventually(
         Duration::from_secs(30),
         "the binary commits chunks",
@@ -223,10 +186,7 @@ async fn kill_9_mid_fill_on_a_named_database_loses_nothing_and_repeats_nothing()
         (waiting >= 2).then_some(())
     })
     .await;
-    let _ = Command::new("kill")
-        .args(["-9", &binary.id().to_string()])
-        .status();
-    binary.wait().expect("reap the binary");
+    kill_9(binary);
     assert!(
         chunks_done(&control, id).await < 100,
         "the kill landed mid-job"

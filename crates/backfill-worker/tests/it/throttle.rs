@@ -64,23 +64,13 @@ async fn a_lagging_replica_throttles_the_job_until_it_catches_up() {
         pair.primary_url()
     ));
     let worker = Replica::start(&env, &cfg).await;
-    let pools = fleet_shared::databases::DatabasePools::new(
-        worker.fleet.settings.databases.clone(),
-        control.clone(),
-        2,
-    );
-    let id = backfill_worker::submit_json_on(
-        &pools,
+    let id = submit_on_pools(
+        &pools_of(&worker.fleet.settings, &control),
         json!({"kind": "sql", "database": "app", "table": "items", "max_rows_per_sec": 4000,
-               "max_replica_lag": "1s", "statement": "UPDATE items SET c = c + 1 WHERE id > $1 AND id <= $2"})
-        .to_string()
-        .as_bytes(),
-        true,
-        None,
+               "max_replica_lag": "1s", "statement": "UPDATE items SET c = c + 1 WHERE id > $1 AND id <= $2"}),
     )
     .await
-    .unwrap()
-    .job_id;
+    .unwrap();
     let shown = throttled_for(&control, id, "replica lag").await;
     assert!(
         shown.starts_with("throttled: replica lag ") && shown.ends_with(" > 1s"),
