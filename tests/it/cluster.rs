@@ -10,7 +10,8 @@ use async_nats::jetstream;
 use fleet_shared::topology::{Topology, EVENTS_STREAM, JOBS_STREAM};
 use fleet_shared::Fleet;
 use fleet_testkit::{
-    count, eventually, publish_retrying, wait_for_count, NatsCluster, Running, TestDb,
+    count, eventually, publish_retrying, stored_messages, wait_for_count, NatsCluster, Running,
+    TestDb,
 };
 use redis::AsyncCommands as _;
 use serde_json::json;
@@ -48,6 +49,13 @@ impl ClusterEnv {
             .expect("connect fleet to the cluster")
     }
 
+    /// A fleet started without `FLEET_STREAM_REPLICAS` (so at the default, R1).
+    async fn fleet_at_default_replicas(&self) -> Fleet {
+        let settings =
+            fleet_testkit::settings(&self.cluster.url(), &self.db.url, &self.redis_url, &[]);
+        Fleet::connect(settings, Topology::default()).await.unwrap()
+    }
+
     async fn js(&self) -> jetstream::Context {
         jetstream::new(self.cluster.client().await.expect("cluster client"))
     }
@@ -64,22 +72,35 @@ impl ClusterEnv {
     }
 }
 
+/// The streams and the leader bucket that start-up raises to `FLEET_STREAM_REPLICAS`.
+const RAISED: [&str; 4] = [
+    EVENTS_STREAM,
+    JOBS_STREAM,
+    "FLEET_DLQ",
+    "KV_fleet_scheduler",
+];
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), text).unwrap();
+    cfg
+}
+
 /// Every stored message of `stream` under `prefix`, per subject.
 async fn stored(js: &jetstream::Context, stream: &str, prefix: &str) -> HashMap<String, usize> {
-    let mut s = js.get_stream(stream).await.unwrap();
-    let state = s.info().await.unwrap().state.clone();
     let mut out = HashMap::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = s.get_raw_message(seq).await {
-            if m.subject.as_str().starts_with(prefix) {
-                *out.entry(m.subject.to_string()).or_default() += 1;
-            }
+    for m in stored_messages(js, stream).await {
+        if m.subject.as_str().starts_with(prefix) {
+            *out.entry(m.subject.to_string()).or_default() += 1;
         }
     }
     out
+}
+
+/// Publishes `org.updated` for `org`, under a Msg-Id of its own.
+async fn org_updated(js: &jetstream::Context, org: &str) {
+    let body = serde_json::to_vec(&json!({"org_code": org})).unwrap();
+    publish_retrying(js, "org.updated", &format!("upd:{org}"), body).await;
 }
 
 async fn dead_letters(js: &jetstream::Context) -> u64 {
@@ -111,18 +132,12 @@ async fn consumers_drained(js: &jetstream::Context, stream: &str) {
 async fn existing_r1_streams_and_the_leader_bucket_are_raised_to_r3_at_start() {
     let env = ClusterEnv::new().await;
     // A fleet that ran with the default (R1) created the streams and the leader bucket...
-    let settings = fleet_testkit::settings(&env.cluster.url(), &env.db.url, &env.redis_url, &[]);
-    let r1 = Fleet::connect(settings, Topology::default()).await.unwrap();
+    let r1 = env.fleet_at_default_replicas().await;
     scheduler::elector::Elector::open(&r1.js, "r1".into(), Duration::from_secs(5), 1)
         .await
         .unwrap();
     let js = env.js().await;
-    for name in [
-        EVENTS_STREAM,
-        JOBS_STREAM,
-        "FLEET_DLQ",
-        "KV_fleet_scheduler",
-    ] {
+    for name in RAISED {
         let mut s = js.get_stream(name).await.unwrap();
         assert_eq!(s.info().await.unwrap().config.num_replicas, 1, "{name}");
     }
@@ -133,12 +148,7 @@ async fn existing_r1_streams_and_the_leader_bucket_are_raised_to_r3_at_start() {
     scheduler::elector::Elector::open(&r3.js, "r3".into(), Duration::from_secs(5), 3)
         .await
         .unwrap();
-    for name in [
-        EVENTS_STREAM,
-        JOBS_STREAM,
-        "FLEET_DLQ",
-        "KV_fleet_scheduler",
-    ] {
+    for name in RAISED {
         let mut s = js.get_stream(name).await.unwrap();
         assert_eq!(s.info().await.unwrap().config.num_replicas, 3, "{name}");
         env.cluster
@@ -152,8 +162,7 @@ async fn existing_r1_streams_and_the_leader_bucket_are_raised_to_r3_at_start() {
         "the stored message survived the raise"
     );
     // A process started with a lower count leaves a raised stream alone.
-    let settings = fleet_testkit::settings(&env.cluster.url(), &env.db.url, &env.redis_url, &[]);
-    Fleet::connect(settings, Topology::default()).await.unwrap();
+    env.fleet_at_default_replicas().await;
     let mut s = js.get_stream(EVENTS_STREAM).await.unwrap();
     assert_eq!(s.info().await.unwrap().config.num_replicas, 3);
 }
@@ -161,12 +170,7 @@ async fn existing_r1_streams_and_the_leader_bucket_are_raised_to_r3_at_start() {
 #[tokio::test]
 async fn provisioning_burst_survives_kill_9_of_the_stream_leader() {
     let mut env = ClusterEnv::new().await;
-    let cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        cfg.path(),
-        "[provisioner]\nconcurrency = 4\nack_wait = \"5s\"\n",
-    )
-    .unwrap();
+    let cfg = config_file("[provisioner]\nconcurrency = 4\nack_wait = \"5s\"\n");
     let fleet = env
         .fleet(&[("FLEET_CONFIG", cfg.path().to_str().unwrap())])
         .await;
@@ -266,13 +270,11 @@ async fn invalidation_burst_survives_kill_9_of_the_stream_leader() {
     }
 
     for org in &orgs[..10] {
-        let body = serde_json::to_vec(&json!({"org_code": org})).unwrap();
-        publish_retrying(&js, "org.updated", &format!("upd:{org}"), body).await;
+        org_updated(&js, org).await;
     }
     let killed = env.kill_leader(EVENTS_STREAM).await;
     for org in &orgs[10..] {
-        let body = serde_json::to_vec(&json!({"org_code": org})).unwrap();
-        publish_retrying(&js, "org.updated", &format!("upd:{org}"), body).await;
+        org_updated(&js, org).await;
     }
     eventually(LIMIT, "every org's keys deleted", || async {
         let keys: Vec<String> = con.clone().keys("org:*").await.unwrap();
@@ -293,12 +295,7 @@ async fn invalidation_burst_survives_kill_9_of_the_stream_leader() {
 #[tokio::test]
 async fn backfill_job_survives_kill_9_of_the_jobs_stream_leader() {
     let mut env = ClusterEnv::new().await;
-    let cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        cfg.path(),
-        "[backfill]\npoll_interval = \"50ms\"\nprogress_interval = \"100ms\"\nparallelism = 2\nmin_chunk_size = 50\nmax_chunk_size = 50\n",
-    )
-    .unwrap();
+    let cfg = config_file("[backfill]\npoll_interval = \"50ms\"\nprogress_interval = \"100ms\"\nparallelism = 2\nmin_chunk_size = 50\nmax_chunk_size = 50\n");
     let extra = [
         ("FLEET_CONFIG", cfg.path().to_str().unwrap()),
         ("FLEET_BACKFILL_ALLOW_SQL", "1"),
@@ -361,12 +358,7 @@ async fn backfill_job_survives_kill_9_of_the_jobs_stream_leader() {
 #[tokio::test]
 async fn scheduler_fan_out_and_leader_failover_survive_kill_9_of_a_node() {
     let mut env = ClusterEnv::new().await;
-    let cfg = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        cfg.path(),
-        "[scheduler]\nlease = \"3s\"\n\n[[schedules]]\nname = \"every-second\"\ncron = \"* * * * * *\"\nsubject = \"jobs.tick.{tenant_code}\"\n",
-    )
-    .unwrap();
+    let cfg = config_file("[scheduler]\nlease = \"3s\"\n\n[[schedules]]\nname = \"every-second\"\ncron = \"* * * * * *\"\nsubject = \"jobs.tick.{tenant_code}\"\n");
     let extra = [("FLEET_CONFIG", cfg.path().to_str().unwrap())];
     let first = env.fleet(&extra).await;
     let pool = env.db.pool().await;
@@ -458,18 +450,10 @@ async fn scheduler_fan_out_and_leader_failover_survive_kill_9_of_a_node() {
 
 /// The `Nats-Msg-Id`s of every stored message.
 async fn msg_ids(js: &jetstream::Context, stream: &str) -> Vec<String> {
-    let mut s = js.get_stream(stream).await.unwrap();
-    let state = s.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = s.get_raw_message(seq).await {
-            if let Some(id) = m.headers.get(async_nats::header::NATS_MESSAGE_ID) {
-                out.push(id.as_str().to_owned());
-            }
-        }
-    }
-    out
+    stored_messages(js, stream)
+        .await
+        .iter()
+        .filter_map(|m| m.headers.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|id| id.as_str().to_owned())
+        .collect()
 }

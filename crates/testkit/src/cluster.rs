@@ -245,3 +245,23 @@ pub async fn publish_retrying(js: &jetstream::Context, subject: &str, msg_id: &s
     }
     panic!("{subject} {msg_id}: never acknowledged");
 }
+
+/// Every message stored in `stream`, in stream order (a sequence deleted meanwhile is skipped):
+/// what a test counts to show that nothing was lost and nothing stored twice.
+pub async fn stored_messages(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Vec<jetstream::message::StreamMessage> {
+    let mut s = js.get_stream(stream).await.unwrap();
+    let state = s.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}

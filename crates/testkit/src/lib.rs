@@ -32,7 +32,7 @@ mod servers;
 mod tls;
 pub mod webdriver;
 
-pub use cluster::{publish_retrying, NatsCluster};
+pub use cluster::{publish_retrying, stored_messages, NatsCluster};
 pub use db::TestDb;
 pub use jwt::{creds_file, TestOperator};
 pub use pg_replica::PgReplicaPair;

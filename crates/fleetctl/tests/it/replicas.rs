@@ -86,23 +86,18 @@ fn spawn(worker: &str, nats: &str, db: &str, redis: &str, config: &str) -> Proc 
 
 /// (subject, Nats-Msg-Id) of every stored message of `stream`.
 async fn stored(js: &jetstream::Context, stream: &str) -> Vec<(String, String)> {
-    let mut s = js.get_stream(stream).await.unwrap();
-    let state = s.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    if state.messages == 0 {
-        return out;
-    }
-    for seq in state.first_sequence..=state.last_sequence {
-        if let Ok(m) = s.get_raw_message(seq).await {
+    fleet_testkit::stored_messages(js, stream)
+        .await
+        .iter()
+        .map(|m| {
             let id = m
                 .headers
                 .get(async_nats::header::NATS_MESSAGE_ID)
                 .map(|v| v.as_str().to_owned())
                 .unwrap_or_default();
-            out.push((m.subject.to_string(), id));
-        }
-    }
-    out
+            (m.subject.to_string(), id)
+        })
+        .collect()
 }
 
 #[tokio::test]
