@@ -131,6 +131,16 @@ pub async fn wait_state(pool: &PgPool, id: Uuid, states: &[&str], limit: Duratio
     .await
 }
 
+/// How many chunk markers the job left on the database of `target` (one per committed chunk
+/// of a job on a named or tenant database).
+pub async fn marks(target: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(target)
+        .await
+        .unwrap()
+}
+
 /// Waits (up to a minute) until the job has succeeded or failed.
 pub async fn finished(pool: &PgPool, id: Uuid) -> JobRow {
     wait_state(pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await
@@ -181,6 +191,18 @@ pub async fn items(pool: &PgPool, n: i64) {
         .execute(pool)
         .await
         .expect("fill items");
+}
+
+/// Increments `c`, dividing by zero on a row marked `fail`: the chunk holding one fails.
+pub const FAILING_STATEMENT: &str = "UPDATE items SET c = c + 1, d = 1 / (CASE WHEN fail THEN 0 ELSE 1 END) WHERE id > $1 AND id <= $2";
+
+/// [`items`] with 500 rows, the one with id 250 marked `fail`.
+pub async fn items_failing_at_250(pool: &PgPool) {
+    items(pool, 500).await;
+    sqlx::query("UPDATE items SET fail = true WHERE id = 250")
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 /// (rows with c = 0, rows with c = 1, rows with any other c)

@@ -240,14 +240,9 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
             .unwrap();
     assert!(!on_control, "the tenant lives on shard_b only");
     assert_eq!(left_in_source(&control, "bravo").await, (0, 200));
-    let marks: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
-            .bind(id)
-            .fetch_one(&shard)
-            .await
-            .unwrap();
     assert_eq!(
-        marks, job.chunks_done,
+        marks(&shard, id).await,
+        job.chunks_done,
         "one marker per chunk, on the tenant's database"
     );
     assert_eq!(app_insert(&shard, "bravo").await, 5001, "never backwards");
@@ -326,13 +321,7 @@ async fn a_tenant_on_another_database_is_copied_there_exactly_once() {
     backfill_worker::delete_job(&pools_of(&replica.fleet.settings, &control), id)
         .await
         .unwrap();
-    let marks: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
-            .bind(id)
-            .fetch_one(&shard)
-            .await
-            .unwrap();
-    assert_eq!(marks, 0, "markers forgotten with the job");
+    assert_eq!(marks(&shard, id).await, 0, "markers forgotten with the job");
     replica.stop().await;
 }
 
@@ -519,13 +508,7 @@ async fn a_move_in_flight_holds_the_copy_and_a_new_home_fails_it_for_a_re_plan()
     )
     .await
     .unwrap();
-    let refused = wait_state(
-        &control,
-        other,
-        &["failed", "succeeded"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let refused = finished(&control, other).await;
     assert_eq!(refused.state, "failed");
     assert_eq!(
         refused.error.as_deref(),
@@ -543,13 +526,7 @@ async fn a_move_in_flight_holds_the_copy_and_a_new_home_fails_it_for_a_re_plan()
         .execute(&control)
         .await
         .unwrap();
-    let failed = wait_state(
-        &control,
-        id,
-        &["failed", "succeeded"],
-        Duration::from_secs(60),
-    )
-    .await;
+    let failed = finished(&control, id).await;
     assert_eq!(failed.state, "failed");
     assert_eq!(
         failed.error.as_deref(),

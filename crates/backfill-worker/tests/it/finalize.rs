@@ -458,13 +458,11 @@ async fn kill_9_mid_fill_and_mid_finalize_resumes_to_the_same_end_state() {
 
     let replica = Replica::start(&env, &cfg).await;
     let job = seed_job_succeeded(&control, id, &target).await;
-    let marks: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
-            .bind(id)
-            .fetch_one(&target)
-            .await
-            .unwrap();
-    assert_eq!(marks, job.chunks_done, "one marker per committed chunk");
+    assert_eq!(
+        marks(&target, id).await,
+        job.chunks_done,
+        "one marker per committed chunk"
+    );
     let pk: String =
         sqlx::query_scalar("SELECT pg_get_indexdef('post_session_details_pkey'::regclass)")
             .fetch_one(&target)

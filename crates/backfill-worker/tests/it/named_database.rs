@@ -49,14 +49,6 @@ async fn submit_on(replica: &Replica, spec: serde_json::Value) -> uuid::Uuid {
         .unwrap_or_else(|e| panic!("submit refused: {e}"))
 }
 
-async fn marks(target: &PgPool, id: uuid::Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM fleet_backfill.chunk_marks WHERE job_id = $1")
-        .bind(id)
-        .fetch_one(target)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn seed_000_flow_on_a_legacy_database_leaves_the_control_plane_out_of_it() {
     let env = TestEnv::new().await;

@@ -27,17 +27,12 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 async fn a_failed_job_shows_the_share_it_did_and_can_then_be_deleted() {
     let env = TestEnv::new().await;
     let pool = env.db.pool().await;
-    items(&pool, 500).await;
-    sqlx::query("UPDATE items SET fail = true WHERE id = 250")
-        .execute(&pool)
-        .await
-        .unwrap();
+    items_failing_at_250(&pool).await;
     let config = config_file(&format!(
         "{FAST_CONFIG}min_chunk_size = 50\nmax_chunk_size = 50\n"
     ));
     let replica = Replica::start(&env, &config).await;
-    let statement = "UPDATE items SET c = c + 1, d = 1 / (CASE WHEN fail THEN 0 ELSE 1 END) WHERE id > $1 AND id <= $2";
-    let id = submit(&pool, json!({"kind": "sql", "table": "items", "statement": statement, "chunk_size": 50, "target_chunk": "100s"})).await;
+    let id = submit(&pool, json!({"kind": "sql", "table": "items", "statement": FAILING_STATEMENT, "chunk_size": 50, "target_chunk": "100s"})).await;
     let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(30)).await;
     assert_eq!(job.state, "failed");
     assert_eq!(job.rows_done, 450);
