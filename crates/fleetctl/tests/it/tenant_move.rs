@@ -268,6 +268,32 @@ fn start_cutover(h: &Homes, stdio: fn() -> std::process::Stdio) -> tokio::proces
     .unwrap()
 }
 
+/// `fleetctl tenants move acme --to shard_b --until copied`, which must succeed.
+async fn move_until_copied(h: &Homes) {
+    ok(&h
+        .fleetctl(&[
+            "tenants", "move", "acme", "--to", "shard_b", "--until", "copied",
+        ])
+        .await);
+}
+
+/// What the application wrote to `tenant_acme.app_writes` on `pool`'s database, in order.
+async fn app_writes(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT n FROM tenant_acme.app_writes ORDER BY n")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// How many schemas named `tenant_acme` `pool`'s database has (0 or 1).
+async fn acme_schemas(pool: &PgPool) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'",
+    )
+    .await
+}
+
 /// Waits until the `locks` query (a count of locks on the source) finds one: the cut-over froze
 /// the source.
 async fn wait_frozen(a: &PgPool, locks: &str) {
@@ -451,14 +477,7 @@ async fn a_tenant_moves_between_servers_while_the_application_writes() {
     );
 
     // The old copy is archived read-only; replication is gone from both servers.
-    assert!(
-        count(
-            &a,
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'"
-        )
-        .await
-            == 0
-    );
+    assert!(acme_schemas(&a).await == 0);
     let e = sqlx::raw_sql(&format!(
         "INSERT INTO \"{archive}\".notes (body) VALUES ('late')"
     ))
@@ -551,15 +570,7 @@ async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanw
     assert_eq!(m["state"], "aborted", "{m}");
     assert_eq!(database_of(&control, "acme").await, "shard_a");
     assert_eq!(replication_leftovers(&a, &b).await, (0, 0, 0));
-    assert_eq!(
-        count(
-            &b,
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'"
-        )
-        .await,
-        0,
-        "the target's copy is dropped"
-    );
+    assert_eq!(acme_schemas(&b).await, 0, "the target's copy is dropped");
     // The source is as it was, and writable.
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (2)").await;
     assert_eq!(
@@ -576,11 +587,7 @@ async fn a_move_aborted_after_its_initial_copy_leaves_no_trace_and_refuses_meanw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_killed_during_its_cut_over_leaves_the_source_serving_and_a_rerun_finishes() {
     let (h, control, a, b) = acme_on_shard_a(false, 300).await;
-    ok(&h
-        .fleetctl(&[
-            "tenants", "move", "acme", "--to", "shard_b", "--until", "copied",
-        ])
-        .await);
+    move_until_copied(&h).await;
     // The subscription stops confirming, so the cut-over waits for lag 0 with the source frozen.
     let sub = disable_subscription(&b).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
@@ -641,10 +648,7 @@ async fn a_move_killed_during_its_cut_over_leaves_the_source_serving_and_a_rerun
         "{printed}"
     );
     assert_eq!(database_of(&control, "acme").await, "shard_b");
-    let on_b: Vec<i64> = sqlx::query_scalar("SELECT n FROM tenant_acme.app_writes ORDER BY n")
-        .fetch_all(&b)
-        .await
-        .unwrap();
+    let on_b = app_writes(&b).await;
     assert_eq!(
         on_b,
         [1, 2],
@@ -761,17 +765,14 @@ async fn a_source_left_read_only_by_a_crash_is_lifted_by_abort_or_finished_by_a_
     let (h, control, a, b) = acme_on_shard_a(false, 100).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
 
-    let until = [
-        "tenants", "move", "acme", "--to", "shard_b", "--until", "copied",
-    ];
-    ok(&h.fleetctl(&until).await);
+    move_until_copied(&h).await;
     as_if_crashed_between_the_commits(&control, &a).await;
     ok(&h.fleetctl(&["tenants", "move", "acme", "--abort"]).await);
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (2)").await;
     assert_eq!(database_of(&control, "acme").await, "shard_a");
     assert_eq!(replication_leftovers(&a, &b).await, (0, 0, 0));
 
-    ok(&h.fleetctl(&until).await);
+    move_until_copied(&h).await;
     as_if_crashed_between_the_commits(&control, &a).await;
     let printed = ok(&h
         .fleetctl(&["tenants", "move", "acme", "--to", "shard_b"])
@@ -781,10 +782,7 @@ async fn a_source_left_read_only_by_a_crash_is_lifted_by_abort_or_finished_by_a_
         "{printed}"
     );
     assert_eq!(database_of(&control, "acme").await, "shard_b");
-    let on_b: Vec<i64> = sqlx::query_scalar("SELECT n FROM tenant_acme.app_writes ORDER BY n")
-        .fetch_all(&b)
-        .await
-        .unwrap();
+    let on_b = app_writes(&b).await;
     assert_eq!(on_b, [1, 2]);
     exec(&b, "INSERT INTO tenant_acme.app_writes (n) VALUES (3)").await;
     h.stop().await;
@@ -806,11 +804,7 @@ async fn cut_driver_connection(control: &PgPool) -> i64 {
 async fn a_run_that_lost_its_lock_does_not_switch_and_an_abort_after_a_switch_is_refused() {
     let (h, control, a, b) = acme_on_shard_a(false, 50).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (1)").await;
-    ok(&h
-        .fleetctl(&[
-            "tenants", "move", "acme", "--to", "shard_b", "--until", "copied",
-        ])
-        .await);
+    move_until_copied(&h).await;
     // The subscription stops confirming, so the cut-over waits with the source frozen.
     let sub = disable_subscription(&b).await;
     exec(&a, "INSERT INTO tenant_acme.app_writes (n) VALUES (2)").await;
@@ -952,14 +946,7 @@ async fn the_source_password_stays_out_of_the_target_log_and_abort_cleans_the_so
     ok(&h.fleetctl(&["tenants", "move", "acme", "--abort"]).await);
     let b = h.pool("shard_b").await;
     assert_eq!(replication_leftovers(&a, &b).await, (0, 0, 0));
-    assert_eq!(
-        count(
-            &b,
-            "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_acme'"
-        )
-        .await,
-        0
-    );
+    assert_eq!(acme_schemas(&b).await, 0);
     assert_eq!(move_row(&control, "acme").await["state"], "aborted");
     assert_eq!(database_of(&control, "acme").await, "shard_a");
     h.stop().await;
