@@ -77,6 +77,34 @@ async fn refuse(pool: &PgPool, js: &jetstream::Context, subject: &str, body: Val
     );
 }
 
+/// The row of config `key` among `rows` (of [`config_rows`]), which must be there.
+fn row_of<'a>(
+    rows: &'a [(String, Value, bool, String)],
+    key: &str,
+) -> &'a (String, Value, bool, String) {
+    rows.iter()
+        .find(|r| r.0 == key)
+        .unwrap_or_else(|| panic!("no {key} in {rows:?}"))
+}
+
+/// The (value, source) of config `key` among `rows` (of [`config_rows`]), if it is there.
+fn source_of(rows: &[(String, Value, bool, String)], key: &str) -> Option<(Value, String)> {
+    rows.iter()
+        .find(|r| r.0 == key)
+        .map(|r| (r.1.clone(), r.3.clone()))
+}
+
+/// Asserts that each `(key, value, source)` of `want` stands so among `rows`.
+fn assert_sources(rows: &[(String, Value, bool, String)], want: &[(&str, Value, &str)]) {
+    for (key, value, source) in want {
+        assert_eq!(
+            source_of(rows, key),
+            Some((value.clone(), source.to_string())),
+            "{key}"
+        );
+    }
+}
+
 async fn config_rows(pool: &PgPool, tenant_id: Uuid) -> Vec<(String, Value, bool, String)> {
     sqlx::query_as(
         "SELECT config_key, config_value, is_encrypted, source FROM fleet.tenant_configurations
@@ -132,18 +160,12 @@ async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
     create(&pool, &js, body).await;
 
     let rows = config_rows(&pool, id).await;
-    let src = |rows: &[(String, Value, bool, String)], k: &str| {
-        rows.iter()
-            .find(|r| r.0 == k)
-            .map(|r| (r.1.clone(), r.3.clone()))
-    };
-    assert_eq!(
-        src(&rows, "api.rate_limit"),
-        Some((json!(5), "override".into()))
-    );
-    assert_eq!(
-        src(&rows, "session.timeout"),
-        Some((json!(3600), "plan:basic".into()))
+    assert_sources(
+        &rows,
+        &[
+            ("api.rate_limit", json!(5), "override"),
+            ("session.timeout", json!(3600), "plan:basic"),
+        ],
     );
 
     // Up: enterprise's values and keys arrive; the overrides stay.
@@ -163,21 +185,18 @@ async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
     assert_eq!(a.old["configs"]["features.ai_verification"], Value::Null);
     let rows = config_rows(&pool, id).await;
     assert_eq!(rows.len(), 8, "7 enterprise keys + custom.flag: {rows:?}");
-    assert_eq!(
-        src(&rows, "api.rate_limit"),
-        Some((json!(5), "override".into()))
-    );
-    assert_eq!(
-        src(&rows, "custom.flag"),
-        Some((json!("on"), "override".into()))
-    );
-    assert_eq!(
-        src(&rows, "session.timeout"),
-        Some((json!(14400), "plan:enterprise".into()))
-    );
-    assert_eq!(
-        src(&rows, "features.advanced_analytics"),
-        Some((json!(true), "plan:enterprise".into()))
+    assert_sources(
+        &rows,
+        &[
+            ("api.rate_limit", json!(5), "override"),
+            ("custom.flag", json!("on"), "override"),
+            ("session.timeout", json!(14400), "plan:enterprise"),
+            (
+                "features.advanced_analytics",
+                json!(true),
+                "plan:enterprise",
+            ),
+        ],
     );
     let t = tenant(&pool, "acme").await.unwrap();
     assert_eq!(
@@ -196,14 +215,13 @@ async fn plan_change_up_and_down_keeps_overrides_and_is_audited() {
     assert_eq!(a.new["configs"]["features.biometric_auth"], Value::Null);
     let rows = config_rows(&pool, id).await;
     assert_eq!(rows.len(), 5, "{rows:?}");
-    assert!(src(&rows, "features.biometric_auth").is_none());
-    assert_eq!(
-        src(&rows, "api.rate_limit"),
-        Some((json!(5), "override".into()))
-    );
-    assert_eq!(
-        src(&rows, "session.timeout"),
-        Some((json!(3600), "plan:basic".into()))
+    assert!(source_of(&rows, "features.biometric_auth").is_none());
+    assert_sources(
+        &rows,
+        &[
+            ("api.rate_limit", json!(5), "override"),
+            ("session.timeout", json!(3600), "plan:basic"),
+        ],
     );
 
     let trail: Vec<(String, Value, Value)> = sqlx::query_as(
@@ -266,9 +284,8 @@ async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
     .await;
     assert_eq!(a.new["source"], json!("plan:premium"));
     let rows = config_rows(&pool, id).await;
-    let row = |k: &str| rows.iter().find(|r| r.0 == k).cloned();
-    assert_eq!(row("session.timeout").unwrap().1, json!(7200));
-    assert_eq!(row("session.timeout").unwrap().3, "plan:premium");
+    assert_eq!(row_of(&rows, "session.timeout").1, json!(7200));
+    assert_eq!(row_of(&rows, "session.timeout").3, "plan:premium");
 
     // An encrypted override: no plaintext in the row or the audit trail.
     let a = apply(
@@ -281,11 +298,7 @@ async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
     assert!(!a.new.to_string().contains("hunter2"), "{}", a.new);
     assert_eq!(a.new["value"]["encrypted"], json!("<encrypted>"));
     let rows = config_rows(&pool, id).await;
-    let secret = rows
-        .iter()
-        .find(|r| r.0 == "smtp.password")
-        .unwrap()
-        .clone();
+    let secret = row_of(&rows, "smtp.password");
     assert!(secret.2, "is_encrypted");
     assert!(!secret.1.to_string().contains("hunter2"));
     let sealed = Sealed::from_value(&secret.1).unwrap();
@@ -319,11 +332,7 @@ async fn config_set_unset_with_encryption_a_wrong_key_and_rotation() {
         .unwrap();
     assert_eq!((report.tenants, report.values), (1, 1));
     let rows = config_rows(&pool, id).await;
-    let secret = rows
-        .iter()
-        .find(|r| r.0 == "smtp.password")
-        .unwrap()
-        .clone();
+    let secret = row_of(&rows, "smtp.password");
     let sealed = Sealed::from_value(&secret.1).unwrap();
     assert_eq!(sealed.kid, "k2");
     assert_eq!(
