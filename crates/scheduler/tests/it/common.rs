@@ -135,16 +135,8 @@ pub struct Job {
 /// Every message of `stream` whose subject matches `filter` (a prefix match on literal tokens
 /// is enough for these tests), in stream order.
 pub async fn jobs(js: &jetstream::Context, stream: &str, prefix: &str) -> Vec<Job> {
-    let mut s = js.get_stream(stream).await.unwrap();
-    let info = s.info().await.unwrap().state.clone();
     let mut out = Vec::new();
-    if info.messages == 0 {
-        return out;
-    }
-    for seq in info.first_sequence..=info.last_sequence {
-        let Ok(m) = s.get_raw_message(seq).await else {
-            continue;
-        };
+    for m in fleet_testkit::stored_messages(js, stream).await {
         if !m.subject.as_str().starts_with(prefix) {
             continue;
         }
