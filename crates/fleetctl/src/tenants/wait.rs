@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use async_nats::HeaderMap;
 use fleet_shared::config::Settings;
 use fleet_shared::dlq::H_ORIGINAL_MSG_ID;
-use fleet_shared::events::FLEET_ACTOR;
 use fleet_shared::topology::DLQ_STREAM;
+use provisioner::lifecycle::request::{self, Request};
 use provisioner::lifecycle::AuditRow;
 
 use crate::output;
@@ -63,21 +62,18 @@ async fn dead_letter_for(js: &jetstream::Context, after: u64, id: &str) -> Optio
         .map(|l| l.error)
 }
 
-/// Publishes `body` on `subject` and (unless told not to) waits for the outcome.
-pub async fn publish_and_wait<T: serde::Serialize>(
+/// Publishes `req` and (unless told not to) waits for the outcome.
+pub async fn publish_and_wait(
     settings: &Settings,
     pg: &sqlx::PgPool,
-    subject: &str,
-    body: &T,
+    req: &Request,
     wait: &Wait,
 ) -> anyhow::Result<()> {
     let js = output::jetstream(settings).await?;
+    let subject = req.subject;
     let id = format!("fleetctl:{}", uuid::Uuid::new_v4());
-    let mut headers = HeaderMap::new();
-    headers.insert(FLEET_ACTOR, actor().as_str());
     let after = dlq_last_seq(&js).await;
-    let payload = serde_json::to_vec(body)?;
-    fleet_shared::publish::publish(&js, subject, &id, Some(headers), payload.into())
+    request::publish(&js, req, &id, &actor())
         .await
         .with_context(|| format!("cannot publish {subject}"))?;
     if wait.no_wait {

@@ -25,6 +25,7 @@ pub mod delete;
 pub mod error;
 pub mod purge;
 pub mod receive;
+pub mod request;
 pub mod rotate;
 pub mod status;
 pub mod update;
