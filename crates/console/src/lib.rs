@@ -4,7 +4,7 @@
 //! - Pages are rendered by [`maud`] (compiled templates; every interpolated value is HTML-escaped,
 //!   so a tenant name `<script>…` shows as text). The only script is `/static/console.js`, which
 //!   reads the live parts over Server-Sent Events; no build step.
-//! - Reading needs nothing. Acting (replay, discard, pause, trigger, suspend …) is a `POST` that
+//! - Reading needs nothing. Acting (replay, discard, pause, trigger, suspend, delete …) is a `POST` that
 //!   needs a session logged in with `FLEET_CONSOLE_TOKEN` and the session's CSRF token in the
 //!   form ([`auth`]). Without the setting the console is read-only and says so on every page.
 //! - Every response carries a strict Content-Security-Policy (no inline script or style, nothing
@@ -22,6 +22,7 @@ mod overview;
 mod rollouts;
 mod sampler;
 mod schedules;
+mod tenant_actions;
 mod tenants;
 
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct Console {
     pub pools: fleet_shared::databases::DatabasePools,
     pub settings: Settings,
     pub schedules: scheduler::config::SchedulerConfig,
+    /// The plans the provisioner knows (built-in plus `[plans]`), for the plan change.
+    pub plans: provisioner::plans::Plans,
     sessions: auth::Sessions,
     sampler: sampler::Sampler,
 }
@@ -61,6 +64,7 @@ impl Console {
         settings: Settings,
     ) -> anyhow::Result<Shared> {
         let schedules = scheduler::config::SchedulerConfig::from_file(&settings.file)?;
+        let plans = provisioner::plans::Plans::from_settings(&settings)?;
         let pools =
             fleet_shared::databases::DatabasePools::new(settings.databases.clone(), pg.clone(), 2)
                 .with_tenant_pools(settings.tenant_pools);
@@ -70,6 +74,7 @@ impl Console {
             pg,
             pools,
             schedules,
+            plans,
             sessions: auth::Sessions::default(),
             sampler: sampler::Sampler::default(),
             settings,
@@ -124,7 +129,7 @@ pub fn router(console: Shared) -> Router {
         .route("/", get(overview::page))
         .route("/tenants", get(tenants::list))
         .route("/tenants/{code}", get(tenants::show))
-        .route("/tenants/{code}/{action}", post(tenants::act))
+        .route("/tenants/{code}/{action}", post(tenant_actions::act))
         .route("/rollouts", get(rollouts::page))
         .route("/backfills", get(backfills::page))
         .route("/backfills/live", get(backfills::live))

@@ -1,5 +1,5 @@
 //! `/tenants` (search, keyset pagination) and `/tenants/<code>` (registry row, configs with their
-//! source, applied migrations, suspend/resume).
+//! source, applied migrations, and the lifecycle actions of `tenant_actions`).
 //!
 //! Pagination is by `(code, tenant_id)` after the last row shown, on an index, so page 200 of
 //! 10,000 tenants costs what page 1 does. The search text is at most 64 characters and only ever
@@ -7,15 +7,13 @@
 //! UUID, anything else is refused before a query runs.
 
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::{Extension, Form};
+use axum::Extension;
 use fleet_shared::Code;
 use maud::html;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::auth::{check_action, done};
-use crate::{layout, Page, Refusal, Shared, Visitor};
+use crate::{layout, tenant_actions, Page, Refusal, Shared, Visitor};
 
 pub const PAGE: i64 = 50;
 
@@ -266,16 +264,7 @@ pub async fn show(
             tr { th { "created" } td { (layout::when(&created)) } }
             tr { th { "provisioned" } td { (layout::opt_when(&provisioned)) } }
         }
-        div.actions {
-            @if status == "active" {
-                form.inline method="post" action={ (base) "/suspend" } {
-                    input type="hidden" name="csrf" value=(v.csrf);
-                    input type="text" name="reason" maxlength="200" placeholder="reason (optional)";
-                    button type="submit" id="suspend" disabled[!v.authed] { "Suspend" }
-                }
-            }
-            @if status == "suspended" { (layout::button(&v, &format!("{base}/resume"), "Resume", "resume")) }
-        }
+        (tenant_actions::forms(&c, &v, &base, &status, &plan))
         h2 { "Configuration" }
         @if configs.is_empty() { p { "no configuration" } } @else {
             table id="configs" {
@@ -307,77 +296,5 @@ pub async fn show(
         "/tenants",
         &format!("Tenant {code}"),
         body,
-    ))
-}
-
-#[derive(Deserialize)]
-pub struct ActForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    reason: String,
-}
-
-pub async fn act(
-    State(c): State<Shared>,
-    Extension(v): Extension<Visitor>,
-    Path((code, action)): Path<(String, String)>,
-    Form(f): Form<ActForm>,
-) -> Page {
-    check_action(&v, &f.csrf)?;
-    let code = code_of(&code)?;
-    let status: Option<String> = sqlx::query_scalar(
-        "SELECT status FROM fleet.tenants WHERE code = $1 AND status <> 'deleted'",
-    )
-    .bind(code.as_str())
-    .fetch_optional(&c.pg)
-    .await
-    .map_err(anyhow::Error::from)?;
-    let Some(status) = status else {
-        return Err(Refusal::not_found(format!("no tenant with code {code}")));
-    };
-    let (subject, body) = match action.as_str() {
-        "suspend" if status == "active" => {
-            let reason = fleet_shared::errors::one_line(f.reason.trim());
-            let mut b = serde_json::json!({ "code": code });
-            if !reason.is_empty() {
-                b["reason"] = serde_json::json!(reason.chars().take(200).collect::<String>());
-            }
-            (fleet_shared::events::TENANT_SUSPENDED, b)
-        }
-        "resume" if status == "suspended" => (
-            fleet_shared::events::TENANT_RESUMED,
-            serde_json::json!({ "code": code }),
-        ),
-        "suspend" | "resume" => {
-            return Err(Refusal(
-                StatusCode::CONFLICT,
-                format!("refused: tenant {code} is {status}; nothing was changed"),
-            ))
-        }
-        _ => {
-            return Err(Refusal::not_found(format!(
-                "no action {action:?} on tenants"
-            )))
-        }
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(fleet_shared::events::FLEET_ACTOR, "console");
-    let id = Uuid::new_v4().to_string();
-    fleet_shared::publish::publish(
-        &c.js,
-        subject,
-        &id,
-        Some(headers),
-        serde_json::to_vec(&body)
-            .map_err(anyhow::Error::from)?
-            .into(),
-    )
-    .await?;
-    Ok(done(
-        &c,
-        &v,
-        &format!("/tenants/{code}"),
-        format!("published {subject} for {code}; the provisioner applies it"),
     ))
 }
