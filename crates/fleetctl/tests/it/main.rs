@@ -3,6 +3,7 @@
 mod cache;
 mod cli;
 mod console;
+mod console_actions;
 mod dlq;
 mod migrate;
 mod nats_auth;
