@@ -242,3 +242,18 @@ pub async fn publish(
     let payload = serde_json::to_vec(&req.body)?;
     fleet_shared::publish::publish(js, req.subject, msg_id, Some(headers), payload.into()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_config_value_is_json_if_it_parses_else_text() {
+        assert_eq!(config_value("5000", false), json!(5000));
+        assert_eq!(config_value(r#"{"a":1}"#, false), json!({"a": 1}));
+        assert_eq!(config_value("5000", true), json!("5000"));
+        assert_eq!(config_value("not json", false), json!("not json"));
+        assert_eq!(config_value("", false), json!(""));
+    }
+}
