@@ -48,7 +48,9 @@ pub struct Console {
     /// Every database's pool, for reading a tenant's schema where the registry says it is.
     pub pools: fleet_shared::databases::DatabasePools,
     pub settings: Settings,
-    pub schedules: scheduler::config::SchedulerConfig,
+    /// `FLEET_CONFIG`'s scheduler part, read at start like the leader reads it; the stored
+    /// schedules are read per request ([`scheduler::catalog`]).
+    pub schedule_file: scheduler::config::SchedulerConfig,
     /// The plans the provisioner knows (built-in plus `[plans]`), for the plan change.
     pub plans: provisioner::plans::Plans,
     sessions: auth::Sessions,
@@ -63,7 +65,7 @@ impl Console {
         pg: sqlx::PgPool,
         settings: Settings,
     ) -> anyhow::Result<Shared> {
-        let schedules = scheduler::config::SchedulerConfig::from_file(&settings.file)?;
+        let schedule_file = scheduler::config::SchedulerConfig::from_file(&settings.file)?;
         let plans = provisioner::plans::Plans::from_settings(&settings)?;
         let pools =
             fleet_shared::databases::DatabasePools::new(settings.databases.clone(), pg.clone(), 2)
@@ -73,7 +75,7 @@ impl Console {
             nats,
             pg,
             pools,
-            schedules,
+            schedule_file,
             plans,
             sessions: auth::Sessions::default(),
             sampler: sampler::Sampler::default(),

@@ -1,6 +1,11 @@
-//! `/schedules`: each configured schedule's next ticks, pause state and recent runs; trigger,
-//! pause and resume do what `fleetctl schedule` does (a trigger row the leader picks up; the
-//! `paused` flag).
+//! `/schedules`: each schedule's source, next ticks, pause state and recent runs; trigger, pause
+//! and resume do what `fleetctl schedule` does (a trigger row the leader picks up; the `paused`
+//! flag).
+//!
+//! The schedules are the leader's combined set, [`scheduler::catalog::Catalog`]: the file's
+//! `[[schedules]]` (read at start, as the leader reads them) and the stored ones of `fleetctl
+//! schedule apply|set`, read per request, so a change shows at the next page load; a name in the
+//! file wins over a stored one.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,15 +14,34 @@ use maud::html;
 
 use crate::auth::{check_action, done, CsrfForm};
 use crate::{layout, Page, Refusal, Shared, Visitor};
+use scheduler::catalog::Catalog;
+use scheduler::schedule::Zone;
 use scheduler::store;
 
 pub async fn page(State(c): State<Shared>, Extension(v): Extension<Visitor>) -> Page {
-    let states = store::states(&c.pg).await?;
+    let cat = Catalog::load(c.schedule_file.clone(), &c.pg).await?;
     let now = chrono::Utc::now();
     let mut sections = Vec::new();
-    for s in &c.schedules.schedules {
+    for (s, source) in cat.all() {
         let runs = store::history(&c.pg, &s.name, 10).await?;
-        let paused = states.iter().any(|st| st.name == s.name && st.paused);
+        let paused = cat.paused(&s.name);
+        let source = match cat
+            .stored
+            .iter()
+            .find(|r| r.name == s.name && source == "stored")
+        {
+            Some(r) => format!(
+                "stored (version {}, {} by {})",
+                r.version,
+                layout::when(&r.updated_at),
+                r.updated_by.as_deref().unwrap_or("?")
+            ),
+            None => "FLEET_CONFIG".to_owned(),
+        };
+        let zone = match s.zone {
+            Zone::Fixed => s.cron.timezone().name().to_owned(),
+            Zone::Tenant => format!("tenant, default {}", s.cron.timezone().name()),
+        };
         let mut next = Vec::new();
         let mut t = now;
         for _ in 0..3 {
@@ -29,14 +53,15 @@ pub async fn page(State(c): State<Shared>, Extension(v): Extension<Visitor>) -> 
                 None => break,
             }
         }
-        sections.push((s, paused, next, runs));
+        sections.push((s, source, zone, paused, next, runs));
     }
     let body = html! {
-        @if sections.is_empty() { p { "no schedules in FLEET_CONFIG" } }
-        @for (s, paused, next, runs) in &sections {
+        @if sections.is_empty() { p id="no-schedules" { "no schedules in FLEET_CONFIG or the control plane (fleetctl schedule apply FILE adds some)" } }
+        @for (s, source, zone, paused, next, runs) in &sections {
             section.schedule id={ "schedule-" (s.name) } {
                 h2 { (s.name) @if *paused { " " span.status.paused { "paused" } } }
-                p { code { (s.cron.expr()) } " (" (s.cron.timezone().name()) ") → " code { (s.target.display()) } }
+                p { code { (s.cron.expr()) } " (" (zone) ") → " code { (s.target.display()) } }
+                p.source { "source: " (source) }
                 p { "next ticks: " @for n in next { (layout::when(n)) "  " } }
                 div.actions {
                     @let base = format!("/schedules/{}", s.name);
@@ -66,13 +91,14 @@ pub async fn act(
     Form(f): Form<CsrfForm>,
 ) -> Page {
     check_action(&v, &f.csrf)?;
-    if c.schedules.get(&name).is_none() {
-        return Err(Refusal::not_found(format!("no schedule named {name:?}")));
+    let cat = Catalog::load(c.schedule_file.clone(), &c.pg).await?;
+    if cat.get(&name).is_none() {
+        return Err(Refusal::not_found(format!(
+            "refused: {}; nothing was changed",
+            cat.unknown(&name)
+        )));
     }
-    let paused = store::states(&c.pg)
-        .await?
-        .iter()
-        .any(|s| s.name == name && s.paused);
+    let paused = cat.paused(&name);
     let msg = match action.as_str() {
         "trigger" if paused => {
             return Err(Refusal(

@@ -18,13 +18,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
+use scheduler::catalog::Catalog;
 use scheduler::config::SchedulerConfig;
 use scheduler::defs;
 use scheduler::store::{self, RunRow};
 use serde::Serialize;
 
 use crate::output;
-use crate::schedule_catalog::{who, Catalog};
+use crate::schedule_catalog::who;
 use crate::schedule_edit::{self, EditCmd};
 
 #[derive(Subcommand)]

@@ -16,13 +16,14 @@
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use fleet_shared::config::Settings;
+use scheduler::catalog::Catalog;
 use scheduler::config::SchedulerConfig;
 use scheduler::defs;
 use scheduler::schedule::Schedule;
 use scheduler::store;
 
 use crate::output;
-use crate::schedule_catalog::{who, Catalog};
+use crate::schedule_catalog::who;
 
 #[derive(Subcommand)]
 pub enum EditCmd {

@@ -3,7 +3,8 @@
 //! Schedules come from `[[schedules]]` in `FLEET_CONFIG` ([`config`]; an invalid one stops the
 //! process at start with one line naming it) and from the control plane, where `fleetctl schedule
 //! apply|set|delete` manage them at run time ([`defs`]); the leader reloads those every second
-//! or when nudged ([`live`]; a name in the file wins). Every replica runs [`run`]; they elect one leader on
+//! or when nudged ([`live`]; a name in the file wins). [`catalog`] is that same combined set for
+//! the tools that read it (`fleetctl schedule`, the console). Every replica runs [`run`]; they elect one leader on
 //! NATS KV ([`elector`]); only the leader decides ticks ([`ticks`], [`tick_loop`]) and fans each out
 //! ([`fanout`]) as one job per matching tenant with `Nats-Msg-Id = <schedule>:<tick>:<tenant_id>`,
 //! recording the run and its progress in `fleet.schedule_runs` ([`store`]). A follower takes over
@@ -20,6 +21,7 @@
 //! by the leader within a second, or at once when [`WAKE_SUBJECT`] nudges it.
 
 pub mod backfill;
+pub mod catalog;
 pub mod config;
 pub mod defs;
 pub mod elector;

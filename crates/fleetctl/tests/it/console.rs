@@ -395,3 +395,140 @@ async fn in_a_browser_an_operator_replays_a_letter_and_pauses_a_backfill() {
         std::fs::write(path, b.screenshot().await.unwrap()).unwrap();
     }
 }
+
+/// Logs in on `s` with [`TOKEN`]: the session cookie and its CSRF token.
+async fn login(addr: &str) -> (String, String) {
+    let first = get(addr, "/schedules", None).await;
+    let cookie = session_of(&first);
+    let csrf = csrf_of(&first.text());
+    let r = post(
+        addr,
+        "/login",
+        &cookie,
+        &format!("csrf={csrf}&token={TOKEN}&back=/schedules"),
+    )
+    .await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let cookie = session_of(&r);
+    let page = get(addr, "/schedules", Some(&cookie)).await.text();
+    assert!(page.contains("logged in"), "{page}");
+    let csrf = csrf_of(&page);
+    (cookie, csrf)
+}
+
+const STORED: &str = r#"
+[[schedules]]
+name = "stored_nightly"
+cron = "0 2 * * *"
+timezone = "Europe/Berlin"
+subject = "jobs.nightly.{tenant_code}"
+"#;
+
+#[tokio::test]
+async fn stored_schedules_show_without_a_restart_and_take_trigger_pause_and_resume() {
+    let env = TestEnv::new().await;
+    let fleet = env.fleet(&[]).await;
+    let s = serve(&env, Some(TOKEN));
+    let page = get(&s.addr, "/schedules", None).await.text();
+    assert!(
+        page.contains("schedule-followups") && !page.contains("stored_nightly"),
+        "{page}"
+    );
+
+    // Stored the way `fleetctl schedule apply` stores it, while the console runs.
+    let specs: Vec<(String, serde_json::Value)> = scheduler::config::entries_of(STORED, false)
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = scheduler::config::parse_json(e, scheduler::config::DEFAULT_LEASE).unwrap();
+            (s.name, s.spec)
+        })
+        .collect();
+    scheduler::defs::put_all(&fleet.pg, &specs, "ops-test")
+        .await
+        .unwrap();
+    let page = get(&s.addr, "/schedules", None).await.text();
+    assert!(page.contains("id=\"schedule-stored_nightly\""), "{page}");
+    assert!(
+        page.contains("source: stored (version 1") && page.contains("by ops-test"),
+        "{page}"
+    );
+    assert!(page.contains("source: FLEET_CONFIG"), "{page}");
+
+    let (cookie, csrf) = login(&s.addr).await;
+    let form = format!("csrf={csrf}");
+    let act = |what: &'static str| {
+        let (addr, cookie, form) = (s.addr.clone(), cookie.clone(), form.clone());
+        async move {
+            post(
+                &addr,
+                &format!("/schedules/stored_nightly/{what}"),
+                &cookie,
+                &form,
+            )
+            .await
+        }
+    };
+    let triggers = |name: &'static str| {
+        let pg = fleet.pg.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<chrono::DateTime<chrono::Utc>>)>(
+                "SELECT requested_by, picked_at FROM fleet.schedule_triggers WHERE schedule = $1 ORDER BY trigger_id",
+            )
+            .bind(name)
+            .fetch_all(&pg)
+            .await
+            .unwrap()
+        }
+    };
+    let paused = || async {
+        sqlx::query_as::<_, (bool, Option<chrono::DateTime<chrono::Utc>>)>(
+            "SELECT paused, paused_at FROM fleet.schedules WHERE name = 'stored_nightly'",
+        )
+        .fetch_one(&fleet.pg)
+        .await
+        .unwrap()
+    };
+
+    // Trigger: a row the leader picks up, as `fleetctl schedule trigger` queues it.
+    let r = act("trigger").await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(
+        triggers("stored_nightly").await,
+        vec![("console".to_owned(), None)]
+    );
+    // Pause: the flag and its time; a trigger of a paused schedule is refused.
+    let r = act("pause").await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    let (p, at) = paused().await;
+    assert!(p && at.is_some());
+    let r = act("trigger").await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(triggers("stored_nightly").await.len(), 1, "nothing queued");
+    let page = get(&s.addr, "/schedules", Some(&cookie)).await.text();
+    assert!(page.contains("id=\"resume-stored_nightly\""), "{page}");
+    // Resume: the flag is cleared.
+    let r = act("resume").await;
+    assert_eq!(r.status, 303, "{}", r.text());
+    assert_eq!(paused().await, (false, None));
+
+    // An unknown name is refused with the names there are; nothing is written for it.
+    for what in ["trigger", "pause"] {
+        let r = post(&s.addr, &format!("/schedules/ghost/{what}"), &cookie, &form).await;
+        assert_eq!(r.status, 404, "{}", r.text());
+        let text = r.text();
+        assert!(
+            text.contains("no schedule named")
+                && text.contains("followups, stored_nightly")
+                && text.contains("nothing was changed"),
+            "{text}"
+        );
+    }
+    assert!(triggers("ghost").await.is_empty());
+    let ghost: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM fleet.schedules WHERE name = 'ghost'")
+            .fetch_one(&fleet.pg)
+            .await
+            .unwrap();
+    assert_eq!(ghost, 0);
+}
