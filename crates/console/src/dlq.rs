@@ -1,6 +1,7 @@
 //! `/dlq`: dead letters with their reasons (paged by sequence), one letter's payload and headers,
 //! replay, discard and bulk replay, through `fleet_shared::dlq` / `dlq_replay` (each letter
 //! replayed once, see there). A letter that is gone is refused by sequence, nothing changed.
+//! Payloads are shown as [`dlq::DeadLetter::payload`] holds them: secret values masked.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -12,7 +12,8 @@
 //! - Page parameters are parsed into types (codes, UUIDs, sequences) before they reach a query;
 //!   search text is only ever a bound parameter with `LIKE` wildcards escaped.
 //! - Bound to loopback unless `FLEET_CONSOLE_ADDR` says otherwise. Secrets never reach a page: the
-//!   settings are not rendered, config values marked encrypted are masked.
+//!   settings are not rendered, config values marked encrypted are masked, and so are secret
+//!   values in event payloads (`fleet_shared::dlq::mask_secrets`).
 
 pub mod auth;
 mod backfills;

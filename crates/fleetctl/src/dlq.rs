@@ -1,5 +1,8 @@
 //! `fleetctl dlq list | show | replay | discard | purge`.
 //!
+//! `list --json` and `show` print payloads with secret values masked (`fleet_shared::dlq::
+//! mask_secrets`, the console's masking too), unless `--reveal-secrets` is given.
+//!
 //! Replays are exactly once per letter, also in bulk and across a crash: see
 //! `fleet_shared::dlq_replay`. `discard` checks every sequence first, so a typo deletes nothing.
 
@@ -21,12 +24,19 @@ pub enum Cmd {
         limit: usize,
         #[arg(long)]
         json: bool,
+        /// Print secret values in payloads (e.g. of an encrypted tenant.config.set) instead of
+        /// masking them
+        #[arg(long)]
+        reveal_secrets: bool,
     },
-    /// Show one dead letter with its payload and headers
+    /// Show one dead letter with its payload and headers (secret values masked)
     Show {
         seq: u64,
         #[arg(long)]
         json: bool,
+        /// Print secret values in the payload instead of masking them
+        #[arg(long)]
+        reveal_secrets: bool,
     },
     /// Re-publish dead letters to their original subjects (and remove them from the DLQ)
     Replay {
@@ -83,8 +93,14 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             worker,
             limit,
             json,
+            reveal_secrets,
         } => {
-            let letters = dlq::list(&js, worker.as_deref(), limit).await?;
+            let mut letters = dlq::list(&js, worker.as_deref(), limit).await?;
+            if reveal_secrets {
+                for l in &mut letters {
+                    l.payload = l.revealed_payload();
+                }
+            }
             output::list(
                 json,
                 &letters,
@@ -109,8 +125,15 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 },
             )
         }
-        Cmd::Show { seq, json } => {
-            let l = dlq::get(&js, seq).await?;
+        Cmd::Show {
+            seq,
+            json,
+            reveal_secrets,
+        } => {
+            let mut l = dlq::get(&js, seq).await?;
+            if reveal_secrets {
+                l.payload = l.revealed_payload();
+            }
             if json {
                 let headers: serde_json::Map<String, serde_json::Value> = l
                     .headers

@@ -17,6 +17,12 @@
 //! - a payload that does not fit whole is stored truncated to its first [`PREVIEW_BYTES`], with
 //!   `Fleet-Payload-Truncated`, `Fleet-Payload-Size` (the original size in bytes) and
 //!   `Fleet-Payload-Sha256` (hex digest of the whole original). Such a letter cannot be replayed.
+//!
+//! A letter's [`DeadLetter::payload`] (what the console and `fleetctl dlq list|show` print) has
+//! its secrets masked by [`mask_secrets`]: a `tenant.config.set` with `"encrypted": true` carries
+//! its value in plain text, and a dead-lettered one must not put it on a page or a terminal.
+//! The stored bytes ([`DeadLetter::raw_payload`]) are untouched: a replay republishes them as they
+//! were, and `fleetctl dlq show --reveal-secrets` prints them.
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -194,9 +200,11 @@ pub struct DeadLetter {
     pub error: String,
     pub delivery_count: Option<i64>,
     pub failed_at: String,
+    /// The payload as text, secret values masked ([`mask_secrets`]).
     pub payload: String,
     /// When the dead-letter stream stored it.
     pub stored_at: chrono::DateTime<chrono::Utc>,
+    /// The payload as stored, secrets and all (what a replay republishes).
     #[serde(skip)]
     pub raw_payload: Bytes,
     #[serde(skip)]
@@ -221,11 +229,73 @@ pub(crate) fn to_letter(m: jetstream::message::StreamMessage) -> DeadLetter {
         error: header(&m.headers, H_ERROR),
         delivery_count: header(&m.headers, H_DELIVERY_COUNT).parse().ok(),
         failed_at: header(&m.headers, H_FAILED_AT),
-        payload: String::from_utf8_lossy(&m.payload).into_owned(),
+        payload: {
+            let text = String::from_utf8_lossy(&m.payload);
+            mask_secrets(&text).unwrap_or_else(|| text.into_owned())
+        },
         stored_at: chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
             .unwrap_or_default(),
         raw_payload: m.payload,
         headers: m.headers,
+    }
+}
+
+impl DeadLetter {
+    /// The payload as stored, secrets unmasked (`fleetctl dlq … --reveal-secrets`).
+    pub fn revealed_payload(&self) -> String {
+        String::from_utf8_lossy(&self.raw_payload).into_owned()
+    }
+}
+
+/// What a secret value is shown as wherever a payload is shown.
+pub const SECRET_MASK: &str = "••••• (secret, hidden)";
+
+/// Fields that mark an object's `value` as secret when present and neither `false` nor `null`
+/// (`encrypted` is `tenant.config.set`'s; a malformed `"encrypted": "yes"` is dead-lettered for
+/// that very reason, and still marks a secret).
+const SECRET_MARKS: &[&str] = &["encrypted", "secret"];
+
+/// `payload` with its secret values replaced by [`SECRET_MASK`], or `None` if it holds none.
+///
+/// In a JSON payload, every object at any depth that marks itself secret ([`SECRET_MARKS`]) has
+/// its `value` masked; the rest is kept. A payload that is not JSON (e.g. a truncated preview)
+/// but mentions a mark is masked whole, as its value cannot be told apart.
+pub fn mask_secrets(payload: &str) -> Option<String> {
+    fn walk(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                let marked = SECRET_MARKS.iter().any(|k| {
+                    m.get(*k).is_some_and(|x| {
+                        !matches!(x, serde_json::Value::Bool(false) | serde_json::Value::Null)
+                    })
+                });
+                let mut changed = false;
+                if marked {
+                    if let Some(value) = m.get_mut("value") {
+                        *value = serde_json::Value::String(SECRET_MASK.to_owned());
+                        changed = true;
+                    }
+                }
+                for (_, x) in m.iter_mut() {
+                    changed |= walk(x);
+                }
+                changed
+            }
+            serde_json::Value::Array(a) => a.iter_mut().fold(false, |c, x| walk(x) | c),
+            _ => false,
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(mut v) => walk(&mut v).then(|| v.to_string()),
+        Err(_) => {
+            let lower = payload.to_ascii_lowercase();
+            SECRET_MARKS.iter().any(|k| lower.contains(k)).then(|| {
+                format!(
+                    "{SECRET_MASK}: a payload that is not JSON and mentions a secret, {} bytes",
+                    payload.len()
+                )
+            })
+        }
     }
 }
 
@@ -367,5 +437,35 @@ pub(crate) async fn delete(stream: &jetstream::stream::Stream, seq: u64) -> anyh
         Ok(deleted) => Ok(deleted),
         Err(e) if e.to_string().contains("no message found") => Ok(false),
         Err(e) => Err(e).with_context(|| format!("Failed to delete dead letter {seq}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marked_values_are_masked_and_the_rest_is_kept() {
+        let set = r#"{"code":"acme","key":"smtp.password","value":"hunter2-very-secret","encrypted":true}"#;
+        let masked = mask_secrets(set).expect("masked");
+        assert!(!masked.contains("hunter2"), "{masked}");
+        let v: serde_json::Value = serde_json::from_str(&masked).unwrap();
+        assert_eq!(v["value"], SECRET_MASK);
+        assert_eq!(v["key"], "smtp.password");
+        let odd = r#"[{"value":{"nested":"hunter2"},"encrypted":"yes"}]"#;
+        assert!(!mask_secrets(odd).unwrap().contains("hunter2"));
+        let cut = r#"{"code":"acme","value":"hunter2","encrypted":tr"#;
+        let whole = mask_secrets(cut).unwrap();
+        assert!(
+            whole.starts_with(SECRET_MASK) && !whole.contains("hunter2"),
+            "{whole}"
+        );
+        for plain in [
+            r#"{"code":"acme","key":"session.timeout","value":30}"#,
+            r#"{"code":"acme","key":"k","value":"v","encrypted":false}"#,
+            "not json at all",
+        ] {
+            assert_eq!(mask_secrets(plain), None, "{plain}");
+        }
     }
 }
