@@ -4,6 +4,10 @@
 //! `REDIS_URL`, `FLEET_CONFIG`). Read commands take `--json` for scripts. Errors go to stderr as
 //! one line, with a non-zero exit.
 
+// Every line a command prints goes through `outln!`/`out!`, which turn a closed pipe into a quiet
+// exit 141; a `println!` would panic there instead (`fleetctl … | head -1`).
+#![deny(clippy::print_stdout)]
+
 // First, so that its `outln!`/`out!` macros are visible in every command module.
 #[macro_use]
 mod output;

@@ -282,36 +282,216 @@ async fn backfill_submit_control_and_status_through_the_binary() {
 
 /// `fleetctl … | head -1` where `head` has already gone: every read command ends quietly with the
 /// shell's SIGPIPE status (141), nothing on stderr, instead of a panic (exit 101).
+/// A fleet with enough of everything that each read command prints many lines, several of them
+/// far more than a pipe holds: 1,500 tenants (acme with 40 configs and 300 lifecycle events), a
+/// backfill job with 20 failed chunks, dead letters (one of 512 KiB), 400 runs of a schedule, a
+/// rollout over every tenant and queued jobs.
+async fn seed_for_pipes(env: &TestEnv) -> fleet_shared::Fleet {
+    use fleet_shared::dlq::{self, Failure};
+    let fleet = env.fleet(&[]).await;
+    let big = "x".repeat(20_000);
+    crate::run::exec(
+        &fleet.pg,
+        &format!(
+            "INSERT INTO fleet.tenants (tenant_id, code, name, plan, status, schema_name, org_code)
+             SELECT gen_random_uuid(), 't' || lpad(i::text, 4, '0'), 'Tenant ' || i || repeat('.', 150), 'basic', 'active',
+                    'tenant_t' || lpad(i::text, 4, '0'), 'acme_org'
+             FROM generate_series(1, 1500) AS i;
+             INSERT INTO fleet.tenants (tenant_id, code, name, plan, status, schema_name, org_code)
+             VALUES ('00000000-0000-4000-8000-0000000000ac', 'acme', 'Acme', 'premium', 'active', 'tenant_acme', 'acme_org');
+             INSERT INTO fleet.tenant_configurations (tenant_id, config_key, config_value)
+             SELECT '00000000-0000-4000-8000-0000000000ac', 'key_' || i, to_jsonb(repeat('v', 8000))
+             FROM generate_series(1, 40) AS i;
+             INSERT INTO fleet.tenant_events (tenant_id, code, org_code, event, event_id, actor, status, old, new)
+             SELECT '00000000-0000-4000-8000-0000000000ac', 'acme', 'acme_org', 'tenant.updated', 'e' || i,
+                    'test', 'active', jsonb_build_object('name', repeat('o', 500)), jsonb_build_object('name', repeat('n', 500))
+             FROM generate_series(1, 300) AS i;
+             INSERT INTO fleet.backfill_jobs (job_id, submit_key, kind, spec, state, rows_done, chunks_failed)
+             VALUES ('7b0c2f4e-1d2a-4c3b-9e8f-0a1b2c3d4e5f', 'k1', 'sql', '{{}}', 'running', 250, 20);
+             INSERT INTO fleet.backfill_chunks (job_id, part, lo, hi, state, attempts, error)
+             SELECT '7b0c2f4e-1d2a-4c3b-9e8f-0a1b2c3d4e5f', 0, i * 100, i * 100 + 100, 'failed', 3, '{big}'
+             FROM generate_series(1, 20) AS i;
+             INSERT INTO fleet.schedule_runs (schedule, tick, trigger, status, reason, statuses, tenants_matched, published)
+             SELECT 'followups', now() - i * interval '1 minute', 'cron', 'failed', repeat('r', 1000), ARRAY['active'], 1501, 1501
+             FROM generate_series(1, 400) AS i;
+             INSERT INTO fleet.rollouts (rollout_id, direction, target_version, state, spec, concurrency, max_failures, lock_timeout_ms, waves, set_digest)
+             VALUES ('5d8e2a10-0c1b-4f3e-8a7d-6b5c4d3e2f1a', 'up', 1, 'failed', '{{}}', 1, 0, 1000, 1, 'd');
+             INSERT INTO fleet.rollout_tenants (rollout_id, tenant_id, code, wave, target_version, state, version_before, error)
+             SELECT '5d8e2a10-0c1b-4f3e-8a7d-6b5c4d3e2f1a', tenant_id, code, 0, 1, 'failed', 0, repeat('e', 300)
+             FROM fleet.tenants;"
+        ),
+    )
+    .await;
+    for (i, size) in [512 * 1024, 10, 10].into_iter().enumerate() {
+        dlq::dead_letter(
+            &fleet.js,
+            Failure {
+                worker: "provisioner",
+                subject: "tenant.migrate",
+                headers: None,
+                payload: format!(r#"{{"code":"{}"}}"#, "y".repeat(size)).into(),
+                stream_seq: i as u64 + 1,
+                delivered: 1,
+                reason: "bad code",
+                max_payload: 1024 * 1024,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    for i in 0..30 {
+        fleet
+            .js
+            .publish(format!("jobs.followups.t{:04}", i % 7 + 1), "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    fleet
+}
+
+const PIPE_CONFIG: &str = r#"
+[[schedules]]
+name = "followups"
+cron = "0 0 1 1 *"
+subject = "jobs.followups.{tenant_code}"
+tenants = { status = "active" }
+"#;
+
+/// `fleetctl ARGS` with stdout on a pipe whose reader `read` gets: it reads what it wants and
+/// returns (closing the pipe) while the command may still be writing.
+fn into_pipe(
+    env: &TestEnv,
+    args: &[&str],
+    config: &str,
+    read: impl FnOnce(std::io::PipeReader),
+) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    let child = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(args)
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("REDIS_URL", &env.redis_url)
+        .env("FLEET_CONFIG", config)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fleetctl");
+    // The child holds the only writer now: `read` returning closes the pipe for good.
+    read(reader);
+    child.wait_with_output().expect("wait for fleetctl")
+}
+
+/// Every read command, on a fleet where each prints many lines: with the reader gone before the
+/// first line, and as `| head -1` (the issue's `backfill status <id> | head -1`) for those whose
+/// output is larger than a pipe holds, the command ends with 141 (128 + SIGPIPE) and says
+/// nothing on stderr: no panic, no error line. (Lines written before `head` goes away land in the
+/// pipe whatever prints them; `#![deny(clippy::print_stdout)]` keeps `println!` out of fleetctl.)
 #[tokio::test]
 async fn a_closed_pipe_ends_read_commands_quietly() {
+    use std::io::BufRead as _;
     let env = TestEnv::new().await;
+    let _fleet = seed_for_pipes(&env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(&config, PIPE_CONFIG).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let job = "7b0c2f4e-1d2a-4c3b-9e8f-0a1b2c3d4e5f";
+    let rollout = "5d8e2a10-0c1b-4f3e-8a7d-6b5c4d3e2f1a";
     let commands: &[&[&str]] = &[
         &["tenants", "list"],
         &["tenants", "list", "--json"],
-        &["tenants", "usage"],
+        &["tenants", "show", "acme"],
         &["tenants", "history", "acme"],
+        &["tenants", "usage"],
+        &["tenants", "health", "acme"],
         &["dlq", "list"],
+        &["dlq", "show", "1"],
         &["backfill", "list"],
+        &["backfill", "status", job],
+        &["backfill", "status", job, "--json"],
+        &["cache", "preview", "--org", "acme_org"],
+        &["schedule", "list"],
+        &["schedule", "show", "followups"],
+        &["schedule", "history", "followups", "--limit", "400"],
+        &["jobs", "pending"],
         &["migrate", "status"],
         &["migrate", "list"],
-        &["schedule", "list"],
-        &["cache", "preview", "--org", "acme_org"],
+        &["migrate", "show", rollout],
+        &["migrate", "verify"],
     ];
-    for args in commands {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-            .args(*args)
-            .env("NATS_URL", env.nats.url())
-            .env("DATABASE_URL", &env.db.url)
-            .env("REDIS_URL", &env.redis_url)
-            .env_remove("FLEET_CONFIG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run fleetctl");
-        // The reader goes away before the command prints anything (it connects first).
-        drop(child.stdout.take());
-        let o = child.wait_with_output().expect("wait for fleetctl");
+    // Checks that print one summary line when all is well (the reader can still go first).
+    const ONE_LINE: &[&[&str]] = &[&["tenants", "verify", "--all"]];
+    // Four times what a pipe holds (64 KiB: the command never resizes its stdout), so a
+    // `head -1` closes the pipe while the command still has lines to write.
+    const MORE_THAN_A_PIPE: usize = 4 * 64 * 1024;
+    let mut piped_big = Vec::new();
+    for args in commands.iter().chain(ONE_LINE) {
+        // What it prints when read to the end: real data, many lines.
+        let (mut printed, mut lines, mut first) = (0, 0, String::new());
+        let full = into_pipe(&env, args, &config, |r| {
+            let mut r = std::io::BufReader::new(r);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap() > 0 {
+                printed += line.len();
+                lines += 1;
+                if first.is_empty() {
+                    first = line.clone();
+                }
+                line.clear();
+            }
+        });
+        // `tenants health` prints its JSON, then fails: acme has no schema.
+        let fails = *args == ["tenants", "health", "acme"];
+        assert_eq!(
+            full.status.code(),
+            Some(i32::from(fails)),
+            "{args:?}: {}",
+            stderr(&full)
+        );
+        assert_eq!(
+            full.stderr.is_empty(),
+            !fails,
+            "{args:?}: {}",
+            stderr(&full)
+        );
+        assert!(
+            lines > 1 || ONE_LINE.contains(args),
+            "{args:?} printed {lines} line(s): {first}"
+        );
+
+        // The reader is gone before the command prints anything.
+        let o = into_pipe(&env, args, &config, drop);
         assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
         assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+
+        // `| head -1`: one line read, then the pipe closed with the rest still to write.
+        if printed >= MORE_THAN_A_PIPE {
+            let o = into_pipe(&env, args, &config, |r| {
+                let mut first = String::new();
+                std::io::BufReader::with_capacity(1, r)
+                    .read_line(&mut first)
+                    .unwrap();
+                assert!(!first.is_empty(), "{args:?}: no first line");
+            });
+            assert_eq!(o.status.code(), Some(141), "{args:?}: {}", stderr(&o));
+            assert!(o.stderr.is_empty(), "{args:?}: {}", stderr(&o));
+            piped_big.push(args.join(" "));
+        }
+    }
+    // The issue's repro and the other long outputs did run as `| head -1`.
+    for big in [
+        format!("backfill status {job}"),
+        "tenants list".into(),
+        "dlq show 1".into(),
+        "tenants show acme".into(),
+        "schedule history followups --limit 400".into(),
+        format!("migrate show {rollout}"),
+    ] {
+        assert!(
+            piped_big.contains(&big),
+            "{big} printed less than a pipe holds: {piped_big:?}"
+        );
     }
 }
