@@ -58,6 +58,22 @@ pub fn durable_name(subject: &str) -> String {
     format!("{NAME}-{}", subject.replace('.', "_"))
 }
 
+/// How a subject's durable consumer describes itself: the names of the rules the running
+/// invalidator applies to that subject, so `fleetctl cache preview` can name every one it lacks.
+/// (Rule names are [`fleet_shared::Name`]s: no spaces.)
+pub fn consumer_description(subject: &str, rule_names: &[&str]) -> String {
+    format!("{RULES_PREFIX}{subject}: {}", rule_names.join(" "))
+}
+
+const RULES_PREFIX: &str = "cache-invalidator rules for ";
+
+/// The rule names a consumer's description lists ([`consumer_description`]); `None` for a
+/// consumer made by an invalidator that did not list them.
+pub fn rules_in_description(description: &str) -> Option<Vec<String>> {
+    let (_, names) = description.strip_prefix(RULES_PREFIX)?.split_once(": ")?;
+    Some(names.split_whitespace().map(str::to_owned).collect())
+}
+
 fn consumers(rules: &RuleSet) -> anyhow::Result<Vec<ConsumerSpec>> {
     let mut out: Vec<ConsumerSpec> = Vec::new();
     for s in &rules.subjects {
@@ -69,7 +85,14 @@ fn consumers(rules: &RuleSet) -> anyhow::Result<Vec<ConsumerSpec>> {
                 s.subject
             );
         }
-        out.push(ConsumerSpec::new(EVENTS_STREAM, &durable, &s.subject));
+        let names: Vec<&str> = s
+            .rules
+            .iter()
+            .map(|&i| rules.rules[i].name.as_str())
+            .collect();
+        let mut spec = ConsumerSpec::new(EVENTS_STREAM, &durable, &s.subject);
+        spec.description = Some(consumer_description(&s.subject, &names));
+        out.push(spec);
     }
     // A deleted tenant's cache: every rule keyed by `org_code` alone, for the tenant's org.
     let deleted = fleet_shared::events::TENANT_LIFECYCLE_DELETED;

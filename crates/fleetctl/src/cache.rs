@@ -9,9 +9,10 @@
 //! rule on the subject) and prints them: the keys are gone when it returns.
 //!
 //! `preview` reads the same rules (built-in plus `FLEET_CONFIG`) and counts, per rule, the keys
-//! they match now with `SCAN`; it deletes nothing. It refuses to run when the running
-//! invalidator consumes a subject this process has no rule for (its `FLEET_CONFIG` is missing or
-//! differs), naming those subjects, instead of silently leaving their rules out.
+//! they match now with `SCAN`; it deletes nothing. It refuses to run (one line) when the running
+//! invalidator has a rule this process lacks (its `FLEET_CONFIG` is missing or differs), naming
+//! each such rule and its subject, instead of silently leaving it out: the invalidator lists its
+//! rules' names in the description of each subject's durable consumer.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -255,7 +256,7 @@ async fn invalidate(
 async fn preview(org: Code, json: bool) -> anyhow::Result<()> {
     let settings = output::settings()?;
     let (_, rules) = cache_invalidator::load(&settings)?;
-    let lacking = subjects_without_rules(&settings, &rules).await?;
+    let lacking = rules_not_seen(&settings, &rules).await?;
     if !lacking.is_empty() {
         let why = if settings.file.path.is_none() {
             "FLEET_CONFIG is not set"
@@ -263,7 +264,7 @@ async fn preview(org: Code, json: bool) -> anyhow::Result<()> {
             "this FLEET_CONFIG differs from the fleet's"
         };
         anyhow::bail!(
-            "the running cache-invalidator has rules for {} that this preview lacks ({why}): run it with the fleet's FLEET_CONFIG",
+            "the running cache-invalidator has rules that this preview lacks: {} ({why}): run it with the fleet's FLEET_CONFIG",
             lacking.join(", ")
         );
     }
@@ -288,32 +289,50 @@ async fn preview(org: Code, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Subjects the running invalidator consumes (its durable consumers on `FLEET_EVENTS`) for which
-/// `rules` has no rule.
-async fn subjects_without_rules(
+/// The rules of the running invalidator that `rules` lacks, each as `name (subject)`. Each of its
+/// durable consumers on `FLEET_EVENTS` lists the names of its subject's rules in its description;
+/// a consumer made before they were listed counts as `every rule for SUBJECT` when `rules` has
+/// none for that subject.
+async fn rules_not_seen(
     settings: &fleet_shared::Settings,
     rules: &RuleSet,
 ) -> anyhow::Result<Vec<String>> {
     let js = output::jetstream(settings).await?;
     let stream = js.get_stream(fleet_shared::topology::EVENTS_STREAM).await?;
-    let mut names = stream.consumer_names();
-    let mut lacking = Vec::new();
-    let ours: Vec<String> = rules
-        .subjects
-        .iter()
-        .map(|s| cache_invalidator::durable_name(&s.subject))
-        .collect();
+    let mut infos = stream.consumers();
+    let prefix = format!("{}-", cache_invalidator::NAME);
     let deleted = cache_invalidator::durable_name(fleet_shared::events::TENANT_LIFECYCLE_DELETED);
-    while let Some(name) = names.next().await {
-        let name = name.context("Failed to list the invalidator's consumers")?;
-        if !name.starts_with(&format!("{}-", cache_invalidator::NAME))
-            || ours.contains(&name)
-            || name == deleted
-        {
+    let mut lacking = Vec::new();
+    while let Some(info) = infos.next().await {
+        let info = info.context("Failed to list the invalidator's consumers")?;
+        let Some(name) = info.config.durable_name.as_deref() else {
+            continue;
+        };
+        if !name.starts_with(&prefix) || name == deleted {
             continue;
         }
-        let info = stream.consumer_info(&name).await?;
-        lacking.push(info.config.filter_subject.clone());
+        let subject = &info.config.filter_subject;
+        let known: Vec<&str> = rules
+            .rules
+            .iter()
+            .filter(|r| &r.subject == subject)
+            .map(|r| r.name.as_str())
+            .collect();
+        match info
+            .config
+            .description
+            .as_deref()
+            .and_then(cache_invalidator::rules_in_description)
+        {
+            Some(listed) => lacking.extend(
+                listed
+                    .into_iter()
+                    .filter(|n| !known.contains(&n.as_str()))
+                    .map(|n| format!("{n} ({subject})")),
+            ),
+            None if known.is_empty() => lacking.push(format!("every rule for {subject}")),
+            None => {}
+        }
     }
     lacking.sort();
     Ok(lacking)

@@ -176,6 +176,10 @@ pub struct ConsumerSpec {
     /// stops a poison message if every worker dies on it.
     pub max_deliver: i64,
     pub max_ack_pending: i64,
+    /// The consumer's description (default: the subject it serves). When set, an existing
+    /// consumer whose description differs is updated to it (the cache-invalidator lists its
+    /// rules there for `fleetctl cache preview`).
+    pub description: Option<String>,
 }
 
 impl ConsumerSpec {
@@ -187,11 +191,13 @@ impl ConsumerSpec {
             ack_wait: Duration::from_secs(30),
             max_deliver: 50,
             max_ack_pending: 10_000,
+            description: None,
         }
     }
 }
 
-/// Creates the durable consumer if missing; an existing one is used as it is.
+/// Creates the durable consumer if missing; an existing one is used as it is, but for its
+/// description when the spec sets one.
 pub async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
@@ -202,7 +208,11 @@ pub async fn ensure_consumer(
         .with_context(|| format!("Failed to look up stream {}", spec.stream))?;
     let cfg = consumer::pull::Config {
         durable_name: Some(spec.durable.clone()),
-        description: Some(format!("fleet worker consumer for {}", spec.filter_subject)),
+        description: Some(
+            spec.description
+                .clone()
+                .unwrap_or_else(|| format!("fleet worker consumer for {}", spec.filter_subject)),
+        ),
         filter_subject: spec.filter_subject.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         deliver_policy: consumer::DeliverPolicy::All,
@@ -211,15 +221,27 @@ pub async fn ensure_consumer(
         max_ack_pending: spec.max_ack_pending,
         ..Default::default()
     };
-    stream
-        .get_or_create_consumer(&spec.durable, cfg)
+    let what = || {
+        format!(
+            "Failed to ensure consumer {} on {}",
+            spec.durable, spec.stream
+        )
+    };
+    let mut consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(&spec.durable, cfg.clone())
         .await
-        .with_context(|| {
-            format!(
-                "Failed to ensure consumer {} on {}",
-                spec.durable, spec.stream
-            )
-        })
+        .with_context(what)?;
+    if spec.description.is_some() && consumer.cached_info().config.description != cfg.description {
+        // The description is editable: a create with the same durable name updates it.
+        use consumer::FromConsumer as _;
+        let mut update =
+            consumer::pull::Config::try_from_consumer_config(consumer.cached_info().config.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(what)?;
+        update.description = cfg.description.clone();
+        consumer = stream.create_consumer(update).await.with_context(what)?;
+    }
+    Ok(consumer)
 }
 
 /// Every durable consumer of the work streams (`FLEET_EVENTS`, `FLEET_JOBS`) with its stream's

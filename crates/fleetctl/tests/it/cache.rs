@@ -1,6 +1,6 @@
 //! `fleetctl cache` against a running invalidator: configured rules fired from the CLI, the
 //! `cache.invalidated` receipts and their counts against the keys actually deleted, and a
-//! preview that refuses to run without the fleet's rules.
+//! preview that refuses to run without the fleet's rules, naming each rule it lacks.
 
 use std::time::Duration;
 
@@ -77,7 +77,10 @@ async fn rules_fire_from_the_cli_and_receipts_count_the_deleted_keys() {
     let o = fleetctl(&env, &acme_profiles, &[]);
     assert_one_line_error(&o, "FLEET_CONFIG is not set");
     let o = fleetctl(&env, &["cache", "preview", "--org", "acme"], &[]);
-    assert_one_line_error(&o, "has rules for profile.updated that this preview lacks");
+    assert_one_line_error(
+        &o,
+        "has rules that this preview lacks: profiles (profile.updated) (FLEET_CONFIG is not set)",
+    );
     let cfg = [("FLEET_CONFIG", config.as_str())];
     for (set, needle) in [
         ("org_code=*", "--set org_code"),
@@ -140,5 +143,123 @@ async fn rules_fire_from_the_cli_and_receipts_count_the_deleted_keys() {
     assert_eq!(r["keys_deleted"], 2);
     let left: Vec<String> = con.keys("*").await.unwrap();
     assert_eq!(left, vec!["mentors:acme_2:x".to_owned()]);
+    worker.stop().await;
+}
+
+const PROFILES_ONLY: &str = r#"
+[[invalidation.rules]]
+name = "profiles"
+subject = "profile.updated"
+patterns = ["mentors:{org_code}:*"]
+"#;
+
+const ORG_MORE: &str = r#"
+[[invalidation.rules]]
+name = "org_more"
+subject = "org.updated"
+patterns = ["org_more:{org_code}:*"]
+"#;
+
+/// The running invalidator has a second rule on `org.updated`, whose built-in rule every preview
+/// knows: a preview without that rule names it (it used to check subjects only, and counted
+/// without it), as it names every rule of a subject it has none for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_names_each_rule_of_the_running_invalidator_that_it_lacks() {
+    let env = TestEnv::with_private_redis().await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let full = write("fleet.toml", &format!("{PROFILES_ONLY}{ORG_MORE}"));
+    // The fleet's file without org_more: the same subjects, one rule fewer.
+    let partial = write("partial.toml", PROFILES_ONLY);
+    let fleet = env.fleet(&[("FLEET_CONFIG", &full)]).await;
+    let worker = {
+        let f = fleet.clone();
+        Running::spawn(move |t| cache_invalidator::run(f, t))
+    };
+    let js = fleet.js.clone();
+    let listed = eventually(
+        Duration::from_secs(30),
+        "the invalidator's consumers, listing their rules",
+        || {
+            let js = js.clone();
+            async move {
+                let s = js.get_stream("FLEET_EVENTS").await.ok()?;
+                s.consumer_info("cache-invalidator-profile_updated")
+                    .await
+                    .ok()?;
+                let info = s
+                    .consumer_info("cache-invalidator-org_updated")
+                    .await
+                    .ok()?;
+                info.config.description.clone()
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        cache_invalidator::rules_in_description(&listed),
+        Some(vec!["org".to_owned(), "org_more".to_owned()]),
+        "{listed}"
+    );
+
+    let o = fleetctl(&env, &["cache", "preview", "--org", "acme"], &[]);
+    assert_one_line_error(
+        &o,
+        "has rules that this preview lacks: org_more (org.updated), profiles (profile.updated) (FLEET_CONFIG is not set)",
+    );
+    let o = fleetctl(
+        &env,
+        &["cache", "preview", "--org", "acme"],
+        &[("FLEET_CONFIG", &partial)],
+    );
+    assert_one_line_error(
+        &o,
+        "has rules that this preview lacks: org_more (org.updated) (this FLEET_CONFIG differs from the fleet's)",
+    );
+    assert!(
+        stdout(&o).is_empty(),
+        "nothing half-printed: {}",
+        stdout(&o)
+    );
+
+    let o = fleetctl(
+        &env,
+        &["cache", "preview", "--org", "acme", "--json"],
+        &[("FLEET_CONFIG", &full)],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["org", "org_more", "profiles", "sessions"], "{v}");
+
+    // A consumer from an invalidator that did not list its rules: the subject as a whole.
+    let stream = js.get_stream("FLEET_EVENTS").await.unwrap();
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("cache-invalidator-org_archived".into()),
+            filter_subject: "org.archived".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let o = fleetctl(
+        &env,
+        &["cache", "preview", "--org", "acme"],
+        &[("FLEET_CONFIG", &full)],
+    );
+    assert_one_line_error(
+        &o,
+        "lacks: every rule for org.archived (this FLEET_CONFIG differs",
+    );
     worker.stop().await;
 }
