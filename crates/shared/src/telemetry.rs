@@ -106,36 +106,76 @@ pub fn init(format: LogFormat) {
 
 /// As [`init`], with another default filter when `RUST_LOG` is unset (tools that print their
 /// own report, like `fleet-bench`, want only warnings from the libraries underneath).
+///
+/// Postgres NOTICEs (`column … already exists, skipping` from idempotent DDL) are debug detail,
+/// but sqlx logs them at INFO: [`ReLevelNotices`] logs each again at DEBUG, and the output never
+/// shows sqlx's INFO original. So they appear, labelled DEBUG, when `RUST_LOG` enables DEBUG
+/// for their target (`debug`, or `sqlx::postgres::notice=debug`), and not at the default level.
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
-    let filter = quiet_notices(
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
-        std::env::var("RUST_LOG").ok().as_deref(),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let shown = tracing_subscriber::filter::FilterExt::and(
+        filter,
+        tracing_subscriber::filter::filter_fn(|m| !is_sqlx_notice(m)),
     );
-    let builder = fmt().with_env_filter(filter).with_writer(RedactingStderr);
-    let _ = match format {
-        LogFormat::Pretty => builder.with_target(false).try_init(),
-        LogFormat::Json => builder
+    let layer = fmt::layer().with_writer(RedactingStderr);
+    let output = match format {
+        LogFormat::Pretty => layer.with_target(false).with_filter(shown).boxed(),
+        LogFormat::Json => layer
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
+            .with_filter(shown)
+            .boxed(),
     };
+    let relevel = ReLevelNotices.with_filter(
+        tracing_subscriber::filter::filter_fn(is_sqlx_notice)
+            .with_max_level_hint(tracing::Level::INFO),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(relevel)
+        .try_init();
 }
 
-/// Postgres NOTICEs (`column … already exists, skipping` from idempotent DDL) are debug
-/// detail: sqlx emits them at INFO, so below DEBUG they are filtered out; `RUST_LOG=debug` (or
-/// a directive naming `sqlx::postgres::notice`) shows them.
-fn quiet_notices(filter: EnvFilter, rust_log: Option<&str>) -> EnvFilter {
-    let verbose = filter
-        .max_level_hint()
-        .is_some_and(|l| l >= tracing_subscriber::filter::LevelFilter::DEBUG);
-    let named = rust_log.is_some_and(|v| v.contains("sqlx::postgres::notice"));
-    if verbose || named {
-        return filter;
-    }
-    match "sqlx::postgres::notice=warn".parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
+/// sqlx's target for a Postgres NOTICE (`sqlx-postgres` `connection/stream.rs`).
+pub const NOTICE_TARGET: &str = "sqlx::postgres::notice";
+
+/// sqlx's own event (or `enabled!` check) for a Postgres NOTICE: INFO, logged from sqlx's code.
+/// (Postgres WARNING and above keep their levels, DEBUG/LOG are already below INFO.)
+fn is_sqlx_notice(m: &tracing::Metadata<'_>) -> bool {
+    m.target() == NOTICE_TARGET
+        && *m.level() == tracing::Level::INFO
+        && m.module_path() != Some(module_path!())
+}
+
+/// Logs each of sqlx's INFO NOTICE events again, at DEBUG, with the same target and message
+/// (under the current span, like the original). The output layer filters out the originals.
+/// The new event goes through the global dispatcher from inside this callback, which tracing
+/// allows for the global default (the only way [`init`] installs it).
+pub struct ReLevelNotices;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ReLevelNotices {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                if f.name() == "message" {
+                    v.clone_into(&mut self.0);
+                }
+            }
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        tracing::debug!(target: NOTICE_TARGET, "{}", message.0);
     }
 }
 
@@ -161,23 +201,4 @@ pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
         src = e.source();
     }
     crate::errors::one_line(&out)
-}
-
-#[cfg(test)]
-mod notice_tests {
-    use super::quiet_notices;
-    use tracing_subscriber::EnvFilter;
-
-    #[test]
-    fn postgres_notices_show_only_at_debug() {
-        let quiet = |f: &str| quiet_notices(EnvFilter::new(f), Some(f)).to_string();
-        assert!(quiet("info").contains("sqlx::postgres::notice=warn"));
-        assert!(quiet("warn,fleet=info").contains("sqlx::postgres::notice=warn"));
-        assert!(!quiet("debug").contains("sqlx::postgres::notice"));
-        assert!(!quiet("info,fleet_shared=debug").contains("sqlx::postgres::notice=warn"));
-        assert_eq!(
-            quiet("info,sqlx::postgres::notice=info"),
-            EnvFilter::new("info,sqlx::postgres::notice=info").to_string()
-        );
-    }
 }

@@ -495,3 +495,54 @@ async fn a_closed_pipe_ends_read_commands_quietly() {
         );
     }
 }
+
+/// Postgres NOTICEs from a real connection, through the CLI's own log set-up: on a control plane
+/// that exists, each command's idempotent `CREATE … IF NOT EXISTS` draws `… already exists,
+/// skipping`. sqlx logs those at INFO; they are hidden at the default level and at `info`, and
+/// shown labelled DEBUG (never INFO) once DEBUG is enabled for them.
+#[tokio::test]
+async fn postgres_notices_are_debug_lines() {
+    let env = TestEnv::new().await;
+    let skipping = r#"schema "fleet" already exists, skipping"#;
+    // The first run creates the control plane; every later one meets it.
+    let o = fleetctl(&env, &["migrate", "status"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for rust_log in [None, Some("info")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+        cmd.args(["migrate", "status"])
+            .env("NATS_URL", env.nats.url())
+            .env("DATABASE_URL", &env.db.url)
+            .env("REDIS_URL", &env.redis_url)
+            .env_remove("FLEET_CONFIG")
+            .env_remove("RUST_LOG");
+        if let Some(v) = rust_log {
+            cmd.env("RUST_LOG", v);
+        }
+        let o = cmd.output().expect("run fleetctl");
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            !stderr(&o).contains("already exists"),
+            "{rust_log:?}: {}",
+            stderr(&o)
+        );
+    }
+    for rust_log in ["debug", "info,sqlx::postgres::notice=debug"] {
+        let o = fleetctl(&env, &["migrate", "status"], &[("RUST_LOG", rust_log)]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let err = stderr(&o);
+        let notices: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("already exists"))
+            .collect();
+        assert!(
+            notices.iter().any(|l| l.contains(skipping)),
+            "{rust_log}: {err}"
+        );
+        for l in &notices {
+            assert!(
+                l.contains("DEBUG") && !l.contains("INFO"),
+                "{rust_log}: {l}"
+            );
+        }
+    }
+}
