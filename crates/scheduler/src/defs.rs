@@ -6,7 +6,8 @@
 //! second, or at once when [`crate::WAKE_SUBJECT`] nudges it). A change and its record commit in
 //! one transaction. Creating a schedule (or re-creating a deleted one) starts its evaluation at
 //! "now", so it never fires its past; deleting one removes its state row (pause flag,
-//! watermark) but keeps its runs and outcomes for `schedule history`.
+//! watermark) but keeps its runs, outcomes and change log for `schedule history`; its last
+//! change, the deletion, is its tombstone ([`deleted`]).
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
@@ -146,6 +147,19 @@ pub async fn delete(pg: &PgPool, name: &str, by: &str) -> anyhow::Result<bool> {
         .await?;
     tx.commit().await.context("Failed to delete the schedule")?;
     Ok(true)
+}
+
+/// The tombstones: the last change of every name whose last change is a deletion (a deleted
+/// schedule keeps its change log, runs and outcomes, so `schedule show|history` still find it).
+pub async fn deleted(pg: &PgPool) -> anyhow::Result<Vec<ChangeRow>> {
+    sqlx::query_as(
+        "SELECT * FROM (SELECT DISTINCT ON (name) change_id, name, action, old, new, changed_by, changed_at
+                        FROM fleet.schedule_changes ORDER BY name, change_id DESC) last
+         WHERE action = 'delete' ORDER BY name",
+    )
+    .fetch_all(pg)
+    .await
+    .context("Failed to read fleet.schedule_changes")
 }
 
 /// A schedule's changes, newest first.

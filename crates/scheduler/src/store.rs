@@ -73,12 +73,19 @@ fleet_shared::from_row!(RunRow {
 
 const RUN_COLUMNS: &str = "run_id, schedule, tick, trigger, status, reason, statuses, plans, databases, tenants_matched, published, cursor, spread_ms, leader, started_at, finished_at, updated_at, clean_stop, zones, default_zone, paced_from";
 
-/// A tenant's zone: its `timezone` config key (a JSON string, not encrypted), else the default
-/// (`$DEFAULT`). Used with a bound parameter for the default, never a spliced string.
+/// What an encrypted `timezone` config value reads as: not an IANA name, so its tenants are
+/// skipped and reported like those with an invalid zone (never fired at the default, a guess).
+/// The ciphertext itself is never read here, so it cannot reach a log or a run's reason.
+pub const ENCRYPTED_ZONE: &str = "(encrypted)";
+
+/// A tenant's zone: its `timezone` config key (a JSON string; an encrypted value reads as
+/// [`ENCRYPTED_ZONE`]), else the default (`$DEFAULT`). Used with a bound parameter for the
+/// default, never a spliced string.
 fn zone_expr(default_param: &str) -> String {
     format!(
-        "COALESCE((SELECT c.config_value #>> '{{}}' FROM fleet.tenant_configurations c
-                   WHERE c.tenant_id = t.tenant_id AND c.config_key = 'timezone' AND NOT c.is_encrypted), {default_param})"
+        "COALESCE((SELECT CASE WHEN c.is_encrypted THEN '{ENCRYPTED_ZONE}' ELSE c.config_value #>> '{{}}' END
+                   FROM fleet.tenant_configurations c
+                   WHERE c.tenant_id = t.tenant_id AND c.config_key = 'timezone'), {default_param})"
     )
 }
 

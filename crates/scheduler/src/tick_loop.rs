@@ -31,7 +31,7 @@ use crate::elector::worst_takeover;
 use crate::fanout::{fan_out, End};
 use crate::live::Live;
 use crate::metrics::SchedulerMetrics;
-use crate::schedule::{CronSpec, Overlap, Schedule, Target, Zone};
+use crate::schedule::{CronSpec, Missed, Overlap, Schedule, Target, Zone};
 use crate::store::{self, NewRun, RunRow};
 use crate::ticks::{due_ticks, on_time_grace, TickKind};
 
@@ -273,6 +273,22 @@ async fn step(ctx: &Ctx, t: &mut Term, now: DateTime<Utc>) -> anyhow::Result<Dat
                 entry.1.extend(zone.clone());
             }
         }
+        if let Missed::CatchUp { max, .. } = schedule.missed {
+            // `catch_up_max` counts per schedule, not per zone: of the catch-up ticks of every
+            // zone, the latest `max` instants run (each zone's clock above kept its own latest
+            // `max`, so these are among them); older ones are skipped.
+            let catch_up: Vec<DateTime<Utc>> = due_at
+                .iter()
+                .filter(|(_, (kind, _))| *kind == TickKind::CatchUp)
+                .map(|(tick, _)| *tick)
+                .collect();
+            let over = catch_up.len().saturating_sub(max as usize);
+            for tick in &catch_up[..over] {
+                due_at.remove(tick);
+                skipped_n += 1;
+                first_skipped = Some(first_skipped.map_or(*tick, |f| f.min(*tick)));
+            }
+        }
         if skipped_n > 0 {
             ctx.metrics.run_finished(&schedule.name, "skipped_missed");
             tracing::warn!(
@@ -386,8 +402,9 @@ async fn step(ctx: &Ctx, t: &mut Term, now: DateTime<Utc>) -> anyhow::Result<Dat
 
 /// The clocks a schedule's ticks are read on: its one zone, or (`timezone = "tenant"`) one per
 /// valid zone among its tenants (tenants without one are in `default_timezone`). Tenants whose
-/// stored zone is not an IANA name are never fired at a guess: they are left out, reported once
-/// in the log, and noted on every run the schedule starts meanwhile (the returned note).
+/// stored zone is not an IANA name (or is encrypted, so unreadable here) are never fired at a
+/// guess: they are left out, reported once in the log, and noted on every run the schedule
+/// starts meanwhile (the returned note).
 async fn clocks(
     ctx: &Ctx,
     t: &mut Term,
@@ -409,7 +426,10 @@ async fn clocks(
     .await?;
     let shown: Vec<String> = names
         .iter()
-        .map(|z| fleet_shared::errors::quoted(z))
+        .map(|z| match z.as_str() {
+            store::ENCRYPTED_ZONE => "(an encrypted value)".to_owned(),
+            _ => fleet_shared::errors::quoted(z),
+        })
         .collect();
     let note = format!(
         "{count} tenant(s) skipped: invalid time zone {} (tenant config key timezone; e.g. {})",

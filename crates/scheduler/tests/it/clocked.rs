@@ -135,6 +135,108 @@ subject = "jobs.tz.{tenant_code}"
 }
 
 #[tokio::test]
+async fn an_encrypted_zone_is_skipped_and_reported_like_an_invalid_one() {
+    let s = Setup::new(
+        r#"
+[[schedules]]
+name = "tzenc"
+cron = "0 0 2 * * *"
+timezone = "tenant"
+default_timezone = "UTC"
+subject = "jobs.tzenc.{tenant_code}"
+"#,
+    )
+    .await;
+    for code in ["plain", "enc"] {
+        s.tenants(code, 1, "basic", "active").await;
+    }
+    // A sealed value (config_keys format): unreadable here, so its zone is unknown.
+    sqlx::query(
+        "INSERT INTO fleet.tenant_configurations (tenant_id, config_key, config_value, is_encrypted)
+         SELECT tenant_id, 'timezone', $2, true FROM fleet.tenants WHERE code = $1",
+    )
+    .bind("enc1")
+    .bind(serde_json::json!({"alg": "aes-256-gcm", "kid": "k1", "nonce": "00ff", "ct": "c1pher7ext"}))
+    .execute(&s.pg)
+    .await
+    .unwrap();
+    let ctx = scheduler::context(&s.fleet().await).await.unwrap();
+    pass(&ctx, utc("2026-03-07T01:00:00Z")).await.unwrap();
+    pass(&ctx, utc("2026-03-07T02:00:05Z")).await.unwrap();
+
+    let got: Vec<String> = fired(&s, "jobs.tzenc.")
+        .await
+        .into_iter()
+        .map(|(code, _)| code)
+        .collect();
+    assert_eq!(
+        got,
+        ["plain1"],
+        "the encrypted zone is not fired at the default"
+    );
+    let runs = s.runs("tzenc").await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let reason = runs[0].reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("encrypted") && reason.contains("enc1") && !reason.contains("c1pher7ext"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn catch_up_max_counts_per_schedule_across_tenant_zones() {
+    let s = Setup::new(
+        r#"
+[[schedules]]
+name = "zoned"
+cron = "0 0 * * * *"
+timezone = "tenant"
+default_timezone = "UTC"
+subject = "jobs.zoned.{tenant_code}"
+missed = "catch_up"
+catch_up_window = "6h"
+catch_up_max = 4
+"#,
+    )
+    .await;
+    for code in ["utc", "india"] {
+        s.tenants(code, 1, "basic", "active").await;
+    }
+    // Kolkata is UTC+05:30: its local hours fall on the half hours in UTC.
+    set_zone(&s, "india1", "Asia/Kolkata").await;
+    let ctx = scheduler::context(&s.fleet().await).await.unwrap();
+    pass(&ctx, utc("2026-01-01T00:00:05Z")).await.unwrap();
+    // An outage until 10:20: the window (6 h) holds 04:30..10:00 in both zones together, six
+    // ticks each; catch_up_max keeps the latest four of the schedule, not four per zone.
+    let mut now = utc("2026-01-01T10:20:00Z");
+    for _ in 0..60 {
+        pass(&ctx, now).await.unwrap();
+        if !s.runs("zoned").await.iter().any(|r| r.status == "queued") {
+            break;
+        }
+        now += Span::seconds(1);
+    }
+    let runs = s.runs("zoned").await;
+    let catch_up: Vec<(String, i64)> = runs
+        .iter()
+        .filter(|r| r.trigger == "catch_up")
+        .map(|r| (r.tick.to_rfc3339(), r.published))
+        .collect();
+    let at = |hm: &str| utc(&format!("2026-01-01T{hm}:00Z")).to_rfc3339();
+    assert_eq!(
+        catch_up,
+        [
+            (at("08:30"), 1),
+            (at("09:00"), 1),
+            (at("09:30"), 1),
+            (at("10:00"), 1)
+        ]
+    );
+    let all = fired(&s, "jobs.zoned.").await;
+    assert_eq!(all.len(), 4, "{all:?}");
+}
+
+#[tokio::test]
 async fn catch_up_fires_each_missed_tick_once_oldest_first_and_paced() {
     let s = Setup::new(
         r#"
