@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use scheduler::catalog::Catalog;
+use scheduler::catalog::{deletion, Catalog};
 use scheduler::config::SchedulerConfig;
 use scheduler::defs;
 use scheduler::store::{self, RunRow};
@@ -96,6 +96,18 @@ struct Shown {
     evaluated_until: Option<DateTime<Utc>>,
     /// The next ticks, per zone for `timezone = "tenant"` (`zone` null otherwise).
     next_ticks: Vec<NextTick>,
+    last_run: Option<RunRow>,
+}
+
+/// `schedule show` of a deleted schedule: its tombstone and last run.
+#[derive(Serialize)]
+struct ShownDeleted {
+    name: String,
+    source: &'static str,
+    deleted_at: DateTime<Utc>,
+    deleted_by: Option<String>,
+    /// The definition it had when it was deleted.
+    last_spec: Option<serde_json::Value>,
     last_run: Option<RunRow>,
 }
 
@@ -192,7 +204,41 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             )
         }
         Cmd::Show { name, json } => {
-            cat.known(&name)?;
+            if let Some(tomb) = cat.known_or_deleted(&name)? {
+                let shown = ShownDeleted {
+                    name: name.clone(),
+                    source: "deleted",
+                    deleted_at: tomb.changed_at,
+                    deleted_by: tomb.changed_by.clone(),
+                    last_spec: tomb.old.clone(),
+                    last_run: store::history(&pg, &name, 1).await?.into_iter().next(),
+                };
+                if json {
+                    return output::print_json(&shown);
+                }
+                outln!("name:     {}", shown.name);
+                outln!(
+                    "state:    {} (runs, outcomes and changes: fleetctl schedule history {name})",
+                    deletion(tomb)
+                );
+                if let Some(serde_json::Value::Object(m)) = &shown.last_spec {
+                    outln!("last definition:");
+                    for (k, v) in m {
+                        outln!("  {k} = {v}");
+                    }
+                }
+                if let Some(l) = &shown.last_run {
+                    outln!(
+                        "last run: {} {} {} {}/{}",
+                        l.run_id,
+                        l.tick.to_rfc3339(),
+                        l.status,
+                        l.published,
+                        l.tenants_matched
+                    );
+                }
+                return Ok(());
+            }
             let Some((schedule, source)) = cat.get(&name) else {
                 anyhow::bail!(
                     "schedule {} has runs but no definition any more (deleted or removed from FLEET_CONFIG)",
@@ -312,7 +358,8 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
             limit,
             json,
         } => {
-            cat.known(&name)?;
+            // A deleted schedule's runs, outcomes and changes stay readable.
+            cat.known_or_deleted(&name)?;
             let limit = limit.clamp(1, 10_000);
             if let Some(code) = tenant {
                 let code = fleet_shared::Code::parse(&code)

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use sqlx::PgPool;
 
 use crate::config::{self, SchedulerConfig};
-use crate::defs::{self, DefRow};
+use crate::defs::{self, ChangeRow, DefRow};
 use crate::schedule::Schedule;
 use crate::store::{self, StateRow};
 
@@ -22,6 +22,8 @@ pub struct Catalog {
     pub config: SchedulerConfig,
     pub stored: Vec<DefRow>,
     pub states: HashMap<String, StateRow>,
+    /// Deleted stored schedules by name, with their deletion (when, by whom, the last definition).
+    pub deleted: HashMap<String, ChangeRow>,
 }
 
 impl Catalog {
@@ -32,10 +34,16 @@ impl Catalog {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
+        let deleted = defs::deleted(pg)
+            .await?
+            .into_iter()
+            .map(|c| (c.name.clone(), c))
+            .collect();
         Ok(Catalog {
             config,
             stored,
             states,
+            deleted,
         })
     }
 
@@ -72,10 +80,27 @@ impl Catalog {
         self.states.get(name).is_some_and(|s| s.paused)
     }
 
-    /// An error naming the schedules there are, unless `name` is one of them (or has state).
+    /// An error naming the schedules there are, unless `name` is one of them (or has state); a
+    /// deleted one is refused with when and by whom.
     pub fn known(&self, name: &str) -> anyhow::Result<()> {
+        match self.known_or_deleted(name)? {
+            None => Ok(()),
+            Some(tomb) => anyhow::bail!(
+                "schedule {} was deleted ({}); its history stays in `fleetctl schedule history {name}`",
+                fleet_shared::errors::quoted(name),
+                deletion(tomb)
+            ),
+        }
+    }
+
+    /// Like [`Catalog::known`], but a deleted schedule is found too: its tombstone is returned
+    /// (`None`: the schedule exists).
+    pub fn known_or_deleted(&self, name: &str) -> anyhow::Result<Option<&ChangeRow>> {
         if self.get(name).is_some() || self.states.contains_key(name) {
-            return Ok(());
+            return Ok(None);
+        }
+        if let Some(tomb) = self.deleted.get(name) {
+            return Ok(Some(tomb));
         }
         Err(self.unknown(name))
     }
@@ -93,4 +118,13 @@ impl Catalog {
             }
         )
     }
+}
+
+/// "deleted at T by WHO" of a tombstone.
+pub fn deletion(tomb: &ChangeRow) -> String {
+    format!(
+        "deleted at {} by {}",
+        tomb.changed_at.to_rfc3339(),
+        tomb.changed_by.as_deref().unwrap_or("?")
+    )
 }
