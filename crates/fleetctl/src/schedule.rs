@@ -11,7 +11,8 @@
 //! triggers, and an in-progress fan-out stops at its next commit and continues on resume.
 //! `trigger --wait` follows the trigger to its run and returns when the run has ended, printing
 //! its status and counts; a trigger that landed on a run already started in the same second
-//! says it joined that run.
+//! says it joined that run. A deleted stored schedule keeps its runs, outcomes and change log:
+//! `history` still reads them and `show` says when and by whom it was deleted.
 
 use std::time::Duration;
 

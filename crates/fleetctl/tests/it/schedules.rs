@@ -197,6 +197,31 @@ async fn schedules_are_applied_with_a_diff_and_bad_input_changes_nothing() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["fromfile", "nightly"]);
+
+    // A deleted schedule's history stays readable, and show says who deleted it when.
+    let out = stdout(&run(&["schedule", "history", "hourly"]));
+    assert!(
+        out.contains("changes:") && out.contains("delete") && out.contains("ops-anna"),
+        "{out}"
+    );
+    let o = run(&["schedule", "history", "hourly", "--json"]);
+    let history: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(history["changes"][0]["action"], "delete");
+    let out = stdout(&run(&["schedule", "show", "hourly"]));
+    assert!(
+        out.contains("deleted at") && out.contains("by ops-anna"),
+        "{out}"
+    );
+    let o = run(&["schedule", "show", "hourly", "--json"]);
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        (&shown["source"], &shown["deleted_by"]),
+        (
+            &serde_json::json!("deleted"),
+            &serde_json::json!("ops-anna")
+        )
+    );
+    assert_one_line_error(&run(&["schedule", "trigger", "hourly"]), "was deleted");
 }
 
 #[tokio::test]
