@@ -11,6 +11,7 @@ mod observability;
 mod replicas;
 mod run;
 mod schedule;
+mod schedule_changes;
 mod schedules;
 mod tenant_databases;
 mod tenant_lifecycle;
