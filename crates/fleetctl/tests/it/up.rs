@@ -1,11 +1,14 @@
 //! `fleetctl up` (what `make run` starts) as a process: every worker in one process, one health
-//! port, clean exit on SIGTERM. Asserts only on the contract: subjects, tables, keys, the DLQ.
+//! port, clean exit on SIGTERM; with the example config, the example `followups` schedule's jobs
+//! consumed by the example consumer. Asserts only on the contract: subjects, tables, keys, the
+//! DLQ, job outcomes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
 use redis::AsyncCommands;
+use sqlx::Row as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Up(Child);
@@ -17,8 +20,23 @@ impl Drop for Up {
     }
 }
 
+/// The example config `make run` starts with (deploy/local/fleet.toml).
+fn example_config() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/local/fleet.toml").to_owned()
+}
+
 fn start(env: &TestEnv, http_port: u16) -> Up {
-    let child = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+    start_with(env, http_port, None)
+}
+
+/// `fleetctl up`, with `FLEET_CONFIG` set to `config` if given (unset otherwise).
+fn start_with(env: &TestEnv, http_port: u16, config: Option<&str>) -> Up {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    match config {
+        Some(c) => cmd.env("FLEET_CONFIG", c),
+        None => cmd.env_remove("FLEET_CONFIG"),
+    };
+    let child = cmd
         .arg("up")
         .env("NATS_URL", env.nats.url())
         .env("DATABASE_URL", &env.db.url)
@@ -26,7 +44,6 @@ fn start(env: &TestEnv, http_port: u16) -> Up {
         .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
-        .env_remove("FLEET_CONFIG")
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("TEST_LOG").is_some() {
             Stdio::inherit()
@@ -157,4 +174,79 @@ async fn the_whole_fleet_runs_in_one_process_and_stops_cleanly() {
     .0
     .unwrap();
     assert!(status.success(), "fleetctl up exited with {status}");
+}
+
+#[tokio::test]
+async fn make_run_consumes_the_example_followups_schedule() {
+    let env = TestEnv::with_private_redis().await;
+    let port = free_port();
+    let config = example_config();
+    let _up = start_with(&env, port, Some(&config));
+    let pg = env.db.pool().await;
+    eventually(Duration::from_secs(30), "fleet ready", || async {
+        (http_get(port, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    // A premium tenant: the example schedule selects it.
+    let body = serde_json::json!({
+        "tenant_id": uuid::Uuid::new_v4(), "code": "acme", "name": "Acme", "plan": "premium",
+        "org_code": "acme_org"
+    });
+    crate::run::create_tenant(&env, &pg, &body, "tenant acme active").await;
+
+    let vars = [("FLEET_CONFIG", config.as_str())];
+    let out = crate::run::ok(&crate::run::fleetctl(
+        &env,
+        &[
+            "schedule",
+            "trigger",
+            "followups",
+            "--wait",
+            "--timeout",
+            "90s",
+        ],
+        &vars,
+    ));
+    assert!(out.contains("run done"), "{out}");
+    let tick: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "SELECT tick FROM fleet.schedule_runs WHERE schedule = 'followups' AND trigger = 'manual'
+         ORDER BY run_id DESC LIMIT 1",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    // The example consumer, started by `fleetctl up`, handles the job and records it done.
+    let row = eventually(Duration::from_secs(60), "the job's outcome", || async {
+        sqlx::query(
+            "SELECT status, worker FROM fleet.job_outcomes
+             WHERE schedule = 'followups' AND tick = $1 AND tenant_code = 'acme'",
+        )
+        .bind(tick)
+        .fetch_optional(&pg)
+        .await
+        .unwrap()
+        .filter(|r| r.get::<String, _>(0) != "failed")
+    })
+    .await;
+    assert_eq!(
+        (row.get::<String, _>(0), row.get::<Option<String>, _>(1)),
+        ("done".to_owned(), Some(followups_consumer::NAME.to_owned()))
+    );
+    let out = crate::run::ok(&crate::run::fleetctl(
+        &env,
+        &["schedule", "history", "followups", "--tenant", "acme"],
+        &vars,
+    ));
+    assert!(out.contains("done"), "{out}");
+    // Nothing of the schedule is left pending in the stream.
+    let backlog: serde_json::Value = serde_json::from_str(&crate::run::ok(&crate::run::fleetctl(
+        &env,
+        &["jobs", "pending", "--task", "followups", "--json"],
+        &vars,
+    )))
+    .unwrap();
+    assert!(
+        backlog.as_array().unwrap().iter().all(|t| t["queued"] == 0),
+        "{backlog}"
+    );
 }
