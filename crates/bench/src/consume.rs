@@ -1,15 +1,16 @@
 //! `fleet-bench consume`: the job runtime (`fleet-jobs`) on no-op jobs against a bare async-nats
 //! pull consumer, in the same run, interleaved; and the fairness figure.
 //!
-//! One private `nats-server`. Each round publishes `--jobs` jobs (spread over `--tenants`
-//! tenants, bodies shaped like the scheduler's) to a subject only one side consumes, then times
-//! that side from its start until `FLEET_JOBS` is empty again (every job acked, so removed from
-//! the work queue); rounds alternate which side goes first, and the median rate of each side is
-//! compared.
+//! One private `nats-server` and a fresh control-plane database. Each round publishes `--jobs`
+//! jobs (spread over `--tenants` tenants, bodies shaped like the scheduler's) to a subject only
+//! one side consumes, then times that side from its start until `FLEET_JOBS` is empty again
+//! (every job acked, so removed from the work queue); the order of the sides rotates from round
+//! to round, and the median rate of each side is compared.
 //!
-//! - **runtime**: `fleet_jobs::run` with a handler that returns `Ok(())`, the default
-//!   concurrency (8), one job per tenant at a time, outcomes not recorded (no database; a
-//!   consumer that records them pays one upsert per job, shown separately).
+//! - **runtime** (the main figure): `fleet_jobs::run` in its default configuration, with a
+//!   handler that returns `Ok(())`: concurrency 8, one job per tenant at a time, outcomes
+//!   recorded in `fleet.job_outcomes` (batched; each job acked after its batch committed).
+//! - **runtime, outcomes off**: the same without a database (`pg = None`), a second line.
 //! - **limit**: a bare pull consumer (`stream()` with batches of 256) that acks each message.
 //!
 //! Fairness: 10,000 jobs of one tenant published before one job each of 50 others; the figure is
@@ -64,44 +65,62 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let js = jetstream::new(async_nats::connect(nats.url()).await?);
     ensure_streams(&js, &Topology::default()).await?;
+    let db = TestDb::create().await?;
+    let pg = fleet_shared::db::lazy_pool(&fleet_shared::secret::SecretUrl::new(db.url.clone()), 8)?;
+    fleet_shared::db::migrate_control_plane(&pg).await?;
     println!(
         "jobs: {} per round and side over {} tenants, {} rounds",
         args.jobs, args.tenants, args.rounds
     );
 
-    let (mut runtime, mut bare) = (Vec::new(), Vec::new());
+    // Sides: 0 the runtime as configured by default (outcomes recorded), 1 the bare consumer,
+    // 2 the runtime without outcomes.
+    let mut rates: [Vec<f64>; 3] = Default::default();
     for round in 0..args.rounds {
-        for side in [round % 2, 1 - round % 2] {
-            if side == 0 {
-                publish(&js, "cbench", args.jobs, args.tenants).await?;
-                let secs = time_runtime(&js, None, "cbench").await?;
-                runtime.push(args.jobs as f64 / secs);
-            } else {
-                publish(&js, "cbare", args.jobs, args.tenants).await?;
-                let secs = time_bare(&js).await?;
-                bare.push(args.jobs as f64 / secs);
-            }
+        for k in 0..3 {
+            let side = (round + k) % 3;
+            let task = ["cbench", "cbare", "cnorec"][side];
+            publish(&js, task, args.jobs, args.tenants).await?;
+            let secs = match side {
+                0 => time_runtime(&js, Some(pg.clone()), task).await?,
+                1 => time_bare(&js).await?,
+                _ => time_runtime(&js, None, task).await?,
+            };
+            rates[side].push(args.jobs as f64 / secs);
         }
         println!(
-            "round {}: runtime {:.0} jobs/s, bare {:.0} jobs/s",
+            "round {}: runtime {:.0} jobs/s, bare {:.0} jobs/s, runtime without outcomes {:.0} jobs/s",
             round + 1,
-            runtime[round],
-            bare[round]
+            rates[0][round],
+            rates[1][round],
+            rates[2][round]
         );
     }
-    let (r, b) = (median(&mut runtime), median(&mut bare));
-    report_ratio("consume (median of rounds)", r, b, "jobs/s", 0.7);
-
-    // With outcomes recorded (one upsert per job), for reference.
-    let db = TestDb::create().await?;
-    let pg = fleet_shared::db::lazy_pool(&fleet_shared::secret::SecretUrl::new(db.url.clone()), 8)?;
-    fleet_shared::db::migrate_control_plane(&pg).await?;
-    let n = args.jobs.min(20_000);
-    publish(&js, "cout", n, args.tenants).await?;
-    let secs = time_runtime(&js, Some(pg), "cout").await?;
-    println!(
-        "runtime recording outcomes: {:.0} jobs/s ({n} jobs, one upsert each into fleet.job_outcomes)",
-        n as f64 / secs
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM fleet.job_outcomes WHERE schedule = 'cbench' AND status = 'done'",
+    )
+    .fetch_one(&pg)
+    .await?;
+    anyhow::ensure!(
+        recorded == (args.jobs * args.rounds) as i64,
+        "{recorded} outcomes recorded for {} jobs",
+        args.jobs * args.rounds
+    );
+    let [mut on, mut bare, mut off] = rates;
+    let b = median(&mut bare);
+    report_ratio(
+        "consume, default runtime with outcomes recorded (median of rounds)",
+        median(&mut on),
+        b,
+        "jobs/s",
+        0.7,
+    );
+    report_ratio(
+        "consume, runtime without outcomes (median of rounds)",
+        median(&mut off),
+        b,
+        "jobs/s",
+        0.7,
     );
 
     fairness(&js).await

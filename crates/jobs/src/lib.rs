@@ -11,7 +11,8 @@
 //!   a time; the bound is in [`runtime`]'s docs and docs/scheduler.md;
 //! - **job outcomes** ([`outcomes`]): `done` / `failed` / `dead_lettered` per scheduled job in
 //!   `fleet.job_outcomes`, which `overlap = "forbid"` and `fleetctl schedule history NAME
-//!   --tenant CODE` read.
+//!   --tenant CODE` read; written in batches by [`writer`], each job acked only after the
+//!   batch holding its outcome has committed.
 //!
 //! A runnable example is `examples/followups-consumer`; docs/scheduler.md shows it and a consumer
 //! in another language.
@@ -21,6 +22,7 @@ pub mod fair;
 pub mod job;
 pub mod outcomes;
 pub mod runtime;
+pub mod writer;
 
 pub use fleet_shared::worker::HandleError;
 pub use job::{Job, JobHandler};

@@ -21,9 +21,16 @@
 //! in-progress ack for those buffered longer than that (handlers' own messages get theirs from
 //! the worker loop). The consumer's `max_ack_pending` is `prefetch + concurrency`.
 //!
+//! **Outcomes.** With a pool (and `record_outcomes`), a handled scheduled job's ack, NAK or TERM
+//! is not sent by the handler task: its outcome goes to the [`Writer`], which stores a batch
+//! with one statement and then settles the batch's messages. Those messages count against
+//! `prefetch` until then. Jobs without a schedule (and every job without a pool) are settled
+//! at once.
+//!
 //! Shutdown: stop fetching (an outstanding long poll is awaited and NAKed), NAK the buffer so
-//! another replica takes it at once, let in-flight handlers finish for `shutdown_timeout`; what
-//! is still running then is redelivered after its ack wait. A crash (kill -9) leaves every
+//! another replica takes it at once, let in-flight handlers finish for `shutdown_timeout`, then
+//! let the writer store and ack their outcomes; what is still running then is redelivered after
+//! its ack wait. A crash (kill -9) leaves every
 //! message it held unacked: redelivered after `ack_wait`.
 
 use std::panic::AssertUnwindSafe;
@@ -50,7 +57,8 @@ use fleet_shared::{Fleet, Name};
 
 use crate::fair::FairQueue;
 use crate::job::{Job, JobHandler};
-use crate::outcomes;
+use crate::outcomes::{self, Record};
+use crate::writer::Writer;
 
 /// How long a fetch waits for the next message when the consumer has none.
 pub const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -120,6 +128,7 @@ struct OutcomeLabels {
 struct JobMetrics {
     buffered: Family<WorkerLabels, Gauge>,
     tenants_waiting: Family<WorkerLabels, Gauge>,
+    unrecorded: Family<WorkerLabels, Gauge>,
     outcomes: Family<OutcomeLabels, Counter>,
 }
 
@@ -150,6 +159,11 @@ fn job_metrics(metrics: &Arc<Metrics>) -> JobMetrics {
             "jobs_tenants_waiting",
             "Tenants with buffered jobs",
             m.tenants_waiting.clone(),
+        );
+        r.register(
+            "jobs_unrecorded",
+            "Jobs handled whose outcome is not stored yet (so not acked yet)",
+            m.unrecorded.clone(),
         );
         r.register(
             "job_outcomes",
@@ -208,13 +222,17 @@ pub async fn run<J: JobHandler>(
         js.clone(),
         metrics.clone(),
         spec.worker.clone(),
-        Arc::new(Adapter {
-            handler,
-            outcomes: pg.clone().map(|pg| (pg, spec.worker.name.clone())),
-        }),
+        Arc::new(Adapter { handler }),
     ));
     let Some(consumer) = open(&js, &consumer_spec, &shutdown).await else {
         return Ok(());
+    };
+    let (writer, writing) = match pg {
+        Some(pg) => {
+            let (w, task) = Writer::spawn(pg, spec.worker.retry_base);
+            (Some(w), Some(task))
+        }
+        None => (None, None),
     };
     tracing::info!(
         worker = %spec.worker.name,
@@ -236,7 +254,8 @@ pub async fn run<J: JobHandler>(
 
     loop {
         if fetching.is_none() {
-            let room = spec.prefetch.saturating_sub(fq.len() + tasks.len());
+            let held = fq.len() + tasks.len() + writer.as_ref().map_or(0, Writer::unsettled);
+            let room = spec.prefetch.saturating_sub(held);
             if room > 0 {
                 fetching = Some(fetch(consumer.clone(), room, failures).boxed());
             }
@@ -244,28 +263,30 @@ pub async fn run<J: JobHandler>(
         while tasks.len() < concurrency {
             let Some((tenant, b)) = fq.pop() else { break };
             let processor = processor.clone();
-            let pg = pg.clone();
+            let writer = writer.clone();
             let worker = spec.worker.name.clone();
             tasks.spawn(async move {
                 let work = async {
-                    let (incoming, outcome) = processor.process(b.msg).await;
-                    // `done` was recorded by the handler adapter before the ack.
-                    let record = outcome != Outcome::Acked;
-                    if let (true, Some(pg), Ok(job)) = (record, &pg, Job::parse(&incoming)) {
-                        if let Err(e) =
-                            outcomes::record(pg, &worker, &job, incoming.delivered, &outcome).await
-                        {
-                            tracing::warn!(error = %fleet_shared::errors::one_line(&format!("{e:#}")), subject = %incoming.subject, "job outcome not recorded");
-                        }
+                    let (incoming, outcome, settle) = processor.process_deferred(b.msg).await;
+                    // A scheduled job is acked once its outcome is stored (the writer's
+                    // batch); anything else at once.
+                    let record = writer.as_ref().and_then(|_| {
+                        let job = Job::parse(&incoming).ok()?;
+                        Record::of(&worker, &job, incoming.delivered, &outcome)
+                    });
+                    match (&writer, record) {
+                        (Some(w), Some(r)) => w.submit(r, settle).await,
+                        _ => settle.send().await,
                     }
                     outcome
                 };
-                let outcome = AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|_| {
-                    Outcome::Retried {
+                let outcome = AssertUnwindSafe(work)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Outcome::Retried {
                         retry_in: Duration::ZERO,
                         reason: "job runtime panicked".into(),
-                    }
-                });
+                    });
                 (tenant, outcome)
             });
         }
@@ -273,6 +294,9 @@ pub async fn run<J: JobHandler>(
         jm.tenants_waiting
             .get_or_create(&wl)
             .set(fq.tenants_waiting() as i64);
+        jm.unrecorded
+            .get_or_create(&wl)
+            .set(writer.as_ref().map_or(0, Writer::unsettled) as i64);
 
         tokio::select! {
             biased;
@@ -287,6 +311,7 @@ pub async fn run<J: JobHandler>(
                     }).inc();
                 }
             }
+            _ = async { writer.as_ref().expect("guarded").settled().await }, if writer.is_some() => {}
             batch = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
                 fetching = None;
                 failures = if batch.is_empty() { failures } else { 0 };
@@ -325,11 +350,24 @@ pub async fn run<J: JobHandler>(
     if drained.is_err() {
         tracing::warn!(worker = %spec.worker.name, left = tasks.len(), "shutdown timeout passed; unfinished jobs will be redelivered");
     }
+    // Unfinished handlers are dropped (their messages come back after the ack wait); the writer
+    // stores and acks what finished, then stops.
+    drop(tasks);
+    drop(writer);
+    if let Some(w) = writing {
+        if tokio::time::timeout(WRITER_FLUSH, w).await.is_err() {
+            tracing::warn!(worker = %spec.worker.name, "job outcomes still not stored; their jobs will be redelivered");
+        }
+    }
     jm.buffered.get_or_create(&wl).set(0);
     jm.tenants_waiting.get_or_create(&wl).set(0);
+    jm.unrecorded.get_or_create(&wl).set(0);
     tracing::info!(worker = %spec.worker.name, "job runtime stopped");
     Ok(())
 }
+
+/// How long shutdown waits for the outcome writer's last batches (its retries included).
+const WRITER_FLUSH: Duration = Duration::from_secs(10);
 
 const RECONNECT: RetryPolicy =
     RetryPolicy::new(Duration::from_millis(400), Duration::from_secs(10));
@@ -422,26 +460,16 @@ async fn collect(out: &mut Vec<jetstream::Message>, mut batch: jetstream::consum
     }
 }
 
-/// Adapts a [`JobHandler`] to the shared worker loop's handler. With a pool, a successful job's
-/// `done` outcome is recorded before the loop acks it, so a crash between the two leaves the
-/// record (the redelivered job is handled again and records it again) rather than losing it.
+/// Adapts a [`JobHandler`] to the shared worker loop's handler: parses the job (bad input is
+/// dead-lettered before the handler sees it).
 pub(crate) struct Adapter<J> {
     pub handler: std::sync::Arc<J>,
-    pub outcomes: Option<(sqlx::PgPool, String)>,
 }
 
 impl<J: JobHandler> fleet_shared::worker::Handler for Adapter<J> {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandleError> {
         let job = Job::parse(msg)?;
         tracing::Span::current().record("tenant.code", job.tenant_code.as_str());
-        self.handler.handle(&job).await?;
-        if let Some((pg, worker)) = &self.outcomes {
-            let done = fleet_shared::worker::Outcome::Acked;
-            if let Err(e) = crate::outcomes::record(pg, worker, &job, msg.delivered, &done).await {
-                // The effect is committed; a missing record only delays `overlap = "forbid"`.
-                tracing::warn!(error = %fleet_shared::errors::one_line(&format!("{e:#}")), "job outcome not recorded");
-            }
-        }
-        Ok(())
+        self.handler.handle(&job).await
     }
 }

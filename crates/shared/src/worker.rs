@@ -18,6 +18,9 @@
 //! (see [`crate::dlq`]); if the dead-letter stream still cannot take one, the message is NAKed
 //! (at least [`DLQ_RETRY_MIN`] apart) and, after [`DLQ_GIVE_UP_AFTER`] deliveries, terminated with
 //! an error log and `fleet_dlq_publish_failures_total`, so no message can hold a permit forever.
+//! A loop that fetches its own messages can use [`Processor::process_deferred`] to send the
+//! ack, NAK or TERM ([`Settle`]) later, after its own bookkeeping has committed (the job runtime
+//! acks a job only once its outcome is stored).
 //! On shutdown the loop stops pulling, NAKs
 //! what it had prefetched so other replicas get it within seconds, and lets in-flight handlers finish for
 //! `shutdown_timeout`; whatever is still running then is redelivered after its ack wait.
@@ -188,7 +191,64 @@ impl<H: Handler> Processor<H> {
 
     /// Handles one message and acks, NAKs or dead-letters it; returns what was done.
     pub async fn process(&self, msg: jetstream::Message) -> (Incoming, Outcome) {
+        let (incoming, outcome, settle) = process(self, msg).await;
+        settle.send().await;
+        (incoming, outcome)
+    }
+
+    /// As [`Processor::process`] (the handler runs, a dead letter is published), except that
+    /// the server is not told yet: the caller sends the returned [`Settle`] (the ack, NAK or
+    /// TERM) once its own part is done, e.g. the job runtime once the job's outcome is stored.
+    /// Until then the message stays unacknowledged, so a crash redelivers it.
+    pub async fn process_deferred(&self, msg: jetstream::Message) -> (Incoming, Outcome, Settle) {
         process(self, msg).await
+    }
+}
+
+/// The ack, NAK or TERM a verdict decided, not yet sent (see [`Processor::process_deferred`]).
+pub struct Settle {
+    msg: jetstream::Message,
+    kind: SettleKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SettleKind {
+    Ack,
+    Nak(Duration),
+    Term,
+}
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settle")
+            .field("subject", &self.msg.subject)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl Settle {
+    /// Tells the server what the verdict decided. A lost ack or NAK only means a redelivery.
+    pub async fn send(self) {
+        let res = match self.kind {
+            SettleKind::Ack => self.msg.ack().await,
+            SettleKind::Nak(d) => self.msg.ack_with(AckKind::Nak(Some(d))).await,
+            SettleKind::Term => self.msg.ack_with(AckKind::Term).await,
+        };
+        if let Err(e) = res {
+            tracing::warn!(subject = %self.msg.subject, error = %e, kind = ?self.kind, "ack failed; the message will be redelivered after its ack wait");
+        }
+    }
+
+    /// Hands the message back for redelivery after `delay` instead of the verdict's ack (the
+    /// caller could not finish its part); the redelivery is handled again.
+    pub async fn redeliver(self, delay: Duration) {
+        Settle {
+            kind: SettleKind::Nak(delay),
+            ..self
+        }
+        .send()
+        .await
     }
 }
 
@@ -318,7 +378,7 @@ async fn fetch_loop<H: Handler>(
                     failures = 0;
                     let ctx = ctx.clone();
                     tracker.spawn(async move {
-                        process(&ctx, msg).await;
+                        ctx.process(msg).await;
                         drop(permit);
                     });
                 }
@@ -373,7 +433,7 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) -> (Incoming, Outcome) {
+async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) -> (Incoming, Outcome, Settle) {
     let (stream_seq, delivered) = match msg.info() {
         Ok(i) => (i.stream_sequence, i.delivered),
         Err(_) => (0, 1),
@@ -425,9 +485,9 @@ async fn process<H: Handler>(ctx: &Ctx<H>, msg: jetstream::Message) -> (Incoming
                 .observe(started.elapsed().as_secs_f64());
             res
         };
-        let outcome = decide(ctx, &msg, &incoming, &labels, verdict).await;
+        let (outcome, kind) = decide(ctx, &incoming, &labels, verdict).await;
         m.in_flight.get_or_create(&wl).dec();
-        (incoming, outcome)
+        (incoming, outcome, Settle { msg, kind })
     }
     .instrument(span)
     .await
@@ -472,38 +532,35 @@ async fn handle_with_progress<H: Handler>(
     }
 }
 
-/// Acts on the verdict. Each branch logs and counts in one place (see module docs of metrics).
+/// Acts on the verdict (publishes the dead letter) and says what the server is to be told.
+/// Each branch logs and counts in one place (see module docs of metrics).
 async fn decide<H: Handler>(
     ctx: &Ctx<H>,
-    msg: &jetstream::Message,
     incoming: &Incoming,
     labels: &EventLabels,
     verdict: Result<(), HandleError>,
-) -> Outcome {
+) -> (Outcome, SettleKind) {
     let m = &ctx.metrics.worker;
     let reason = match verdict {
         Ok(()) => {
             // The effect is committed; if this ack is lost the message comes back and the
             // handler finds its record and acks again.
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(error = %e, "ack failed; the message will be redelivered");
-            }
             m.acked.get_or_create(labels).inc();
             tracing::debug!("acked");
-            return Outcome::Acked;
+            return (Outcome::Acked, SettleKind::Ack);
         }
         Err(HandleError::Transient(e)) if incoming.delivered < ctx.spec.max_attempts => {
             let delay = ctx.spec.retry_delay(incoming.delivered);
-            if let Err(err) = msg.ack_with(AckKind::Nak(Some(delay))).await {
-                tracing::warn!(error = %err, "NAK failed; the message will be redelivered after its ack wait");
-            }
             m.retried.get_or_create(labels).inc();
             let reason = crate::errors::one_line(&format!("{e:#}"));
             tracing::warn!(error = %reason, retry_in = ?delay, "transient failure; will retry");
-            return Outcome::Retried {
-                retry_in: delay,
-                reason,
-            };
+            return (
+                Outcome::Retried {
+                    retry_in: delay,
+                    reason,
+                },
+                SettleKind::Nak(delay),
+            );
         }
         Err(HandleError::Transient(e)) => crate::errors::one_line(&format!(
             "gave up after {} attempts: {e:#}",
@@ -529,12 +586,10 @@ async fn decide<H: Handler>(
     let reason = dlq::bound_reason(&reason);
     match stored {
         Ok(()) => {
-            if let Err(e) = msg.ack_with(AckKind::Term).await {
-                tracing::warn!(error = %e, "TERM failed; the message will come back and be dead-lettered again (deduplicated)");
-            }
+            // A TERM that is lost brings the message back: dead-lettered again (deduplicated).
             m.dead_lettered.get_or_create(labels).inc();
             tracing::warn!(reason = %reason, "dead-lettered");
-            Outcome::DeadLettered { reason }
+            (Outcome::DeadLettered { reason }, SettleKind::Term)
         }
         Err(e) => {
             let wl = WorkerLabels {
@@ -543,7 +598,6 @@ async fn decide<H: Handler>(
             m.dlq_publish_failures.get_or_create(&wl).inc();
             if incoming.delivered >= DLQ_GIVE_UP_AFTER.min(ctx.spec.max_attempts) {
                 // Bounded: a letter the stream keeps refusing must not hold a permit forever.
-                let _ = msg.ack_with(AckKind::Term).await;
                 tracing::error!(
                     error = %crate::errors::one_line(&format!("{e:#}")),
                     reason = %reason,
@@ -551,16 +605,18 @@ async fn decide<H: Handler>(
                     "could not dead-letter after {} deliveries; message terminated without a letter",
                     incoming.delivered
                 );
-                Outcome::DeadLettered { reason }
+                (Outcome::DeadLettered { reason }, SettleKind::Term)
             } else {
                 let delay = ctx.spec.retry_delay(incoming.delivered).max(DLQ_RETRY_MIN);
-                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
                 m.retried.get_or_create(labels).inc();
                 tracing::error!(error = %crate::errors::one_line(&format!("{e:#}")), reason = %reason, retry_in = ?delay, "could not dead-letter; will retry");
-                Outcome::Retried {
-                    retry_in: delay,
-                    reason: format!("could not dead-letter: {reason}"),
-                }
+                (
+                    Outcome::Retried {
+                        retry_in: delay,
+                        reason: format!("could not dead-letter: {reason}"),
+                    },
+                    SettleKind::Nak(delay),
+                )
             }
         }
     }
