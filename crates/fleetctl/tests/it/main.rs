@@ -5,6 +5,7 @@ mod cli;
 mod console;
 mod console_actions;
 mod dlq;
+mod job_outcomes;
 mod migrate;
 mod nats_auth;
 mod observability;

@@ -2,4 +2,6 @@
 
 mod common;
 mod fairness;
+mod metrics;
+mod shutdown;
 mod verdicts;
