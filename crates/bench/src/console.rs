@@ -2,7 +2,8 @@
 //! repeatedly; the p99 per page against 50 ms, and the RSS the console adds to `fleetctl up`.
 //!
 //! - Setup: private NATS and Redis, a fresh database with `--tenants` tenants (each with
-//!   configs), `--letters` dead letters, a few backfill jobs and rollouts.
+//!   configs), `--letters` dead letters, 20 backfill jobs, ten finished rollouts and a paused one
+//!   over every tenant (5% of them failed).
 //! - Pages: each requested `--rounds` times, round-robin, one request at a time over loopback
 //!   (a new connection each, as a browser's first visit); the time is request to last byte, so
 //!   it includes what the server spends and bounds it from above.
@@ -95,6 +96,31 @@ async fn seed(
         "INSERT INTO fleet.backfill_jobs (job_id, submit_key, kind, spec, state, rows_estimated, rows_done)
          SELECT gen_random_uuid(), 'bench' || n, 'tenant_codes', '{}', (ARRAY['paused','succeeded','failed','cancelled'])[1 + n % 4], 1000000, n * 1000
            FROM generate_series(1, 20) n",
+    )
+    .execute(pg)
+    .await?;
+    // Rollouts: ten finished ones and a paused one over every tenant (the one active rollout a
+    // fleet may have; paused, so the provisioners leave it alone), 5% of its tenants failed.
+    sqlx::query(
+        "INSERT INTO fleet.rollouts (rollout_id, direction, target_version, state, spec, concurrency,
+                                     max_failures, lock_timeout_ms, waves, current_wave, set_digest,
+                                     created_at, finished_at)
+         SELECT gen_random_uuid(), 'up', 4, CASE WHEN n = 0 THEN 'paused' ELSE 'succeeded' END, '{}',
+                4, 100, 2000, 3, 1, 'bench', now() - make_interval(hours => n),
+                CASE WHEN n = 0 THEN NULL ELSE now() - make_interval(hours => n) END
+           FROM generate_series(0, 10) n",
+    )
+    .execute(pg)
+    .await?;
+    sqlx::query(
+        "INSERT INTO fleet.rollout_tenants (rollout_id, tenant_id, code, wave, target_version, state,
+                                            version_before, attempts, error)
+         SELECT r.rollout_id, t.tenant_id, t.code, 1, 4,
+                CASE WHEN t.schema_version = 4 THEN 'done'
+                     WHEN abs(hashtext(t.code)) % 20 = 0 THEN 'failed' ELSE 'pending' END,
+                t.schema_version, 1,
+                CASE WHEN abs(hashtext(t.code)) % 20 = 0 THEN 'lock_timeout on table users' END
+           FROM fleet.rollouts r, fleet.tenants t WHERE r.state = 'paused'",
     )
     .execute(pg)
     .await?;
