@@ -229,14 +229,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     }
                 }
                 if let Some(l) = &shown.last_run {
-                    outln!(
-                        "last run: {} {} {} {}/{}",
-                        l.run_id,
-                        l.tick.to_rfc3339(),
-                        l.status,
-                        l.published,
-                        l.tenants_matched
-                    );
+                    print_last_run(l)?;
                 }
                 return Ok(());
             }
@@ -313,14 +306,7 @@ pub async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 }
             }
             if let Some(l) = &shown.last_run {
-                outln!(
-                    "last run: {} {} {} {}/{}",
-                    l.run_id,
-                    l.tick.to_rfc3339(),
-                    l.status,
-                    l.published,
-                    l.tenants_matched
-                );
+                print_last_run(l)?;
             }
             Ok(())
         }
@@ -525,4 +511,17 @@ async fn wait_for_run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The `last run:` line of `schedule show`.
+fn print_last_run(l: &RunRow) -> anyhow::Result<()> {
+    outln!(
+        "last run: {} {} {} {}/{}",
+        l.run_id,
+        l.tick.to_rfc3339(),
+        l.status,
+        l.published,
+        l.tenants_matched
+    );
+    Ok(())
 }
