@@ -21,21 +21,15 @@ async fn dbsize(con: &mut redis::aio::MultiplexedConnection) -> u64 {
     redis::cmd("DBSIZE").query_async(con).await.unwrap()
 }
 
-// Multi-threaded: the invalidator runs in-process while the test blocks on the CLI.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rules_fire_from_the_cli_and_receipts_count_the_deleted_keys() {
-    let env = TestEnv::with_private_redis().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("fleet.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let config = config.to_str().unwrap().to_owned();
-    let fleet = env.fleet(&[("FLEET_CONFIG", &config)]).await;
+/// Runs the invalidator in-process and waits until its consumers for both subjects exist, the
+/// `org.updated` one with its description (the rules it lists); returns it and that description.
+async fn start_invalidator(fleet: &fleet_shared::Fleet) -> (Running, String) {
     let worker = {
         let f = fleet.clone();
         Running::spawn(move |t| cache_invalidator::run(f, t))
     };
     let js = fleet.js.clone();
-    eventually(
+    let description = eventually(
         Duration::from_secs(30),
         "the invalidator's consumers",
         || {
@@ -45,14 +39,28 @@ async fn rules_fire_from_the_cli_and_receipts_count_the_deleted_keys() {
                 s.consumer_info("cache-invalidator-profile_updated")
                     .await
                     .ok()?;
-                s.consumer_info("cache-invalidator-org_updated")
+                let info = s
+                    .consumer_info("cache-invalidator-org_updated")
                     .await
-                    .ok()
-                    .map(|_| ())
+                    .ok()?;
+                info.config.description.clone()
             }
         },
     )
     .await;
+    (worker, description)
+}
+
+// Multi-threaded: the invalidator runs in-process while the test blocks on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_fire_from_the_cli_and_receipts_count_the_deleted_keys() {
+    let env = TestEnv::with_private_redis().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fleet.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let fleet = env.fleet(&[("FLEET_CONFIG", &config)]).await;
+    let (worker, _) = start_invalidator(&fleet).await;
     let client = redis::Client::open(env.redis_url.as_str()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     for i in 0..7 {
@@ -176,30 +184,7 @@ async fn preview_names_each_rule_of_the_running_invalidator_that_it_lacks() {
     // The fleet's file without org_more: the same subjects, one rule fewer.
     let partial = write("partial.toml", PROFILES_ONLY);
     let fleet = env.fleet(&[("FLEET_CONFIG", &full)]).await;
-    let worker = {
-        let f = fleet.clone();
-        Running::spawn(move |t| cache_invalidator::run(f, t))
-    };
-    let js = fleet.js.clone();
-    let listed = eventually(
-        Duration::from_secs(30),
-        "the invalidator's consumers, listing their rules",
-        || {
-            let js = js.clone();
-            async move {
-                let s = js.get_stream("FLEET_EVENTS").await.ok()?;
-                s.consumer_info("cache-invalidator-profile_updated")
-                    .await
-                    .ok()?;
-                let info = s
-                    .consumer_info("cache-invalidator-org_updated")
-                    .await
-                    .ok()?;
-                info.config.description.clone()
-            }
-        },
-    )
-    .await;
+    let (worker, listed) = start_invalidator(&fleet).await;
     assert_eq!(
         cache_invalidator::rules_in_description(&listed),
         Some(vec!["org".to_owned(), "org_more".to_owned()]),
@@ -243,7 +228,7 @@ async fn preview_names_each_rule_of_the_running_invalidator_that_it_lacks() {
     assert_eq!(names, ["org", "org_more", "profiles", "sessions"], "{v}");
 
     // A consumer from an invalidator that did not list its rules: the subject as a whole.
-    let stream = js.get_stream("FLEET_EVENTS").await.unwrap();
+    let stream = fleet.js.get_stream("FLEET_EVENTS").await.unwrap();
     stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             durable_name: Some("cache-invalidator-org_archived".into()),

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use fleet_testkit::TestEnv;
 
-use crate::run::{assert_one_line_error, fleetctl, stderr, stdout};
+use crate::run::{assert_one_line_error, dead_letter, fleetctl, stderr, stdout, FOLLOWUPS_YEARLY};
 
 #[tokio::test]
 async fn bad_settings_and_bad_input_fail_with_one_line() {
@@ -287,7 +287,6 @@ async fn backfill_submit_control_and_status_through_the_binary() {
 /// backfill job with 20 failed chunks, dead letters (one of 512 KiB), 400 runs of a schedule, a
 /// rollout over every tenant and queued jobs.
 async fn seed_for_pipes(env: &TestEnv) -> fleet_shared::Fleet {
-    use fleet_shared::dlq::{self, Failure};
     let fleet = env.fleet(&[]).await;
     let big = "x".repeat(20_000);
     crate::run::exec(
@@ -323,21 +322,15 @@ async fn seed_for_pipes(env: &TestEnv) -> fleet_shared::Fleet {
     )
     .await;
     for (i, size) in [512 * 1024, 10, 10].into_iter().enumerate() {
-        dlq::dead_letter(
+        dead_letter(
             &fleet.js,
-            Failure {
-                worker: "provisioner",
-                subject: "tenant.migrate",
-                headers: None,
-                payload: format!(r#"{{"code":"{}"}}"#, "y".repeat(size)).into(),
-                stream_seq: i as u64 + 1,
-                delivered: 1,
-                reason: "bad code",
-                max_payload: 1024 * 1024,
-            },
+            "provisioner",
+            "tenant.migrate",
+            format!(r#"{{"code":"{}"}}"#, "y".repeat(size)),
+            i as u64 + 1,
+            "bad code",
         )
-        .await
-        .unwrap();
+        .await;
     }
     for i in 0..30 {
         fleet
@@ -350,14 +343,6 @@ async fn seed_for_pipes(env: &TestEnv) -> fleet_shared::Fleet {
     }
     fleet
 }
-
-const PIPE_CONFIG: &str = r#"
-[[schedules]]
-name = "followups"
-cron = "0 0 1 1 *"
-subject = "jobs.followups.{tenant_code}"
-tenants = { status = "active" }
-"#;
 
 /// `fleetctl ARGS` with stdout on a pipe whose reader `read` gets: it reads what it wants and
 /// returns (closing the pipe) while the command may still be writing.
@@ -395,7 +380,7 @@ async fn a_closed_pipe_ends_read_commands_quietly() {
     let _fleet = seed_for_pipes(&env).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fleet.toml");
-    std::fs::write(&config, PIPE_CONFIG).unwrap();
+    std::fs::write(&config, FOLLOWUPS_YEARLY).unwrap();
     let config = config.to_str().unwrap().to_owned();
     let job = "7b0c2f4e-1d2a-4c3b-9e8f-0a1b2c3d4e5f";
     let rollout = "5d8e2a10-0c1b-4f3e-8a7d-6b5c4d3e2f1a";

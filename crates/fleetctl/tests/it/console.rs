@@ -6,12 +6,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fleet_shared::dlq::{self, Failure};
+use fleet_shared::dlq;
 use fleet_testkit::http::{request, HttpResponse};
 use fleet_testkit::webdriver::Browser;
 use fleet_testkit::{free_port, wait_for_port, TestEnv};
 
-use crate::run::{fleetctl, stderr, stdout};
+use crate::run::{dead_letter, fleetctl, stderr, stdout};
 
 const TOKEN: &str = "console-test-token-0123456789";
 const XSS: &str = "<img src=x onerror=alert(1)><script>alert(2)</script>";
@@ -90,21 +90,15 @@ async fn seed(env: &TestEnv) -> fleet_shared::Fleet {
         .iter()
         .enumerate()
     {
-        dlq::dead_letter(
+        dead_letter(
             &fleet.js,
-            Failure {
-                worker: "provisioner",
-                subject: "tenant.migrate",
-                headers: None,
-                payload: format!(r#"{{"code":"<i>x{i}</i>"}}"#).into(),
-                stream_seq: i as u64 + 1,
-                delivered: 1,
-                reason,
-                max_payload: 1024 * 1024,
-            },
+            "provisioner",
+            "tenant.migrate",
+            format!(r#"{{"code":"<i>x{i}</i>"}}"#),
+            i as u64 + 1,
+            reason,
         )
-        .await
-        .unwrap();
+        .await;
     }
     sqlx::query(
         "INSERT INTO fleet.backfill_jobs (job_id, submit_key, kind, spec, state, rows_estimated, rows_done)
@@ -116,12 +110,12 @@ async fn seed(env: &TestEnv) -> fleet_shared::Fleet {
     fleet
 }
 
-async fn get(addr: &str, path: &str, cookie: Option<&str>) -> HttpResponse {
+pub(crate) async fn get(addr: &str, path: &str, cookie: Option<&str>) -> HttpResponse {
     let h: Vec<(&str, &str)> = cookie.map(|c| vec![("Cookie", c)]).unwrap_or_default();
     request(addr, "GET", path, &h, b"").await.unwrap()
 }
 
-async fn post(addr: &str, path: &str, cookie: &str, form: &str) -> HttpResponse {
+pub(crate) async fn post(addr: &str, path: &str, cookie: &str, form: &str) -> HttpResponse {
     request(
         addr,
         "POST",
@@ -136,7 +130,7 @@ async fn post(addr: &str, path: &str, cookie: &str, form: &str) -> HttpResponse 
     .unwrap()
 }
 
-fn session_of(r: &HttpResponse) -> String {
+pub(crate) fn session_of(r: &HttpResponse) -> String {
     let c = r.header("set-cookie").expect("a session cookie");
     assert!(
         c.contains("HttpOnly") && c.contains("SameSite=Strict"),
@@ -145,7 +139,7 @@ fn session_of(r: &HttpResponse) -> String {
     c.split(';').next().unwrap().to_owned()
 }
 
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let i = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
     html[i..i + 32].to_owned()
 }
@@ -398,8 +392,14 @@ async fn in_a_browser_an_operator_replays_a_letter_and_pauses_a_backfill() {
     }
 }
 
-/// Logs in on `s` with [`TOKEN`]: the session cookie and its CSRF token.
+/// Logs in on the console at `addr` with [`TOKEN`]: the session cookie and its CSRF token.
 async fn login(addr: &str) -> (String, String) {
+    login_with(addr, TOKEN).await
+}
+
+/// Logs in on the console at `addr` with `token` (from `/schedules`, and back there): the session
+/// cookie and its CSRF token.
+pub(crate) async fn login_with(addr: &str, token: &str) -> (String, String) {
     let first = get(addr, "/schedules", None).await;
     let cookie = session_of(&first);
     let csrf = csrf_of(&first.text());
@@ -407,7 +407,7 @@ async fn login(addr: &str) -> (String, String) {
         addr,
         "/login",
         &cookie,
-        &format!("csrf={csrf}&token={TOKEN}&back=/schedules"),
+        &format!("csrf={csrf}&token={token}&back=/schedules"),
     )
     .await;
     assert_eq!(r.status, 303, "{}", r.text());
@@ -549,21 +549,15 @@ async fn a_dead_lettered_secret_is_masked_on_the_console_and_in_dlq_show() {
         value: serde_json::json!(SECRET),
         encrypted: true,
     };
-    dlq::dead_letter(
+    dead_letter(
         &fleet.js,
-        Failure {
-            worker: "provisioner",
-            subject: fleet_shared::events::TENANT_CONFIG_SET,
-            headers: None,
-            payload: serde_json::to_vec(&body).unwrap().into(),
-            stream_seq: 1,
-            delivered: 1,
-            reason: "FLEET_CONFIG_KEYS is not set, so encrypted configs can be neither written nor read",
-            max_payload: 1024 * 1024,
-        },
+        "provisioner",
+        fleet_shared::events::TENANT_CONFIG_SET,
+        serde_json::to_vec(&body).unwrap(),
+        1,
+        "FLEET_CONFIG_KEYS is not set, so encrypted configs can be neither written nor read",
     )
-    .await
-    .unwrap();
+    .await;
     let mask = dlq::SECRET_MASK;
 
     let s = serve(&env, Some(TOKEN));

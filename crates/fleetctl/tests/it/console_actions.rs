@@ -6,12 +6,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fleet_shared::dlq::{self, Failure};
+use fleet_shared::dlq;
 use fleet_testkit::http::{request, HttpResponse};
 use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
 use serde_json::{json, Value};
 
-use crate::run::{fleetctl, ok};
+use crate::console;
+use crate::run::{dead_letter, fleetctl, ok};
 
 const TOKEN: &str = "console-actions-token-0123456789";
 const SECRET: &str = "s3cret-never-shown-9f2c";
@@ -55,38 +56,16 @@ impl Console {
     }
 
     async fn get(&self, path: &str, cookie: &str) -> HttpResponse {
-        request(&self.addr, "GET", path, &[("Cookie", cookie)], b"")
-            .await
-            .unwrap()
+        console::get(&self.addr, path, Some(cookie)).await
     }
 
     async fn post(&self, path: &str, cookie: &str, form: &str) -> HttpResponse {
-        request(
-            &self.addr,
-            "POST",
-            path,
-            &[
-                ("Cookie", cookie),
-                ("Content-Type", "application/x-www-form-urlencoded"),
-            ],
-            form.as_bytes(),
-        )
-        .await
-        .unwrap()
+        console::post(&self.addr, path, cookie, form).await
     }
 
     /// A logged-in session: its cookie and CSRF token.
     async fn login(&self) -> (String, String) {
-        let first = request(&self.addr, "GET", "/", &[], b"").await.unwrap();
-        let cookie = session_of(&first);
-        let csrf = csrf_of(&first.text());
-        let r = self
-            .post("/login", &cookie, &format!("csrf={csrf}&token={TOKEN}"))
-            .await;
-        assert_eq!(r.status, 303, "{}", r.text());
-        let cookie = session_of(&r);
-        let csrf = csrf_of(&self.get("/", &cookie).await.text());
-        (cookie, csrf)
+        console::login_with(&self.addr, TOKEN).await
     }
 }
 
@@ -95,16 +74,6 @@ impl Drop for Console {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn session_of(r: &HttpResponse) -> String {
-    let c = r.header("set-cookie").expect("a session cookie");
-    c.split(';').next().unwrap().to_owned()
-}
-
-fn csrf_of(html: &str) -> String {
-    let i = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
-    html[i..i + 32].to_owned()
 }
 
 /// Every message in `FLEET_EVENTS`: subject, JSON body, `Fleet-Actor`.
@@ -312,32 +281,31 @@ async fn tenant_actions_publish_the_clis_events_and_bad_input_publishes_nothing(
     assert!(!c.log().contains(SECRET), "the console logs the value");
 }
 
-fn letter<'a>(worker: &'a str, payload: &str, seq: u64) -> Failure<'a> {
-    Failure {
-        worker,
-        subject: "tenant.migrate",
-        headers: None,
-        payload: payload.to_owned().into(),
-        stream_seq: seq,
-        delivered: 1,
-        reason: "refused",
-        max_payload: 1024 * 1024,
-    }
-}
-
 #[tokio::test]
 async fn a_bulk_replay_from_the_console_replays_each_letter_once_within_its_cap() {
     let env = TestEnv::new().await;
     let fleet = env.fleet(&[]).await;
     for i in 0..5u64 {
         let payload = format!(r#"{{"code":"t{i}"}}"#);
-        dlq::dead_letter(&fleet.js, letter("provisioner", &payload, i + 1))
-            .await
-            .unwrap();
+        dead_letter(
+            &fleet.js,
+            "provisioner",
+            "tenant.migrate",
+            payload,
+            i + 1,
+            "refused",
+        )
+        .await;
     }
-    dlq::dead_letter(&fleet.js, letter("scheduler", r#"{"code":"other"}"#, 9))
-        .await
-        .unwrap();
+    dead_letter(
+        &fleet.js,
+        "scheduler",
+        "tenant.migrate",
+        r#"{"code":"other"}"#,
+        9,
+        "refused",
+    )
+    .await;
     let c = Console::start(&env);
     let (cookie, csrf) = c.login().await;
     let left = |w: &'static str| {
@@ -513,39 +481,16 @@ async fn backfill_resume_cancel_and_retry_from_the_console_move_a_job_as_the_cli
     assert_eq!(job_after(&fleet.pg, over).await.0, "cancelled");
 }
 
-/// `fleetctl up`, stopped when dropped.
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn fleetctl_up_serves_the_console_on_fleet_console_addr() {
     let env = TestEnv::with_private_redis().await;
     let (http, console) = (free_port(), free_port());
-    let _up = Up(Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .arg("up")
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("REDIS_URL", &env.redis_url)
-        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("FLEET_CONSOLE_ADDR", format!("127.0.0.1:{console}"))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
-        .env_remove("FLEET_CONFIG")
-        .env_remove("FLEET_CONSOLE_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .expect("spawn fleetctl up"));
+    let _up = crate::up::start_with(
+        &env,
+        http,
+        None,
+        &[("FLEET_CONSOLE_ADDR", format!("127.0.0.1:{console}"))],
+    );
     wait_for_port(console, Duration::from_secs(60)).expect("fleetctl up serves the console");
     let addr = format!("127.0.0.1:{console}");
     let r = eventually(Duration::from_secs(30), "the overview", || async {

@@ -6,31 +6,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use fleet_shared::dlq::{self, Failure};
+use fleet_shared::dlq;
 use fleet_shared::dlq_replay::{self, H_PAYLOAD_EDITED, H_REPLAY_OF};
 use fleet_testkit::{eventually, TestEnv};
 
-use crate::run::{assert_one_line_error, fleetctl, stderr, stdout};
+use crate::run::{assert_one_line_error, dead_letter, fleetctl, stderr, stdout};
 
 /// Stores `n` letters of `worker`, original subject `org.updated`, payload `{"org_code":"o<i>"}`.
 async fn letters(js: &jetstream::Context, worker: &str, subject: &str, from: usize, n: usize) {
     for i in from..from + n {
         let payload = format!(r#"{{"org_code":"o{i}"}}"#);
-        dlq::dead_letter(
-            js,
-            Failure {
-                worker,
-                subject,
-                headers: None,
-                payload: payload.into(),
-                stream_seq: i as u64,
-                delivered: 1,
-                reason: "test letter",
-                max_payload: 1024 * 1024,
-            },
-        )
-        .await
-        .unwrap();
+        dead_letter(js, worker, subject, payload, i as u64, "test letter").await;
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::run::test_log;
 use async_nats::jetstream;
 use fleet_testkit::{
     count, eventually, publish_retrying, wait_for_count, NatsCluster, RedisServer, TestDb,
@@ -74,11 +75,7 @@ fn spawn(worker: &str, nats: &str, db: &str, redis: &str, config: &str) -> Proc 
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(test_log())
         .spawn()
         .expect("spawn fleetctl up --only");
     Proc(child)

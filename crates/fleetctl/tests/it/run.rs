@@ -121,3 +121,48 @@ pub async fn create_tenant(env: &TestEnv, pool: &PgPool, body: &Value, what: &st
         .unwrap();
     wait_active(pool, body["code"].as_str().unwrap(), what).await;
 }
+
+/// Where a spawned fleet process's log goes: the test's stderr with `TEST_LOG` set, else nowhere.
+pub fn test_log() -> std::process::Stdio {
+    if std::env::var_os("TEST_LOG").is_some() {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
+/// Stores a dead letter of `worker` for a message first delivered once at `seq` of `subject`.
+pub async fn dead_letter(
+    js: &async_nats::jetstream::Context,
+    worker: &str,
+    subject: &str,
+    payload: impl Into<bytes::Bytes>,
+    seq: u64,
+    reason: &str,
+) {
+    fleet_shared::dlq::dead_letter(
+        js,
+        fleet_shared::dlq::Failure {
+            worker,
+            subject,
+            headers: None,
+            payload: payload.into(),
+            stream_seq: seq,
+            delivered: 1,
+            reason,
+            max_payload: 1024 * 1024,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// A `followups` schedule over the active tenants that fires once a year (on 1 January): its
+/// ticks come only from triggers in a test.
+pub const FOLLOWUPS_YEARLY: &str = r#"
+[[schedules]]
+name = "followups"
+cron = "0 0 1 1 *"
+subject = "jobs.followups.{tenant_code}"
+tenants = { status = "active" }
+"#;

@@ -6,22 +6,14 @@ use std::time::Duration;
 
 use fleet_testkit::{eventually, Running, TestEnv};
 
-use crate::run::{assert_one_line_error, fleetctl};
-
-const CONFIG: &str = r#"
-[[schedules]]
-name = "followups"
-cron = "0 0 1 1 *"
-subject = "jobs.followups.{tenant_code}"
-tenants = { status = "active" }
-"#;
+use crate::run::{assert_one_line_error, fleetctl, FOLLOWUPS_YEARLY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_wait_prints_the_end_of_the_run_and_a_join() {
     let env = TestEnv::new().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fleet.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, FOLLOWUPS_YEARLY).unwrap();
     let config = config.to_str().unwrap().to_owned();
     let fleet = env.fleet(&[("FLEET_CONFIG", &config)]).await;
     sqlx::query(

@@ -7,11 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
+
+use crate::run::test_log;
 use redis::AsyncCommands;
 use sqlx::Row as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Up(Child);
+/// `fleetctl up`, stopped when dropped.
+pub(crate) struct Up(Child);
 
 impl Drop for Up {
     fn drop(&mut self) {
@@ -26,11 +29,17 @@ fn example_config() -> String {
 }
 
 fn start(env: &TestEnv, http_port: u16) -> Up {
-    start_with(env, http_port, None)
+    start_with(env, http_port, None, &[])
 }
 
-/// `fleetctl up`, with `FLEET_CONFIG` set to `config` if given (unset otherwise).
-fn start_with(env: &TestEnv, http_port: u16, config: Option<&str>) -> Up {
+/// `fleetctl up` on `env`'s services, with `FLEET_CONFIG` set to `config` if given (unset
+/// otherwise), `FLEET_CONSOLE_TOKEN` unset and `extra` variables; ready once it serves health.
+pub(crate) fn start_with(
+    env: &TestEnv,
+    http_port: u16,
+    config: Option<&str>,
+    extra: &[(&str, String)],
+) -> Up {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
     match config {
         Some(c) => cmd.env("FLEET_CONFIG", c),
@@ -44,12 +53,10 @@ fn start_with(env: &TestEnv, http_port: u16, config: Option<&str>) -> Up {
         .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
+        .env_remove("FLEET_CONSOLE_TOKEN")
+        .envs(extra.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(test_log())
         .spawn()
         .expect("spawn fleetctl up");
     wait_for_port(http_port, Duration::from_secs(60)).expect("fleetctl up serves http");
@@ -181,7 +188,7 @@ async fn make_run_consumes_the_example_followups_schedule() {
     let env = TestEnv::with_private_redis().await;
     let port = free_port();
     let config = example_config();
-    let _up = start_with(&env, port, Some(&config));
+    let _up = start_with(&env, port, Some(&config), &[]);
     let pg = env.db.pool().await;
     eventually(Duration::from_secs(30), "fleet ready", || async {
         (http_get(port, "/readyz").await.0 == 200).then_some(())
