@@ -192,3 +192,12 @@ pub fn assert_worker_cli(binary: &str, name: &str) {
         assert!(err.starts_with("error:"), "{err}");
     }
 }
+
+/// The value of one sample in a Prometheus text exposition (0 when absent).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

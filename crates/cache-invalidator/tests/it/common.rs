@@ -9,6 +9,8 @@ use fleet_shared::topology::{DLQ_STREAM, EVENTS_STREAM};
 use fleet_testkit::eventually;
 use redis::aio::MultiplexedConnection;
 
+pub use fleet_testkit::metric;
+
 /// Org codes including ones that are prefixes of others (`acme` / `acme_2` / `acme_org`).
 pub const ORGS: &[&str] = &[
     "acme",
@@ -131,15 +133,6 @@ pub async fn drained(js: &jetstream::Context, subject: &str, upto: u64, limit: D
 pub async fn dead_letters(js: &jetstream::Context) -> u64 {
     let mut s = js.get_stream(DLQ_STREAM).await.expect("dlq stream");
     s.info().await.expect("dlq info").state.messages
-}
-
-/// A counter's value from the Prometheus text (0 when absent).
-pub fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A FLEET_CONFIG file holding `text`.

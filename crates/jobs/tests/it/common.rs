@@ -1,6 +1,6 @@
 //! Helpers shared by the job runtime's tests: publishing jobs fast, a runtime running
 //! in-process with a handler of the test's choosing, a handler the test holds mid-job, and
-//! reading outcomes and metrics.
+//! reading outcomes.
 
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
@@ -95,15 +95,6 @@ impl JobHandler for Gated {
             _ => Ok(()),
         }
     }
-}
-
-/// The value of one sample in a Prometheus text exposition (0 when absent).
-pub fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Outcomes of `schedule`'s jobs: (tenant_code, status, attempts), by tenant code.

@@ -8,7 +8,9 @@ use std::time::Duration;
 use fleet_jobs::RuntimeSpec;
 use fleet_testkit::{eventually, TestEnv};
 
-use crate::common::{metric, outcomes, publish_all, scheduled, start, Gated};
+use fleet_testkit::metric;
+
+use crate::common::{outcomes, publish_all, scheduled, start, Gated};
 
 #[tokio::test]
 async fn the_job_metrics_count_buffered_jobs_and_each_outcome() {

@@ -3,7 +3,7 @@
 //! it is redelivered after the consumer's ack wait and handled by the next consumer (attempt 2),
 //! and its outcome is recorded as done.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,35 @@ impl JobHandler for Seen {
         self.0.lock().unwrap().push(job.delivered);
         Ok(())
     }
+}
+
+/// Publishes one `followups` job for acme, as the scheduler does, and waits for the ack.
+async fn publish_job(fleet: &fleet_shared::Fleet, body: &serde_json::Value) {
+    fleet
+        .js
+        .publish(
+            "jobs.followups.acme",
+            serde_json::to_vec(body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// The real `followups-consumer` binary on `env`'s services, its output discarded.
+fn spawn_consumer(env: &TestEnv) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_followups-consumer"))
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("REDIS_URL", &env.redis_url)
+        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env_remove("FLEET_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -35,28 +64,9 @@ async fn a_consumer_killed_mid_job_leaves_the_job_to_be_redelivered() {
         "tenant_id": tenant_id.to_string(), "tenant_code": "acme",
         "schedule": "followups", "tick": "2026-03-29T01:00:00Z",
     });
-    fleet
-        .js
-        .publish(
-            "jobs.followups.acme",
-            serde_json::to_vec(&body).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_job(&fleet, &body).await;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_followups-consumer"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("REDIS_URL", &env.redis_url)
-        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env_remove("FLEET_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_consumer(&env);
     eventually(
         Duration::from_secs(30),
         "the job in flight at the binary",
@@ -119,28 +129,9 @@ async fn a_consumer_killed_before_its_outcome_batch_committed_loses_no_outcome()
         "tenant_id": tenant_id.to_string(), "tenant_code": "acme",
         "schedule": "followups", "tick": "2026-03-29T01:00:00Z",
     });
-    fleet
-        .js
-        .publish(
-            "jobs.followups.acme",
-            serde_json::to_vec(&body).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_job(&fleet, &body).await;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_followups-consumer"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("REDIS_URL", &env.redis_url)
-        .env("FLEET_HTTP_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env_remove("FLEET_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_consumer(&env);
     // The handler is done and its outcome's batch is waiting to commit.
     let waiting: Vec<i32> = eventually(
         Duration::from_secs(30),
