@@ -49,6 +49,32 @@ fn spawn_consumer(env: &TestEnv) -> Child {
         .unwrap()
 }
 
+/// The next consumer (in-process) gets the job as its second delivery and records it done, and
+/// the job leaves the stream.
+async fn redelivered_and_done(fleet: &fleet_shared::Fleet, tenant_id: uuid::Uuid) {
+    let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+    let spec = RuntimeSpec::for_fleet(fleet, "followups-consumer", "followups").unwrap();
+    let f = fleet.clone();
+    let handler = seen.clone();
+    let running =
+        Running::spawn(move |t| async move { fleet_jobs::run_fleet(&f, spec, handler, t).await });
+    let status: (String, i32) = eventually(Duration::from_secs(30), "the job done", || async {
+        sqlx::query_as(
+            "SELECT status, attempts FROM fleet.job_outcomes WHERE schedule = 'followups' AND tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&fleet.pg)
+        .await
+        .unwrap()
+    })
+    .await;
+    running.stop().await;
+    assert_eq!(status, ("done".to_owned(), 2));
+    assert_eq!(*seen.0.lock().unwrap(), vec![2]);
+    let mut jobs = fleet.js.get_stream(JOBS_STREAM).await.unwrap();
+    assert_eq!(jobs.info().await.unwrap().state.messages, 0);
+}
+
 #[tokio::test]
 async fn a_consumer_killed_mid_job_leaves_the_job_to_be_redelivered() {
     let env = TestEnv::new().await;
@@ -82,27 +108,7 @@ async fn a_consumer_killed_mid_job_leaves_the_job_to_be_redelivered() {
     child.kill().unwrap(); // SIGKILL: no shutdown, nothing acked or NAKed.
     child.wait().unwrap();
 
-    let seen = Arc::new(Seen(Mutex::new(Vec::new())));
-    let spec = RuntimeSpec::for_fleet(&fleet, "followups-consumer", "followups").unwrap();
-    let f = fleet.clone();
-    let handler = seen.clone();
-    let running =
-        Running::spawn(move |t| async move { fleet_jobs::run_fleet(&f, spec, handler, t).await });
-    let status: (String, i32) = eventually(Duration::from_secs(30), "the job done", || async {
-        sqlx::query_as(
-            "SELECT status, attempts FROM fleet.job_outcomes WHERE schedule = 'followups' AND tenant_id = $1",
-        )
-        .bind(tenant_id)
-        .fetch_optional(&fleet.pg)
-        .await
-        .unwrap()
-    })
-    .await;
-    running.stop().await;
-    assert_eq!(status, ("done".to_owned(), 2));
-    assert_eq!(*seen.0.lock().unwrap(), vec![2]);
-    let mut jobs = fleet.js.get_stream(JOBS_STREAM).await.unwrap();
-    assert_eq!(jobs.info().await.unwrap().state.messages, 0);
+    redelivered_and_done(&fleet, tenant_id).await;
 }
 
 /// kill -9 of the binary after it handled a job but before the batch holding the job's outcome
@@ -168,25 +174,5 @@ async fn a_consumer_killed_before_its_outcome_batch_committed_loses_no_outcome()
     let info = pull.clone().info().await.unwrap().clone();
     assert_eq!(info.num_ack_pending, 1, "the job was never acked");
 
-    let seen = Arc::new(Seen(Mutex::new(Vec::new())));
-    let spec = RuntimeSpec::for_fleet(&fleet, "followups-consumer", "followups").unwrap();
-    let f = fleet.clone();
-    let handler = seen.clone();
-    let running =
-        Running::spawn(move |t| async move { fleet_jobs::run_fleet(&f, spec, handler, t).await });
-    let status: (String, i32) = eventually(Duration::from_secs(30), "the job done", || async {
-        sqlx::query_as(
-            "SELECT status, attempts FROM fleet.job_outcomes WHERE schedule = 'followups' AND tenant_id = $1",
-        )
-        .bind(tenant_id)
-        .fetch_optional(&fleet.pg)
-        .await
-        .unwrap()
-    })
-    .await;
-    running.stop().await;
-    assert_eq!(status, ("done".to_owned(), 2));
-    assert_eq!(*seen.0.lock().unwrap(), vec![2]);
-    let mut jobs = fleet.js.get_stream(JOBS_STREAM).await.unwrap();
-    assert_eq!(jobs.info().await.unwrap().state.messages, 0);
+    redelivered_and_done(&fleet, tenant_id).await;
 }
