@@ -509,8 +509,11 @@ async fn handle_with_progress<H: Handler>(
         .unwrap_or(Duration::from_secs(30));
     let fut = AssertUnwindSafe(ctx.handler.handle(incoming)).catch_unwind();
     tokio::pin!(fut);
-    let mut tick = tokio::time::interval(ack_wait / 3);
-    tick.tick().await;
+    // The first in-progress ack is due a third of the ack wait from now. (`interval`'s own
+    // first tick is immediate only in name: it waits for the timer's next millisecond, which
+    // would add up to 1 ms to every message.)
+    let period = ack_wait / 3;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             res = &mut fut => {
