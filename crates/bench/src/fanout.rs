@@ -88,13 +88,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     wait_for_messages(&js, n as u64, Duration::from_secs(600)).await?;
     let fleet_secs = t0.elapsed().as_secs_f64();
     let peak_mb = rss.finish();
-    let (run_secs,): (f64,) = sqlx::query_as(
-        "SELECT EXTRACT(EPOCH FROM (finished_at - started_at))::float8 FROM fleet.schedule_runs WHERE schedule = $1 AND status = 'done'",
-    )
-    .bind(SCHEDULE)
-    .fetch_one(&pg)
-    .await
-    .context("the run did not finish")?;
+    // The run is marked done after its last publish is acked, so a moment after the last
+    // message is in the stream.
+    let finished = Instant::now();
+    let run_secs = loop {
+        let done: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM (finished_at - started_at))::float8 FROM fleet.schedule_runs WHERE schedule = $1 AND status = 'done'",
+        )
+        .bind(SCHEDULE)
+        .fetch_optional(&pg)
+        .await?;
+        if let Some(secs) = done {
+            break secs;
+        }
+        anyhow::ensure!(
+            finished.elapsed() < Duration::from_secs(30),
+            "the run did not finish within 30 s of its last message"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     drop(worker);
     let _ = std::fs::remove_file(&config);
     let fleet_rate = n as f64 / fleet_secs;
