@@ -12,7 +12,7 @@ use fleet_shared::worker::{self, HandleError, Handler, Incoming, WorkerSpec};
 use fleet_testkit::{eventually, Running, TestEnv};
 
 /// Behaves according to the payload: `ok`, `bad` (invalid), `flaky` (fails twice), `down`
-/// (always transient), `panic`, `slow` (takes 1.5 s).
+/// (always transient), `panic`, `slow` (takes 1.5 s), `slower` (takes 5 s).
 #[derive(Clone, Default)]
 struct Toy {
     seen: Arc<Mutex<HashMap<String, u32>>>,
@@ -44,6 +44,10 @@ impl Handler for Toy {
             "panic" => panic!("toy panic"),
             "slow" => {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(())
+            }
+            "slower" => {
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 Ok(())
             }
             _ => Ok(()),
@@ -169,6 +173,28 @@ async fn verdicts_lead_to_ack_retry_or_dead_letter() {
     .await;
     assert!(after.iter().any(|l| l.payload == "bad"));
 
+    worker.stop().await;
+}
+
+/// A handler that runs longer than the ack wait (5 s against 3 s) keeps its message: the loop
+/// sends in-progress acks every third of the ack wait, so the server never redelivers it.
+#[tokio::test]
+async fn a_handler_longer_than_the_ack_wait_keeps_its_message() {
+    let env = TestEnv::new().await;
+    let fleet = env.fleet(&[]).await;
+    let toy = Toy::default();
+    let worker = start(&fleet, spec(), &toy);
+    publish(&fleet, "slower").await;
+    eventually(
+        Duration::from_secs(20),
+        "the slow message acked",
+        || async { (toy.seen("slower") == 1 && drained(&fleet).await).then_some(()) },
+    )
+    .await;
+    // Past another ack wait: nothing comes back.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(toy.seen("slower"), 1, "handled once, never redelivered");
+    assert!(drained(&fleet).await);
     worker.stop().await;
 }
 
