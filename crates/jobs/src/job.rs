@@ -98,6 +98,9 @@ impl Job {
 ///
 /// A job can be delivered again after its effect committed (a lost ack, a crash): handlers must
 /// be idempotent, e.g. keyed on `(schedule, tick, tenant_id)` or the job's `msg_id`.
+///
+/// Handlers run as futures of the runtime's task (up to `concurrency` at once, started in the
+/// fair queue's order): long computation belongs in `tokio::task::spawn_blocking`.
 pub trait JobHandler: Send + Sync + 'static {
     fn handle(&self, job: &Job) -> impl Future<Output = Result<(), HandleError>> + Send;
 }

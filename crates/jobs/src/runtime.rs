@@ -39,13 +39,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sqlx::PgPool;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -246,7 +246,11 @@ pub async fn run<J: JobHandler>(
 
     let concurrency = spec.worker.concurrency.max(1);
     let mut fq: FairQueue<Buffered> = FairQueue::new(spec.per_tenant);
-    let mut tasks: JoinSet<(String, Outcome)> = JoinSet::new();
+    // Handlers run as futures of this task, started in the order the fair queue hands them
+    // out (spawned tasks would start in whatever order the scheduler picks, which on a busy
+    // machine let one tenant's fast jobs run ahead of others handed out earlier).
+    let mut tasks: FuturesUnordered<BoxFuture<'static, (String, Outcome)>> =
+        FuturesUnordered::new();
     let mut fetching: Option<Fetch> = None;
     let mut progress = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(100)));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,7 +269,7 @@ pub async fn run<J: JobHandler>(
             let processor = processor.clone();
             let writer = writer.clone();
             let worker = spec.worker.name.clone();
-            tasks.spawn(async move {
+            tasks.push(Box::pin(async move {
                 let work = async {
                     let (incoming, outcome, settle) = processor.process_deferred(b.msg).await;
                     // A scheduled job is acked once its outcome is stored (the writer's
@@ -288,7 +292,7 @@ pub async fn run<J: JobHandler>(
                         reason: "job runtime panicked".into(),
                     });
                 (tenant, outcome)
-            });
+            }));
         }
         jm.buffered.get_or_create(&wl).set(fq.len() as i64);
         jm.tenants_waiting
@@ -301,15 +305,13 @@ pub async fn run<J: JobHandler>(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok((tenant, outcome)) = joined {
-                    fq.done(&tenant);
-                    jm.outcomes.get_or_create(&OutcomeLabels {
-                        worker: spec.worker.name.clone(),
-                        task: spec.task.clone(),
-                        outcome: outcomes::status(&outcome).to_owned(),
-                    }).inc();
-                }
+            Some((tenant, outcome)) = tasks.next(), if !tasks.is_empty() => {
+                fq.done(&tenant);
+                jm.outcomes.get_or_create(&OutcomeLabels {
+                    worker: spec.worker.name.clone(),
+                    task: spec.task.clone(),
+                    outcome: outcomes::status(&outcome).to_owned(),
+                }).inc();
             }
             _ = async { writer.as_ref().expect("guarded").settled().await }, if writer.is_some() => {}
             batch = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
@@ -344,7 +346,7 @@ pub async fn run<J: JobHandler>(
         tracing::info!(worker = %spec.worker.name, in_flight = tasks.len(), handed_back, "job runtime stopping; waiting for in-flight jobs");
     }
     let drained = tokio::time::timeout(spec.worker.shutdown_timeout, async {
-        while tasks.join_next().await.is_some() {}
+        while tasks.next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
