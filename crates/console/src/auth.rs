@@ -5,8 +5,10 @@
 //! is accepted only when its form's `csrf` equals the session's (compared in constant time) and,
 //! for actions, the session has logged in with `FLEET_CONSOLE_TOKEN` (also compared in constant
 //! time). Logging in replaces the session id (no fixation). The token is never stored in the
-//! cookie, rendered or logged. Sessions live in memory, at most [`MAX_SESSIONS`] (oldest go
-//! first): restarting the console logs everyone out.
+//! cookie, rendered or logged. Sessions live in memory: at most [`MAX_SESSIONS`] of visitors
+//! who have not logged in and [`MAX_LOGGED_IN`] logged in, the oldest of its kind going first, so
+//! requests without a cookie can never push a logged-in operator out. Restarting the console
+//! logs everyone out.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -24,6 +26,8 @@ use crate::{Refusal, Shared};
 
 pub const COOKIE: &str = "fleet_console";
 pub const MAX_SESSIONS: usize = 10_000;
+/// Logged-in sessions kept (only a login with the token makes one).
+pub const MAX_LOGGED_IN: usize = 1_000;
 
 #[derive(Clone)]
 struct Session {
@@ -34,7 +38,15 @@ struct Session {
 
 #[derive(Default)]
 pub struct Sessions {
-    inner: Mutex<(HashMap<String, Session>, VecDeque<String>)>,
+    inner: Mutex<Store>,
+}
+
+/// Every session by id, and the ids of each kind oldest first.
+#[derive(Default)]
+struct Store {
+    by_id: HashMap<String, Session>,
+    visitors: VecDeque<String>,
+    logged_in: VecDeque<String>,
 }
 
 fn random_hex() -> String {
@@ -51,35 +63,43 @@ impl Sessions {
             flash: None,
         };
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if g.1.len() >= MAX_SESSIONS {
-            if let Some(old) = g.1.pop_front() {
-                g.0.remove(&old);
+        let g = &mut *g;
+        let (queue, cap) = if authed {
+            (&mut g.logged_in, MAX_LOGGED_IN)
+        } else {
+            (&mut g.visitors, MAX_SESSIONS)
+        };
+        if queue.len() >= cap {
+            if let Some(old) = queue.pop_front() {
+                g.by_id.remove(&old);
             }
         }
-        g.0.insert(id.clone(), s.clone());
-        g.1.push_back(id.clone());
+        queue.push_back(id.clone());
+        g.by_id.insert(id.clone(), s.clone());
         (id, s)
     }
 
     fn get(&self, id: &str) -> Option<Session> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.get(id).cloned()
+        g.by_id.get(id).cloned()
     }
 
     fn remove(&self, id: &str) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.remove(id);
-        g.1.retain(|x| x != id);
+        if g.by_id.remove(id).is_some() {
+            g.visitors.retain(|x| x != id);
+            g.logged_in.retain(|x| x != id);
+        }
     }
 
     fn take_flash(&self, id: &str) -> Option<String> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.get_mut(id).and_then(|s| s.flash.take())
+        g.by_id.get_mut(id).and_then(|s| s.flash.take())
     }
 
     pub fn set_flash(&self, id: &str, msg: String) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = g.0.get_mut(id) {
+        if let Some(s) = g.by_id.get_mut(id) {
             s.flash = Some(msg);
         }
     }
@@ -260,4 +280,31 @@ pub fn done(c: &Shared, v: &Visitor, to: &str, msg: String) -> Response {
     tracing::info!(action = %msg, "console action");
     c.sessions.set_flash(&v.session, msg);
     Redirect::to(to).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visitors_without_a_cookie_cannot_push_a_logged_in_session_out() {
+        let sessions = Sessions::default();
+        let (operator, _) = sessions.create(true);
+        let (first_visitor, _) = sessions.create(false);
+        for _ in 0..MAX_SESSIONS {
+            sessions.create(false);
+        }
+        assert!(sessions.get(&operator).is_some_and(|s| s.authed));
+        assert!(
+            sessions.get(&first_visitor).is_none(),
+            "the oldest visitor went"
+        );
+        for _ in 0..MAX_LOGGED_IN {
+            sessions.create(true);
+        }
+        assert!(
+            sessions.get(&operator).is_none(),
+            "logins push out the oldest login"
+        );
+    }
 }
