@@ -229,7 +229,7 @@ pub async fn run<J: JobHandler>(
     };
     let (writer, writing) = match pg {
         Some(pg) => {
-            let (w, task) = Writer::spawn(pg, spec.worker.retry_base);
+            let (w, task) = Writer::spawn(pg, ack_wait, spec.worker.retry_base);
             (Some(w), Some(task))
         }
         None => (None, None),
@@ -356,8 +356,10 @@ pub async fn run<J: JobHandler>(
     // stores and acks what finished, then stops.
     drop(tasks);
     drop(writer);
-    if let Some(w) = writing {
-        if tokio::time::timeout(WRITER_FLUSH, w).await.is_err() {
+    if let Some(mut w) = writing {
+        if tokio::time::timeout(WRITER_FLUSH, &mut w).await.is_err() {
+            // Still retrying (the database is away): stop it; its jobs stay unacked.
+            w.abort();
             tracing::warn!(worker = %spec.worker.name, "job outcomes still not stored; their jobs will be redelivered");
         }
     }

@@ -7,13 +7,18 @@
 //! serves a whole batch, and a crash before the commit leaves the messages unacknowledged: they
 //! are redelivered after their ack wait, handled again and recorded then.
 //!
-//! A batch that fails is retried after the delays of [`RECORD_RETRY`] (the fleet's
-//! [`RetryPolicy`]); when those run out its messages are NAKed instead of acked (redelivered
-//! after `redeliver_in`, handled and recorded again), never acked without their record.
+//! A batch that fails is retried, with [`RECORD_RETRY`]'s growing delays, until it is stored:
+//! a handled job is neither acked without its record nor run again because its record could
+//! not be written yet. Meanwhile the writer keeps taking records and sends an in-progress ack
+//! every third of the ack wait for every message it holds, so none is redelivered while the
+//! database is away; the runtime's prefetch bound (below) stops fetching once it holds as many
+//! as it may. A crash, or a shutdown that outlasts the database outage, leaves them unacked:
+//! redelivered after their ack wait, handled and recorded then.
 //!
 //! While records wait, their messages count as held by the runtime ([`Writer::unsettled`]), so
 //! the runtime's prefetch bound still covers every unacknowledged message.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,12 +36,9 @@ use crate::outcomes::{self, Record};
 pub const MAX_BATCH: usize = 512;
 /// How long the writer waits for more records once it has one.
 pub const LINGER: Duration = Duration::from_millis(2);
-/// Between attempts to store a batch that failed; when these run out, the batch's messages are
-/// handed back for redelivery.
+/// Between attempts to store a batch that failed (without end: see the module docs).
 pub const RECORD_RETRY: RetryPolicy =
-    RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(2))
-        .with_jitter()
-        .with_max_times(6);
+    RetryPolicy::new(Duration::from_millis(50), Duration::from_secs(5)).with_jitter();
 
 struct Pending {
     record: Record,
@@ -58,15 +60,21 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer on `pg`. `redeliver_in`: the NAK delay of a batch that could not be
-    /// stored.
-    pub fn spawn(pg: PgPool, redeliver_in: Duration) -> (Writer, JoinHandle<()>) {
+    /// Starts the writer on `pg`. `ack_wait`: the consumer's (held messages get an in-progress
+    /// ack every third of it); `redeliver_in`: the NAK delay of a record the writer could not
+    /// take at all (it stopped after a panic).
+    pub fn spawn(
+        pg: PgPool,
+        ack_wait: Duration,
+        redeliver_in: Duration,
+    ) -> (Writer, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             unsettled: AtomicUsize::new(0),
             settled: Notify::new(),
         });
-        let task = tokio::spawn(write_loop(pg, rx, shared.clone(), redeliver_in));
+        let keep_alive = (ack_wait / 3).max(Duration::from_millis(100));
+        let task = tokio::spawn(write_loop(pg, rx, shared.clone(), keep_alive));
         (
             Writer {
                 tx,
@@ -100,53 +108,118 @@ impl Writer {
 
 async fn write_loop(
     pg: PgPool,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    rx: mpsc::UnboundedReceiver<Pending>,
     shared: Arc<Shared>,
-    redeliver_in: Duration,
+    keep_alive: Duration,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(p)) => batch.push(p),
-                _ => break,
+    let mut inbox = Inbox {
+        rx,
+        open: true,
+        waiting: VecDeque::new(),
+    };
+    loop {
+        if inbox.waiting.is_empty() {
+            let Some(first) = inbox.rx.recv().await else {
+                break;
+            };
+            inbox.waiting.push_back(first);
+            let deadline = Instant::now() + LINGER;
+            while inbox.waiting.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, inbox.rx.recv()).await {
+                    Ok(Some(p)) => inbox.waiting.push_back(p),
+                    Ok(None) => {
+                        inbox.open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
             }
         }
-        let n = batch.len();
-        let (records, settles): (Vec<Record>, Vec<Settle>) =
-            batch.into_iter().map(|p| (p.record, p.settle)).unzip();
-        let stored = store(&pg, &records).await;
+        let n = inbox.waiting.len().min(MAX_BATCH);
+        let (records, settles): (Vec<Record>, Vec<Settle>) = inbox
+            .waiting
+            .drain(..n)
+            .map(|p| (p.record, p.settle))
+            .unzip();
+        store(&pg, &records, &settles, &mut inbox, keep_alive).await;
         for s in settles {
-            if stored {
-                s.send().await;
-            } else {
-                s.redeliver(redeliver_in).await;
-            }
+            s.send().await;
         }
         shared.unsettled.fetch_sub(n, Ordering::SeqCst);
         shared.settled.notify_one();
+        if !inbox.open && inbox.waiting.is_empty() {
+            break;
+        }
     }
 }
 
-/// Stores one batch, retrying after [`RECORD_RETRY`]'s delays; whether it was stored.
-async fn store(pg: &PgPool, records: &[Record]) -> bool {
-    let mut delays = RECORD_RETRY.delays();
+/// What the writer holds beyond the batch it is storing.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Pending>,
+    /// Whether the runtime can still send records.
+    open: bool,
+    waiting: VecDeque<Pending>,
+}
+
+impl Inbox {
+    /// Takes the next record sent while a store waits (until the runtime stops sending).
+    async fn take(&mut self) {
+        match self.rx.recv().await {
+            Some(p) => self.waiting.push_back(p),
+            None => self.open = false,
+        }
+    }
+}
+
+/// An in-progress ack for every message the writer holds.
+async fn keep_held(settles: &[Settle], inbox: &Inbox) {
+    for s in settles
+        .iter()
+        .chain(inbox.waiting.iter().map(|p| &p.settle))
+    {
+        s.progress().await;
+    }
+}
+
+/// Stores one batch, retrying after [`RECORD_RETRY`]'s delays until it is stored; while an
+/// attempt or a delay lasts, keeps taking records and keeps every held message alive.
+async fn store(
+    pg: &PgPool,
+    records: &[Record],
+    settles: &[Settle],
+    inbox: &mut Inbox,
+    keep_alive: Duration,
+) {
+    let mut tick = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
+    let mut failures = 0u32;
     loop {
-        match outcomes::record_many(pg, records).await {
-            Ok(()) => return true,
-            Err(e) => {
-                let error = fleet_shared::errors::one_line(&format!("{e:#}"));
-                match delays.next() {
-                    Some(d) => {
-                        tracing::warn!(error = %error, records = records.len(), retry_in = ?d, "job outcomes not stored; retrying");
-                        tokio::time::sleep(d).await;
-                    }
-                    None => {
-                        tracing::error!(error = %error, records = records.len(), "job outcomes not stored; their jobs are handed back for redelivery");
-                        return false;
-                    }
-                }
+        let attempt = outcomes::record_many(pg, records);
+        tokio::pin!(attempt);
+        let res = loop {
+            tokio::select! {
+                r = &mut attempt => break r,
+                _ = tick.tick() => keep_held(settles, inbox).await,
+                _ = inbox.take(), if inbox.open => {}
+            }
+        };
+        let Err(e) = res else { return };
+        failures += 1;
+        let retry_in = RECORD_RETRY.delay(failures);
+        tracing::warn!(
+            error = %fleet_shared::errors::one_line(&format!("{e:#}")),
+            records = records.len(),
+            held = records.len() + inbox.waiting.len(),
+            attempt = failures,
+            retry_in = ?retry_in,
+            "job outcomes not stored; retrying (their jobs stay unacked and are kept alive)"
+        );
+        let pause = tokio::time::sleep(retry_in);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                _ = tick.tick() => keep_held(settles, inbox).await,
+                _ = inbox.take(), if inbox.open => {}
             }
         }
     }

@@ -240,6 +240,14 @@ impl Settle {
         }
     }
 
+    /// Tells the server the message is still being worked on (its ack wait starts again); the
+    /// verdict is sent later.
+    pub async fn progress(&self) {
+        if let Err(e) = self.msg.ack_with(AckKind::Progress).await {
+            tracing::debug!(subject = %self.msg.subject, error = %e, "in-progress ack failed");
+        }
+    }
+
     /// Hands the message back for redelivery after `delay` instead of the verdict's ack (the
     /// caller could not finish its part); the redelivery is handled again.
     pub async fn redeliver(self, delay: Duration) {

@@ -3,5 +3,6 @@
 mod common;
 mod fairness;
 mod metrics;
+mod outage;
 mod shutdown;
 mod verdicts;
