@@ -131,6 +131,13 @@ pub async fn act(
         "resume" => request::resume(&c.pg, &code).await,
         "plan" => request::update(&c.pg, &c.plans, &code, None, None, Some(f.plan)).await,
         "config-set" => {
+            // An empty field is far more often a slip than a wish for "" (which would overwrite,
+            // perhaps an encrypted value, with nothing visible on the page afterwards).
+            if f.value.is_empty() {
+                return Err(Refusal::bad(
+                    "refused: the value is empty (to remove an override, use unset); nothing was changed",
+                ));
+            }
             let value = request::config_value(&f.value, f.string.is_some());
             request::config_set(&c.pg, &code, f.key, value, f.encrypted.is_some()).await
         }

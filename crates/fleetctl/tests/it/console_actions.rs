@@ -213,6 +213,12 @@ async fn tenant_actions_publish_the_clis_events_and_bad_input_publishes_nothing(
             "is not a config key",
         ),
         (
+            "/tenants/acme/config-set",
+            format!("csrf={csrf}&key=sso.secret&value=&encrypted=on"),
+            400,
+            "the value is empty",
+        ),
+        (
             "/tenants/acme/config-unset",
             format!("csrf={csrf}&key="),
             400,
