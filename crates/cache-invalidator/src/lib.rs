@@ -61,14 +61,26 @@ pub fn durable_name(subject: &str) -> String {
 /// How a subject's durable consumer describes itself: the names of the rules the running
 /// invalidator applies to that subject, so `fleetctl cache preview` can name every one it lacks.
 /// (Rule names are [`fleet_shared::Name`]s: no spaces.)
+/// NATS refuses a description over 4,096 bytes: a list that would not fit is left out, and
+/// preview then treats the subject as a whole, as for an invalidator that listed nothing.
 pub fn consumer_description(subject: &str, rule_names: &[&str]) -> String {
-    format!("{RULES_PREFIX}{subject}: {}", rule_names.join(" "))
+    let listed = format!("{RULES_PREFIX}{subject}: {}", rule_names.join(" "));
+    if listed.len() <= MAX_DESCRIPTION {
+        listed
+    } else {
+        format!(
+            "cache-invalidator consumer for {subject} ({} rules, too many to list)",
+            rule_names.len()
+        )
+    }
 }
 
 const RULES_PREFIX: &str = "cache-invalidator rules for ";
+/// Below the server's 4,096-byte limit on a consumer's description.
+const MAX_DESCRIPTION: usize = 4_000;
 
 /// The rule names a consumer's description lists ([`consumer_description`]); `None` for a
-/// consumer made by an invalidator that did not list them.
+/// consumer made by an invalidator that did not list them (or had too many to list).
 pub fn rules_in_description(description: &str) -> Option<Vec<String>> {
     let (_, names) = description.strip_prefix(RULES_PREFIX)?.split_once(": ")?;
     Some(names.split_whitespace().map(str::to_owned).collect())
@@ -183,4 +195,22 @@ pub async fn preview(settings: &Settings, org: &Code) -> anyhow::Result<Vec<Prev
         row.patterns.push(p.glob.clone());
     }
     Ok(rows.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_list_too_long_for_a_consumer_description_is_left_out() {
+        let names: Vec<String> = (0..80)
+            .map(|i| format!("rule_{i:02}_{}", "x".repeat(50)))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let d = consumer_description("org.updated", &names);
+        assert!(d.len() <= MAX_DESCRIPTION, "{}", d.len());
+        assert_eq!(rules_in_description(&d), None);
+        let d = consumer_description("org.updated", &names[..3]);
+        assert_eq!(rules_in_description(&d).map(|v| v.len()), Some(3));
+    }
 }
