@@ -231,7 +231,9 @@ pub(crate) fn to_letter(m: jetstream::message::StreamMessage) -> DeadLetter {
         failed_at: header(&m.headers, H_FAILED_AT),
         payload: {
             let text = String::from_utf8_lossy(&m.payload);
-            mask_secrets(&text).unwrap_or_else(|| text.into_owned())
+            mask_secrets(&text)
+                .or_else(|| cut_config_set(&header(&m.headers, H_SUBJECT), &text))
+                .unwrap_or_else(|| text.into_owned())
         },
         stored_at: chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
             .unwrap_or_default(),
@@ -245,6 +247,19 @@ impl DeadLetter {
     pub fn revealed_payload(&self) -> String {
         String::from_utf8_lossy(&self.raw_payload).into_owned()
     }
+}
+
+/// A `tenant.config.set` payload that is not JSON (a truncated preview) may have lost its
+/// `encrypted` mark, which comes after the value: masked whole.
+fn cut_config_set(subject: &str, payload: &str) -> Option<String> {
+    (subject == crate::events::TENANT_CONFIG_SET
+        && serde_json::from_str::<serde_json::Value>(payload).is_err())
+    .then(|| {
+        format!(
+            "{SECRET_MASK}: a cut tenant.config.set payload, {} bytes",
+            payload.len()
+        )
+    })
 }
 
 /// What a secret value is shown as wherever a payload is shown.
@@ -443,6 +458,23 @@ pub(crate) async fn delete(stream: &jetstream::stream::Stream, seq: u64) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_config_set_is_masked_whole_even_before_its_encrypted_mark() {
+        let cut = r#"{"code":"acme","key":"smtp.password","value":"hunter2-very-se"#;
+        assert_eq!(mask_secrets(cut), None, "no mark left in the cut text");
+        let shown = cut_config_set(crate::events::TENANT_CONFIG_SET, cut).unwrap();
+        assert!(
+            shown.starts_with(SECRET_MASK) && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert_eq!(cut_config_set("org.updated", cut), None);
+        let whole = r#"{"code":"acme","key":"a.b","value":1,"encrypted":false}"#;
+        assert_eq!(
+            cut_config_set(crate::events::TENANT_CONFIG_SET, whole),
+            None
+        );
+    }
 
     #[test]
     fn marked_values_are_masked_and_the_rest_is_kept() {

@@ -107,6 +107,14 @@ pub async fn replay(
 ) -> anyhow::Result<Replayed> {
     let letter = dlq::get(js, seq).await?;
     check(&letter)?;
+    if let Some(p) = &opts.payload {
+        // A payload edited from `dlq show` output would carry the mask in place of the secret.
+        anyhow::ensure!(
+            !String::from_utf8_lossy(p).contains(dlq::SECRET_MASK),
+            "dead letter {seq}: the new payload holds the mask {:?} where a secret was; edit the payload `dlq show {seq} --reveal-secrets` prints instead",
+            dlq::SECRET_MASK
+        );
+    }
     let target = js
         .stream_by_subject(letter.subject.clone())
         .await

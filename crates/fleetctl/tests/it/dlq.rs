@@ -84,6 +84,21 @@ async fn an_edited_replay_carries_the_new_payload_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fixed.json");
     std::fs::write(&file, r#"{"org_code":"fixed"}"#).unwrap();
+    // A payload edited from masked output is refused: the mask would be replayed as the secret.
+    let masked = dir.path().join("masked.json");
+    std::fs::write(
+        &masked,
+        format!(r#"{{"org_code":"fixed","value":"{}"}}"#, dlq::SECRET_MASK),
+    )
+    .unwrap();
+    let o = fleetctl(
+        &env,
+        &["dlq", "replay", "1", "--payload", masked.to_str().unwrap()],
+        &[],
+    );
+    assert_one_line_error(&o, "the new payload holds the mask");
+    assert_eq!(dlq_seqs(&fleet.js).await, [1]);
+
     let o = fleetctl(
         &env,
         &["dlq", "replay", "1", "--payload", file.to_str().unwrap()],
