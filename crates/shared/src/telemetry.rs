@@ -117,9 +117,12 @@ pub fn init_with_default(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::Layer as _;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // The hint keeps `RUST_LOG`'s most verbose level the global one, so events above it are
+    // skipped at their call site instead of reaching the filters.
     let shown = tracing_subscriber::filter::FilterExt::and(
         filter,
-        tracing_subscriber::filter::filter_fn(|m| !is_sqlx_notice(m)),
+        tracing_subscriber::filter::filter_fn(|m| !is_sqlx_notice(m))
+            .with_max_level_hint(tracing::Level::TRACE),
     );
     let layer = fmt::layer().with_writer(RedactingStderr);
     let output = match format {
