@@ -93,9 +93,17 @@ pub async fn act(
     check_action(&v, &f.csrf)?;
     let cat = Catalog::load(c.schedule_file.clone(), &c.pg).await?;
     if cat.get(&name).is_none() {
+        // A deleted schedule is named as such, as `fleetctl schedule` does.
+        let why = match cat.deleted.get(&name) {
+            Some(tomb) => format!(
+                "schedule {} was {}",
+                fleet_shared::errors::quoted(&name),
+                scheduler::catalog::deletion(tomb)
+            ),
+            None => cat.unknown(&name).to_string(),
+        };
         return Err(Refusal::not_found(format!(
-            "refused: {}; nothing was changed",
-            cat.unknown(&name)
+            "refused: {why}; nothing was changed"
         )));
     }
     let paused = cat.paused(&name);

@@ -533,6 +533,27 @@ async fn stored_schedules_show_without_a_restart_and_take_trigger_pause_and_resu
             .await
             .unwrap();
     assert_eq!(ghost, 0);
+
+    // Deleted (as `fleetctl schedule delete` does): gone from the page, and an action on it says
+    // when and by whom, as the CLI does.
+    assert!(
+        scheduler::defs::delete(&fleet.pg, "stored_nightly", "ops-test")
+            .await
+            .unwrap()
+    );
+    let page = get(&s.addr, "/schedules", None).await.text();
+    assert!(!page.contains("id=\"schedule-stored_nightly\""), "{page}");
+    let before = triggers("stored_nightly").await.len();
+    let r = act("trigger").await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("schedule &quot;stored_nightly&quot; was deleted at")
+            && text.contains("by ops-test")
+            && text.contains("nothing was changed"),
+        "{text}"
+    );
+    assert_eq!(triggers("stored_nightly").await.len(), before);
 }
 
 const SECRET: &str = "smtp-pass-Zq81-do-not-show";
