@@ -117,6 +117,9 @@ async fn write_loop(
         open: true,
         waiting: VecDeque::new(),
     };
+    // One clock across batches: a record queued behind slow batches is kept alive too.
+    let mut tick = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if inbox.waiting.is_empty() {
             let Some(first) = inbox.rx.recv().await else {
@@ -141,7 +144,7 @@ async fn write_loop(
             .drain(..n)
             .map(|p| (p.record, p.settle))
             .unzip();
-        store(&pg, &records, &settles, &mut inbox, keep_alive).await;
+        store(&pg, &records, &settles, &mut inbox, &mut tick).await;
         for s in settles {
             s.send().await;
         }
@@ -188,9 +191,8 @@ async fn store(
     records: &[Record],
     settles: &[Settle],
     inbox: &mut Inbox,
-    keep_alive: Duration,
+    tick: &mut tokio::time::Interval,
 ) {
-    let mut tick = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
     let mut failures = 0u32;
     loop {
         let attempt = outcomes::record_many(pg, records);
