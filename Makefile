@@ -6,7 +6,7 @@ CARGO ?= cargo
 export FLEET_CONFIG ?= $(CURDIR)/deploy/local/fleet.toml
 STACK := deploy/local/stack.sh
 
-.PHONY: help run test bench lint stack stack-down toolchain deploy-test
+.PHONY: help run test test-run bench lint stack stack-down toolchain deploy-test
 
 help:
 	@echo "make run     start NATS/Postgres/Redis if needed, then every worker (fleetctl up)"
@@ -29,8 +29,16 @@ run: toolchain stack
 	$(CARGO) build --release -p fleetctl
 	./target/release/fleetctl up
 
+# Tests create their databases on a throwaway PostgreSQL of their own (in memory, no fsync;
+# see stack.sh test-pg-up), deleted after the run. Set TEST_DATABASE_URL to use another server.
 test: toolchain stack
 	@$(STACK) test-tools
+	@if [[ -n "$${TEST_DATABASE_URL:-}" ]]; then exec $(MAKE) --no-print-directory test-run; fi; \
+	url="$$($(STACK) test-pg-up)" || exit 1; \
+	trap '$(STACK) test-pg-down' EXIT; trap 'exit 130' INT TERM; \
+	TEST_DATABASE_URL="$$url" $(MAKE) --no-print-directory test-run
+
+test-run:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

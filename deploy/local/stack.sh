@@ -6,6 +6,8 @@
 #   deploy/local/stack.sh status  say what answers where
 #   deploy/local/stack.sh deps    install missing server binaries (Debian packages; root only)
 #   deploy/local/stack.sh test-tools  install chromium, chromedriver and promtool (for make test)
+#   deploy/local/stack.sh test-pg-up    start a throwaway PostgreSQL for the tests; prints its URL
+#   deploy/local/stack.sh test-pg-down  stop it and delete its data
 #
 # For each service: if a server answers at the configured URL it is used as it is. Otherwise a
 # private one is started from the installed binaries, on loopback at the URL's port, with its data
@@ -136,6 +138,57 @@ status() {
   answers "$h" "$p" && say "Redis      $h:$p up" || say "Redis      $h:$p down"
 }
 
+# The tests' own PostgreSQL: every test creates a database and drops it at its end, and
+# PostgreSQL forces a checkpoint on every DROP DATABASE. On the machine's server that is a
+# checkpoint with fsyncs about twice a second for the whole run, paid by every test running
+# beside it. This one keeps its data in memory (tmpfs) and does not fsync, so a database's
+# create and drop cost a tenth as much; it starts empty and is deleted after the run. Nothing
+# the tests check depends on surviving a machine crash. Only the tests use it: `make run` and
+# the fleet keep using DATABASE_URL.
+test_pg_dir() {
+  local base=/dev/shm id
+  [[ -d "$base" && -w "$base" ]] || base="$DEV"
+  id="$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+  echo "${FLEET_TEST_PG_DIR:-$base/fleet-test-pg.$(id -u).$id}"
+}
+
+test_pg_down() {
+  local dir run=(); dir="$(test_pg_dir)"
+  [[ "$(id -u)" == 0 ]] && run=(runuser -u postgres --)
+  if [[ -f "$dir/data/postmaster.pid" ]]; then
+    "${run[@]}" "$(find_bin pg_ctl)" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$dir"
+}
+
+test_pg_up() {
+  local initdb pg_ctl dir run=() port
+  initdb="$(ensure_bin initdb postgresql)"; pg_ctl="$(ensure_bin pg_ctl postgresql)"
+  dir="$(test_pg_dir)"
+  test_pg_down # what a killed run left behind
+  mkdir -p "$dir"
+  if [[ "$(id -u)" == 0 ]]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
+    run=(runuser -u postgres --)
+    chown postgres "$dir"
+  fi
+  "${run[@]}" "$initdb" -D "$dir/data" -U postgres -A trust -N >"$dir/initdb.log" 2>&1 \
+    || die "initdb failed for the tests' PostgreSQL; see $dir/initdb.log"
+  # The first free port from 55432 up; another checkout may take it first, so try the next.
+  for port in $(seq "${FLEET_TEST_PG_PORT:-55432}" 1 "$(( ${FLEET_TEST_PG_PORT:-55432} + 50 ))"); do
+    answers 127.0.0.1 "$port" && continue
+    if "${run[@]}" "$pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w -o "-p $port \
+        -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir \
+        -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+        start >/dev/null 2>&1; then
+      say "the tests' PostgreSQL is up at 127.0.0.1:$port (data in $dir, deleted after the run)"
+      echo "postgres://postgres@127.0.0.1:$port/postgres"
+      return 0
+    fi
+  done
+  die "the tests' PostgreSQL did not start; see $dir/pg.log"
+}
+
 # What the tests need beyond the servers: a browser and its WebDriver for the console's browser
 # tests, promtool to check the alerting rules in deploy/observability.
 test_tools() {
@@ -150,11 +203,13 @@ case "${1:-up}" in
   down) stop_private ;;
   status) status ;;
   test-tools) test_tools ;;
+  test-pg-up) test_pg_up ;;
+  test-pg-down) test_pg_down ;;
   deps)
     ensure_bin nats-server nats-server >/dev/null
     ensure_bin redis-server redis-server >/dev/null
     ensure_bin redis-cli redis-tools >/dev/null
     ensure_bin initdb postgresql >/dev/null
     say "server binaries present" ;;
-  *) die "usage: $0 up|down|status|deps|test-tools" ;;
+  *) die "usage: $0 up|down|status|deps|test-tools|test-pg-up|test-pg-down" ;;
 esac

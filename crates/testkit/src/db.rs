@@ -19,6 +19,12 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// `host:port` of the server tests create databases on (for a proxy in front of it).
+pub fn server_addr() -> String {
+    let options = PgConnectOptions::from_str(&admin_url()).expect("TEST_DATABASE_URL");
+    format!("{}:{}", options.get_host(), options.get_port())
+}
+
 impl TestDb {
     pub async fn create() -> anyhow::Result<TestDb> {
         let admin_url = admin_url();

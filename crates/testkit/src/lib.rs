@@ -21,7 +21,7 @@
 //!   operator (JWT) mode.
 
 mod cluster;
-mod db;
+pub mod db;
 pub mod http;
 mod jwt;
 mod pg_replica;

@@ -81,7 +81,7 @@ impl PgReplicaPair {
     pub fn start() -> anyhow::Result<PgReplicaPair> {
         let bin = pg_bin_dir()?;
         let root = is_root();
-        let dir = tempfile::tempdir()?;
+        let dir = crate::postgres::data_tempdir()?;
         if root {
             run(
                 {

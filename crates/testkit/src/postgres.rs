@@ -49,6 +49,18 @@ fn server_user() -> anyhow::Result<Option<(u32, u32)>> {
     Ok(Some((id("-u")?, id("-g")?)))
 }
 
+/// A directory for a private server's data: in memory (`/dev/shm`) where the machine has it,
+/// so that initdb, base backups and the many files of a test's schemas cost no disk writes.
+pub(crate) fn data_tempdir() -> std::io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new().prefix("fleet-pg-").tempdir_in(shm) {
+            return Ok(dir);
+        }
+    }
+    tempfile::tempdir()
+}
+
 /// A private server; stopped (fast shutdown) when dropped.
 pub struct PgServer {
     pub port: u16,
@@ -60,7 +72,7 @@ pub struct PgServer {
 impl PgServer {
     /// `initdb` (trust auth, superuser `postgres`, `wal_level = logical`) and start.
     pub fn start() -> anyhow::Result<PgServer> {
-        let dir = tempfile::tempdir()?;
+        let dir = data_tempdir()?;
         let user = server_user()?;
         let data = dir.path().join("data");
         std::fs::create_dir(&data)?;

@@ -63,7 +63,9 @@ async fn a_worker_stopped_mid_burst_is_replaced_without_loss_or_doubling() {
 #[tokio::test]
 async fn postgres_unreachable_for_a_while_is_retried_then_processed() {
     let env = TestEnv::new().await;
-    let proxy = TcpProxy::start("127.0.0.1:5432").await.unwrap();
+    let proxy = TcpProxy::start(&fleet_testkit::db::server_addr())
+        .await
+        .unwrap();
     let url = format!("postgres://postgres@{}/{}", proxy.addr(), env.db.name);
     let pool = env.db.pool().await;
     let js = js(&env).await;
