@@ -109,17 +109,23 @@ async fn a_letter_the_dlq_refuses_is_terminated_after_bounded_deliveries() {
     // Nothing comes back: a later valid event is handled, and the bad ones stay terminated.
     publish_json(&js, "tenant.created", &created("flows_c", "basic").1).await;
     wait_active(&pool, "flows_c").await;
-    let info = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .unwrap()
-        .consumer_info(provisioner::NAME)
-        .await
-        .unwrap();
-    assert_eq!(
-        info.num_ack_pending, 0,
-        "no bad event is waiting for redelivery"
-    );
+    // flows_c's row commits before its ack reaches the server: wait for the ack, then check
+    // that no bad event came back meanwhile (a redelivery would count one more DLQ failure).
+    eventually(
+        Duration::from_secs(30),
+        "no event waiting for an ack",
+        || async {
+            let info = js
+                .get_stream(EVENTS_STREAM)
+                .await
+                .unwrap()
+                .consumer_info(provisioner::NAME)
+                .await
+                .unwrap();
+            (info.num_ack_pending == 0).then_some(())
+        },
+    )
+    .await;
     assert_eq!(dlq_failures(&metrics(port).await), expected);
     let dlq = js
         .get_stream(DLQ_STREAM)
