@@ -39,6 +39,18 @@ fn dlq_failures(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The provisioner consumer's events not yet delivered, and those delivered but not acked.
+async fn waiting(js: &async_nats::jetstream::Context) -> (u64, usize) {
+    let info = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .unwrap()
+        .consumer_info(provisioner::NAME)
+        .await
+        .unwrap();
+    (info.num_pending, info.num_ack_pending)
+}
+
 #[tokio::test]
 async fn a_letter_the_dlq_refuses_is_terminated_after_bounded_deliveries() {
     let env = TestEnv::new().await;
@@ -84,14 +96,8 @@ async fn a_letter_the_dlq_refuses_is_terminated_after_bounded_deliveries() {
                 n <= expected,
                 "{n} DLQ failures: more deliveries than the bound"
             );
-            let info = js
-                .get_stream(EVENTS_STREAM)
-                .await
-                .unwrap()
-                .consumer_info(provisioner::NAME)
-                .await
-                .unwrap();
-            (n == expected && info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+            let (pending, ack_pending) = waiting(&js).await;
+            (n == expected && ack_pending == 0 && pending == 0).then_some(())
         },
     )
     .await;
@@ -114,16 +120,7 @@ async fn a_letter_the_dlq_refuses_is_terminated_after_bounded_deliveries() {
     eventually(
         Duration::from_secs(30),
         "no event waiting for an ack",
-        || async {
-            let info = js
-                .get_stream(EVENTS_STREAM)
-                .await
-                .unwrap()
-                .consumer_info(provisioner::NAME)
-                .await
-                .unwrap();
-            (info.num_ack_pending == 0).then_some(())
-        },
+        || async { (waiting(&js).await.1 == 0).then_some(()) },
     )
     .await;
     assert_eq!(dlq_failures(&metrics(port).await), expected);
