@@ -70,6 +70,27 @@ pub struct LedgerRow {
     pub checksum: String,
 }
 
+impl LedgerRow {
+    /// The schema's migration ledger, oldest first: what a bundle carries and what a restore
+    /// must reproduce.
+    pub async fn read(con: &mut sqlx::PgConnection, schema: &str) -> sqlx::Result<Vec<LedgerRow>> {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(&format!(
+            "SELECT version, name, checksum FROM {} ORDER BY version",
+            super::catalog::qualified(schema, "schema_migrations")
+        ))
+        .fetch_all(con)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(version, name, checksum)| LedgerRow {
+                version,
+                name,
+                checksum,
+            })
+            .collect())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SequenceRow {
     pub name: String,

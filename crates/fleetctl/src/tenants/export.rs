@@ -229,20 +229,9 @@ async fn dump_schema(
         });
     }
 
-    let ledger: Vec<LedgerRow> = sqlx::query_as::<_, (i64, String, String)>(&format!(
-        "SELECT version, name, checksum FROM {} ORDER BY version",
-        qualified(schema, "schema_migrations")
-    ))
-    .fetch_all(&mut *con)
-    .await
-    .context("Failed to read the migration ledger")?
-    .into_iter()
-    .map(|(version, name, checksum)| LedgerRow {
-        version,
-        name,
-        checksum,
-    })
-    .collect();
+    let ledger = LedgerRow::read(&mut *con, schema)
+        .await
+        .context("Failed to read the migration ledger")?;
     files.push(bundle::write_json(dir, bundle::LEDGER, &ledger).await?);
 
     let mut sequences = Vec::new();

@@ -528,21 +528,9 @@ async fn restore_schema(con: &mut PgConnection, r: &Restore<'_>) -> anyhow::Resu
     .await
     .context("the bundle's index and constraint DDL failed")?;
 
-    let restored: Vec<(i64, String, String)> = sqlx::query_as(&format!(
-        "SELECT version, name, checksum FROM {} ORDER BY version",
-        qualified(schema, "schema_migrations")
-    ))
-    .fetch_all(&mut *con)
-    .await
-    .context("the bundle restored no migration ledger")?;
-    let restored: Vec<LedgerRow> = restored
-        .into_iter()
-        .map(|(version, name, checksum)| LedgerRow {
-            version,
-            name,
-            checksum,
-        })
-        .collect();
+    let restored = LedgerRow::read(&mut *con, schema)
+        .await
+        .context("the bundle restored no migration ledger")?;
     anyhow::ensure!(
         restored == r.ledger,
         "bundle {} refused: the restored ledger differs from ledger.json",

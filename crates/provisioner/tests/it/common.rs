@@ -319,3 +319,27 @@ impl LoggedBinary {
         self.logs()
     }
 }
+
+/// The real `provisioner` binary as a child process (stdout dropped, logs on stderr at `warn`,
+/// `info` with `TEST_LOG`), up once its HTTP port answers; for tests that signal or kill it.
+pub fn spawn_binary(env: &TestEnv, config: &str) -> std::process::Child {
+    let port = fleet_testkit::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_provisioner"))
+        .env("NATS_URL", env.nats.url())
+        .env("DATABASE_URL", &env.db.url)
+        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("FLEET_CONFIG", config)
+        .env("FLEET_SHUTDOWN_TIMEOUT", "20s")
+        .env("LOG_FORMAT", "json")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").map_or("warn".into(), |_| "info".to_string()),
+        )
+        .env_remove("FLEET_TENANT_MIGRATIONS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn the provisioner binary");
+    fleet_testkit::wait_for_port(port, Duration::from_secs(60)).expect("provisioner binary up");
+    child
+}

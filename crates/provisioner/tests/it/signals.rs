@@ -2,32 +2,10 @@
 //! releasing its in-flight work; SIGKILL while busy loses nothing either (the unacked messages
 //! come back after the ack wait). A fresh worker afterwards provisions every tenant exactly once.
 
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus};
 
 use crate::common::*;
-use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
-
-fn spawn_binary(env: &TestEnv, config: &str) -> Child {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("FLEET_CONFIG", config)
-        .env("FLEET_SHUTDOWN_TIMEOUT", "20s")
-        .env("LOG_FORMAT", "json")
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").map_or("warn".into(), |_| "info".to_string()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the provisioner binary");
-    wait_for_port(port, Duration::from_secs(60)).expect("provisioner binary up");
-    child
-}
+use fleet_testkit::{eventually, TestEnv};
 
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")

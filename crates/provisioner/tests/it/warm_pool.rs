@@ -4,10 +4,9 @@
 //! double owner.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 
 use crate::common::*;
-use fleet_testkit::{eventually, free_port, wait_for_port, TestEnv};
+use fleet_testkit::{eventually, TestEnv};
 use sqlx::{Connection, PgPool};
 
 fn config(dir: &tempfile::TempDir, body: &str) -> String {
@@ -231,27 +230,6 @@ async fn stale_pool_schemas_are_upgraded_or_replaced_and_a_smaller_target_drains
     assert_eq!(tenant_schemas(&pool).await, 1);
     assert!(schema_exists(&pool, "tenant_after_upgrade").await);
     worker.stop().await;
-}
-
-fn spawn_binary(env: &TestEnv, config: &str) -> Child {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_provisioner"))
-        .env("NATS_URL", env.nats.url())
-        .env("DATABASE_URL", &env.db.url)
-        .env("FLEET_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("FLEET_CONFIG", config)
-        .env("LOG_FORMAT", "json")
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").map_or("warn".into(), |_| "info".to_string()),
-        )
-        .env_remove("FLEET_TENANT_MIGRATIONS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the provisioner binary");
-    wait_for_port(port, WAIT).expect("provisioner binary up");
-    child
 }
 
 #[tokio::test]
