@@ -146,11 +146,15 @@ pub async fn finished(pool: &PgPool, id: Uuid) -> JobRow {
     wait_state(pool, id, &["succeeded", "failed"], Duration::from_secs(60)).await
 }
 
-/// Retries the job's failed chunks and waits until it has succeeded or failed again.
+/// Retries the job's failed chunks (the job is `running` again at once) and waits until it has
+/// succeeded or failed again.
 pub async fn retry_until_finished(pool: &PgPool, id: Uuid) -> JobRow {
-    backfill_worker::control(pool, id, backfill_worker::Action::Retry)
-        .await
-        .unwrap();
+    assert_eq!(
+        backfill_worker::control(pool, id, backfill_worker::Action::Retry)
+            .await
+            .unwrap(),
+        "running"
+    );
     finished(pool, id).await
 }
 

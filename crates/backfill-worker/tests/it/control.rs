@@ -200,13 +200,7 @@ async fn retry_reruns_only_the_failed_chunks() {
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(
-        backfill_worker::control(&pool, id, backfill_worker::Action::Retry)
-            .await
-            .unwrap(),
-        "running"
-    );
-    let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(30)).await;
+    let job = retry_until_finished(&pool, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     assert_eq!(
         counters(&pool).await,

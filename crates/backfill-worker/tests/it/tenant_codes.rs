@@ -304,13 +304,7 @@ async fn copy_to_tenant_never_deletes_a_source_row_whose_key_holds_different_dat
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(
-        backfill_worker::control(&pool, id, backfill_worker::Action::Retry)
-            .await
-            .unwrap(),
-        "running"
-    );
-    let job = wait_state(&pool, id, &["succeeded", "failed"], Duration::from_secs(30)).await;
+    let job = retry_until_finished(&pool, id).await;
     assert_eq!(job.state, "succeeded", "{:?}", job.error);
     let (left_acme, left_other, copied, body_6): (i64, i64, i64, String) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM notes WHERE tenant_code = 'acme'), (SELECT count(*) FROM notes WHERE tenant_code = 'other'),
