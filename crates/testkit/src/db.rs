@@ -25,6 +25,18 @@ pub fn server_addr() -> String {
     format!("{}:{}", options.get_host(), options.get_port())
 }
 
+/// The base tables of `schema`, sorted by name.
+pub async fn base_tables(pool: &sqlx::PgPool, schema: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .expect("list a schema's tables")
+}
+
 impl TestDb {
     pub async fn create() -> anyhow::Result<TestDb> {
         let admin_url = admin_url();

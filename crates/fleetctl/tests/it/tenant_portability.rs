@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use fleet_testkit::db::base_tables as tables;
 use fleet_testkit::{Running, TestEnv};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -45,17 +46,6 @@ async fn table_rows(pool: &PgPool, schema: &str, table: &str) -> Vec<String> {
     sqlx::query_scalar(&format!(
         "SELECT (to_jsonb(t) - 'tenant_code')::text FROM \"{schema}\".\"{table}\" t ORDER BY 1"
     ))
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
-
-async fn tables(pool: &PgPool, schema: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables
-          WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY 1",
-    )
-    .bind(schema)
     .fetch_all(pool)
     .await
     .unwrap()

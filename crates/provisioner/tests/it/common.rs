@@ -169,16 +169,7 @@ pub async fn schema_exists(pool: &PgPool, schema: &str) -> bool {
 }
 
 /// Base tables of a schema, sorted (the ledger included).
-pub async fn tables(pool: &PgPool, schema: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables
-          WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY 1",
-    )
-    .bind(schema)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-}
+pub use fleet_testkit::db::base_tables as tables;
 
 /// `(version, name, checksum)` rows of a schema's ledger.
 pub async fn ledger(pool: &PgPool, schema: &str) -> Vec<(i64, String, String)> {
