@@ -48,6 +48,25 @@ async fn hourly(ctx: &scheduler::tick_loop::Ctx, from: &str, to: &str) {
     }
 }
 
+/// Passes once a second from `from` until no run of `schedule` is queued any more (catch-up
+/// paced by `spread`), at most `limit` passes.
+async fn drain_queued(
+    s: &Setup,
+    ctx: &scheduler::tick_loop::Ctx,
+    schedule: &str,
+    from: &str,
+    limit: u32,
+) {
+    let mut now = utc(from);
+    for _ in 0..limit {
+        pass(ctx, now).await.unwrap();
+        if !s.runs(schedule).await.iter().any(|r| r.status == "queued") {
+            return;
+        }
+        now += Span::seconds(1);
+    }
+}
+
 #[tokio::test]
 async fn each_tenant_fires_at_its_own_local_time_across_dst_changes() {
     let s = Setup::new(
@@ -208,14 +227,7 @@ catch_up_max = 4
     pass(&ctx, utc("2026-01-01T00:00:05Z")).await.unwrap();
     // An outage until 10:20: the window (6 h) holds 04:30..10:00 in both zones together, six
     // ticks each; catch_up_max keeps the latest four of the schedule, not four per zone.
-    let mut now = utc("2026-01-01T10:20:00Z");
-    for _ in 0..60 {
-        pass(&ctx, now).await.unwrap();
-        if !s.runs("zoned").await.iter().any(|r| r.status == "queued") {
-            break;
-        }
-        now += Span::seconds(1);
-    }
+    drain_queued(&s, &ctx, "zoned", "2026-01-01T10:20:00Z", 60).await;
     let runs = s.runs("zoned").await;
     let catch_up: Vec<(String, i64)> = runs
         .iter()
@@ -256,14 +268,7 @@ spread = "10s"
     pass(&ctx, utc("2026-01-01T00:00:05Z")).await.unwrap();
     // An outage from 00:00:05 to 10:20: 01:00..10:00 were missed; the window (6 h) holds
     // 05:00..10:00, and catch_up_max keeps the latest four: 07:00, 08:00, 09:00, 10:00.
-    let mut now = utc("2026-01-01T10:20:00Z");
-    for _ in 0..200 {
-        pass(&ctx, now).await.unwrap();
-        if !s.runs("hourly").await.iter().any(|r| r.status == "queued") {
-            break;
-        }
-        now += Span::seconds(1);
-    }
+    drain_queued(&s, &ctx, "hourly", "2026-01-01T10:20:00Z", 200).await;
     let runs = s.runs("hourly").await;
     let catch_up: Vec<_> = runs.iter().filter(|r| r.trigger == "catch_up").collect();
     let ticks: Vec<String> = catch_up.iter().map(|r| r.tick.to_rfc3339()).collect();
